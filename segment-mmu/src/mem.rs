@@ -1,0 +1,176 @@
+//! Guest-physical memory as the walker sees it.
+//!
+//! The walker never touches guest RAM directly: it reads 8-byte entries through
+//! [`GuestPhysMemory`]. That seam lets the same walker run over a `.ptsnap` snapshot, a
+//! synthetic address space, a test's hand-made tables, or (in the VMM) live guest memory.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Size of one page-table page (and of the smallest page).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Errors of guest-physical memory readers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemError {
+    /// Nothing is known at this guest-physical address (outside RAM, or a page the
+    /// reader does not hold).
+    #[error("guest-physical address {0:#x} is not readable")]
+    Unreadable(u64),
+    /// The address is not 8-byte aligned.
+    #[error("guest-physical address {0:#x} is not 8-byte aligned")]
+    Unaligned(u64),
+}
+
+/// Read access to guest-physical memory, one 8-byte little-endian word at a time.
+///
+/// Only aligned reads are needed: page-table entries are 8-byte aligned.
+pub trait GuestPhysMemory {
+    /// Reads the aligned little-endian `u64` at `gpa`.
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError>;
+
+    /// Reads the whole 4 KiB page at `gpa` (which must be page aligned) into `out`.
+    /// The default reads word by word; readers backed by real memory should override it.
+    fn read_page(&self, gpa: u64, out: &mut [u64; 512]) -> Result<(), MemError> {
+        if gpa % PAGE_SIZE != 0 {
+            return Err(MemError::Unaligned(gpa));
+        }
+        for (i, w) in out.iter_mut().enumerate() {
+            *w = self.read_u64(gpa + 8 * i as u64)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: GuestPhysMemory + ?Sized> GuestPhysMemory for &T {
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        (**self).read_u64(gpa)
+    }
+    fn read_page(&self, gpa: u64, out: &mut [u64; 512]) -> Result<(), MemError> {
+        (**self).read_page(gpa, out)
+    }
+}
+
+/// A cheap hasher for page frame numbers: keys are already well spread integers, and
+/// SipHash would dominate the cost of a page walk (several lookups per walk).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PfnHasher(u64);
+
+impl Hasher for PfnHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing; the high bits are well mixed and hashbrown uses the top 7
+        // bits as control bytes and the low bits for the bucket.
+        let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+/// `HashMap` keyed by page frame number with [`PfnHasher`].
+pub type PfnMap<V> = HashMap<u64, V, BuildHasherDefault<PfnHasher>>;
+
+/// A sparse set of 4 KiB pages: what snapshots and synthetic builders hold (only the
+/// page-table pages; data pages are never materialised).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageStore {
+    index: PfnMap<u32>,
+    pages: Vec<[u64; 512]>,
+    gpas: Vec<u64>,
+}
+
+impl PageStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of pages held.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// True when no page is held.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// True when the page at `gpa` (page aligned) is held.
+    pub fn contains(&self, gpa: u64) -> bool {
+        self.index.contains_key(&(gpa / PAGE_SIZE))
+    }
+
+    /// Inserts or replaces the page at `gpa` (rounded down to its page).
+    pub fn insert(&mut self, gpa: u64, words: [u64; 512]) {
+        let pfn = gpa / PAGE_SIZE;
+        match self.index.get(&pfn) {
+            Some(&i) => self.pages[i as usize] = words,
+            None => {
+                self.index.insert(pfn, self.pages.len() as u32);
+                self.pages.push(words);
+                self.gpas.push(pfn * PAGE_SIZE);
+            }
+        }
+    }
+
+    /// The page at `gpa`, if held.
+    #[inline]
+    pub fn page(&self, gpa: u64) -> Option<&[u64; 512]> {
+        self.index.get(&(gpa / PAGE_SIZE)).map(|&i| &self.pages[i as usize])
+    }
+
+    /// Mutable access to a held page.
+    pub fn page_mut(&mut self, gpa: u64) -> Option<&mut [u64; 512]> {
+        let i = *self.index.get(&(gpa / PAGE_SIZE))?;
+        Some(&mut self.pages[i as usize])
+    }
+
+    /// Pages in insertion order, with their guest-physical addresses.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u64; 512])> {
+        self.gpas.iter().copied().zip(self.pages.iter())
+    }
+}
+
+impl GuestPhysMemory for PageStore {
+    #[inline]
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        if gpa % 8 != 0 {
+            return Err(MemError::Unaligned(gpa));
+        }
+        let page = self.page(gpa).ok_or(MemError::Unreadable(gpa))?;
+        Ok(page[((gpa % PAGE_SIZE) / 8) as usize])
+    }
+    fn read_page(&self, gpa: u64, out: &mut [u64; 512]) -> Result<(), MemError> {
+        if gpa % PAGE_SIZE != 0 {
+            return Err(MemError::Unaligned(gpa));
+        }
+        *out = *self.page(gpa).ok_or(MemError::Unreadable(gpa))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_reads_back_and_rejects_missing_or_unaligned() {
+        let mut s = PageStore::new();
+        let mut p = [0u64; 512];
+        p[3] = 0xdead;
+        s.insert(0x5000, p);
+        assert_eq!(s.read_u64(0x5018), Ok(0xdead));
+        assert_eq!(s.read_u64(0x6000), Err(MemError::Unreadable(0x6000)));
+        assert_eq!(s.read_u64(0x5001), Err(MemError::Unaligned(0x5001)));
+        let mut out = [0u64; 512];
+        s.read_page(0x5000, &mut out).unwrap();
+        assert_eq!(out[3], 0xdead);
+        assert_eq!(s.len(), 1);
+    }
+}

@@ -1,0 +1,320 @@
+//! Loading a kernel and preparing the state it expects at its first instruction:
+//! bzImage and ELF vmlinux through linux-loader, the zero page with the e820 map, the PVH
+//! start_info when the ELF has a PVH note, the MP table, and for 64-bit entry a GDT and
+//! identity page tables.
+
+pub mod layout;
+pub mod mptable;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::elf::PvhBootCapability;
+use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::memory::GuestRam;
+use layout::*;
+
+/// Errors while loading a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel file could not be read.
+    #[error("kernel {path}: {source}")]
+    KernelFile {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is neither ELF nor bzImage.
+    #[error("kernel {0}: not a Linux kernel (neither an ELF image nor a bzImage with the 'HdrS' boot header)")]
+    NotAKernel(PathBuf),
+    /// linux-loader refused it (truncated, bad header).
+    #[error("kernel {path}: {what} (truncated or corrupt image?)")]
+    Load {
+        /// Path.
+        path: PathBuf,
+        /// linux-loader's words.
+        what: String,
+    },
+    /// The initrd could not be read.
+    #[error("initrd {path}: {source}")]
+    InitrdFile {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initrd does not fit.
+    #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} after the kernel (ends at {kernel_end:#x}); give the guest more --memory")]
+    InitrdTooLarge {
+        /// Path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Highest address it could end at.
+        limit: u64,
+        /// Where the kernel ends.
+        kernel_end: u64,
+    },
+    /// Command line too long.
+    #[error("kernel command line is {0} bytes; at most {max} fit", max = CMDLINE_MAX - 1)]
+    CmdlineTooLong(usize),
+    /// Guest memory too small for the boot structures.
+    #[error("guest memory of {0} bytes is too small to boot (need at least {MIN_MEMORY})")]
+    TooSmall(u64),
+    /// Writing guest memory failed.
+    #[error("writing boot data to guest memory: {0}")]
+    Memory(String),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// How the first vCPU enters the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// 64-bit long mode, paging on (identity map), `rsi` = zero page (Linux 64-bit boot protocol).
+    Linux64 {
+        /// First instruction.
+        rip: u64,
+    },
+    /// 32-bit protected mode, paging off, `rbx` = start_info (PVH boot protocol).
+    Pvh {
+        /// First instruction.
+        rip: u64,
+    },
+}
+
+/// What kind of image was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// A bzImage.
+    BzImage,
+    /// An ELF vmlinux (or other ELF guest).
+    Elf,
+}
+
+/// The result of loading.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Where to start.
+    pub entry: Entry,
+    /// Image format.
+    pub kind: ImageKind,
+    /// End of the kernel in guest memory.
+    pub kernel_end: u64,
+}
+
+fn mem_err(e: impl std::fmt::Display) -> Error {
+    Error::Memory(e.to_string())
+}
+
+/// Writes a GDT and identity page tables mapping the first 4 GiB with 2 MiB pages, as the
+/// 64-bit boot protocol requires (Linux maps itself before touching anything else).
+pub fn write_long_mode_tables(mem: &GuestMemoryMmap) -> Result<()> {
+    // null, 64-bit code (0x8), data (0x10), 32-bit code (0x18) for PVH-style guests.
+    let gdt: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff];
+    for (i, e) in gdt.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(GDT + 8 * i as u64)).map_err(mem_err)?;
+    }
+    mem.write_obj(0u64, GuestAddress(IDT)).map_err(mem_err)?;
+    mem.write_obj(PDPT | 0x3, GuestAddress(PML4)).map_err(mem_err)?;
+    for d in 0..4u64 {
+        mem.write_obj((PD + d * 0x1000) | 0x3, GuestAddress(PDPT + d * 8)).map_err(mem_err)?;
+        for i in 0..512u64 {
+            let addr = (d << 30) | (i << 21);
+            mem.write_obj(addr | 0x83, GuestAddress(PD + d * 0x1000 + i * 8)).map_err(mem_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The e820 map: low RAM up to the EBDA, RAM from 1 MiB to the end of the first RAM range,
+/// and RAM above 4 GiB.
+pub fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
+    const RAM: u32 = 1;
+    const RESERVED: u32 = 2;
+    let mut v = vec![(0, EBDA_START, RAM), (EBDA_START, 0x10_0000 - EBDA_START, RESERVED)];
+    for r in ram.ranges() {
+        if r.gpa == 0 {
+            v.push((HIMEM, r.len - HIMEM, RAM));
+        } else {
+            v.push((r.gpa, r.len, RAM));
+        }
+    }
+    v
+}
+
+fn open_kernel(path: &Path) -> Result<(File, u64)> {
+    let f = File::open(path).map_err(|source| Error::KernelFile { path: path.into(), source })?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return Err(Error::NotAKernel(path.into()));
+    }
+    Ok((f, len))
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Loads a kernel image (bzImage or ELF; ELF with a PVH note boots through PVH), an
+/// optional initrd and the command line, and writes the boot structures.
+pub fn load_kernel(ram: &GuestRam, kernel: &Path, initrd: Option<&Path>, cmdline: &str, cpus: u8) -> Result<Loaded> {
+    let (mut file, _) = open_kernel(kernel)?;
+    load_image(ram, kernel, &mut file, initrd, cmdline, cpus)
+}
+
+/// As [`load_kernel`], from any seekable reader; `kernel` names it in errors.
+pub fn load_image<F>(ram: &GuestRam, kernel: &Path, file: &mut F, initrd: Option<&Path>, cmdline: &str, cpus: u8) -> Result<Loaded>
+where
+    F: Read + vm_memory::ReadVolatile + Seek,
+{
+    let mem = ram.memory();
+    let low_end = ram.ranges().first().map(|r| r.len).unwrap_or(0);
+    if low_end < MIN_MEMORY.max(HIMEM * 2) {
+        return Err(Error::TooSmall(ram.size()));
+    }
+    if cmdline.len() >= CMDLINE_MAX {
+        return Err(Error::CmdlineTooLong(cmdline.len()));
+    }
+    let mut head = [0u8; 0x208];
+    let io = |source| Error::KernelFile { path: kernel.into(), source };
+    let n = read_up_to(file, &mut head).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    if n < 0x208 && head[..4] != *b"\x7fELF" {
+        return Err(Error::NotAKernel(kernel.into()));
+    }
+    let is_elf = head[..4] == *b"\x7fELF";
+    let is_bz = &head[0x202..0x206] == b"HdrS";
+    let load_err = |e: linux_loader::loader::Error| Error::Load { path: kernel.into(), what: e.to_string() };
+    let (res, kind): (KernelLoaderResult, ImageKind) = if is_elf {
+        (Elf::load(mem, None, file, Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::Elf)
+    } else if is_bz {
+        (BzImage::load(mem, None, file, Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::BzImage)
+    } else {
+        return Err(Error::NotAKernel(kernel.into()));
+    };
+    let kernel_end = res.kernel_load.0 + res.kernel_end;
+    mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE)).map_err(mem_err)?;
+    mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64)).map_err(mem_err)?;
+    mem.write_slice(&mptable::build(cpus), GuestAddress(MPTABLE)).map_err(mem_err)?;
+    write_long_mode_tables(mem)?;
+
+    // The initrd goes as high as it may, below the kernel's limit and the end of low RAM.
+    let mut initrd_at = None;
+    if let Some(p) = initrd {
+        let data = std::fs::read(p).map_err(|source| Error::InitrdFile { path: p.into(), source })?;
+        let max = res.setup_header.map(|h| h.initrd_addr_max as u64).filter(|&m| m != 0).unwrap_or(0x37ff_ffff);
+        let limit = low_end.min(max + 1);
+        let size = data.len() as u64;
+        let addr = limit.checked_sub(size).map(|a| a & !0xfff);
+        match addr {
+            Some(a) if a >= kernel_end => {
+                mem.write_slice(&data, GuestAddress(a)).map_err(mem_err)?;
+                initrd_at = Some((a, size));
+            }
+            _ => return Err(Error::InitrdTooLarge { path: p.into(), size, limit, kernel_end }),
+        }
+    }
+
+    let e820 = e820_map(ram);
+    if kind == ImageKind::Elf {
+        if let PvhBootCapability::PvhEntryPresent(entry) = res.pvh_boot_cap {
+            write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty())?;
+            return Ok(Loaded { entry: Entry::Pvh { rip: entry.0 }, kind, kernel_end });
+        }
+    }
+    let mut params = boot_params::default();
+    if let Some(h) = res.setup_header {
+        params.hdr = h;
+    } else {
+        params.hdr.boot_flag = 0xaa55;
+        params.hdr.header = 0x5372_6448; // "HdrS"
+        params.hdr.kernel_alignment = 0x100_0000;
+    }
+    params.hdr.type_of_loader = 0xff;
+    params.hdr.cmd_line_ptr = CMDLINE as u32;
+    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+    if let Some((a, s)) = initrd_at {
+        params.hdr.ramdisk_image = a as u32;
+        params.hdr.ramdisk_size = s as u32;
+    }
+    params.e820_entries = e820.len() as u8;
+    for (i, (addr, size, type_)) in e820.iter().enumerate() {
+        params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: *type_ };
+    }
+    mem.write_obj(params, GuestAddress(ZERO_PAGE)).map_err(mem_err)?;
+    let rip = match kind {
+        // startup_64 sits 0x200 bytes into the protected-mode kernel.
+        ImageKind::BzImage => res.kernel_load.0 + 0x200,
+        ImageKind::Elf => elf_entry(&head).unwrap_or(res.kernel_load.0),
+    };
+    Ok(Loaded { entry: Entry::Linux64 { rip }, kind, kernel_end })
+}
+
+/// e_entry of a 64-bit ELF header.
+fn elf_entry(head: &[u8]) -> Option<u64> {
+    (head.get(4) == Some(&2)).then(|| u64::from_le_bytes(head[24..32].try_into().unwrap_or_default()))
+}
+
+/// Writes the PVH `hvm_start_info` (version 1), its memory map and module list.
+fn write_pvh_info(mem: &GuestMemoryMmap, e820: &[(u64, u64, u32)], initrd: Option<(u64, u64)>, no_cmdline: bool) -> Result<()> {
+    const MAGIC: u32 = 0x336e_c578;
+    let memmap = PVH_INFO + 0x40;
+    let modlist = memmap + 24 * e820.len() as u64;
+    let mut info = Vec::with_capacity(56);
+    info.extend_from_slice(&MAGIC.to_le_bytes());
+    info.extend_from_slice(&1u32.to_le_bytes()); // version
+    info.extend_from_slice(&0u32.to_le_bytes()); // flags
+    info.extend_from_slice(&(initrd.is_some() as u32).to_le_bytes());
+    info.extend_from_slice(&(if initrd.is_some() { modlist } else { 0 }).to_le_bytes());
+    info.extend_from_slice(&(if no_cmdline { 0 } else { CMDLINE }).to_le_bytes());
+    info.extend_from_slice(&0u64.to_le_bytes()); // rsdp
+    info.extend_from_slice(&memmap.to_le_bytes());
+    info.extend_from_slice(&(e820.len() as u32).to_le_bytes());
+    info.extend_from_slice(&0u32.to_le_bytes());
+    mem.write_slice(&info, GuestAddress(PVH_INFO)).map_err(mem_err)?;
+    let mut mm = Vec::new();
+    for (addr, size, t) in e820 {
+        mm.extend_from_slice(&addr.to_le_bytes());
+        mm.extend_from_slice(&size.to_le_bytes());
+        mm.extend_from_slice(&t.to_le_bytes());
+        mm.extend_from_slice(&0u32.to_le_bytes());
+    }
+    mem.write_slice(&mm, GuestAddress(memmap)).map_err(mem_err)?;
+    if let Some((a, s)) = initrd {
+        let mut m = Vec::new();
+        m.extend_from_slice(&a.to_le_bytes());
+        m.extend_from_slice(&s.to_le_bytes());
+        m.extend_from_slice(&0u64.to_le_bytes());
+        m.extend_from_slice(&0u64.to_le_bytes());
+        mem.write_slice(&m, GuestAddress(modlist)).map_err(mem_err)?;
+    }
+    Ok(())
+}
+
+/// Loads a flat binary at `at` and returns a 64-bit entry at its first byte (for tiny
+/// freestanding guests that expect the 64-bit boot state).
+pub fn load_flat(ram: &GuestRam, image: &[u8], at: u64) -> Result<Loaded> {
+    let mem = ram.memory();
+    if !ram.contains(at, image.len() as u64) {
+        return Err(Error::TooSmall(ram.size()));
+    }
+    mem.write_slice(image, GuestAddress(at)).map_err(mem_err)?;
+    write_long_mode_tables(mem)?;
+    Ok(Loaded { entry: Entry::Linux64 { rip: at }, kind: ImageKind::Elf, kernel_end: at + image.len() as u64 })
+}

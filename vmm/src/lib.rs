@@ -1,0 +1,10 @@
+//! segvmm: a rust-vmm-style KVM virtual machine monitor whose guest RAM is one host
+//! mapping, plus the glue that feeds live guests into the `segment-mmu` models.
+
+pub mod cli;
+pub mod host;
+pub mod memory;
+pub mod vstate;
+pub mod boot;
+pub mod devices;
+pub mod machine;

@@ -1,0 +1,473 @@
+//! A whole VM run: the builder that assembles memory, KVM VM, devices and vCPUs from a
+//! [`VmConfig`], runs the guest to its end, and returns a [`RunReport`] (data first: the CLI
+//! prints it and writes it as JSON from the same struct).
+
+use std::os::unix::thread::JoinHandleExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::Kvm;
+use serde::Serialize;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot;
+use crate::devices::{Console, ConsoleEvent, Devices, MmioHandler, SerialDevice};
+use crate::host::{self, HostInfo, MmuMode, MmuRequest};
+use crate::memory::{self, GuestRam, MemoryConfig, MemoryReport};
+use crate::vstate::stats::{KvmStats, StatsFd};
+use crate::vstate::vcpu::{self, VcpuInit, VcpuStop};
+use crate::vstate::{cpuid, emulate, vm};
+
+/// The bare-metal test guest, assembled by build.rs from `guest-kernels/testguest`.
+pub const TEST_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.elf"));
+
+/// Errors that stop a VM from being built (bad input or host refusal). What happens to a
+/// guest once it runs is not an error but a [`ExitReason`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The host cannot give what was asked.
+    #[error(transparent)]
+    Host(#[from] host::Error),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    /// Loading the guest.
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    /// Creating the VM.
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    /// Creating a vCPU.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// A KVM call outside the above.
+    #[error("{what}: {source}")]
+    Kvm {
+        /// Step.
+        what: &'static str,
+        /// errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// What to boot.
+pub enum Payload {
+    /// A Linux kernel (bzImage or ELF; PVH when it has the note).
+    Linux {
+        /// Kernel image.
+        kernel: PathBuf,
+        /// Initial ramdisk.
+        initrd: Option<PathBuf>,
+        /// Command line (the host's workarounds are appended on hosts that need them).
+        cmdline: String,
+    },
+    /// The built-in bare-metal test guest; `mode` is its command line ("", "triple", "hang").
+    TestGuest {
+        /// Failure mode.
+        mode: String,
+    },
+    /// Anything else: a closure that fills guest memory and returns vCPU 0's registers
+    /// (the measurement guest uses this).
+    Custom(Box<dyn FnOnce(&GuestRam, &HostInfo) -> Result<VcpuInit, String> + Send>),
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Linux { kernel, .. } => write!(f, "Linux({})", kernel.display()),
+            Payload::TestGuest { mode } => write!(f, "TestGuest({mode})"),
+            Payload::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+/// Everything a run needs.
+pub struct VmConfig {
+    /// Guest RAM.
+    pub memory: MemoryConfig,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// MMU mode asked for.
+    pub mmu: MmuRequest,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+    /// Echo the guest console to stdout.
+    pub echo_console: bool,
+    /// Forward stdin to the serial port.
+    pub stdin: bool,
+    /// What to boot.
+    pub payload: Payload,
+    /// The device behind the signal MMIO window.
+    pub mmio: Option<Arc<dyn MmioHandler>>,
+    /// When the run started (for set-up timing); `None` = now.
+    pub started: Option<Instant>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("memory", &self.memory)
+            .field("vcpus", &self.vcpus)
+            .field("payload", &self.payload)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The guest wrote a status to the signal device.
+    GuestExit {
+        /// Status.
+        status: i32,
+    },
+    /// Linux powered off ("reboot: Power down").
+    PowerOff,
+    /// The guest asked for a reset (i8042).
+    Reset,
+    /// The kernel panicked.
+    Panic {
+        /// The panic line.
+        line: String,
+    },
+    /// /init was started but killed at its first system call because this host's KVM does
+    /// not deliver `syscall` from guest user mode (detected from the guest's fault report).
+    UserSyscallsUnavailable {
+        /// The guest's fault line.
+        fault: String,
+        /// The panic line.
+        panic: String,
+    },
+    /// KVM_EXIT_SHUTDOWN.
+    TripleFault {
+        /// vCPU.
+        vcpu: u8,
+        /// RIP.
+        rip: u64,
+    },
+    /// An exit the VMM does not handle.
+    UnhandledExit {
+        /// vCPU.
+        vcpu: u8,
+        /// What.
+        what: String,
+    },
+    /// An instruction neither KVM nor the VMM can run.
+    EmulationFailure {
+        /// vCPU.
+        vcpu: u8,
+        /// What.
+        what: String,
+    },
+    /// No end within the timeout.
+    Timeout {
+        /// Seconds waited.
+        seconds: f64,
+    },
+}
+
+impl ExitReason {
+    /// Whether the guest ended as it should.
+    pub fn is_success(&self) -> bool {
+        matches!(self, ExitReason::GuestExit { status: 0 } | ExitReason::PowerOff | ExitReason::Reset)
+    }
+
+    /// The VMM's exit code for this outcome: 0 success, the guest's status for a non-zero
+    /// guest exit, 3 guest crashed, 4 timeout, 5 host cannot run guest user space.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::GuestExit { status } => (*status).clamp(0, 125),
+            ExitReason::PowerOff | ExitReason::Reset => 0,
+            ExitReason::Timeout { .. } => 4,
+            ExitReason::UserSyscallsUnavailable { .. } => 5,
+            _ => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::GuestExit { status } => write!(f, "guest exited with status {status}"),
+            ExitReason::PowerOff => write!(f, "guest powered off"),
+            ExitReason::Reset => write!(f, "guest requested a reset"),
+            ExitReason::Panic { line } => write!(f, "guest kernel panicked: {line}"),
+            ExitReason::UserSyscallsUnavailable { fault, .. } => write!(
+                f,
+                "the guest kernel started /init, but this host's KVM does not let guest user space make system calls: the first `syscall` of /init faulted at the kernel's entry point still in user mode ({fault}); boot the small kernel (guest-kernels/, with the kvm_pvm syscall fix-up) instead"
+            ),
+            ExitReason::TripleFault { vcpu, rip } => write!(f, "guest triple-faulted (KVM shutdown exit) on vCPU {vcpu} at rip {rip:#x}"),
+            ExitReason::UnhandledExit { vcpu, what } => write!(f, "vCPU {vcpu}: {what}"),
+            ExitReason::EmulationFailure { vcpu, what } => write!(f, "vCPU {vcpu}: {what}"),
+            ExitReason::Timeout { seconds } => write!(f, "guest did not finish within {seconds:.1} s (hang?); stopped"),
+        }
+    }
+}
+
+/// A boot milestone seen on the console.
+#[derive(Debug, Clone, Serialize)]
+pub struct Milestone {
+    /// What was seen.
+    pub what: String,
+    /// Milliseconds since the run started.
+    pub at_ms: f64,
+}
+
+/// Everything a run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Memory: what was asked, what the host gave.
+    pub memory: MemoryReport,
+    /// The host.
+    pub host: HostInfo,
+    /// The MMU mode in effect.
+    pub mmu_mode: MmuMode,
+    /// KVM's counters at the end.
+    pub kvm_stats: KvmStats,
+    /// VMM start to the first KVM_RUN, ms: the VMM's own boot cost.
+    pub boot_ms: f64,
+    /// First KVM_RUN to the end, ms.
+    pub run_ms: f64,
+    /// How it ended.
+    pub exit_reason: ExitReason,
+    /// Human-readable `exit_reason`.
+    pub exit_message: String,
+    /// Console milestones.
+    pub milestones: Vec<Milestone>,
+    /// Kernel command line actually used (Linux only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Instructions the VMM completed after emulation failures: int3 and others.
+    pub vmm_emulated: (u64, u64),
+    /// The console log (not serialized).
+    #[serde(skip)]
+    pub console_log: String,
+}
+
+/// Events the run loop waits for.
+enum Event {
+    Vcpu(u8, VcpuStop),
+    Console(ConsoleEvent),
+}
+
+/// The kernel command line additions this host needs (none on hosts with VMX/SVM).
+pub fn host_cmdline_additions(info: &HostInfo) -> &'static str {
+    if info.kvm_module == "kvm_pvm" {
+        "noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check"
+    } else {
+        ""
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal used to kick vCPU threads out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// Builds the VM from `cfg`, runs it to its end and reports.
+pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
+    let started = cfg.started.unwrap_or_else(Instant::now);
+    if cfg.vcpus == 0 || cfg.vcpus > 64 {
+        return Err(Error::Config(format!("--vcpus {}: must be between 1 and 64", cfg.vcpus)));
+    }
+    let info = host::probe()?;
+    let mmu_mode = host::check_mode(&info, cfg.mmu)?;
+    let ram = Arc::new(GuestRam::new(&cfg.memory)?);
+    let pvm = info.kvm_module == "kvm_pvm";
+
+    // Load the guest.
+    let mut cmdline_used = None;
+    let init0: VcpuInit;
+    let base_sregs;
+    let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
+    let vm_fd = vm::create(&kvm, &ram)?;
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.vcpus {
+        vcpus.push(vm_fd.create_vcpu(u64::from(id)).map_err(|source| Error::Kvm { what: "KVM_CREATE_VCPU", source })?);
+    }
+    base_sregs = vcpus[0].get_sregs().map_err(|source| Error::Kvm { what: "KVM_GET_SREGS", source })?;
+    match cfg.payload {
+        Payload::Linux { kernel, initrd, cmdline } => {
+            let extra = host_cmdline_additions(&info);
+            let full = if extra.is_empty() { cmdline } else { format!("{cmdline} {extra}") };
+            let loaded = boot::load_kernel(&ram, &kernel, initrd.as_deref(), &full, cfg.vcpus)?;
+            cmdline_used = Some(full);
+            init0 = VcpuInit::for_entry(loaded.entry, base_sregs);
+        }
+        Payload::TestGuest { mode } => {
+            let loaded = boot::load_image(&ram, std::path::Path::new("<built-in test guest>"), &mut std::io::Cursor::new(TEST_GUEST), None, &mode, cfg.vcpus)?;
+            init0 = VcpuInit::for_entry(loaded.entry, base_sregs);
+        }
+        Payload::Custom(f) => {
+            init0 = f(&ram, &info).map_err(Error::Config)?;
+        }
+    }
+    // CPUID: KVM's supported set, topology per vCPU, features the host cannot run hidden.
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| Error::Kvm { what: "KVM_GET_SUPPORTED_CPUID", source })?;
+    let hide: &[_] = if pvm { cpuid::PVM_HIDDEN } else { &[] };
+    for (id, v) in vcpus.iter().enumerate() {
+        let mut c = supported.clone();
+        cpuid::filter(&mut c, id as u8, cfg.vcpus, hide);
+        vcpu::configure(v, id as u8, &c, (id == 0).then_some(&init0))?;
+    }
+
+    // Devices.
+    let console = Arc::new(Console::new(cfg.echo_console, started));
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Config(format!("eventfd: {e}")))?;
+    vm_fd
+        .register_irqfd(&irq, crate::devices::serial::COM1_GSI)
+        .map_err(|source| Error::Kvm { what: "KVM_IRQFD", source })?;
+    let devices = Arc::new(Devices {
+        serial: Mutex::new(SerialDevice::new(irq, console.clone())),
+        console: console.clone(),
+        mmio: cfg.mmio.clone(),
+    });
+    let (tx, rx) = channel::<Event>();
+    {
+        let tx = Mutex::new(tx.clone());
+        console.set_events(Box::new(move |e| {
+            if let Ok(t) = tx.lock() {
+                let _ = t.send(Event::Console(e));
+            }
+        }));
+    }
+    if cfg.stdin {
+        spawn_stdin(devices.clone());
+    }
+
+    // Statistics descriptors, opened before the vCPUs move to their threads.
+    let vm_stats = StatsFd::open(&vm_fd).ok();
+    let vcpu_stats: Vec<Option<StatsFd>> = vcpus.iter().map(|v| StatsFd::open(v).ok()).collect();
+
+    // An empty handler for the kick signal: it only makes KVM_RUN return EINTR.
+    let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(emulate::Counters::default());
+    let boot_ms = started.elapsed().as_secs_f64() * 1e3;
+    let run_start = Instant::now();
+    let mut threads = Vec::new();
+    for (id, mut v) in vcpus.into_iter().enumerate() {
+        let (ram, devices, stop, counters, tx): (Arc<GuestRam>, _, _, _, Sender<Event>) =
+            (ram.clone(), devices.clone(), stop.clone(), counters.clone(), tx.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let why = vcpu::run_loop(&mut v, &ram, &devices, &stop, &counters);
+                if why != VcpuStop::Stopped {
+                    let _ = tx.send(Event::Vcpu(id as u8, why));
+                }
+                drop(v);
+            })
+            .map_err(|e| Error::Config(format!("spawning vCPU thread: {e}")))?;
+        threads.push(h);
+    }
+    drop(tx);
+
+    // Wait for the end.
+    let deadline = cfg.timeout.map(|t| run_start + t);
+    let mut milestones = Vec::new();
+    let mut user_fault: Option<String> = None;
+    let exit_reason = loop {
+        let ev = match deadline {
+            Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => break ExitReason::Timeout { seconds: cfg.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0) },
+                Err(RecvTimeoutError::Disconnected) => break ExitReason::UnhandledExit { vcpu: 0, what: "all vCPU threads ended".into() },
+            },
+            None => match rx.recv() {
+                Ok(e) => e,
+                Err(_) => break ExitReason::UnhandledExit { vcpu: 0, what: "all vCPU threads ended".into() },
+            },
+        };
+        match ev {
+            Event::Console(ConsoleEvent::Milestone { what, at_ms }) => milestones.push(Milestone { what: what.into(), at_ms }),
+            Event::Console(ConsoleEvent::UserFaultAtKernelIp(l)) => user_fault = Some(l),
+            Event::Console(ConsoleEvent::PowerOff) => break ExitReason::PowerOff,
+            Event::Console(ConsoleEvent::Panic(line)) => {
+                let started_init = milestones.iter().any(|m| m.what.starts_with("Run /init"));
+                break match (&user_fault, started_init && line.contains("Attempted to kill init")) {
+                    (Some(fault), true) => ExitReason::UserSyscallsUnavailable { fault: fault.clone(), panic: line },
+                    _ => ExitReason::Panic { line },
+                };
+            }
+            Event::Vcpu(id, s) => {
+                break match s {
+                    VcpuStop::GuestExit(status) => ExitReason::GuestExit { status },
+                    VcpuStop::Reset => ExitReason::Reset,
+                    VcpuStop::TripleFault { rip } => ExitReason::TripleFault { vcpu: id, rip },
+                    VcpuStop::Unhandled(what) => ExitReason::UnhandledExit { vcpu: id, what },
+                    VcpuStop::EmulationFailure(what) => ExitReason::EmulationFailure { vcpu: id, what },
+                    VcpuStop::Stopped => ExitReason::UnhandledExit { vcpu: id, what: "stopped".into() },
+                }
+            }
+        }
+    };
+    let run_ms = run_start.elapsed().as_secs_f64() * 1e3;
+    let read = |s: &Option<StatsFd>| s.as_ref().and_then(|s| s.read().ok()).unwrap_or_default();
+    let kvm_stats = KvmStats::new(read(&vm_stats), vcpu_stats.iter().map(read).collect());
+    let memory = ram.report();
+
+    // Stop the vCPUs: raise the flag, kick each thread until it leaves KVM_RUN.
+    stop.store(true, Ordering::Release);
+    let give_up = Instant::now() + Duration::from_secs(5);
+    for h in threads {
+        while !h.is_finished() && Instant::now() < give_up {
+            // SAFETY: signalling a live thread of ours with the kick signal, whose handler
+            // does nothing; it only makes KVM_RUN return EINTR.
+            unsafe { libc::pthread_kill(h.as_pthread_t(), kick_signal()) };
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        }
+    }
+    Ok(RunReport {
+        memory,
+        host: info,
+        mmu_mode,
+        kvm_stats,
+        boot_ms,
+        run_ms,
+        exit_message: exit_reason.to_string(),
+        exit_reason,
+        milestones,
+        cmdline: cmdline_used,
+        vmm_emulated: (counters.int3.load(Ordering::Relaxed), counters.other.load(Ordering::Relaxed)),
+        console_log: console.log(),
+    })
+}
+
+/// Forwards stdin to the serial port until EOF.
+fn spawn_stdin(devices: Arc<Devices>) {
+    let _ = std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut off = 0;
+            while off < n {
+                let put = devices.serial.lock().map(|mut s| s.input(&buf[off..n])).unwrap_or(n);
+                off += put;
+                if put == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    });
+}
