@@ -298,7 +298,7 @@ build_small() {
 	local ts
 	ts="$(date -u -d "@$(stat -c %Y "$SRC_TREE/Makefile")" '+%Y-%m-%d %H:%M:%S UTC')"
 	step "small: compile (make -j$JOBS)" nice -n 10 make -s -C "$SRC_TREE" O="$SMALL_BUILD" -j"$JOBS" \
-		KBUILD_BUILD_TIMESTAMP="$ts" KBUILD_BUILD_USER=segvmm KBUILD_BUILD_HOST=segvmm \
+		KBUILD_BUILD_TIMESTAMP="$ts" KBUILD_BUILD_VERSION=1 KBUILD_BUILD_USER=segvmm KBUILD_BUILD_HOST=segvmm \
 		bzImage vmlinux
 	install -m 0644 "$SMALL_BUILD/arch/x86/boot/bzImage" "$OUT/small-kernel"
 	install -m 0644 "$SMALL_BUILD/vmlinux" "$OUT/small-vmlinux"

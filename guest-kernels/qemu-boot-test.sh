@@ -39,6 +39,7 @@ APPEND="${APPEND:-console=ttyS0 panic=-1 reboot=k}"
 TIMEOUT="${TIMEOUT:-120}"
 LOG="${QEMU_LOG:-$HERE/out/qemu-$(basename "$KERNEL").log}"
 
+rm -f "$LOG" # a stale log would be mistaken for this boot
 t0=$(date +%s.%N)
 # -no-reboot: a guest reboot (panic=-1, reboot=k) ends QEMU instead of looping.
 qemu-system-x86_64 -accel tcg -cpu max -m "${MEM:-256M}" -smp "${SMP:-1}" \

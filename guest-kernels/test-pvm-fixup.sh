@@ -22,7 +22,7 @@ EXPECT=ok
 VMLINUX="$HERE/out/small-vmlinux"
 KERNEL="$HERE/out/small-kernel"
 [[ -s "$VMLINUX" && -s "$KERNEL" ]] || die "build the small kernel first (build.sh --small)"
-ADDR="$(nm "$VMLINUX" | awk '$3 == "entry_SYSCALL_64" { print "0x" $1; exit }')"
+ADDR="$(nm "$VMLINUX" | awk '$3 == "entry_SYSCALL_64" { print "0x" $1 }')"
 [[ -n "$ADDR" ]] || die "no entry_SYSCALL_64 symbol in $VMLINUX"
 
 STAGE="$HERE/work/pvmtest-root"

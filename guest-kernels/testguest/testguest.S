@@ -76,7 +76,7 @@ long_mode:
     mov %esi, %esi                 /* zero-extend start_info */
 
     /* Failure modes chosen by the first command-line byte. */
-    mov 16(%rsi), %rbx             /* cmdline_paddr */
+    mov 24(%rsi), %rbx             /* cmdline_paddr */
     test %rbx, %rbx
     jz 3f
     movzbl (%rbx), %eax
@@ -89,8 +89,8 @@ long_mode:
     call puts
 
     /* Touch and verify one quadword per 2 MiB of every RAM entry below 4 GiB. */
-    mov 32(%rsi), %r8              /* memmap_paddr */
-    mov 40(%rsi), %r9d             /* memmap_entries */
+    mov 40(%rsi), %r8              /* memmap_paddr */
+    mov 48(%rsi), %r9d             /* memmap_entries */
     xor %r12, %r12                 /* pages touched */
     xor %r13, %r13                 /* failures */
 4:  test %r9d, %r9d
@@ -126,6 +126,8 @@ long_mode:
 7:
     test %r13, %r13
     jnz bad
+    test %r12, %r12                /* nothing touched: the memory map was empty */
+    jz bad
     lea msg_ok(%rip), %rdi
     call puts
     mov $SIGNAL_PORT, %dx

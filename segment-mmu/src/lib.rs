@@ -23,6 +23,7 @@ pub mod bloom;
 pub mod designs;
 pub mod enumerate;
 pub mod host;
+pub mod hotness;
 pub mod mem;
 pub mod paging;
 pub mod replay;

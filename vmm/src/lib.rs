@@ -7,4 +7,6 @@ pub mod memory;
 pub mod vstate;
 pub mod boot;
 pub mod devices;
+pub mod dirty;
 pub mod machine;
+pub mod probe;

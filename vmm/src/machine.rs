@@ -67,6 +67,8 @@ pub enum Payload {
         initrd: Option<PathBuf>,
         /// Command line (the host's workarounds are appended on hosts that need them).
         cmdline: String,
+        /// Where a bzImage is decompressed.
+        bzimage: boot::BzImageMode,
     },
     /// The built-in bare-metal test guest; `mode` is its command line ("", "triple", "hang").
     TestGuest {
@@ -108,6 +110,8 @@ pub struct VmConfig {
     pub mmio: Option<Arc<dyn MmioHandler>>,
     /// When the run started (for set-up timing); `None` = now.
     pub started: Option<Instant>,
+    /// Track dirty pages (KVM dirty log) while the guest runs.
+    pub track_dirty: Option<crate::dirty::DirtyConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -172,6 +176,8 @@ pub enum ExitReason {
     Timeout {
         /// Seconds waited.
         seconds: f64,
+        /// Where each vCPU was when it was stopped.
+        rips: Vec<u64>,
     },
 }
 
@@ -208,7 +214,10 @@ impl std::fmt::Display for ExitReason {
             ExitReason::TripleFault { vcpu, rip } => write!(f, "guest triple-faulted (KVM shutdown exit) on vCPU {vcpu} at rip {rip:#x}"),
             ExitReason::UnhandledExit { vcpu, what } => write!(f, "vCPU {vcpu}: {what}"),
             ExitReason::EmulationFailure { vcpu, what } => write!(f, "vCPU {vcpu}: {what}"),
-            ExitReason::Timeout { seconds } => write!(f, "guest did not finish within {seconds:.1} s (hang?); stopped"),
+            ExitReason::Timeout { seconds, rips } => {
+                let at: Vec<String> = rips.iter().enumerate().map(|(i, r)| format!("vCPU {i} at rip {r:#x}")).collect();
+                write!(f, "guest did not finish within {seconds:.1} s (hang?); stopped ({})", at.join(", "))
+            }
         }
     }
 }
@@ -246,8 +255,13 @@ pub struct RunReport {
     /// Kernel command line actually used (Linux only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// The VMM's own resident memory beside guest RAM (VmRSS minus guest RAM resident), bytes.
+    pub vmm_rss_bytes: u64,
     /// Instructions the VMM completed after emulation failures: int3 and others.
     pub vmm_emulated: (u64, u64),
+    /// Dirty-page tracking results, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<crate::dirty::DirtyReport>,
     /// The console log (not serialized).
     #[serde(skip)]
     pub console_log: String,
@@ -262,7 +276,7 @@ enum Event {
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
 pub fn host_cmdline_additions(info: &HostInfo) -> &'static str {
     if info.kvm_module == "kvm_pvm" {
-        "noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check"
+        "noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup"
     } else {
         ""
     }
@@ -291,22 +305,25 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let init0: VcpuInit;
     let base_sregs;
     let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
-    let vm_fd = vm::create(&kvm, &ram)?;
+    let vm_fd = Arc::new(vm::create(&kvm, &ram, cfg.track_dirty.is_some())?);
+    if let Some(d) = &cfg.track_dirty {
+        crate::dirty::prepare(&vm_fd, d).map_err(|e| Error::Config(e.to_string()))?;
+    }
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
         vcpus.push(vm_fd.create_vcpu(u64::from(id)).map_err(|source| Error::Kvm { what: "KVM_CREATE_VCPU", source })?);
     }
     base_sregs = vcpus[0].get_sregs().map_err(|source| Error::Kvm { what: "KVM_GET_SREGS", source })?;
     match cfg.payload {
-        Payload::Linux { kernel, initrd, cmdline } => {
+        Payload::Linux { kernel, initrd, cmdline, bzimage } => {
             let extra = host_cmdline_additions(&info);
             let full = if extra.is_empty() { cmdline } else { format!("{cmdline} {extra}") };
-            let loaded = boot::load_kernel(&ram, &kernel, initrd.as_deref(), &full, cfg.vcpus)?;
+            let loaded = boot::load_kernel(&ram, &kernel, initrd.as_deref(), &full, cfg.vcpus, bzimage.resolve(&info.kvm_module))?;
             cmdline_used = Some(full);
             init0 = VcpuInit::for_entry(loaded.entry, base_sregs);
         }
         Payload::TestGuest { mode } => {
-            let loaded = boot::load_image(&ram, std::path::Path::new("<built-in test guest>"), &mut std::io::Cursor::new(TEST_GUEST), None, &mode, cfg.vcpus)?;
+            let loaded = boot::load_image(&ram, std::path::Path::new("<built-in test guest>"), TEST_GUEST, None, &mode, cfg.vcpus, boot::BzImageMode::AsIs)?;
             init0 = VcpuInit::for_entry(loaded.entry, base_sregs);
         }
         Payload::Custom(f) => {
@@ -349,7 +366,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     }
 
     // Statistics descriptors, opened before the vCPUs move to their threads.
-    let vm_stats = StatsFd::open(&vm_fd).ok();
+    let vm_stats = StatsFd::open(&*vm_fd).ok();
     let vcpu_stats: Vec<Option<StatsFd>> = vcpus.iter().map(|v| StatsFd::open(v).ok()).collect();
 
     // An empty handler for the kick signal: it only makes KVM_RUN return EINTR.
@@ -357,17 +374,26 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(emulate::Counters::default());
     let boot_ms = started.elapsed().as_secs_f64() * 1e3;
+    let tracker = match cfg.track_dirty.clone() {
+        Some(d) => Some(crate::dirty::Tracker::start(vm_fd.clone(), ram.clone(), d).map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
     let run_start = Instant::now();
     let mut threads = Vec::new();
+    let last_rips = Arc::new(Mutex::new(vec![0u64; cfg.vcpus as usize]));
     for (id, mut v) in vcpus.into_iter().enumerate() {
         let (ram, devices, stop, counters, tx): (Arc<GuestRam>, _, _, _, Sender<Event>) =
             (ram.clone(), devices.clone(), stop.clone(), counters.clone(), tx.clone());
+        let last_rips = last_rips.clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let why = vcpu::run_loop(&mut v, &ram, &devices, &stop, &counters);
                 if why != VcpuStop::Stopped {
                     let _ = tx.send(Event::Vcpu(id as u8, why));
+                }
+                if let (Ok(r), Ok(mut l)) = (v.get_regs(), last_rips.lock()) {
+                    l[id] = r.rip;
                 }
                 drop(v);
             })
@@ -384,7 +410,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         let ev = match deadline {
             Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                 Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => break ExitReason::Timeout { seconds: cfg.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0) },
+                Err(RecvTimeoutError::Timeout) => break ExitReason::Timeout { seconds: cfg.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0), rips: Vec::new() },
                 Err(RecvTimeoutError::Disconnected) => break ExitReason::UnhandledExit { vcpu: 0, what: "all vCPU threads ended".into() },
             },
             None => match rx.recv() {
@@ -419,6 +445,11 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let read = |s: &Option<StatsFd>| s.as_ref().and_then(|s| s.read().ok()).unwrap_or_default();
     let kvm_stats = KvmStats::new(read(&vm_stats), vcpu_stats.iter().map(read).collect());
     let memory = ram.report();
+    let vmm_rss_bytes = vm_rss().saturating_sub(memory.rss_bytes);
+    let dirty = match tracker {
+        Some(t) => Some(t.finish().map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
 
     // Stop the vCPUs: raise the flag, kick each thread until it leaves KVM_RUN.
     stop.store(true, Ordering::Release);
@@ -434,6 +465,10 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
             let _ = h.join();
         }
     }
+    let mut exit_reason = exit_reason;
+    if let ExitReason::Timeout { rips, .. } = &mut exit_reason {
+        *rips = last_rips.lock().map(|l| l.clone()).unwrap_or_default();
+    }
     Ok(RunReport {
         memory,
         host: info,
@@ -446,8 +481,18 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         milestones,
         cmdline: cmdline_used,
         vmm_emulated: (counters.int3.load(Ordering::Relaxed), counters.other.load(Ordering::Relaxed)),
+        dirty,
+        vmm_rss_bytes,
         console_log: console.log(),
     })
+}
+
+/// This process's resident set (VmRSS), bytes.
+fn vm_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Forwards stdin to the serial port until EOF.

@@ -7,6 +7,9 @@
 //! stream the workload ran (same algorithm, same seed).
 #![no_std]
 
+pub mod kernels;
+pub mod protocol;
+
 /// xorshift64* (Vigna 2016): tiny, fast, good enough for address streams, identical on
 /// every platform. A seed of zero is mapped to a fixed non-zero constant because xorshift
 /// has an all-zero fixed point.
@@ -52,16 +55,24 @@ pub const CHASE_ELEM_BYTES: u64 = 64;
 /// `next[i]` is the index visited after `i`. Starting anywhere, following `next` visits
 /// every element exactly once before returning to the start.
 pub fn chase_permutation(next: &mut [u64], seed: u64) {
-    let n = next.len();
     for (i, slot) in next.iter_mut().enumerate() {
         *slot = i as u64;
     }
+    sattolo_swaps(next.len(), seed, |i, j| next.swap(i, j));
+}
+
+/// The swaps of Sattolo's algorithm over `n` items from `seed`, in order. Shared by
+/// [`chase_permutation`] (a dense index array, used by the models) and
+/// [`kernels::chase_init`] (the same permutation stored inside the 64-byte elements), so
+/// both produce the identical cycle for a seed.
+#[inline(always)]
+pub fn sattolo_swaps(n: usize, seed: u64, mut swap: impl FnMut(usize, usize)) {
     let mut rng = XorShift64::new(seed);
     let mut i = n;
     while i > 1 {
         i -= 1;
         let j = rng.below(i as u64) as usize; // j < i: Sattolo, not Fisher-Yates
-        next.swap(i, j);
+        swap(i, j);
     }
 }
 

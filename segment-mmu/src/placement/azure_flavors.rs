@@ -58,12 +58,19 @@ pub struct Source<'a> {
 }
 
 fn line_err(file: &str, line: usize, msg: impl Into<String>) -> Error {
-    Error::Line { file: file.to_string(), line, msg: msg.into() }
+    Error::Line {
+        file: file.to_string(),
+        line,
+        msg: msg.into(),
+    }
 }
 
 /// Reads a whole file, naming it on failure.
 pub fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Loads the four files; `flavors` and `intervals` default to `flav_map.txt` and
@@ -81,10 +88,22 @@ pub fn load(
     let (t, l, f, i) = (read(trace)?, read(lifetimes)?, read(&fpath)?, read(&ipath)?);
     let names = [trace, lifetimes, &fpath, &ipath].map(|p| p.display().to_string());
     parse(
-        Source { name: &names[0], text: &t },
-        Source { name: &names[1], text: &l },
-        Source { name: &names[2], text: &f },
-        Source { name: &names[3], text: &i },
+        Source {
+            name: &names[0],
+            text: &t,
+        },
+        Source {
+            name: &names[1],
+            text: &l,
+        },
+        Source {
+            name: &names[2],
+            text: &f,
+        },
+        Source {
+            name: &names[3],
+            text: &i,
+        },
         seed,
     )
 }
@@ -99,10 +118,19 @@ pub fn parse_flavors(src: Source<'_>) -> Result<HashMap<String, u64>, Error> {
             continue;
         }
         let bad = |m: &str| line_err(src.name, i + 1, format!("{m}: {line:?}"));
-        let (sizes, letter) = line.split_once(char::is_whitespace).ok_or_else(|| bad("expected `VCPUS,MEMORY_GB LETTER`"))?;
-        let (cpus, mem) = sizes.split_once(',').ok_or_else(|| bad("expected `VCPUS,MEMORY_GB`"))?;
-        cpus.trim().parse::<u32>().map_err(|_| bad("vCPU count is not an integer"))?;
-        let gb: f64 = mem.trim().parse().map_err(|_| bad("memory is not a number"))?;
+        let (sizes, letter) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| bad("expected `VCPUS,MEMORY_GB LETTER`"))?;
+        let (cpus, mem) = sizes
+            .split_once(',')
+            .ok_or_else(|| bad("expected `VCPUS,MEMORY_GB`"))?;
+        cpus.trim()
+            .parse::<u32>()
+            .map_err(|_| bad("vCPU count is not an integer"))?;
+        let gb: f64 = mem
+            .trim()
+            .parse()
+            .map_err(|_| bad("memory is not a number"))?;
         if !(gb.is_finite() && gb > 0.0 && gb < 1e6) {
             return Err(bad("memory out of range"));
         }
@@ -112,7 +140,10 @@ pub fn parse_flavors(src: Source<'_>) -> Result<HashMap<String, u64>, Error> {
         }
     }
     if map.is_empty() {
-        return Err(Error::File { file: src.name.into(), msg: "no flavors".into() });
+        return Err(Error::File {
+            file: src.name.into(),
+            msg: "no flavors".into(),
+        });
     }
     Ok(map)
 }
@@ -148,7 +179,10 @@ pub fn parse_intervals(src: Source<'_>) -> Result<Vec<(u64, u64)>, Error> {
         }
     }
     let Some(last) = last_s else {
-        return Err(Error::File { file: src.name.into(), msg: "no intervals".into() });
+        return Err(Error::File {
+            file: src.name.into(),
+            msg: "no intervals".into(),
+        });
     };
     let mut bins: Vec<(u64, u64)> = lows.windows(2).map(|w| (w[0], w[1])).collect();
     bins.push((*lows.last().unwrap_or(&0), last + step));
@@ -172,13 +206,32 @@ fn split_line<'a>(file: &str, n: usize, line: &'a str) -> Result<(u64, Vec<&'a s
 
 /// Parses arrivals and lifetimes into a workload; lifetimes inside a bin are uniform, drawn
 /// from `seed`. The simulation ends one bin after the last arrival bin (the censoring time).
-pub fn parse(trace: Source<'_>, lifetimes: Source<'_>, flavors: Source<'_>, intervals: Source<'_>, seed: u64) -> Result<Workload, Error> {
+pub fn parse(
+    trace: Source<'_>,
+    lifetimes: Source<'_>,
+    flavors: Source<'_>,
+    intervals: Source<'_>,
+    seed: u64,
+) -> Result<Workload, Error> {
     let flav = parse_flavors(flavors)?;
     let bins = parse_intervals(intervals)?;
-    let tl: Vec<(usize, &str)> = trace.text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
-    let ll: Vec<(usize, &str)> = lifetimes.text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let tl: Vec<(usize, &str)> = trace
+        .text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let ll: Vec<(usize, &str)> = lifetimes
+        .text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
     if tl.is_empty() {
-        return Err(Error::File { file: trace.name.into(), msg: "no arrival lines".into() });
+        return Err(Error::File {
+            file: trace.name.into(),
+            msg: "no arrival lines".into(),
+        });
     }
     if tl.len() != ll.len() {
         return Err(Error::File {
@@ -193,7 +246,11 @@ pub fn parse(trace: Source<'_>, lifetimes: Source<'_>, flavors: Source<'_>, inte
         let (t, fi) = split_line(trace.name, ti + 1, tline.trim())?;
         let (t2, lt) = split_line(lifetimes.name, li + 1, lline.trim())?;
         if t != t2 {
-            return Err(line_err(lifetimes.name, li + 1, format!("timestamp {t2} but {}:{} has {t}", trace.name, ti + 1)));
+            return Err(line_err(
+                lifetimes.name,
+                li + 1,
+                format!("timestamp {t2} but {}:{} has {t}", trace.name, ti + 1),
+            ));
         }
         if prev.is_some_and(|p| t < p) {
             return Err(line_err(trace.name, ti + 1, "timestamps go backwards"));
@@ -207,39 +264,75 @@ pub fn parse(trace: Source<'_>, lifetimes: Source<'_>, flavors: Source<'_>, inte
     let mut vms = Vec::new();
     for (t, tn, fi, ln, lt) in parsed {
         if fi.len() != lt.len() {
-            return Err(line_err(lifetimes.name, ln, format!("{} items, but {}:{tn} has {}", lt.len(), trace.name, fi.len())));
+            return Err(line_err(
+                lifetimes.name,
+                ln,
+                format!(
+                    "{} items, but {}:{tn} has {}",
+                    lt.len(),
+                    trace.name,
+                    fi.len()
+                ),
+            ));
         }
         for (k, (f, l)) in fi.iter().zip(&lt).enumerate() {
             if *f == "|" || *l == "|" {
                 if f != l {
-                    return Err(line_err(lifetimes.name, ln, format!("item {}: batch separators of the two files do not line up", k + 1)));
+                    return Err(line_err(
+                        lifetimes.name,
+                        ln,
+                        format!(
+                            "item {}: batch separators of the two files do not line up",
+                            k + 1
+                        ),
+                    ));
                 }
                 continue;
             }
-            let memory = *flav
-                .get(*f)
-                .ok_or_else(|| line_err(trace.name, tn, format!("item {}: unknown flavor {f:?}", k + 1)))?;
-            let bad_lt = |m: String| line_err(lifetimes.name, ln, format!("item {} ({l:?}): {m}", k + 1));
+            let memory = *flav.get(*f).ok_or_else(|| {
+                line_err(
+                    trace.name,
+                    tn,
+                    format!("item {}: unknown flavor {f:?}", k + 1),
+                )
+            })?;
+            let bad_lt =
+                |m: String| line_err(lifetimes.name, ln, format!("item {} ({l:?}): {m}", k + 1));
             let (kind, bin) = l.split_at(l.chars().next().map_or(0, char::len_utf8));
-            let bin: usize = bin.parse().map_err(|_| bad_lt("expected U<bin> or C<bin>".into()))?;
-            let &(lo, hi) = bins.get(bin).ok_or_else(|| bad_lt(format!("bin {bin} is not in the interval map")))?;
+            let bin: usize = bin
+                .parse()
+                .map_err(|_| bad_lt("expected U<bin> or C<bin>".into()))?;
+            let &(lo, hi) = bins
+                .get(bin)
+                .ok_or_else(|| bad_lt(format!("bin {bin} is not in the interval map")))?;
             let lifetime = match kind {
                 // Ended inside the trace: uniform in the bin, cut at the end of the trace, and
                 // at least one second so a VM never leaves before it arrives.
                 "U" => {
                     let (a, b) = (lo.max(1), hi.min(end - t));
                     if a >= b {
-                        return Err(bad_lt(format!("bin [{lo}, {hi}) s cannot end before the trace ends at {end}")));
+                        return Err(bad_lt(format!(
+                            "bin [{lo}, {hi}) s cannot end before the trace ends at {end}"
+                        )));
                     }
                     Some(rng.range(a, b))
                 }
                 "C" => None,
                 _ => return Err(bad_lt("expected U<bin> or C<bin>".into())),
             };
-            vms.push(VmRequest { arrival: t, lifetime, memory });
+            vms.push(VmRequest {
+                arrival: t,
+                lifetime,
+                memory,
+            });
         }
     }
-    Ok(Workload { source: trace.name.to_string(), vms, start, end })
+    Ok(Workload {
+        source: trace.name.to_string(),
+        vms,
+        start,
+        end,
+    })
 }
 
 #[cfg(test)]
@@ -254,12 +347,22 @@ mod tests {
     }
 
     fn run(t: &'static str, l: &'static str) -> Result<Workload, Error> {
-        parse(src("t.txt", t), src("l.txt", l), src("f.txt", FLAV), src("i.txt", INT), 1)
+        parse(
+            src("t.txt", t),
+            src("l.txt", l),
+            src("f.txt", FLAV),
+            src("i.txt", INT),
+            1,
+        )
     }
 
     #[test]
     fn parses_small_trace() {
-        let w = run("100 a,|,h,h,|,\n400 a,|,\n", "100 U0,|,U1,C2,|,\n400 U0,|,\n").unwrap();
+        let w = run(
+            "100 a,|,h,h,|,\n400 a,|,\n",
+            "100 U0,|,U1,C2,|,\n400 U0,|,\n",
+        )
+        .unwrap();
         assert_eq!(w.vms.len(), 4);
         assert_eq!((w.start, w.end), (100, 700));
         assert_eq!(w.vms[0].memory, 768 * MIB);
@@ -281,7 +384,10 @@ mod tests {
 
     #[test]
     fn intervals_close_last_bin() {
-        assert_eq!(parse_intervals(src("i", INT)).unwrap(), vec![(0, 300), (300, 600), (600, 1200)]);
+        assert_eq!(
+            parse_intervals(src("i", INT)).unwrap(),
+            vec![(0, 300), (300, 600), (600, 1200)]
+        );
         assert!(parse_intervals(src("i", "0 0\n300 2\n")).is_err());
         assert!(parse_intervals(src("i", "0 0\n0 1\n")).is_err());
     }
@@ -292,7 +398,10 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_file_and_line() {
-        assert_eq!(err("0 a,\n300 z,\n", "0 U0,\n300 U0,\n"), "t.txt:2: item 1: unknown flavor \"z\"");
+        assert_eq!(
+            err("0 a,\n300 z,\n", "0 U0,\n300 U0,\n"),
+            "t.txt:2: item 1: unknown flavor \"z\""
+        );
         assert!(err("0 a,\n300 a,\n", "0 U0,\n300 X0,\n").starts_with("l.txt:2:"));
         assert!(err("0 a,\n300 a,\n", "0 U0,\n300 U9,\n").contains("bin 9"));
         assert!(err("0 a,a,\n", "0 U0,\n").starts_with("l.txt:1: 1 items"));
@@ -302,6 +411,9 @@ mod tests {
         assert!(err("300 a,\n0 a,\n", "300 U0,\n0 U0,\n").contains("backwards"));
         assert!(err("0 a,\n", "0 U2,\n").contains("cannot end"));
         assert!(err("0 a,\n", "").contains("0 lines"));
-        assert!(parse_flavors(src("f", "1,x a\n")).unwrap_err().to_string().starts_with("f:1:"));
+        assert!(parse_flavors(src("f", "1,x a\n"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("f:1:"));
     }
 }

@@ -49,14 +49,17 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     /// Memory a VM may use on one host.
     pub fn usable_per_host(&self) -> u64 {
-        self.host_memory.saturating_sub(align_up(self.reserved, self.align.max(1)))
+        self.host_memory
+            .saturating_sub(align_up(self.reserved, self.align.max(1)))
     }
 
     /// The host count that makes the workload's peak of live memory fill `peak_utilization`
     /// of the cluster: a cluster that is never full says nothing about fragmentation.
     pub fn auto_hosts(&self, w: &Workload, peak_utilization: f64) -> Result<usize, Error> {
         if !(peak_utilization > 0.0 && peak_utilization <= 1.0) {
-            return Err(Error::Config(format!("peak utilization {peak_utilization} is not in (0, 1]")));
+            return Err(Error::Config(format!(
+                "peak utilization {peak_utilization} is not in (0, 1]"
+            )));
         }
         let usable = self.usable_per_host();
         if usable == 0 {
@@ -77,7 +80,10 @@ struct MaxTree {
 impl MaxTree {
     fn new(len: usize) -> Self {
         let n = len.next_power_of_two().max(1);
-        Self { n, t: vec![0; 2 * n] }
+        Self {
+            n,
+            t: vec![0; 2 * n],
+        }
     }
 
     fn set(&mut self, i: usize, v: u64) {
@@ -101,7 +107,8 @@ impl MaxTree {
             return Some(lo);
         }
         let mid = (lo + hi) / 2;
-        self.go(2 * node, lo, mid, from, v).or_else(|| self.go(2 * node + 1, mid, hi, from, v))
+        self.go(2 * node, lo, mid, from, v)
+            .or_else(|| self.go(2 * node + 1, mid, hi, from, v))
     }
 }
 
@@ -117,8 +124,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds the cluster, with faulted pages drawn from the spec's seed.
-    pub fn new(spec: &ClusterSpec, mode: Mode) -> Result<Self, Error> {
+    /// Builds the cluster, with faulted pages drawn from the spec's seed, and escape filters
+    /// of `escape_filter` pages.
+    pub fn new(spec: &ClusterSpec, mode: Mode, escape_filter: u32) -> Result<Self, Error> {
         if spec.hosts == 0 || spec.hosts > u32::MAX as usize {
             return Err(Error::Config(format!("{} hosts", spec.hosts)));
         }
@@ -126,14 +134,23 @@ impl Cluster {
         let mut hosts = Vec::with_capacity(spec.hosts);
         for i in 0..spec.hosts {
             let pages = spec.host_memory / PAGE;
-            let bad: Vec<u64> = (0..spec.bad_pages_per_host).map(|_| rng.range(0, pages) * PAGE).collect();
+            let bad: Vec<u64> = (0..spec.bad_pages_per_host)
+                .map(|_| rng.range(0, pages) * PAGE)
+                .collect();
             hosts.push(
                 HostMemory::new(spec.host_memory, spec.reserved, spec.align, &bad)
-                    .map_err(|source| Error::Host { host: i, source })?,
+                    .map_err(|source| Error::Host { host: i, source })?
+                    .with_escape_filter(escape_filter),
             );
         }
         let paged_free = hosts.iter().map(HostMemory::free_bytes).collect();
-        let mut c = Self { tree: MaxTree::new(hosts.len()), by_free: BTreeSet::new(), hosts, mode, paged_free };
+        let mut c = Self {
+            tree: MaxTree::new(hosts.len()),
+            by_free: BTreeSet::new(),
+            hosts,
+            mode,
+            paged_free,
+        };
         for h in 0..c.hosts.len() {
             c.tree.set(h, c.key(h));
             c.by_free.insert((c.free(h), h as u32));
@@ -167,20 +184,24 @@ impl Cluster {
 
     fn key(&self, h: usize) -> u64 {
         match self.mode {
-            Mode::Segments => self.hosts[h].largest_free(),
+            Mode::Segments => self.hosts[h].placeable(),
             Mode::Paging => self.paged_free[h],
         }
     }
 
     /// Changes host `h` through `f`, keeping the indexes right.
-    pub fn update<T>(&mut self, h: usize, f: impl FnOnce(&mut HostMemory) -> Result<T, host::Error>) -> Result<T, Error> {
+    pub fn update<T>(
+        &mut self,
+        h: usize,
+        f: impl FnOnce(&mut HostMemory) -> Result<T, host::Error>,
+    ) -> Result<T, Error> {
         let old = self.free(h);
         let r = f(&mut self.hosts[h]).map_err(|source| Error::Host { host: h, source });
         self.reindex(h, old);
         r
     }
 
-    /// Takes (`delta` < 0) or gives back bytes in paging mode.
+    /// Takes (`take`) or gives back bytes in paging mode.
     pub fn page(&mut self, h: usize, take: bool, bytes: u64) {
         let old = self.free(h);
         if take {
@@ -199,7 +220,11 @@ impl Cluster {
 
     /// Hosts whose key (largest extent, or free bytes when paging) is at least `need`, in
     /// the order `policy` prefers them.
-    pub fn candidates(&self, need: u64, policy: HostPolicy) -> Box<dyn Iterator<Item = usize> + '_> {
+    pub fn candidates(
+        &self,
+        need: u64,
+        policy: HostPolicy,
+    ) -> Box<dyn Iterator<Item = usize> + '_> {
         match policy {
             HostPolicy::FirstFit => {
                 let mut from = 0;
@@ -210,7 +235,10 @@ impl Cluster {
                 }))
             }
             HostPolicy::BestFit => Box::new(
-                self.by_free.range((need, 0)..).map(|&(_, h)| h as usize).filter(move |&h| self.key(h) >= need),
+                self.by_free
+                    .range((need, 0)..)
+                    .map(|&(_, h)| h as usize)
+                    .filter(move |&h| self.key(h) >= need),
             ),
             HostPolicy::WorstFit => Box::new(
                 self.by_free
@@ -227,20 +255,36 @@ impl Cluster {
     /// hosts where a split placement or a compaction might succeed.
     pub fn with_free(&self, need: u64, policy: HostPolicy) -> Vec<usize> {
         match policy {
-            HostPolicy::FirstFit => (0..self.hosts.len()).filter(|&h| self.free(h) >= need).collect(),
-            HostPolicy::BestFit => self.by_free.range((need, 0)..).map(|&(_, h)| h as usize).collect(),
-            HostPolicy::WorstFit => {
-                self.by_free.iter().rev().take_while(|&&(f, _)| f >= need).map(|&(_, h)| h as usize).collect()
-            }
+            HostPolicy::FirstFit => (0..self.hosts.len())
+                .filter(|&h| self.free(h) >= need)
+                .collect(),
+            HostPolicy::BestFit => self
+                .by_free
+                .range((need, 0)..)
+                .map(|&(_, h)| h as usize)
+                .collect(),
+            HostPolicy::WorstFit => self
+                .by_free
+                .iter()
+                .rev()
+                .take_while(|&&(f, _)| f >= need)
+                .map(|&(_, h)| h as usize)
+                .collect(),
         }
     }
 
     /// Checks every host and that the indexes match the hosts.
     pub fn check(&self) -> Result<(), Error> {
         for (h, host) in self.hosts.iter().enumerate() {
-            host.check().map_err(|source| Error::Host { host: h, source })?;
-            if self.tree.t[self.tree.n + h] != self.key(h) || !self.by_free.contains(&(self.free(h), h as u32)) {
-                return Err(Error::Host { host: h, source: host::Error::Invariant("cluster index is stale".into()) });
+            host.check()
+                .map_err(|source| Error::Host { host: h, source })?;
+            if self.tree.t[self.tree.n + h] != self.key(h)
+                || !self.by_free.contains(&(self.free(h), h as u32))
+            {
+                return Err(Error::Host {
+                    host: h,
+                    source: host::Error::Invariant("cluster index is stale".into()),
+                });
             }
         }
         if self.by_free.len() != self.hosts.len() {
@@ -257,7 +301,14 @@ mod tests {
     use crate::placement::workload::VmRequest;
 
     fn spec(hosts: usize) -> ClusterSpec {
-        ClusterSpec { hosts, host_memory: 8 * GIB, reserved: 0, align: GIB, bad_pages_per_host: 0, seed: 1 }
+        ClusterSpec {
+            hosts,
+            host_memory: 8 * GIB,
+            reserved: 0,
+            align: GIB,
+            bad_pages_per_host: 0,
+            seed: 1,
+        }
     }
 
     #[test]
@@ -269,19 +320,27 @@ mod tests {
         assert_eq!(t.first_at_least(0, 4), Some(2));
         assert_eq!(t.first_at_least(3, 4), Some(4));
         assert_eq!(t.first_at_least(0, 6), None);
-        assert_eq!(t.first_at_least(5, 0), Some(5), "padding leaves are visible to callers that do not bound");
+        assert_eq!(
+            t.first_at_least(5, 0),
+            Some(5),
+            "padding leaves are visible to callers that do not bound"
+        );
     }
 
     #[test]
     fn candidates_follow_policy() {
-        let mut c = Cluster::new(&spec(3), Mode::Segments).unwrap();
+        let mut c = Cluster::new(&spec(3), Mode::Segments, 0).unwrap();
         c.update(0, |h| h.allocate(0, 6 * GIB, 1)).unwrap();
         c.update(1, |h| h.allocate(0, 2 * GIB, 2)).unwrap();
         let order = |p| c.candidates(2 * GIB, p).collect::<Vec<_>>();
         assert_eq!(order(HostPolicy::FirstFit), vec![0, 1, 2]);
         assert_eq!(order(HostPolicy::BestFit), vec![0, 1, 2]);
         assert_eq!(order(HostPolicy::WorstFit), vec![2, 1, 0]);
-        assert_eq!(c.candidates(7 * GIB, HostPolicy::FirstFit).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            c.candidates(7 * GIB, HostPolicy::FirstFit)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
         assert_eq!(c.with_free(3 * GIB, HostPolicy::WorstFit), vec![2, 1]);
         c.check().unwrap();
     }
@@ -290,7 +349,13 @@ mod tests {
     fn auto_hosts_sizes_from_peak() {
         let w = Workload {
             source: "t".into(),
-            vms: (0..10).map(|i| VmRequest { arrival: i, lifetime: None, memory: 9 * GIB / 10 }).collect(),
+            vms: (0..10)
+                .map(|i| VmRequest {
+                    arrival: i,
+                    lifetime: None,
+                    memory: 9 * GIB / 10,
+                })
+                .collect(),
             start: 0,
             end: 100,
         };
@@ -298,6 +363,6 @@ mod tests {
         assert_eq!(spec(1).auto_hosts(&w, 0.9), Ok(2));
         assert_eq!(spec(1).auto_hosts(&w, 0.5), Ok(3));
         assert!(spec(1).auto_hosts(&w, 0.0).is_err());
-        assert!(Cluster::new(&spec(0), Mode::Segments).is_err());
+        assert!(Cluster::new(&spec(0), Mode::Segments, 0).is_err());
     }
 }

@@ -61,6 +61,11 @@ pub struct HostMemory {
     free_bytes: u64,
     used: BTreeMap<u64, (u64, Owner)>,
     bad: BTreeSet<u64>,
+    /// Faulted pages one segment may cover (the escape filter's size).
+    filter: u32,
+    /// Longest segment that could be placed now covering at most `filter` faulted pages;
+    /// kept up to date only when the host has faulted pages (else it is `largest_free`).
+    placeable: u64,
 }
 
 impl HostMemory {
@@ -68,14 +73,20 @@ impl HostMemory {
     /// segments at multiples of `align`, with hard-faulted pages at the given addresses.
     pub fn new(size: u64, reserved: u64, align: u64, bad_pages: &[u64]) -> Result<Self, Error> {
         if !align.is_power_of_two() || align < PAGE {
-            return Err(Error::Geometry(format!("alignment {align} is not a power of two >= 4 KiB")));
+            return Err(Error::Geometry(format!(
+                "alignment {align} is not a power of two >= 4 KiB"
+            )));
         }
         if size == 0 || size % align != 0 {
-            return Err(Error::Geometry(format!("host size {size} is not a non-zero multiple of the alignment {align}")));
+            return Err(Error::Geometry(format!(
+                "host size {size} is not a non-zero multiple of the alignment {align}"
+            )));
         }
         let reserved = align_up(reserved, align);
         if reserved >= size {
-            return Err(Error::Geometry(format!("reserved region {reserved} leaves no memory in a host of {size}")));
+            return Err(Error::Geometry(format!(
+                "reserved region {reserved} leaves no memory in a host of {size}"
+            )));
         }
         let mut h = Self {
             size,
@@ -86,17 +97,84 @@ impl HostMemory {
             free_bytes: 0,
             used: BTreeMap::new(),
             bad: BTreeSet::new(),
+            filter: 0,
+            placeable: 0,
         };
         for &b in bad_pages {
             if b >= size {
-                return Err(Error::Geometry(format!("hard-faulted page {b:#x} is outside the host")));
+                return Err(Error::Geometry(format!(
+                    "hard-faulted page {b:#x} is outside the host"
+                )));
             }
             if b >= reserved {
                 h.bad.insert(b & !(PAGE - 1));
             }
         }
         h.insert_free(reserved, size - reserved);
+        h.refresh_placeable();
         Ok(h)
+    }
+
+    /// Lets one segment cover up to `faults` faulted pages (an escape filter of that size).
+    pub fn with_escape_filter(mut self, faults: u32) -> Self {
+        self.filter = faults;
+        self.refresh_placeable();
+        self
+    }
+
+    /// Longest segment that one placement could get now, honouring the escape filter: the
+    /// key by which the cluster picks hosts, so that a host it picks can really take the VM.
+    pub fn placeable(&self) -> u64 {
+        if self.bad.is_empty() {
+            self.largest_free()
+        } else {
+            self.placeable
+        }
+    }
+
+    /// Recomputes `placeable`: extents are visited largest first and the walk stops as soon
+    /// as no remaining extent can beat the best window, so it costs about one step per
+    /// faulted page rather than one per extent.
+    fn refresh_placeable(&mut self) {
+        if self.bad.is_empty() {
+            return;
+        }
+        let mut best = 0;
+        for &(l, s) in self.by_size.iter().rev() {
+            if l <= best {
+                break;
+            }
+            best = best.max(self.best_window(s, l, self.filter));
+        }
+        self.placeable = best;
+    }
+
+    /// Longest aligned window inside extent `[start, start + ext)` covering at most `faults`
+    /// faulted pages. Best windows start at the extent start or just after a faulted page,
+    /// and stop just before the (faults + 1)-th faulted page after their start.
+    fn best_window(&self, start: u64, ext: u64, faults: u32) -> u64 {
+        let end = start + ext;
+        let bad: Vec<u64> = self.bad.range(start..end).copied().collect();
+        if bad.len() <= faults as usize {
+            return end - align_up(start, self.align).min(end);
+        }
+        let mut best = 0;
+        for j in 0..=bad.len() {
+            let from = if j == 0 { align_up(start, self.align) } else { align_up(bad[j - 1] + PAGE, self.align) };
+            let stop = bad.get(j + faults as usize).map_or(end, |&b| (b & !(self.align - 1)).min(end));
+            best = best.max(stop.saturating_sub(from));
+        }
+        best
+    }
+
+    /// Free memory split at faulted pages into aligned holes that cover none, largest first.
+    pub fn clean_holes(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for (s, l) in self.free_extents() {
+            self.push_clean_holes(s, s + l, &mut out);
+        }
+        out.sort_unstable_by_key(|&(s, l)| (std::cmp::Reverse(l), s));
+        out
     }
 
     /// Total physical memory.
@@ -141,7 +219,7 @@ impl HostMemory {
     /// hard-faulted pages (the room left in the VM's escape filter). Returns the start and the
     /// number of faulted pages covered.
     pub fn find(&self, len: u64, policy: ExtentPolicy, faults: u32) -> Option<(u64, u32)> {
-        if len == 0 || len > self.largest_free() {
+        if len == 0 || len > self.largest_free() || (faults <= self.filter && len > self.placeable()) {
             return None;
         }
         match policy {
@@ -169,7 +247,10 @@ impl HostMemory {
     fn place_in(&self, start: u64, ext: u64, len: u64, faults: u32) -> Option<(u64, u32)> {
         let end = start + ext;
         let first = align_up(start, self.align);
-        let after_bad = self.bad.range(start..end).map(|&b| align_up(b + PAGE, self.align));
+        let after_bad = self
+            .bad
+            .range(start..end)
+            .map(|&b| align_up(b + PAGE, self.align));
         std::iter::once(first).chain(after_bad).find_map(|x| {
             if x + len > end {
                 return None;
@@ -197,6 +278,7 @@ impl HostMemory {
             self.insert_free(start + len, fs + fl - start - len);
         }
         self.used.insert(start, (len, owner));
+        self.refresh_placeable();
         Ok(())
     }
 
@@ -218,6 +300,7 @@ impl HostMemory {
             l += nl;
         }
         self.insert_free(s, l);
+        self.refresh_placeable();
         Ok((len, owner))
     }
 
@@ -238,7 +321,12 @@ impl HostMemory {
     /// space outside it. Moved segments never cover faulted pages (their escape filters are
     /// not consulted). Returns the window start, the moves and the bytes moved, or `None` when
     /// no plan costs at most `budget` bytes.
-    pub fn plan_compaction(&self, len: u64, faults: u32, budget: u64) -> Option<(u64, Vec<Move>, u64)> {
+    pub fn plan_compaction(
+        &self,
+        len: u64,
+        faults: u32,
+        budget: u64,
+    ) -> Option<(u64, Vec<Move>, u64)> {
         if self.free_bytes < len {
             return None;
         }
@@ -258,7 +346,11 @@ impl HostMemory {
             while first_seg < segs.len() && segs[first_seg].0 + segs[first_seg].1 <= x {
                 first_seg += 1;
             }
-            let cost: u64 = segs[first_seg..].iter().take_while(|s| s.0 < end).map(|s| s.1).sum();
+            let cost: u64 = segs[first_seg..]
+                .iter()
+                .take_while(|s| s.0 < end)
+                .map(|s| s.1)
+                .sum();
             if cost <= budget {
                 cands.push((cost, x));
             }
@@ -282,9 +374,12 @@ impl HostMemory {
                 self.push_clean_holes(a, b, &mut holes);
             }
         }
-        let mut movers: Vec<(u64, u64, Owner)> =
-            segs.iter().filter(|s| s.0 < hi && s.0 + s.1 > lo).copied().collect();
-        movers.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        let mut movers: Vec<(u64, u64, Owner)> = segs
+            .iter()
+            .filter(|s| s.0 < hi && s.0 + s.1 > lo)
+            .copied()
+            .collect();
+        movers.sort_unstable_by_key(|m| std::cmp::Reverse(m.1));
         let mut moves = Vec::with_capacity(movers.len());
         for (from, l, owner) in movers {
             let i = holes
@@ -294,7 +389,12 @@ impl HostMemory {
                 .min_by_key(|(_, h)| h.1)
                 .map(|(i, _)| i)?;
             let (hs, hl) = holes[i];
-            moves.push(Move { owner, from, to: hs, len: l });
+            moves.push(Move {
+                owner,
+                from,
+                to: hs,
+                len: l,
+            });
             if hl == l {
                 holes.swap_remove(i);
             } else {
@@ -306,6 +406,9 @@ impl HostMemory {
 
     /// Splits free range `[a, b)` at faulted pages into aligned holes.
     fn push_clean_holes(&self, a: u64, b: u64, out: &mut Vec<(u64, u64)>) {
+        if a >= b {
+            return;
+        }
         let mut cur = align_up(a, self.align);
         for &bad in self.bad.range(a..b) {
             let stop = bad & !(self.align - 1);
@@ -342,7 +445,8 @@ impl HostMemory {
         if self.free.len() != self.by_size.len() {
             return bad("free views differ in length".into());
         }
-        let mut blocks: Vec<(u64, u64, bool)> = self.free_extents().map(|(s, l)| (s, l, true)).collect();
+        let mut blocks: Vec<(u64, u64, bool)> =
+            self.free_extents().map(|(s, l)| (s, l, true)).collect();
         blocks.extend(self.segments().map(|(s, l, _)| (s, l, false)));
         blocks.sort_unstable();
         let mut at = self.reserved;
@@ -365,10 +469,16 @@ impl HostMemory {
             at = s + l;
         }
         if at != self.size {
-            return bad(format!("blocks end at {at:#x}, host ends at {:#x}", self.size));
+            return bad(format!(
+                "blocks end at {at:#x}, host ends at {:#x}",
+                self.size
+            ));
         }
         if free_sum != self.free_bytes {
-            return bad(format!("free bytes {} but extents sum to {free_sum}", self.free_bytes));
+            return bad(format!(
+                "free bytes {} but extents sum to {free_sum}",
+                self.free_bytes
+            ));
         }
         Ok(())
     }
@@ -426,8 +536,14 @@ mod tests {
         h.allocate(GIB, GIB, 1).unwrap();
         h.allocate(5 * GIB, GIB, 2).unwrap();
         assert_eq!(h.find(GIB, ExtentPolicy::FirstFit, 0), Some((0, 0)));
-        assert_eq!(h.find(2 * GIB, ExtentPolicy::FirstFit, 0), Some((2 * GIB, 0)));
-        assert_eq!(h.find(2 * GIB, ExtentPolicy::BestFit, 0), Some((6 * GIB, 0)));
+        assert_eq!(
+            h.find(2 * GIB, ExtentPolicy::FirstFit, 0),
+            Some((2 * GIB, 0))
+        );
+        assert_eq!(
+            h.find(2 * GIB, ExtentPolicy::BestFit, 0),
+            Some((6 * GIB, 0))
+        );
         assert_eq!(h.find(GIB, ExtentPolicy::WorstFit, 0), Some((2 * GIB, 0)));
         assert_eq!(h.find(4 * GIB, ExtentPolicy::FirstFit, 0), None);
     }
@@ -439,9 +555,32 @@ mod tests {
         assert_eq!(h.find(4 * GIB, ExtentPolicy::FirstFit, 0), None);
         assert_eq!(h.find(4 * GIB, ExtentPolicy::FirstFit, 1), Some((0, 1)));
         // A 2 GiB segment slides past it.
-        assert_eq!(h.find(2 * GIB, ExtentPolicy::FirstFit, 0), Some((2 * GIB, 0)));
+        assert_eq!(
+            h.find(2 * GIB, ExtentPolicy::FirstFit, 0),
+            Some((2 * GIB, 0))
+        );
         h.allocate(2 * GIB, 2 * GIB, 1).unwrap();
         h.check().unwrap();
+    }
+
+    #[test]
+    fn placeable_honours_the_escape_filter() {
+        // Faulted pages in the 2nd and 6th GiB of an 8 GiB host.
+        let bad = [GIB + PAGE, 5 * GIB + 7 * PAGE];
+        let h = HostMemory::new(8 * GIB, 0, GIB, &bad).unwrap();
+        assert_eq!(h.largest_free(), 8 * GIB);
+        assert_eq!(h.placeable(), 3 * GIB, "[2G, 5G) is the longest clean run");
+        assert_eq!(h.clone().with_escape_filter(1).placeable(), 6 * GIB, "[2G, 8G) covers one");
+        assert_eq!(h.clone().with_escape_filter(2).placeable(), 8 * GIB);
+        assert_eq!(h.clean_holes(), vec![(2 * GIB, 3 * GIB), (6 * GIB, 2 * GIB), (0, GIB)]);
+        assert_eq!(h.find(4 * GIB, ExtentPolicy::FirstFit, 0), None);
+        assert_eq!(h.find(3 * GIB, ExtentPolicy::FirstFit, 0), Some((2 * GIB, 0)));
+        let mut h1 = h.with_escape_filter(1);
+        assert_eq!(h1.find(6 * GIB, ExtentPolicy::BestFit, 1), Some((2 * GIB, 1)));
+        h1.allocate(2 * GIB, 6 * GIB, 9).unwrap();
+        assert_eq!(h1.placeable(), 2 * GIB, "[0, 2G) covers one faulted page, as allowed");
+        h1.release(2 * GIB).unwrap();
+        assert_eq!(h1.placeable(), 6 * GIB);
     }
 
     #[test]
@@ -459,7 +598,9 @@ mod tests {
         h.check().unwrap();
         assert!(h.find(3 * GIB, ExtentPolicy::FirstFit, 0).is_some());
         assert_eq!(h.bad_pages_in(x, 3 * GIB), 0);
-        assert!(h.free_extents().any(|(s, l)| s <= x && s + l >= x + 3 * GIB));
+        assert!(h
+            .free_extents()
+            .any(|(s, l)| s <= x && s + l >= x + 3 * GIB));
         // A zero budget refuses.
         let mut h2 = host(8);
         for s in [1, 3, 5] {

@@ -32,7 +32,10 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
         return Err(Error::Empty);
     }
     let name = path.display().to_string();
-    let d = |e: &dyn std::fmt::Display| Error::Draw { path: name.clone(), msg: e.to_string() };
+    let d = |e: &dyn std::fmt::Display| Error::Draw {
+        path: name.clone(),
+        msg: e.to_string(),
+    };
     let root = SVGBackend::new(path, (1000, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| d(&e))?;
     let (top, bottom) = root.split_vertically(450);
@@ -43,7 +46,10 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
         .map(|s| s.t as f64 / 3600.0)
         .fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&top)
-        .caption("Fragmentation: largest free extent / free memory (sum over hosts)", ("sans-serif", 18))
+        .caption(
+            "Fragmentation: largest free extent / free memory (sum over hosts)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -57,13 +63,18 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
         .map_err(|e| d(&e))?;
     for (i, r) in reports.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> =
-            r.fragmentation.iter().map(|s| (s.t as f64 / 3600.0, s.largest_over_free)).collect();
+        let pts: Vec<(f64, f64)> = r
+            .fragmentation
+            .iter()
+            .map(|s| (s.t as f64 / 3600.0, s.largest_over_free))
+            .collect();
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(|e| d(&e))?
             .label(run_label(r))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -73,10 +84,18 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
         .draw()
         .map_err(|e| d(&e))?;
 
-    let maxk = reports.iter().flat_map(|r| r.segments_histogram.keys()).copied().max().unwrap_or(1);
+    let maxk = reports
+        .iter()
+        .flat_map(|r| r.segments_histogram.keys())
+        .copied()
+        .max()
+        .unwrap_or(1);
     let ymax = reports.iter().map(|r| r.vms).max().unwrap_or(1).max(1) as f64 * 2.0;
     let mut hist = ChartBuilder::on(&bottom)
-        .caption("VMs by number of segments (0 = rejected)", ("sans-serif", 18))
+        .caption(
+            "VMs by number of segments (0 = rejected)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -93,7 +112,8 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
     let width = 0.8 / n;
     for (i, r) in reports.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let mut bars: Vec<(usize, u64)> = r.segments_histogram.iter().map(|(&k, &v)| (k, v)).collect();
+        let mut bars: Vec<(usize, u64)> =
+            r.segments_histogram.iter().map(|(&k, &v)| (k, v)).collect();
         bars.push((0, r.rejected));
         let x0 = -0.4 + width * i as f64;
         hist.draw_series(bars.into_iter().filter(|b| b.1 > 0).map(|(k, v)| {
@@ -136,11 +156,24 @@ mod tests {
     fn writes_an_svg_with_both_panels() {
         let w = Workload {
             source: "t".into(),
-            vms: (0..20).map(|i| VmRequest { arrival: i, lifetime: Some(5), memory: GIB }).collect(),
+            vms: (0..20)
+                .map(|i| VmRequest {
+                    arrival: i,
+                    lifetime: Some(5),
+                    memory: GIB,
+                })
+                .collect(),
             start: 0,
             end: 40,
         };
-        let spec = ClusterSpec { hosts: 1, host_memory: 4 * GIB, reserved: 0, align: GIB, bad_pages_per_host: 0, seed: 1 };
+        let spec = ClusterSpec {
+            hosts: 1,
+            host_memory: 4 * GIB,
+            reserved: 0,
+            align: GIB,
+            bad_pages_per_host: 0,
+            seed: 1,
+        };
         let r = simulate(&w, &spec, Config::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.svg");
@@ -149,6 +182,10 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("Fragmentation") && svg.contains("segments per VM"));
         assert!(matches!(write_svg(&p, &[]), Err(Error::Empty)));
-        assert!(write_svg(&dir.path().join("no/such/dir.svg"), &[simulate(&w, &spec, Config::default()).unwrap()]).is_err());
+        assert!(write_svg(
+            &dir.path().join("no/such/dir.svg"),
+            &[simulate(&w, &spec, Config::default()).unwrap()]
+        )
+        .is_err());
     }
 }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::policy::Mode;
 use super::size::format_size;
 
 /// One sample of fragmentation over time.
@@ -26,6 +27,8 @@ pub struct Sample {
 pub struct Report {
     /// Policy label (`first-fit`, or `host/extent` when they differ), `paging` for the baseline.
     pub policy: String,
+    /// Segments, or the paging baseline.
+    pub mode: Mode,
     /// Whether compaction was on.
     pub compaction: bool,
     /// Whether self-ballooning was on.
@@ -46,8 +49,9 @@ pub struct Report {
     pub paging_rejected: Option<u64>,
     /// VMs placed as exactly one segment (after compaction when it was needed).
     pub single_segment: u64,
-    /// `single_segment / vms`: the paper's figure (rejected VMs count against it).
-    pub single_segment_fraction: f64,
+    /// `single_segment / vms`: the paper's figure (rejected VMs count against it); `None`
+    /// for the paging baseline, which has no segments.
+    pub single_segment_fraction: Option<f64>,
     /// Segments per placed VM at placement → number of VMs.
     pub segments_histogram: BTreeMap<usize, u64>,
     /// Placements that needed a compaction.
@@ -62,6 +66,8 @@ pub struct Report {
     pub faults_absorbed: u64,
     /// Peak live VM memory, bytes.
     pub peak_live_memory: u64,
+    /// Live VM memory when the simulation stopped, bytes.
+    pub final_live_memory: u64,
     /// Mean over samples of `largest_over_free`.
     pub mean_largest_over_free: f64,
     /// Minimum over samples of `largest_over_free`.
@@ -81,15 +87,20 @@ pub fn table(reports: &[Report]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<22} {:>4} {:>4} {:>5} {:>8} {:>7} {:>9} {:>10} {:>8} {:>5} {:>9} {:>9} {:>7} {:>10}",
-        "policy", "cmp", "bal", "hosts", "vms", "reject", "paging_rj", "one_seg", "split", "maxk", "compacted", "ballooned", "frag", "events/s"
+        "{:<22} {:>4} {:>4} {:>5} {:>8} {:>7} {:>9} {:>10} {:>6} {:>4} {:>9} {:>6} {:>9} {:>7} {:>10}",
+        "policy", "cmp", "bal", "hosts", "vms", "reject", "paging_rj", "one_seg", "split", "maxk", "compacted", "consol", "ballooned", "frag", "events/s"
     );
     for r in reports {
-        let split: u64 = r.segments_histogram.iter().filter(|(&k, _)| k > 1).map(|(_, n)| n).sum();
+        let split: u64 = r
+            .segments_histogram
+            .iter()
+            .filter(|(&k, _)| k > 1)
+            .map(|(_, n)| n)
+            .sum();
         let maxk = r.segments_histogram.keys().max().copied().unwrap_or(0);
         let _ = writeln!(
             s,
-            "{:<22} {:>4} {:>4} {:>5} {:>8} {:>7} {:>9} {:>9.5}% {:>8} {:>5} {:>9} {:>9} {:>7.4} {:>10.0}",
+            "{:<22} {:>4} {:>4} {:>5} {:>8} {:>7} {:>9} {:>10} {:>6} {:>4} {:>9} {:>6} {:>9} {:>7.4} {:>10.0}",
             r.policy,
             if r.compaction { "on" } else { "off" },
             if r.balloon { "on" } else { "off" },
@@ -97,10 +108,11 @@ pub fn table(reports: &[Report]) -> String {
             r.vms,
             r.rejected,
             r.paging_rejected.map_or("-".to_string(), |n| n.to_string()),
-            100.0 * r.single_segment_fraction,
+            r.single_segment_fraction.map_or("-".to_string(), |f| format!("{:.3}%", 100.0 * f)),
             split,
             maxk,
             format_size(r.bytes_compacted),
+            r.ballooned_vms,
             format_size(r.bytes_ballooned),
             r.mean_largest_over_free,
             r.events_per_sec,
@@ -117,6 +129,7 @@ mod tests {
     fn table_has_one_row_per_report() {
         let r = Report {
             policy: "best-fit".into(),
+            mode: Mode::Segments,
             compaction: true,
             balloon: false,
             max_segments: 4,
@@ -127,7 +140,7 @@ mod tests {
             rejected: 1,
             paging_rejected: Some(0),
             single_segment: 8,
-            single_segment_fraction: 0.8,
+            single_segment_fraction: Some(0.8),
             segments_histogram: [(1, 8), (2, 1)].into_iter().collect(),
             compactions: 1,
             bytes_compacted: 2 << 30,
@@ -135,6 +148,7 @@ mod tests {
             bytes_ballooned: 0,
             faults_absorbed: 0,
             peak_live_memory: 0,
+            final_live_memory: 0,
             mean_largest_over_free: 0.5,
             min_largest_over_free: 0.25,
             events: 19,
@@ -146,7 +160,7 @@ mod tests {
         assert_eq!(t.lines().count(), 3);
         let row = t.lines().nth(1).unwrap();
         assert!(row.starts_with("best-fit"));
-        assert!(row.contains("80.00000%"), "{row}");
+        assert!(row.contains("80.000%"), "{row}");
         assert!(row.contains("2G"), "{row}");
         let j = serde_json::to_value(&t).unwrap();
         assert!(j.is_string());

@@ -12,7 +12,9 @@ pub struct Rng {
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed ^ 0x5DEE_CE66_D1CE_4E5B }
+        Self {
+            state: seed ^ 0x5DEE_CE66_D1CE_4E5B,
+        }
     }
 
     /// The next 64 random bits.

@@ -99,7 +99,7 @@ impl<'w> Simulator<'w> {
         if cfg.max_segments == 0 {
             return Err(Error::Config("max segments must be at least 1".into()));
         }
-        let cluster = Cluster::new(spec, cfg.mode)?;
+        let cluster = Cluster::new(spec, cfg.mode, cfg.escape_filter)?;
         let usable = cluster.hosts().iter().map(|h| h.usable()).sum();
         let policy = if cfg.mode == Mode::Paging {
             "paging".to_string()
@@ -108,6 +108,7 @@ impl<'w> Simulator<'w> {
         };
         let report = Report {
             policy,
+            mode: cfg.mode,
             compaction: cfg.compaction,
             balloon: cfg.balloon,
             max_segments: cfg.max_segments,
@@ -118,7 +119,7 @@ impl<'w> Simulator<'w> {
             rejected: 0,
             paging_rejected: None,
             single_segment: 0,
-            single_segment_fraction: 0.0,
+            single_segment_fraction: None,
             segments_histogram: BTreeMap::new(),
             compactions: 0,
             bytes_compacted: 0,
@@ -126,6 +127,7 @@ impl<'w> Simulator<'w> {
             bytes_ballooned: 0,
             faults_absorbed: 0,
             peak_live_memory: 0,
+            final_live_memory: 0,
             mean_largest_over_free: 1.0,
             min_largest_over_free: 1.0,
             events: 0,
@@ -155,7 +157,12 @@ impl<'w> Simulator<'w> {
     pub fn segments_of(&self, i: usize) -> Vec<(usize, u64, u64)> {
         self.vms[i]
             .as_ref()
-            .map(|p| p.segs.iter().map(|&(s, l)| (p.host as usize, s, l)).collect())
+            .map(|p| {
+                p.segs
+                    .iter()
+                    .map(|&(s, l)| (p.host as usize, s, l))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -187,13 +194,14 @@ impl<'w> Simulator<'w> {
         }
         progress(total, total);
         let r = &mut self.report;
-        r.events = total;
+        r.final_live_memory = self.live;
         r.wall_seconds = began.elapsed().as_secs_f64();
         r.events_per_sec = total as f64 / r.wall_seconds.max(1e-9);
-        r.single_segment_fraction = if r.vms == 0 { 1.0 } else { r.single_segment as f64 / r.vms as f64 };
+        r.single_segment_fraction = fraction(r);
         let f = &r.fragmentation;
         if !f.is_empty() {
-            r.mean_largest_over_free = f.iter().map(|s| s.largest_over_free).sum::<f64>() / f.len() as f64;
+            r.mean_largest_over_free =
+                f.iter().map(|s| s.largest_over_free).sum::<f64>() / f.len() as f64;
             r.min_largest_over_free = f.iter().map(|s| s.largest_over_free).fold(1.0, f64::min);
         }
         Ok(self.report)
@@ -201,8 +209,7 @@ impl<'w> Simulator<'w> {
 
     /// Runs while checking every invariant after every event (slow: for tests).
     pub fn run_checked(mut self) -> Result<(Report, Cluster), Error> {
-        for (t, arrive, i) in self.events() {
-            let _ = t;
+        for (_, arrive, i) in self.events() {
             if arrive {
                 self.arrive(i as usize)?;
             } else {
@@ -217,12 +224,23 @@ impl<'w> Simulator<'w> {
 
     fn run_tail(mut self) -> Report {
         let r = &mut self.report;
-        r.single_segment_fraction = if r.vms == 0 { 1.0 } else { r.single_segment as f64 / r.vms as f64 };
+        r.single_segment_fraction = fraction(r);
+        r.final_live_memory = self.live;
         self.report
     }
 
-    /// Every placed segment is recorded in its host under its VM, and vice versa.
+    /// Bytes are conserved (used memory equals live VM memory), and every placed segment is
+    /// recorded in its host under its VM, and vice versa.
     fn check_owners(&self) -> Result<(), Error> {
+        let used: u64 = (0..self.cluster.len())
+            .map(|h| self.cluster.host(h).usable() - self.cluster.free(h))
+            .sum();
+        if used != self.live {
+            return Err(Error::Config(format!(
+                "{used} bytes used but {} bytes of live VMs",
+                self.live
+            )));
+        }
         if self.cfg.mode == Mode::Paging {
             return Ok(());
         }
@@ -234,13 +252,17 @@ impl<'w> Simulator<'w> {
                     .as_ref()
                     .is_some_and(|p| p.host as usize == h && p.segs.contains(&(s, l)));
                 if !ok {
-                    return Err(Error::Config(format!("host {h} segment {s:#x} not owned by VM {o}")));
+                    return Err(Error::Config(format!(
+                        "host {h} segment {s:#x} not owned by VM {o}"
+                    )));
                 }
             }
         }
         let m: usize = self.vms.iter().flatten().map(|p| p.segs.len()).sum();
         if m != n {
-            return Err(Error::Config(format!("{m} VM segments but {n} host segments")));
+            return Err(Error::Config(format!(
+                "{m} VM segments but {n} host segments"
+            )));
         }
         Ok(())
     }
@@ -271,7 +293,11 @@ impl<'w> Simulator<'w> {
         self.report.fragmentation.push(Sample {
             t: t - self.w.start,
             utilization: self.live as f64 / self.usable.max(1) as f64,
-            largest_over_free: if free == 0 { 1.0 } else { largest as f64 / free as f64 },
+            largest_over_free: if free == 0 {
+                1.0
+            } else {
+                largest as f64 / free as f64
+            },
         });
     }
 
@@ -286,11 +312,13 @@ impl<'w> Simulator<'w> {
             Some(p) => {
                 let k = p.segs.len();
                 self.report.placed += 1;
-                *self.report.segments_histogram.entry(k).or_insert(0) += 1;
-                if k == 1 {
-                    self.report.single_segment += 1;
-                } else {
-                    self.split[p.host as usize].insert(i as u32);
+                if self.cfg.mode == Mode::Segments {
+                    *self.report.segments_histogram.entry(k).or_insert(0) += 1;
+                    if k == 1 {
+                        self.report.single_segment += 1;
+                    } else {
+                        self.split[p.host as usize].insert(i as u32);
+                    }
                 }
                 self.live += size;
                 self.report.peak_live_memory = self.report.peak_live_memory.max(self.live);
@@ -304,19 +332,27 @@ impl<'w> Simulator<'w> {
     fn place_paged(&mut self, size: u64) -> Option<Placed> {
         let h = self.cluster.candidates(size, self.cfg.host).next()?;
         self.cluster.page(h, true, size);
-        Some(Placed { host: h as u32, segs: vec![(0, size)] })
+        Some(Placed {
+            host: h as u32,
+            segs: vec![(0, size)],
+        })
     }
 
     fn place_segments(&mut self, vm: u32, size: u64) -> Result<Option<Placed>, Error> {
         let (ext, filter) = (self.cfg.extent, self.cfg.escape_filter);
-        let one = self
-            .cluster
-            .candidates(size, self.cfg.host)
-            .find_map(|h| self.cluster.host(h).find(size, ext, filter).map(|(x, n)| (h, x, n)));
+        let one = self.cluster.candidates(size, self.cfg.host).find_map(|h| {
+            self.cluster
+                .host(h)
+                .find(size, ext, filter)
+                .map(|(x, n)| (h, x, n))
+        });
         if let Some((h, x, n)) = one {
             self.cluster.update(h, |m| m.allocate(x, size, vm))?;
             self.report.faults_absorbed += u64::from(n);
-            return Ok(Some(Placed { host: h as u32, segs: vec![(x, size)] }));
+            return Ok(Some(Placed {
+                host: h as u32,
+                segs: vec![(x, size)],
+            }));
         }
         if self.cfg.compaction {
             if let Some(p) = self.compact_and_place(vm, size)? {
@@ -352,7 +388,10 @@ impl<'w> Simulator<'w> {
         self.report.faults_absorbed += u64::from(n);
         self.report.compactions += 1;
         self.report.bytes_compacted += cost;
-        Ok(Some(Placed { host: h as u32, segs: vec![(x, size)] }))
+        Ok(Some(Placed {
+            host: h as u32,
+            segs: vec![(x, size)],
+        }))
     }
 
     fn record_moves(&mut self, moves: &[Move]) {
@@ -365,31 +404,27 @@ impl<'w> Simulator<'w> {
         }
     }
 
-    /// Splits the VM over the largest free extents of the first host (in policy order) where
+    /// Splits the VM over the largest clean holes of the first host (in policy order) where
     /// at most `max_segments` of them cover it; largest first, so the split is minimal.
+    /// Split segments never cover faulted pages: escape filters are kept for single segments.
     fn place_split(&mut self, vm: u32, size: u64) -> Result<Option<Placed>, Error> {
         let k = self.cfg.max_segments;
-        let align = self.spec.align;
         let mut plan = None;
         for h in self.cluster.with_free(size, self.cfg.host) {
             let host = self.cluster.host(h);
-            let (mut left, mut faults) = (size, self.cfg.escape_filter);
+            // Cheap necessary condition first: the k largest raw extents must cover it.
+            if host.largest_extents(k).map(|e| e.1).sum::<u64>() < size {
+                continue;
+            }
+            let mut left = size;
             let mut segs = Vec::new();
-            for (s, l) in host.largest_extents(k) {
-                if left == 0 || segs.len() == k {
-                    break;
-                }
-                let piece = left.min(l) / align * align;
-                if piece == 0 {
-                    break;
-                }
-                let n = host.bad_pages_in(s, piece);
-                if n > faults {
-                    continue;
-                }
-                faults -= n;
+            for (s, l) in host.clean_holes().into_iter().take(k) {
+                let piece = left.min(l);
                 left -= piece;
                 segs.push((s, piece));
+                if left == 0 {
+                    break;
+                }
             }
             if left == 0 {
                 plan = Some((h, segs));
@@ -402,10 +437,12 @@ impl<'w> Simulator<'w> {
         // Guest-physical order follows host address order, as a guest would hot-plug them.
         segs.sort_unstable();
         for &(s, l) in &segs {
-            self.report.faults_absorbed += u64::from(self.cluster.host(h).bad_pages_in(s, l));
             self.cluster.update(h, |m| m.allocate(s, l, vm))?;
         }
-        Ok(Some(Placed { host: h as u32, segs }))
+        Ok(Some(Placed {
+            host: h as u32,
+            segs,
+        }))
     }
 
     fn depart(&mut self, i: usize) -> Result<(), Error> {
@@ -437,15 +474,23 @@ impl<'w> Simulator<'w> {
     fn balloon(&mut self, h: usize) -> Result<(), Error> {
         let ids: Vec<u32> = self.split[h].iter().copied().collect();
         for vm in ids {
-            let Some(p) = self.vms[vm as usize].clone() else { continue };
+            let Some(p) = self.vms[vm as usize].clone() else {
+                continue;
+            };
             let size: u64 = p.segs.iter().map(|s| s.1).sum();
-            if self.cluster.host(h).largest_free() + p.segs.iter().map(|s| s.1).max().unwrap_or(0) < size {
+            if self.cluster.host(h).largest_free() + p.segs.iter().map(|s| s.1).max().unwrap_or(0)
+                < size
+            {
                 continue; // Cannot succeed even counting its own largest segment.
             }
             for &(s, _) in &p.segs {
                 self.cluster.update(h, |m| m.release(s))?;
             }
-            match self.cluster.host(h).find(size, self.cfg.extent, self.cfg.escape_filter) {
+            match self
+                .cluster
+                .host(h)
+                .find(size, self.cfg.extent, self.cfg.escape_filter)
+            {
                 Some((x, n)) => {
                     self.cluster.update(h, |m| m.allocate(x, size, vm))?;
                     let mut off = 0;
@@ -460,7 +505,10 @@ impl<'w> Simulator<'w> {
                     self.report.bytes_ballooned += moved;
                     self.report.ballooned_vms += 1;
                     self.split[h].remove(&vm);
-                    self.vms[vm as usize] = Some(Placed { host: h as u32, segs: vec![(x, size)] });
+                    self.vms[vm as usize] = Some(Placed {
+                        host: h as u32,
+                        segs: vec![(x, size)],
+                    });
                 }
                 None => {
                     for &(s, l) in &p.segs {
@@ -470,6 +518,15 @@ impl<'w> Simulator<'w> {
             }
         }
         Ok(())
+    }
+}
+
+/// The paper's figure: VMs in one segment over all VMs; none for the paging baseline.
+fn fraction(r: &Report) -> Option<f64> {
+    match r.mode {
+        Mode::Paging => None,
+        Mode::Segments if r.vms == 0 => Some(1.0),
+        Mode::Segments => Some(r.single_segment as f64 / r.vms as f64),
     }
 }
 
@@ -505,11 +562,22 @@ mod tests {
     use crate::placement::workload::VmRequest;
 
     fn spec(hosts: usize, gib: u64) -> ClusterSpec {
-        ClusterSpec { hosts, host_memory: gib * GIB, reserved: 0, align: GIB, bad_pages_per_host: 0, seed: 0 }
+        ClusterSpec {
+            hosts,
+            host_memory: gib * GIB,
+            reserved: 0,
+            align: GIB,
+            bad_pages_per_host: 0,
+            seed: 0,
+        }
     }
 
     fn vm(arrival: u64, lifetime: Option<u64>, gib: u64) -> VmRequest {
-        VmRequest { arrival, lifetime, memory: gib * GIB }
+        VmRequest {
+            arrival,
+            lifetime,
+            memory: gib * GIB,
+        }
     }
 
     /// Four 1 GiB VMs fill an 4 GiB host; the 1st and 3rd leave; a 2 GiB VM then finds only
@@ -536,25 +604,54 @@ mod tests {
         assert_eq!((r.placed, r.rejected), (5, 0));
         assert_eq!(r.segments_histogram.get(&2), Some(&1));
         assert_eq!(r.single_segment, 4);
-        assert!((r.single_segment_fraction - 0.8).abs() < 1e-12);
+        assert!((r.single_segment_fraction.unwrap() - 0.8).abs() < 1e-12);
         assert_eq!(r.events, 7);
         // With one segment allowed and nothing else, the VM is rejected.
-        let r1 = simulate(&w, &spec(1, 4), Config { max_segments: 1, ..Config::default() }).unwrap();
+        let r1 = simulate(
+            &w,
+            &spec(1, 4),
+            Config {
+                max_segments: 1,
+                ..Config::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r1.rejected, 1);
         // The paging baseline takes it.
-        let rp = simulate(&w, &spec(1, 4), Config { mode: Mode::Paging, ..Config::default() }).unwrap();
+        let rp = simulate(
+            &w,
+            &spec(1, 4),
+            Config {
+                mode: Mode::Paging,
+                ..Config::default()
+            },
+        )
+        .unwrap();
         assert_eq!(rp.rejected, 0);
+        assert_eq!(rp.single_segment_fraction, None);
+        assert!(rp.segments_histogram.is_empty());
     }
 
     #[test]
     fn compaction_yields_one_segment() {
         let w = checkerboard();
-        let cfg = Config { compaction: true, ..Config::default() };
+        let cfg = Config {
+            compaction: true,
+            ..Config::default()
+        };
         let r = simulate(&w, &spec(1, 4), cfg.clone()).unwrap();
         assert_eq!(r.single_segment, 5);
         assert_eq!((r.compactions, r.bytes_compacted), (1, GIB));
         // A budget below one segment forbids it: back to two segments.
-        let r = simulate(&w, &spec(1, 4), Config { compaction_budget: GIB - 1, ..cfg }).unwrap();
+        let r = simulate(
+            &w,
+            &spec(1, 4),
+            Config {
+                compaction_budget: GIB - 1,
+                ..cfg
+            },
+        )
+        .unwrap();
         assert_eq!((r.compactions, r.single_segment), (0, 4));
     }
 
@@ -563,7 +660,15 @@ mod tests {
         let mut w = checkerboard();
         // The VM at 1G leaves at 30: the split VM (segments at 0 and 2G) can become one.
         w.vms[1].lifetime = Some(29);
-        let r = simulate(&w, &spec(1, 4), Config { balloon: true, ..Config::default() }).unwrap();
+        let r = simulate(
+            &w,
+            &spec(1, 4),
+            Config {
+                balloon: true,
+                ..Config::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.segments_histogram.get(&2), Some(&1));
         assert_eq!(r.ballooned_vms, 1);
         // First fit puts the new segment at 0: the first GiB stays, the second moves.
@@ -574,11 +679,39 @@ mod tests {
 
     #[test]
     fn escape_filter_absorbs_faulted_pages() {
-        let w = Workload { source: "t".into(), vms: vec![vm(0, None, 4)], start: 0, end: 10 };
-        let s = ClusterSpec { bad_pages_per_host: 1, ..spec(1, 4) };
-        let r = simulate(&w, &s, Config { max_segments: 1, ..Config::default() }).unwrap();
-        assert_eq!(r.rejected, 1, "a whole-host segment must cover the faulted page");
-        let r = simulate(&w, &s, Config { max_segments: 1, escape_filter: 1, ..Config::default() }).unwrap();
+        let w = Workload {
+            source: "t".into(),
+            vms: vec![vm(0, None, 4)],
+            start: 0,
+            end: 10,
+        };
+        let s = ClusterSpec {
+            bad_pages_per_host: 1,
+            ..spec(1, 4)
+        };
+        let r = simulate(
+            &w,
+            &s,
+            Config {
+                max_segments: 1,
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            r.rejected, 1,
+            "a whole-host segment must cover the faulted page"
+        );
+        let r = simulate(
+            &w,
+            &s,
+            Config {
+                max_segments: 1,
+                escape_filter: 1,
+                ..Config::default()
+            },
+        )
+        .unwrap();
         assert_eq!((r.rejected, r.faults_absorbed), (0, 1));
     }
 
@@ -591,10 +724,17 @@ mod tests {
             end: 10,
         };
         let run = |f: crate::placement::policy::Fit| {
-            let cfg = Config { host: f.host(), extent: f.extent(), ..Config::default() };
+            let cfg = Config {
+                host: f.host(),
+                extent: f.extent(),
+                ..Config::default()
+            };
             let sim = Simulator::new(&w, &spec(2, 4), cfg).unwrap();
             let (_, c) = sim.run_checked().unwrap();
-            c.hosts().iter().map(|h| h.free_bytes() / GIB).collect::<Vec<_>>()
+            c.hosts()
+                .iter()
+                .map(|h| h.free_bytes() / GIB)
+                .collect::<Vec<_>>()
         };
         use crate::placement::policy::Fit;
         // first-fit: 3G and 1G on host 0, 2G on host 1.
@@ -608,9 +748,20 @@ mod tests {
     #[test]
     fn samples_cover_the_run() {
         let w = checkerboard();
-        let r = simulate(&w, &spec(1, 4), Config { samples: 10, ..Config::default() }).unwrap();
+        let r = simulate(
+            &w,
+            &spec(1, 4),
+            Config {
+                samples: 10,
+                ..Config::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.fragmentation.len(), 10);
-        assert!(r.fragmentation.iter().all(|s| (0.0..=1.0).contains(&s.largest_over_free)));
+        assert!(r
+            .fragmentation
+            .iter()
+            .all(|s| (0.0..=1.0).contains(&s.largest_over_free)));
         // Samples show the state just before the events of their instant: at t=20 the 1st and
         // 3rd VMs have left and the 2 GiB VM has not arrived: free memory is two holes.
         let s = r.fragmentation.iter().find(|s| s.t == 20).unwrap();

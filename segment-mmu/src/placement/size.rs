@@ -15,7 +15,9 @@ pub const TIB: u64 = 1 << 40;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// Not a number followed by an optional K/M/G/T suffix.
-    #[error("bad size {0:?}: expected a number with an optional K, M, G or T suffix (binary units)")]
+    #[error(
+        "bad size {0:?}: expected a number with an optional K, M, G or T suffix (binary units)"
+    )]
     Syntax(String),
     /// Too large for 64 bits, negative, or not finite.
     #[error("size {0:?} is out of range")]
@@ -42,7 +44,9 @@ pub fn parse_size(text: &str) -> Result<u64, Error> {
         return Err(Error::Syntax(text.to_string()));
     }
     if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).ok_or_else(|| Error::Range(text.to_string()));
+        return n
+            .checked_mul(mult)
+            .ok_or_else(|| Error::Range(text.to_string()));
     }
     let f: f64 = num.parse().map_err(|_| Error::Syntax(text.to_string()))?;
     let bytes = f * mult as f64;
@@ -58,7 +62,11 @@ pub fn format_size(bytes: u64) -> String {
     for (u, s) in units {
         if bytes >= u {
             let v = bytes as f64 / u as f64;
-            return if bytes % u == 0 { format!("{}{s}", bytes / u) } else { format!("{v:.2}{s}") };
+            return if bytes % u == 0 {
+                format!("{}{s}", bytes / u)
+            } else {
+                format!("{v:.2}{s}")
+            };
         }
     }
     format!("{bytes}B")

@@ -73,7 +73,13 @@ impl Default for Spec {
         Self {
             vms: 100_000,
             rate: 1.0,
-            sizes: vec![(2 << 30, 60.0), (4 << 30, 20.0), (8 << 30, 10.0), (16 << 30, 8.0), (64 << 30, 2.0)],
+            sizes: vec![
+                (2 << 30, 60.0),
+                (4 << 30, 20.0),
+                (8 << 30, 10.0),
+                (16 << 30, 8.0),
+                (64 << 30, 2.0),
+            ],
             lifetime: Lifetime::Exp(3600.0 * 6.0),
             end: None,
         }
@@ -81,7 +87,9 @@ impl Default for Spec {
 }
 
 fn num(key: &str, v: &str) -> Result<f64, Error> {
-    let x: f64 = v.parse().map_err(|_| Error::Spec(format!("{key}: {v:?} is not a number")))?;
+    let x: f64 = v
+        .parse()
+        .map_err(|_| Error::Spec(format!("{key}: {v:?} is not a number")))?;
     if x.is_finite() && x > 0.0 {
         Ok(x)
     } else {
@@ -94,17 +102,29 @@ impl FromStr for Spec {
     fn from_str(s: &str) -> Result<Self, Error> {
         let mut spec = Spec::default();
         for kv in s.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(|| Error::Spec(format!("{kv:?} is not key=value")))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| Error::Spec(format!("{kv:?} is not key=value")))?;
             match k.trim() {
-                "vms" => spec.vms = v.parse().map_err(|_| Error::Spec(format!("vms: {v:?} is not a count")))?,
+                "vms" => {
+                    spec.vms = v
+                        .parse()
+                        .map_err(|_| Error::Spec(format!("vms: {v:?} is not a count")))?
+                }
                 "rate" => spec.rate = num("rate", v)?,
-                "end" => spec.end = Some(v.parse().map_err(|_| Error::Spec(format!("end: {v:?} is not seconds")))?),
+                "end" => {
+                    spec.end = Some(
+                        v.parse()
+                            .map_err(|_| Error::Spec(format!("end: {v:?} is not seconds")))?,
+                    )
+                }
                 "sizes" => {
                     spec.sizes = v
                         .split('/')
                         .map(|item| {
                             let (sz, w) = item.split_once(':').unwrap_or((item, "1"));
-                            let b = parse_size(sz).map_err(|e| Error::Spec(format!("sizes: {e}")))?;
+                            let b =
+                                parse_size(sz).map_err(|e| Error::Spec(format!("sizes: {e}")))?;
                             if b == 0 {
                                 return Err(Error::Spec("sizes: zero size".into()));
                             }
@@ -128,7 +148,11 @@ impl FromStr for Spec {
                         _ => return Err(Error::Spec(format!("lifetime: {v:?}: expected exp:MEAN, fixed:S, uniform:LO:HI, lognormal:MU:SIGMA or pareto:SCALE:SHAPE"))),
                     }
                 }
-                other => return Err(Error::Spec(format!("unknown key {other:?} (vms, rate, sizes, lifetime, end)"))),
+                other => {
+                    return Err(Error::Spec(format!(
+                        "unknown key {other:?} (vms, rate, sizes, lifetime, end)"
+                    )))
+                }
             }
         }
         if spec.vms == 0 {
@@ -156,11 +180,24 @@ pub fn generate(spec: &Spec, seed: u64) -> Workload {
             })
             .or(spec.sizes.last())
             .map_or(1 << 30, |s| s.0);
-        let life = spec.lifetime.sample(&mut r).max(1.0).min(u64::MAX as f64 / 4.0);
-        vms.push(VmRequest { arrival: t as u64, lifetime: Some(life as u64), memory });
+        let life = spec
+            .lifetime
+            .sample(&mut r)
+            .max(1.0)
+            .min(u64::MAX as f64 / 4.0);
+        vms.push(VmRequest {
+            arrival: t as u64,
+            lifetime: Some(life as u64),
+            memory,
+        });
     }
     let end = spec.end.unwrap_or(t as u64 + 1);
-    Workload { source: "synthetic".into(), vms, start: 0, end }
+    Workload {
+        source: "synthetic".into(),
+        vms,
+        start: 0,
+        end,
+    }
 }
 
 #[cfg(test)]
@@ -169,7 +206,9 @@ mod tests {
 
     #[test]
     fn spec_parses_every_key() {
-        let s: Spec = "vms=10,rate=2,sizes=1G:3/2G,lifetime=uniform:5:10,end=99".parse().unwrap();
+        let s: Spec = "vms=10,rate=2,sizes=1G:3/2G,lifetime=uniform:5:10,end=99"
+            .parse()
+            .unwrap();
         assert_eq!(s.vms, 10);
         assert_eq!(s.rate, 2.0);
         assert_eq!(s.sizes, vec![(1 << 30, 3.0), (2 << 30, 1.0)]);
@@ -180,20 +219,34 @@ mod tests {
 
     #[test]
     fn spec_rejects_garbage() {
-        for bad in ["vms=0", "rate=-1", "sizes=1Q", "lifetime=gauss:1", "colour=red", "vms", "lifetime=uniform:9:1"] {
+        for bad in [
+            "vms=0",
+            "rate=-1",
+            "sizes=1Q",
+            "lifetime=gauss:1",
+            "colour=red",
+            "vms",
+            "lifetime=uniform:9:1",
+        ] {
             assert!(bad.parse::<Spec>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn generates_poisson_arrivals_and_mix() {
-        let s: Spec = "vms=20000,rate=0.5,sizes=1G:1/3G:1,lifetime=fixed:100".parse().unwrap();
+        let s: Spec = "vms=20000,rate=0.5,sizes=1G:1/3G:1,lifetime=fixed:100"
+            .parse()
+            .unwrap();
         let w = generate(&s, 9);
         assert_eq!(w, generate(&s, 9));
         assert_eq!(w.vms.len(), 20000);
         assert!(w.vms.windows(2).all(|p| p[0].arrival <= p[1].arrival));
         let span = w.vms.last().unwrap().arrival as f64;
-        assert!((span / 20000.0 - 2.0).abs() < 0.1, "mean gap {}", span / 20000.0);
+        assert!(
+            (span / 20000.0 - 2.0).abs() < 0.1,
+            "mean gap {}",
+            span / 20000.0
+        );
         let big = w.vms.iter().filter(|v| v.memory == 3 << 30).count();
         assert!((9000..11000).contains(&big), "{big}");
         assert!(w.vms.iter().all(|v| v.lifetime == Some(100)));

@@ -42,7 +42,10 @@ pub enum Error {
 /// Reads and parses `path`.
 pub fn load(path: &std::path::Path) -> Result<Workload, Error> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: name.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: name.clone(),
+        source,
+    })?;
     parse(&name, &text)
 }
 
@@ -65,30 +68,54 @@ pub fn parse(name: &str, text: &str) -> Result<Workload, Error> {
         if line.is_empty() || (i == 0 && line.to_ascii_lowercase().starts_with("vmid")) {
             continue;
         }
-        let bad = |m: String| Error::Line { file: name.to_string(), line: i + 1, msg: m };
+        let bad = |m: String| Error::Line {
+            file: name.to_string(),
+            line: i + 1,
+            msg: m,
+        };
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() != 11 {
-            return Err(bad(format!("expected 11 comma-separated fields, found {}", f.len())));
+            return Err(bad(format!(
+                "expected 11 comma-separated fields, found {}",
+                f.len()
+            )));
         }
-        let created: u64 = f[3].parse().map_err(|_| bad(format!("vmcreated {:?} is not an integer", f[3])))?;
-        let deleted: u64 = f[4].parse().map_err(|_| bad(format!("vmdeleted {:?} is not an integer", f[4])))?;
+        let created: u64 = f[3]
+            .parse()
+            .map_err(|_| bad(format!("vmcreated {:?} is not an integer", f[3])))?;
+        let deleted: u64 = f[4]
+            .parse()
+            .map_err(|_| bad(format!("vmdeleted {:?} is not an integer", f[4])))?;
         if deleted < created {
-            return Err(bad(format!("vmdeleted {deleted} is before vmcreated {created}")));
+            return Err(bad(format!(
+                "vmdeleted {deleted} is before vmcreated {created}"
+            )));
         }
         for (col, v) in [("maxcpu", f[5]), ("avgcpu", f[6]), ("p95maxcpu", f[7])] {
-            v.parse::<f64>().map_err(|_| bad(format!("{col} {v:?} is not a number")))?;
+            v.parse::<f64>()
+                .map_err(|_| bad(format!("{col} {v:?} is not a number")))?;
         }
-        let memory = memory_bucket(f[10]).ok_or_else(|| bad(format!("vmmemorybucket {:?} is not a GB bucket", f[10])))?;
+        let memory = memory_bucket(f[10])
+            .ok_or_else(|| bad(format!("vmmemorybucket {:?} is not a GB bucket", f[10])))?;
         end = end.max(deleted);
         // A zero-length VM would leave before it arrives; give it one second.
-        vms.push(VmRequest { arrival: created, lifetime: Some((deleted - created).max(1)), memory });
+        vms.push(VmRequest {
+            arrival: created,
+            lifetime: Some((deleted - created).max(1)),
+            memory,
+        });
     }
     if vms.is_empty() {
         return Err(Error::Empty(name.to_string()));
     }
     vms.sort_by_key(|v| v.arrival);
     let start = vms[0].arrival;
-    Ok(Workload { source: name.to_string(), vms, start, end })
+    Ok(Workload {
+        source: name.to_string(),
+        vms,
+        start,
+        end,
+    })
 }
 
 #[cfg(test)]
@@ -107,7 +134,14 @@ x3,s2,d2,300,2400,1,1,1,Unknown,1,2
         let w = parse("v.csv", CSV).unwrap();
         assert_eq!(w.vms.len(), 3);
         assert_eq!((w.start, w.end), (0, 2400));
-        assert_eq!(w.vms[0], VmRequest { arrival: 0, lifetime: Some(2400), memory: 112 * GIB });
+        assert_eq!(
+            w.vms[0],
+            VmRequest {
+                arrival: 0,
+                lifetime: Some(2400),
+                memory: 112 * GIB
+            }
+        );
         assert_eq!(w.vms[1].memory, 2 * GIB);
         assert_eq!(w.vms[2].lifetime, Some(600));
         // Deleted at the last instant: still running when the simulation stops.
@@ -118,8 +152,12 @@ x3,s2,d2,300,2400,1,1,1,Unknown,1,2
     #[test]
     fn malformed_lines_name_the_line() {
         let e = |t: &str| parse("v.csv", t).unwrap_err().to_string();
-        assert_eq!(e("a,b,c\n"), "v.csv:1: expected 11 comma-separated fields, found 3");
-        assert!(e("x,s,d,0,10,1,1,1,c,2,4\nx,s,d,zero,10,1,1,1,c,2,4\n").starts_with("v.csv:2: vmcreated"));
+        assert_eq!(
+            e("a,b,c\n"),
+            "v.csv:1: expected 11 comma-separated fields, found 3"
+        );
+        assert!(e("x,s,d,0,10,1,1,1,c,2,4\nx,s,d,zero,10,1,1,1,c,2,4\n")
+            .starts_with("v.csv:2: vmcreated"));
         assert!(e("x,s,d,10,0,1,1,1,c,2,4\n").contains("before"));
         assert!(e("x,s,d,0,10,1,1,1,c,2,huge\n").contains("vmmemorybucket"));
         assert!(e("x,s,d,0,10,1,1,1,c,2,>32\n").contains("vmmemorybucket"));

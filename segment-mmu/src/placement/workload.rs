@@ -77,9 +77,21 @@ mod tests {
         let w = Workload {
             source: "t".into(),
             vms: vec![
-                VmRequest { arrival: 0, lifetime: Some(10), memory: 4 },
-                VmRequest { arrival: 10, lifetime: Some(10), memory: 4 },
-                VmRequest { arrival: 5, lifetime: None, memory: 2 },
+                VmRequest {
+                    arrival: 0,
+                    lifetime: Some(10),
+                    memory: 4,
+                },
+                VmRequest {
+                    arrival: 10,
+                    lifetime: Some(10),
+                    memory: 4,
+                },
+                VmRequest {
+                    arrival: 5,
+                    lifetime: None,
+                    memory: 2,
+                },
             ],
             start: 0,
             end: 100,

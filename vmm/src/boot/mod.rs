@@ -3,11 +3,12 @@
 //! start_info when the ELF has a PVH note, the MP table, and for 64-bit entry a GDT and
 //! identity page tables.
 
+pub mod bzimage;
 pub mod layout;
 pub mod mptable;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
@@ -151,38 +152,49 @@ pub fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
     v
 }
 
-fn open_kernel(path: &Path) -> Result<(File, u64)> {
+/// Checks that `path` is a readable, non-empty file.
+fn open_kernel(path: &Path) -> Result<()> {
     let f = File::open(path).map_err(|source| Error::KernelFile { path: path.into(), source })?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len == 0 {
-        return Err(Error::NotAKernel(path.into()));
+    match f.metadata() {
+        Ok(m) if m.len() > 0 => Ok(()),
+        _ => Err(Error::NotAKernel(path.into())),
     }
-    Ok((f, len))
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+
+/// How to treat a bzImage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BzImageMode {
+    /// Decompress on the host where guest ring-0 code is emulated (kvm_pvm), else as is.
+    Auto,
+    /// Load it as it is: the kernel's own decompressor runs in the guest.
+    #[default]
+    AsIs,
+    /// Decompress its payload on the host and boot the vmlinux inside (see [`bzimage`]).
+    HostDecompress,
+}
+
+impl BzImageMode {
+    /// Resolves `Auto` for a host.
+    pub fn resolve(self, kvm_module: &str) -> Self {
+        match self {
+            BzImageMode::Auto if kvm_module == "kvm_pvm" => BzImageMode::HostDecompress,
+            BzImageMode::Auto => BzImageMode::AsIs,
+            m => m,
         }
     }
-    Ok(n)
 }
 
 /// Loads a kernel image (bzImage or ELF; ELF with a PVH note boots through PVH), an
 /// optional initrd and the command line, and writes the boot structures.
-pub fn load_kernel(ram: &GuestRam, kernel: &Path, initrd: Option<&Path>, cmdline: &str, cpus: u8) -> Result<Loaded> {
-    let (mut file, _) = open_kernel(kernel)?;
-    load_image(ram, kernel, &mut file, initrd, cmdline, cpus)
+pub fn load_kernel(ram: &GuestRam, kernel: &Path, initrd: Option<&Path>, cmdline: &str, cpus: u8, mode: BzImageMode) -> Result<Loaded> {
+    open_kernel(kernel)?;
+    let image = std::fs::read(kernel).map_err(|source| Error::KernelFile { path: kernel.into(), source })?;
+    load_image(ram, kernel, &image, initrd, cmdline, cpus, mode)
 }
 
-/// As [`load_kernel`], from any seekable reader; `kernel` names it in errors.
-pub fn load_image<F>(ram: &GuestRam, kernel: &Path, file: &mut F, initrd: Option<&Path>, cmdline: &str, cpus: u8) -> Result<Loaded>
-where
-    F: Read + vm_memory::ReadVolatile + Seek,
-{
+/// As [`load_kernel`], from the image's bytes; `kernel` names it in errors.
+pub fn load_image(ram: &GuestRam, kernel: &Path, image: &[u8], initrd: Option<&Path>, cmdline: &str, cpus: u8, mode: BzImageMode) -> Result<Loaded> {
     let mem = ram.memory();
     let low_end = ram.ranges().first().map(|r| r.len).unwrap_or(0);
     if low_end < MIN_MEMORY.max(HIMEM * 2) {
@@ -191,20 +203,24 @@ where
     if cmdline.len() >= CMDLINE_MAX {
         return Err(Error::CmdlineTooLong(cmdline.len()));
     }
-    let mut head = [0u8; 0x208];
-    let io = |source| Error::KernelFile { path: kernel.into(), source };
-    let n = read_up_to(file, &mut head).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    if n < 0x208 && head[..4] != *b"\x7fELF" {
-        return Err(Error::NotAKernel(kernel.into()));
-    }
-    let is_elf = head[..4] == *b"\x7fELF";
-    let is_bz = &head[0x202..0x206] == b"HdrS";
+    let is_elf = image.len() >= 4 && image[..4] == *b"\x7fELF";
+    let is_bz = image.len() >= 0x208 && &image[0x202..0x206] == b"HdrS";
     let load_err = |e: linux_loader::loader::Error| Error::Load { path: kernel.into(), what: e.to_string() };
-    let (res, kind): (KernelLoaderResult, ImageKind) = if is_elf {
-        (Elf::load(mem, None, file, Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::Elf)
+    let (res, kind, vmlinux_entry): (KernelLoaderResult, ImageKind, Option<u64>) = if is_elf {
+        (Elf::load(mem, None, &mut Cursor::new(image), Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::Elf, None)
+    } else if is_bz && mode == BzImageMode::HostDecompress {
+        let vmlinux = bzimage::extract_vmlinux(image).map_err(|e| Error::Load { path: kernel.into(), what: e.to_string() })?;
+        let mut res = Elf::load(mem, None, &mut Cursor::new(&vmlinux[..]), Some(GuestAddress(HIMEM))).map_err(load_err)?;
+        // Keep the bzImage's own setup header (boot protocol version, initrd limit...).
+        let mut hdr = linux_loader::loader::bootparam::setup_header::default();
+        let n = std::mem::size_of_val(&hdr).min(image.len() - 0x1f1);
+        vm_memory::ByteValued::as_mut_slice(&mut hdr)[..n].copy_from_slice(&image[0x1f1..0x1f1 + n]);
+        res.setup_header = Some(hdr);
+        let entry = elf_entry(&vmlinux).ok_or_else(|| Error::Load { path: kernel.into(), what: "vmlinux inside the bzImage is not a 64-bit ELF".into() })?;
+        res.pvh_boot_cap = PvhBootCapability::PvhEntryNotPresent;
+        (res, ImageKind::BzImage, Some(entry))
     } else if is_bz {
-        (BzImage::load(mem, None, file, Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::BzImage)
+        (BzImage::load(mem, None, &mut Cursor::new(image), Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::BzImage, None)
     } else {
         return Err(Error::NotAKernel(kernel.into()));
     };
@@ -258,17 +274,20 @@ where
         params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: *type_ };
     }
     mem.write_obj(params, GuestAddress(ZERO_PAGE)).map_err(mem_err)?;
-    let rip = match kind {
+    let rip = match (kind, vmlinux_entry) {
+        // A vmlinux taken out of the bzImage: its ELF entry is startup_64's physical address.
+        (_, Some(entry)) => entry,
         // startup_64 sits 0x200 bytes into the protected-mode kernel.
-        ImageKind::BzImage => res.kernel_load.0 + 0x200,
-        ImageKind::Elf => elf_entry(&head).unwrap_or(res.kernel_load.0),
+        (ImageKind::BzImage, None) => res.kernel_load.0 + 0x200,
+        (ImageKind::Elf, None) => elf_entry(image).unwrap_or(res.kernel_load.0),
     };
     Ok(Loaded { entry: Entry::Linux64 { rip }, kind, kernel_end })
 }
 
 /// e_entry of a 64-bit ELF header.
 fn elf_entry(head: &[u8]) -> Option<u64> {
-    (head.get(4) == Some(&2)).then(|| u64::from_le_bytes(head[24..32].try_into().unwrap_or_default()))
+    let e = head.get(24..32)?;
+    (head.get(4) == Some(&2)).then(|| u64::from_le_bytes(e.try_into().unwrap_or_default()))
 }
 
 /// Writes the PVH `hvm_start_info` (version 1), its memory map and module list.
@@ -317,4 +336,61 @@ pub fn load_flat(ram: &GuestRam, image: &[u8], at: u64) -> Result<Loaded> {
     mem.write_slice(image, GuestAddress(at)).map_err(mem_err)?;
     write_long_mode_tables(mem)?;
     Ok(Loaded { entry: Entry::Linux64 { rip: at }, kind: ImageKind::Elf, kernel_end: at + image.len() as u64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Backing, MemoryConfig};
+
+    fn ram(size: u64) -> GuestRam {
+        GuestRam::new(&MemoryConfig { size, backing: Backing::Anon4k, grow_pool: false }).unwrap()
+    }
+
+    #[test]
+    fn pvh_start_info_layout() {
+        let r = ram(16 << 20);
+        let e820 = e820_map(&r);
+        write_pvh_info(r.memory(), &e820, Some((0x80_0000, 0x1000)), false).unwrap();
+        let m = r.memory();
+        let rd = |off: u64| -> u64 { m.read_obj(GuestAddress(PVH_INFO + off)).unwrap() };
+        assert_eq!(rd(0) as u32, 0x336e_c578);
+        assert_eq!(rd(12) as u32, 1, "nr_modules");
+        assert_eq!(rd(24), CMDLINE, "cmdline_paddr at offset 24");
+        let memmap = rd(40);
+        assert_eq!(rd(48) as u32, e820.len() as u32, "memmap_entries at offset 48");
+        let last: u64 = m.read_obj(GuestAddress(memmap + 24 * (e820.len() as u64 - 1) + 8)).unwrap();
+        assert_eq!(last, (16 << 20) - HIMEM, "last RAM entry's size");
+        let modlist = rd(16);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(modlist)).unwrap(), 0x80_0000);
+    }
+
+    #[test]
+    fn e820_excludes_ebda_and_hole() {
+        let r = ram(8 << 20);
+        let e = e820_map(&r);
+        assert_eq!(e[0], (0, EBDA_START, 1));
+        assert_eq!(e[1].2, 2);
+        assert_eq!(e[2], (HIMEM, (8 << 20) - HIMEM, 1));
+    }
+
+    #[test]
+    fn long_mode_tables_identity_map_4g() {
+        let r = ram(8 << 20);
+        write_long_mode_tables(r.memory()).unwrap();
+        let m = r.memory();
+        let pde = |i: u64| -> u64 { m.read_obj(GuestAddress(PD + i * 8)).unwrap() };
+        assert_eq!(pde(0), 0x83);
+        assert_eq!(pde(2047), (2047 << 21) | 0x83);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(PML4)).unwrap(), PDPT | 3);
+    }
+
+    #[test]
+    fn non_kernels_are_refused() {
+        let r = ram(8 << 20);
+        let p = Path::new("x");
+        assert!(matches!(load_image(&r, p, b"hello world", None, "", 1, BzImageMode::AsIs), Err(Error::NotAKernel(_))));
+        assert!(matches!(load_image(&r, p, b"\x7fELF\x02\x01", None, "", 1, BzImageMode::AsIs), Err(Error::Load { .. })));
+        assert!(matches!(load_image(&r, p, &[0u8; 10], None, &"x".repeat(CMDLINE_MAX), 1, BzImageMode::AsIs), Err(Error::CmdlineTooLong(_))));
+    }
 }

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use segment_mmu::placement::{
-    azure_flavors, plot, results, size, synthetic, vmtable, ClusterSpec, Config, Fit, Mode, Report, Simulator,
-    Workload,
+    azure_flavors, plot, results, size, synthetic, vmtable, ClusterSpec, Config, Fit, Mode, Report,
+    Simulator, Workload,
 };
 
 use super::{CliError, CliResult};
@@ -51,7 +51,11 @@ pub enum Format {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Arrivals: compact Azure trace (`v1.dev.txt`, with --lifetimes) or an Azure `vmtable.csv`.
-    #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    #[arg(
+        long,
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic"
+    )]
     pub trace: Option<PathBuf>,
     /// Lifetime bins matching --trace (`v1.dev.c2100000.txt`).
     #[arg(long, requires = "trace")]
@@ -131,13 +135,21 @@ fn load(a: &Args) -> Result<Workload, CliError> {
         let s: synthetic::Spec = spec.parse().map_err(bad)?;
         return Ok(synthetic::generate(&s, a.seed));
     }
-    let trace = a.trace.as_deref().ok_or_else(|| bad("give --trace or --synthetic"))?;
+    let trace = a
+        .trace
+        .as_deref()
+        .ok_or_else(|| bad("give --trace or --synthetic"))?;
     match (a.format, &a.lifetimes) {
         (Format::Vmtable, Some(_)) => Err(bad("--lifetimes only applies to the compact format")),
         (Format::Compact, None) => Err(bad("the compact format needs --lifetimes")),
-        (Format::Auto | Format::Compact, Some(l)) => {
-            azure_flavors::load(trace, l, a.flavors.as_deref(), a.intervals.as_deref(), a.seed).map_err(bad)
-        }
+        (Format::Auto | Format::Compact, Some(l)) => azure_flavors::load(
+            trace,
+            l,
+            a.flavors.as_deref(),
+            a.intervals.as_deref(),
+            a.seed,
+        )
+        .map_err(bad),
         (Format::Auto | Format::Vmtable, None) => vmtable::load(trace).map_err(bad),
     }
 }
@@ -153,23 +165,43 @@ pub fn run(a: Args) -> CliResult {
     let align = parse_size("align", &a.align)?;
     let compaction_budget = parse_size("compaction-budget", &a.compaction_budget)?;
     if !align.is_power_of_two() || align < 4096 {
-        return Err(bad("--align must be a power of two of at least 4K (2M or 1G)"));
+        return Err(bad(
+            "--align must be a power of two of at least 4K (2M or 1G)",
+        ));
     }
     if a.max_segments == 0 {
         return Err(bad("--max-segments must be at least 1"));
     }
-    let fits: Vec<Fit> = if a.policy == "all" { Fit::ALL.to_vec() } else { vec![a.policy.parse().map_err(bad)?] };
-    let extent: Option<Fit> = a.extent_policy.as_deref().map(str::parse).transpose().map_err(bad)?;
+    let fits: Vec<Fit> = if a.policy == "all" {
+        Fit::ALL.to_vec()
+    } else {
+        vec![a.policy.parse().map_err(bad)?]
+    };
+    let extent: Option<Fit> = a
+        .extent_policy
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(bad)?;
 
     let loaded = Instant::now();
     let w = load(&a)?;
     let load_s = loaded.elapsed().as_secs_f64();
-    let mut spec = ClusterSpec { hosts: 1, host_memory, reserved, align, bad_pages_per_host: a.bad_pages, seed: a.seed };
+    let mut spec = ClusterSpec {
+        hosts: 1,
+        host_memory,
+        reserved,
+        align,
+        bad_pages_per_host: a.bad_pages,
+        seed: a.seed,
+    };
     let auto = a.hosts == "auto";
     spec.hosts = if auto {
         spec.auto_hosts(&w, a.peak_utilization).map_err(bad)?
     } else {
-        a.hosts.parse().map_err(|_| bad(format!("--hosts {:?}: expected a count or `auto`", a.hosts)))?
+        a.hosts
+            .parse()
+            .map_err(|_| bad(format!("--hosts {:?}: expected a count or `auto`", a.hosts)))?
     };
     let peak = w.peak_live_memory(align);
     println!(
@@ -198,17 +230,31 @@ pub fn run(a: Args) -> CliResult {
     };
     let mut runs: Vec<Config> = Vec::new();
     for &f in &fits {
-        runs.push(Config { host: f.host(), extent: f.extent(), mode: Mode::Paging, ..base.clone() });
+        runs.push(Config {
+            host: f.host(),
+            extent: f.extent(),
+            mode: Mode::Paging,
+            ..base.clone()
+        });
         for &c in a.compaction.values() {
             for &b in a.balloon.values() {
                 let e = extent.unwrap_or(f).extent();
-                runs.push(Config { host: f.host(), extent: e, compaction: c, balloon: b, ..base.clone() });
+                runs.push(Config {
+                    host: f.host(),
+                    extent: e,
+                    compaction: c,
+                    balloon: b,
+                    ..base.clone()
+                });
             }
         }
     }
 
     let events_per_run = w.vms.len() as u64 * 2;
-    let bar = ProgressBar::with_draw_target(Some(events_per_run * runs.len() as u64), ProgressDrawTarget::hidden());
+    let bar = ProgressBar::with_draw_target(
+        Some(events_per_run * runs.len() as u64),
+        ProgressDrawTarget::hidden(),
+    );
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -217,8 +263,9 @@ pub fn run(a: Args) -> CliResult {
     let mut shown = false;
     let mut reports: Vec<Report> = Vec::new();
     let mut paging_rejected = 0;
+    let nruns = runs.len();
     for (i, cfg) in runs.into_iter().enumerate() {
-        bar.set_message(format!("run {} of {}", i + 1, events_per_run.max(1) as usize * 0 + reports.len() + 1));
+        bar.set_message(format!("run {} of {nruns}", i + 1));
         let before = i as u64 * events_per_run;
         let sim = Simulator::new(&w, &spec, cfg.clone()).map_err(bad)?;
         let mut r = sim
@@ -241,7 +288,11 @@ pub fn run(a: Args) -> CliResult {
     bar.finish_and_clear();
 
     print!("{}", results::table(&reports));
-    let seg: Vec<Report> = reports.iter().filter(|r| r.policy != "paging").cloned().collect();
+    let seg: Vec<Report> = reports
+        .iter()
+        .filter(|r| r.policy != "paging")
+        .cloned()
+        .collect();
     if let Some(p) = &a.json {
         write_json(p, &w, &spec, auto, &seg, &reports)?;
     }
@@ -253,8 +304,17 @@ pub fn run(a: Args) -> CliResult {
 
 /// The first segment run's fields at the top level (so a one-policy run reads as one flat
 /// object), every run under `runs`, and the workload and cluster under their own keys.
-fn write_json(p: &Path, w: &Workload, spec: &ClusterSpec, auto: bool, seg: &[Report], all: &[Report]) -> Result<(), CliError> {
-    let first = seg.first().ok_or_else(|| CliError::failed("no segment run"))?;
+fn write_json(
+    p: &Path,
+    w: &Workload,
+    spec: &ClusterSpec,
+    auto: bool,
+    seg: &[Report],
+    all: &[Report],
+) -> Result<(), CliError> {
+    let first = seg
+        .first()
+        .ok_or_else(|| CliError::failed("no segment run"))?;
     let mut v = serde_json::to_value(first).map_err(CliError::failed)?;
     if let Some(o) = v.as_object_mut() {
         o.insert(
@@ -271,7 +331,10 @@ fn write_json(p: &Path, w: &Workload, spec: &ClusterSpec, auto: bool, seg: &[Rep
                 "align": spec.align, "bad_pages_per_host": spec.bad_pages_per_host,
             }),
         );
-        o.insert("runs".into(), serde_json::to_value(all).map_err(CliError::failed)?);
+        o.insert(
+            "runs".into(),
+            serde_json::to_value(all).map_err(CliError::failed)?,
+        );
     }
     let text = serde_json::to_string_pretty(&v).map_err(CliError::failed)?;
     std::fs::write(p, text).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))

@@ -8,10 +8,14 @@ use super::{parse_size, CliError, CliResult};
 use crate::host::MmuRequest;
 use crate::machine::{self, Payload, RunReport, VmConfig};
 use crate::memory::{Backing, MemoryConfig};
+use crate::probe::{self, guest, layout::PageSize, WorkloadSpec};
+use workloads::kernels::Workload;
 
 /// Which built-in guest to boot when no --kernel is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BuiltinGuest {
+    /// The measurement guest: one workload in ring 3 on VMM-built page tables.
+    Probe,
     /// The bare-metal test guest (long mode, serial, memory check, signal port).
     Test,
     /// The test guest, told to triple-fault (for testing the VMM's handling).
@@ -29,10 +33,15 @@ pub struct Args {
     /// Initial ramdisk (an uncompressed cpio is fastest on software-KVM hosts).
     #[arg(long)]
     pub initrd: Option<PathBuf>,
+    /// Where a bzImage's payload is decompressed: `auto` decompresses on the host where the
+    /// host's KVM emulates guest ring-0 code (the kernel's decompressor then costs minutes),
+    /// `as-is` lets the kernel's decompressor run, `host-decompress` always on the host.
+    #[arg(long, value_enum, default_value_t = crate::boot::BzImageMode::Auto)]
+    pub bzimage: crate::boot::BzImageMode,
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
     pub cmdline: String,
-    /// Guest RAM, e.g. 256M, 2G.
+    /// Guest RAM, e.g. 256M, 2G (the measurement guest sizes its RAM from --footprint).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub memory: u64,
     /// Number of vCPUs.
@@ -57,18 +66,62 @@ pub struct Args {
     #[arg(long)]
     pub quiet: bool,
     /// The built-in guest to boot when no --kernel is given.
-    #[arg(long, value_enum, default_value_t = BuiltinGuest::Test)]
+    #[arg(long, value_enum, default_value_t = BuiltinGuest::Probe)]
     pub guest: BuiltinGuest,
+    /// Measurement guest: the workload.
+    #[arg(long, value_parser = parse_workload, default_value = "chase")]
+    pub workload: Workload,
+    /// Measurement guest: bytes of the workload's buffer.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub footprint: u64,
+    /// Measurement guest: page size of the buffer's guest mappings.
+    #[arg(long, value_enum, default_value_t = PageSize::Size4K)]
+    pub guest_pages: PageSize,
+    /// Measurement guest: seed of the workload's random stream.
+    #[arg(long, default_value_t = probe::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Measurement guest: operations (default: per workload, see `segvmm bench --help`).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Measurement guest: also run the workload natively on the host (same code, same
+    /// backing) and print the slowdown.
+    #[arg(long)]
+    pub native: bool,
+    /// Track the guest's dirty pages every INTERVAL (e.g. 100ms) through KVM's dirty log
+    /// and write a hotness file (--hotness-out) with a heat map beside it (.svg).
+    #[arg(long, value_parser = crate::dirty::parse_interval)]
+    pub track_dirty: Option<Duration>,
+    /// With --track-dirty: where to write the hotness file.
+    #[arg(long, default_value = "hotness.hot")]
+    pub hotness_out: PathBuf,
+}
+
+/// Parses a workload name.
+pub fn parse_workload(s: &str) -> Result<Workload, String> {
+    Workload::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
+        format!("unknown workload '{s}' (one of {})", names.join(", "))
+    })
 }
 
 /// Prints the report's summary to stderr and writes the JSON.
 pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
     eprintln!("segvmm: {}", report.memory);
-    eprintln!("segvmm: host {} ({} paging); VMM set-up {:.1} ms, guest ran {:.1} ms", report.host.kvm_module, report.mmu_mode, report.boot_ms, report.run_ms);
+    eprintln!(
+        "segvmm: host {} ({} paging); VMM set-up {:.1} ms, guest ran {:.1} ms, VMM resident memory beside guest RAM {:.1} MiB",
+        report.host.kvm_module,
+        report.mmu_mode,
+        report.boot_ms,
+        report.run_ms,
+        report.vmm_rss_bytes as f64 / (1 << 20) as f64
+    );
     for m in &report.milestones {
         eprintln!("segvmm: {:>10.1} ms  {}", m.at_ms, m.what);
     }
     eprintln!("segvmm: {}", report.kvm_stats.summary());
+    if let Some(d) = &report.dirty {
+        eprintln!("segvmm: {d}");
+    }
     if report.vmm_emulated != (0, 0) {
         eprintln!("segvmm: completed by the VMM: {} int3 (#BP injected), {} other instructions", report.vmm_emulated.0, report.vmm_emulated.1);
     }
@@ -87,12 +140,13 @@ pub fn run(args: Args) -> CliResult {
         return Err(CliError::bad_input(format!("--timeout {}: must be a positive number of seconds", args.timeout)));
     }
     let payload = match &args.kernel {
-        Some(k) => Payload::Linux { kernel: k.clone(), initrd: args.initrd.clone(), cmdline: args.cmdline.clone() },
+        Some(k) => Payload::Linux { kernel: k.clone(), initrd: args.initrd.clone(), cmdline: args.cmdline.clone(), bzimage: args.bzimage },
         None => {
             if args.initrd.is_some() {
                 return Err(CliError::bad_input("--initrd needs --kernel"));
             }
             let mode = match args.guest {
+                BuiltinGuest::Probe => return run_probe(&args),
                 BuiltinGuest::Test => "",
                 BuiltinGuest::TestTriple => "triple",
                 BuiltinGuest::TestHang => "hang",
@@ -110,7 +164,47 @@ pub fn run(args: Args) -> CliResult {
         payload,
         mmio: None,
         started: Some(started),
+        track_dirty: args.track_dirty.map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
     };
     let report = machine::run(cfg).map_err(CliError::bad_input)?;
     finish(&report, args.report.as_ref())
+}
+
+/// Boots the measurement guest on one workload and prints its result (stdout), then the
+/// memory report and KVM counters (stderr).
+fn run_probe(args: &Args) -> CliResult {
+    let spec = guest::GuestSpec {
+        work: WorkloadSpec { workload: args.workload, footprint: args.footprint, seed: args.seed, count: args.count },
+        guest_pages: args.guest_pages,
+    };
+    let opts = guest::GuestOptions {
+        backing: args.backing,
+        grow_pool: args.grow_pool,
+        timeout: Duration::from_secs_f64(args.timeout),
+        snapshot: None,
+        track_dirty: args.track_dirty.map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
+    };
+    let run = guest::run(spec, &opts).map_err(|e| match e {
+        guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),
+        e => CliError::failed(e),
+    })?;
+    match &run.measurement {
+        Ok(m) => println!("{m}"),
+        Err(e) => eprintln!("segvmm: measurement guest failed: {e}"),
+    }
+    if args.native {
+        let n = probe::native::run(&spec.work, args.backing, args.grow_pool, run.report.host.tsc_khz).map_err(CliError::failed)?;
+        println!("{n}");
+        if let Ok(m) = &run.measurement {
+            let same = if m.checksum == n.checksum { "same checksum" } else { "CHECKSUMS DIFFER" };
+            println!("guest/native: {:.2}x ({same})", m.ns_per_op / n.ns_per_op);
+        }
+    }
+    let code = finish(&run.report, None)?;
+    if let Some(p) = &args.report {
+        let json = serde_json::json!({ "measurement": run.measurement.as_ref().ok(), "error": run.measurement.as_ref().err(), "run": run.report });
+        let s = serde_json::to_string_pretty(&json).map_err(CliError::failed)?;
+        std::fs::write(p, s).map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
+    }
+    Ok(if run.measurement.is_err() && code == 0 { 3 } else { code })
 }

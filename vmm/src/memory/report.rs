@@ -40,6 +40,8 @@ pub struct MemoryReport {
     /// Why runs are missing, when they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runs_unavailable: Option<String>,
+    /// Guest RAM counted in the process's resident set (hugetlb pages are not), bytes.
+    pub rss_bytes: u64,
     /// Time spent mapping and prefaulting guest RAM, ms.
     pub setup_ms: f64,
     /// The runs themselves (not serialized: can be millions; the snapshot carries them).
@@ -88,7 +90,7 @@ fn smaps_bytes(start: u64, end: u64) -> BTreeMap<String, u64> {
             _ => {}
         }
     }
-    let rss = out.remove("rss").unwrap_or(0);
+    let rss = out.get("rss").copied().unwrap_or(0);
     let thp = out.remove("thp").unwrap_or(0);
     if thp > 0 {
         *out.entry("2m".into()).or_default() += thp;
@@ -138,7 +140,8 @@ fn pagemap_runs(ram: &GuestRam) -> Result<Vec<HostRun>, String> {
 
 /// Measures the report for `ram`.
 pub fn measure(ram: &GuestRam) -> MemoryReport {
-    let bytes_by_page_size = smaps_bytes(ram.base(), ram.base() + ram.ranges().last().map(|r| r.end()).unwrap_or(0));
+    let mut bytes_by_page_size = smaps_bytes(ram.base(), ram.base() + ram.ranges().last().map(|r| r.end()).unwrap_or(0));
+    let rss_bytes = bytes_by_page_size.remove("rss").unwrap_or(0);
     let (runs, why) = match pagemap_runs(ram) {
         Ok(r) => (r, None),
         Err(e) => (Vec::new(), Some(e)),
@@ -151,6 +154,7 @@ pub fn measure(ram: &GuestRam) -> MemoryReport {
         contiguous_runs: why.is_none().then_some(runs.len() as u64),
         largest_run_bytes: runs.iter().map(|r| r.len).max(),
         runs_unavailable: why,
+        rss_bytes,
         setup_ms: ram.prefault_ns() as f64 / 1e6,
         runs,
     }

@@ -25,15 +25,15 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 }
 
 /// Creates the VM, registers one memory slot per RAM range (all pointing into the one
-/// mapping) and the in-kernel irqchip and PIT.
-pub fn create(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, Error> {
+/// mapping; with dirty logging when `log_dirty`) and the in-kernel irqchip and PIT.
+pub fn create(kvm: &Kvm, ram: &GuestRam, log_dirty: bool) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     // The TSS and identity-map pages live in the MMIO hole, away from RAM (as Firecracker).
     let _ = vm.set_tss_address(0xfffb_d000);
     for (slot, r) in ram.ranges().iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
-            flags: 0,
+            flags: if log_dirty { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
             guest_phys_addr: r.gpa,
             memory_size: r.len,
             userspace_addr: ram.hva(r.gpa),

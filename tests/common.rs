@@ -1,0 +1,38 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The segvmm binary cargo built for these tests.
+pub fn segvmm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_segvmm"))
+}
+
+/// Whether /dev/kvm can be opened; prints why not.
+pub fn have_kvm() -> bool {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP: /dev/kvm is not usable here ({e}); KVM tests need it");
+            false
+        }
+    }
+}
+
+/// Runs segvmm with `args`; returns (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = segvmm().args(args).output().expect("spawn segvmm");
+    (status.code().unwrap_or(-1), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Whether we run as root (hugetlb pools, pagemap frame numbers).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

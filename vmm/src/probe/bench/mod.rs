@@ -1,0 +1,218 @@
+//! `segvmm bench`: the matrix of workloads × host backings × environments (measurement
+//! guest with each guest page size, host-native twin, Linux guest) × footprints ×
+//! repeats. This module expands the matrix and runs it; [`output`] summarizes and writes
+//! results, [`plot`] draws them. A cell that fails is recorded with its reason and the
+//! others go on; one the host cannot give is recorded as "unavailable" with the reason.
+
+pub mod linux;
+pub mod output;
+pub mod plot;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use workloads::kernels::Workload;
+
+use super::guest::{self, GuestOptions, GuestSpec};
+use super::layout::PageSize;
+use super::{native, Measurement, WorkloadSpec};
+use crate::host::HostInfo;
+use crate::machine;
+use crate::memory::Backing;
+use output::{Row, Status};
+
+/// Where a workload runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// The host-native twin.
+    Native,
+    /// The measurement guest, buffer mapped with this guest page size.
+    Guest(PageSize),
+    /// A static binary in a Linux guest.
+    Linux,
+}
+
+impl std::fmt::Display for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Environment::Native => f.write_str("native"),
+            Environment::Guest(p) => write!(f, "guest-{p}"),
+            Environment::Linux => f.write_str("linux"),
+        }
+    }
+}
+
+/// What the matrix spans.
+#[derive(Debug, Clone)]
+pub struct MatrixSpec {
+    /// Workloads.
+    pub workloads: Vec<Workload>,
+    /// Host backings.
+    pub backings: Vec<Backing>,
+    /// Guest page sizes of the measurement guest.
+    pub guest_pages: Vec<PageSize>,
+    /// Footprints, bytes.
+    pub footprints: Vec<u64>,
+    /// Repeats of every cell.
+    pub repeat: u32,
+    /// Also run the host-native twin.
+    pub native: bool,
+    /// Also run the workloads in a Linux guest: kernel and initrd.
+    pub linux: Option<(PathBuf, PathBuf)>,
+    /// Seed.
+    pub seed: u64,
+    /// Operations (None: each workload's default).
+    pub count: Option<u64>,
+    /// Grow hugetlb pools as needed (root).
+    pub grow_pool: bool,
+    /// Per-run timeout.
+    pub timeout: Duration,
+}
+
+/// One run of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cell {
+    /// Workload.
+    pub workload: Workload,
+    /// Environment.
+    pub environment: Environment,
+    /// Host backing.
+    pub backing: Backing,
+    /// Footprint, bytes.
+    pub footprint: u64,
+    /// Repeat index (0-based).
+    pub repeat: u32,
+}
+
+/// Expands the matrix in run order: footprint, workload, backing, repeat, environment;
+/// interleaving environments within a repeat keeps slow drifts of a shared host from
+/// landing on one environment only.
+pub fn expand(spec: &MatrixSpec) -> Vec<Cell> {
+    let mut envs: Vec<Environment> = Vec::new();
+    if spec.native {
+        envs.push(Environment::Native);
+    }
+    envs.extend(spec.guest_pages.iter().map(|&p| Environment::Guest(p)));
+    if spec.linux.is_some() {
+        envs.push(Environment::Linux);
+    }
+    let mut cells = Vec::new();
+    for &footprint in &spec.footprints {
+        for &workload in &spec.workloads {
+            for &backing in &spec.backings {
+                for repeat in 0..spec.repeat {
+                    for &environment in &envs {
+                        cells.push(Cell { workload, environment, backing, footprint, repeat });
+                    }
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// Why a cell cannot run on this host at all, known before trying.
+pub fn unavailable_reason(cell: &Cell, host: &HostInfo) -> Option<String> {
+    match cell.environment {
+        Environment::Guest(PageSize::Size1G) if !host.guest_1g_pages => {
+            Some("1 GiB guest pages: this host's KVM does not offer pdpe1gb to guests".into())
+        }
+        _ => None,
+    }
+}
+
+/// Runs one cell.
+pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
+    let work = WorkloadSpec { workload: cell.workload, footprint: cell.footprint, seed: spec.seed, count: spec.count };
+    if let Some(why) = unavailable_reason(cell, host) {
+        return Row::new(cell, Status::Unavailable, None, Some(why));
+    }
+    let result: Result<Measurement, (Status, String)> = match cell.environment {
+        Environment::Native => native::run(&work, cell.backing, spec.grow_pool, host.tsc_khz).map_err(|e| match e {
+            native::Error::Unavailable(_) => (Status::Unavailable, e.to_string()),
+            e => (Status::Failed, e.to_string()),
+        }),
+        Environment::Guest(pages) => {
+            let opts = GuestOptions { backing: cell.backing, grow_pool: spec.grow_pool, timeout: spec.timeout, snapshot: None, track_dirty: None };
+            match guest::run(GuestSpec { work, guest_pages: pages }, &opts) {
+                Ok(run) => run.measurement.map_err(|e| (Status::Failed, e)),
+                Err(e) => Err((classify(&e), e.to_string())),
+            }
+        }
+        Environment::Linux => match &spec.linux {
+            Some((kernel, initrd)) => linux::run(&work, cell.backing, kernel, initrd, spec),
+            None => Err((Status::Failed, "no Linux kernel given".into())),
+        },
+    };
+    match result {
+        Ok(m) => Row::new(cell, Status::Ok, Some(m), None),
+        Err((status, why)) => Row::new(cell, status, None, Some(why)),
+    }
+}
+
+/// Host refusals (memory the host cannot give, features it lacks) are "unavailable";
+/// everything else "failed".
+fn classify(e: &guest::Error) -> Status {
+    match e {
+        guest::Error::Unavailable(_) | guest::Error::Machine(machine::Error::Memory(_)) | guest::Error::Machine(machine::Error::Host(_)) => Status::Unavailable,
+        _ => Status::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> MatrixSpec {
+        MatrixSpec {
+            workloads: vec![Workload::Chase, Workload::Gups],
+            backings: vec![Backing::Anon4k, Backing::Thp, Backing::Huge2m],
+            guest_pages: vec![PageSize::Size4K, PageSize::Size2M],
+            footprints: vec![64 << 20, 1 << 30],
+            repeat: 3,
+            native: true,
+            linux: None,
+            seed: 1,
+            count: None,
+            grow_pool: false,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn expansion_covers_every_combination_once() {
+        let s = spec();
+        let cells = expand(&s);
+        assert_eq!(cells.len(), 2 * 3 * 3 * 2 * 3);
+        let mut keys: Vec<_> = cells.iter().map(|c| (c.workload, c.environment, c.backing, c.footprint, c.repeat)).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), cells.len());
+        // Environments interleave within a repeat.
+        assert_eq!(cells[0].environment, Environment::Native);
+        assert_eq!(cells[1].environment, Environment::Guest(PageSize::Size4K));
+        assert_eq!(cells[2].environment, Environment::Guest(PageSize::Size2M));
+        assert_eq!(cells[3].repeat, 1);
+    }
+
+    #[test]
+    fn expansion_options() {
+        let mut s = spec();
+        s.native = false;
+        s.linux = Some(("k".into(), "i".into()));
+        let cells = expand(&s);
+        assert_eq!(cells.len(), 2 * 3 * 3 * 2 * 3);
+        assert!(cells.iter().all(|c| c.environment != Environment::Native));
+        assert!(cells.iter().any(|c| c.environment == Environment::Linux));
+        s.repeat = 0;
+        assert!(expand(&s).is_empty());
+    }
+
+    #[test]
+    fn environment_names() {
+        assert_eq!(Environment::Guest(PageSize::Size2M).to_string(), "guest-2m");
+        assert_eq!(Environment::Native.to_string(), "native");
+    }
+}
