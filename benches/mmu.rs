@@ -1,1 +1,103 @@
-fn main() {}
+//! Criterion benchmarks of the MMU models (issue #4, point 8).
+//!
+//! * `tlb_hit`: one design's translation when the L1 dTLB hits (targets ≥ 50 M/s/core);
+//! * `native_walk`: functional walk plus 1D costing with every TLB/cache off;
+//! * `nested_2d_walk`: functional walk plus full 24-reference 2D costing (≥ 10 M/s);
+//! * `gups_10m_all_designs`: a 10 M-access GUPS replay through all nine designs.
+//!
+//! Run: `cargo bench -p segment-mmu --bench mmu`. Figures are recorded in
+//! docs/segment-mmu.md.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use segment_mmu::designs::{DesignKind, Env, ModelConfig, Translation};
+use segment_mmu::replay::replay;
+use segment_mmu::snapshot::{Snapshot, SyntheticSpec};
+use segment_mmu::stream::StreamSpec;
+use segment_mmu::tlb::TlbConfig;
+use workloads::XorShift64;
+
+const BATCH: usize = 4096;
+
+fn snapshot(spec: &str) -> Snapshot {
+    spec.parse::<SyntheticSpec>().expect("spec").build().expect("build")
+}
+
+/// Random 8-byte-aligned addresses in the heap with their functional translations.
+fn inputs(env: &Env, span: u64, n: usize, seed: u64) -> Vec<(u64, Translation)> {
+    let base = env.guest_segment.expect("heap").base;
+    let mut rng = XorShift64::new(seed);
+    (0..n)
+        .map(|_| {
+            let va = base + 8 * rng.below(span / 8);
+            (va, env.translate(va, false))
+        })
+        .collect()
+}
+
+fn tlb_hit(c: &mut Criterion) {
+    let snap = snapshot("heap=1G,pages=4k");
+    let env = Env::new(&snap, 0, ModelConfig { tlb: TlbConfig::intel(), ..Default::default() }).expect("env");
+    // 32 pages: well inside the 96-entry L1 dTLB.
+    let xs = inputs(&env, 32 * 4096, BATCH, 1);
+    let mut g = c.benchmark_group("tlb_hit");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for kind in [DesignKind::Native, DesignKind::Nested, DesignKind::Compromis] {
+        let mut d = kind.build(&env).expect("design");
+        for (va, t) in &xs {
+            d.access(&env, *va, false, t);
+        }
+        g.bench_function(kind.name(), |b| {
+            b.iter(|| {
+                for (va, t) in &xs {
+                    d.access(&env, black_box(*va), false, t);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Full walks: the functional walk is part of the measured work (it is what a replay
+/// does on a miss), TLBs and caches are off so every access walks.
+fn walks(c: &mut Criterion) {
+    let snap = snapshot("heap=1G,pages=4k");
+    let env = Env::new(&snap, 0, ModelConfig { tlb: TlbConfig::none(), ..Default::default() }).expect("env");
+    let base = env.guest_segment.expect("heap").base;
+    let mut rng = XorShift64::new(7);
+    let vas: Vec<u64> = (0..BATCH).map(|_| base + 8 * rng.below((1 << 30) / 8)).collect();
+    for (name, kind) in [("native_walk", DesignKind::Native), ("nested_2d_walk", DesignKind::Nested)] {
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements(BATCH as u64));
+        let mut d = kind.build(&env).expect("design");
+        g.bench_function("4k_1g_heap", |b| {
+            b.iter(|| {
+                for &va in &vas {
+                    let t = env.translate(black_box(va), false);
+                    d.access(&env, va, false, &t);
+                }
+            })
+        });
+        g.finish();
+    }
+}
+
+fn gups_replay(c: &mut Criterion) {
+    let snap = snapshot("heap=8G,pages=4k");
+    let env = Env::new(&snap, 0, ModelConfig::default()).expect("env");
+    let base = env.guest_segment.expect("heap").base;
+    let spec: StreamSpec = "gups:footprint=4G,count=10M".parse().expect("stream");
+    let mut g = c.benchmark_group("gups_10m_all_designs");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(10_000_000));
+    g.bench_function("intel", |b| {
+        b.iter_batched(
+            || spec.build(base),
+            |mut s| replay(&env, &mut s, &DesignKind::ALL, None).expect("replay"),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tlb_hit, walks, gups_replay);
+criterion_main!(benches);

@@ -57,6 +57,7 @@ fn boot_to_first_instruction(c: &mut Criterion) {
                         payload: Payload::TestGuest { mode: String::new() },
                         mmio: None,
                         started: Some(started),
+                        api_socket: None,
                         track_dirty: None,
                     })
                     .expect("test guest run");

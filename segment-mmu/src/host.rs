@@ -79,6 +79,9 @@ impl HostModel {
     /// Host page size backing `gpa`, or `None` outside RAM (an EPT violation).
     #[inline]
     pub fn page_size(&self, gpa: u64) -> Option<PageSize> {
+        if let [(lo, hi, size)] = self.ranges[..] {
+            return (gpa >= lo && gpa < hi).then_some(size);
+        }
         let i = self.ranges.partition_point(|r| r.1 <= gpa);
         self.ranges.get(i).filter(|r| r.0 <= gpa).map(|r| r.2)
     }

@@ -78,12 +78,29 @@ pub type PfnMap<V> = HashMap<u64, V, BuildHasherDefault<PfnHasher>>;
 
 /// A sparse set of 4 KiB pages: what snapshots and synthetic builders hold (only the
 /// page-table pages; data pages are never materialised).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PageStore {
     index: PfnMap<u32>,
     pages: Vec<[u64; 512]>,
     gpas: Vec<u64>,
+    /// Optional flat index (`pfn - dense_base` → slot + 1, 0 = absent) built by
+    /// [`PageStore::optimize`]: one array load instead of a hash probe on every level of
+    /// every walk.
+    dense: Vec<u32>,
+    dense_base: u64,
 }
+
+impl PartialEq for PageStore {
+    fn eq(&self, o: &Self) -> bool {
+        self.gpas == o.gpas && self.pages == o.pages
+    }
+}
+
+impl Eq for PageStore {}
+
+/// Largest span of page frames the flat index covers (2^24 frames = 64 GiB of
+/// guest-physical space, a 64 MiB index at most).
+const DENSE_MAX_SPAN: u64 = 1 << 24;
 
 impl PageStore {
     /// An empty store.
@@ -106,8 +123,28 @@ impl PageStore {
         self.index.contains_key(&(gpa / PAGE_SIZE))
     }
 
+    /// Builds the flat index when the pages span at most 64 GiB of guest-physical
+    /// space (always true for synthetic spaces and for most guests). Later inserts drop it.
+    pub fn optimize(&mut self) {
+        self.dense = Vec::new();
+        let (Some(&lo), Some(&hi)) = (self.gpas.iter().min(), self.gpas.iter().max()) else {
+            return;
+        };
+        let (lo, hi) = (lo / PAGE_SIZE, hi / PAGE_SIZE);
+        if hi - lo >= DENSE_MAX_SPAN {
+            return;
+        }
+        let mut dense = vec![0u32; (hi - lo + 1) as usize];
+        for (slot, &gpa) in self.gpas.iter().enumerate() {
+            dense[(gpa / PAGE_SIZE - lo) as usize] = slot as u32 + 1;
+        }
+        self.dense = dense;
+        self.dense_base = lo;
+    }
+
     /// Inserts or replaces the page at `gpa` (rounded down to its page).
     pub fn insert(&mut self, gpa: u64, words: [u64; 512]) {
+        self.dense = Vec::new();
         let pfn = gpa / PAGE_SIZE;
         match self.index.get(&pfn) {
             Some(&i) => self.pages[i as usize] = words,
@@ -122,7 +159,12 @@ impl PageStore {
     /// The page at `gpa`, if held.
     #[inline]
     pub fn page(&self, gpa: u64) -> Option<&[u64; 512]> {
-        self.index.get(&(gpa / PAGE_SIZE)).map(|&i| &self.pages[i as usize])
+        let pfn = gpa / PAGE_SIZE;
+        if !self.dense.is_empty() {
+            let slot = *self.dense.get(pfn.wrapping_sub(self.dense_base) as usize)?;
+            return self.pages.get(slot.checked_sub(1)? as usize);
+        }
+        self.index.get(&pfn).map(|&i| &self.pages[i as usize])
     }
 
     /// Mutable access to a held page.
@@ -172,5 +214,12 @@ mod tests {
         s.read_page(0x5000, &mut out).unwrap();
         assert_eq!(out[3], 0xdead);
         assert_eq!(s.len(), 1);
+        s.insert(0x9000, [1; 512]);
+        s.optimize();
+        assert_eq!(s.read_u64(0x5018), Ok(0xdead));
+        assert_eq!(s.read_u64(0x9000), Ok(1));
+        assert_eq!(s.read_u64(0x7000), Err(MemError::Unreadable(0x7000)));
+        assert_eq!(s.read_u64(0x1000), Err(MemError::Unreadable(0x1000)));
+        assert_eq!(s.read_u64(0xa000), Err(MemError::Unreadable(0xa000)));
     }
 }

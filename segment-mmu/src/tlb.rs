@@ -289,6 +289,8 @@ pub struct TlbHierarchy {
     l2: SetAssoc,
     /// Bit i set once a page of size index i was inserted: only those sizes are probed.
     sizes_seen: u8,
+    /// False when every TLB is disabled.
+    any: bool,
 }
 
 /// Tag of `va` at `size` in address space `asid`: the page number, the size and the asid
@@ -309,6 +311,7 @@ impl TlbHierarchy {
             ],
             l2: SetAssoc::new(cfg.l2, "L2 STLB")?,
             sizes_seen: 0,
+            any: cfg.l1.iter().chain([&cfg.l2]).any(|g| g.entries > 0),
         })
     }
 
@@ -336,6 +339,9 @@ impl TlbHierarchy {
     /// Fills L1 and L2 after a walk.
     #[inline]
     pub fn fill(&mut self, va: u64, size: PageSize, asid: u16) {
+        if !self.any {
+            return;
+        }
         let k = tlb_key(va, size, asid);
         self.sizes_seen |= 1 << size.index();
         self.l1[size.index()].insert(k);
@@ -364,6 +370,8 @@ impl TlbHierarchy {
 #[derive(Debug, Clone)]
 pub struct WalkCaches {
     levels: [SetAssoc; 4],
+    /// False when every level is disabled (skips the per-level probes).
+    any: bool,
 }
 
 impl WalkCaches {
@@ -376,6 +384,7 @@ impl WalkCaches {
                 SetAssoc::new(g[2], "PWC level 4")?,
                 SetAssoc::new(g[3], "PWC level 5")?,
             ],
+            any: g.iter().any(|g| g.entries > 0),
         })
     }
 
@@ -385,6 +394,9 @@ impl WalkCaches {
     /// entry the walk reads. References = returned level - leaf_level + 1.
     #[inline]
     pub fn start_level(&mut self, addr: u64, top: u8, leaf_level: u8) -> u8 {
+        if !self.any {
+            return top;
+        }
         let mut start = top;
         for l in (leaf_level + 1)..=top {
             if self.levels[l as usize - 2].lookup(addr >> level_shift(l)) {

@@ -7,13 +7,18 @@ use segment_mmu::hotness::{Error, HotnessLog};
 fn log(half_life: f64, sets: &[&[u64]]) -> HotnessLog {
     let mut l = HotnessLog::new(100_000_000, half_life, "hand", vec![(0, 16 << 20)]).unwrap();
     for (k, s) in sets.iter().enumerate() {
-        l.push_interval((k as u64 + 1) * 100_000_000, s.to_vec()).unwrap();
+        l.push_interval((k as u64 + 1) * 100_000_000, s.to_vec())
+            .unwrap();
     }
     l
 }
 
 fn slowdown(r: &Report, p: Policy, g: Grain) -> f64 {
-    r.results.iter().find(|x| x.policy == p && x.grain == g).unwrap().slowdown
+    r.results
+        .iter()
+        .find(|x| x.policy == p && x.grain == g)
+        .unwrap()
+        .slowdown
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -24,13 +29,21 @@ fn close(a: f64, b: f64) -> bool {
 #[test]
 fn temperature_sort_and_oracle_by_hand() {
     let l = log(1.0, &[&[0], &[0], &[1], &[1], &[1]]);
-    let p = Params { fast: FastCapacity::Bytes(4096), latency_ratio: 3.0, migration_cost: 0.5, ..Params::default() };
+    let p = Params {
+        fast: FastCapacity::Bytes(4096),
+        latency_ratio: 3.0,
+        migration_cost: 0.5,
+        ..Params::default()
+    };
     let r = simulate(&[("g".into(), &l)], &p).unwrap();
     // none: A fast at first touch, B slow forever: 1 + 1 + 3 + 3 + 3 = 11 over 5.
     assert!(close(slowdown(&r, Policy::None, Grain::Small), 11.0 / 5.0));
     // temperature: B first touched slow (share full); before interval 3, T(A) = 0.75 <
     // T(B) = 1 → swap (2 pages × 0.5); 1 + 1 + 3 + 1 + 1 + 1 = 8 over 5.
-    assert!(close(slowdown(&r, Policy::Temperature, Grain::Small), 8.0 / 5.0));
+    assert!(close(
+        slowdown(&r, Policy::Temperature, Grain::Small),
+        8.0 / 5.0
+    ));
     // oracle: before interval 2 it knows A is done and B comes: demotes A (0.5; B is not
     // allocated yet, so it is born fast); 5 × 1 + 0.5 = 5.5 over 5.
     assert!(close(slowdown(&r, Policy::Oracle, Grain::Small), 5.5 / 5.0));
@@ -45,7 +58,12 @@ fn temperature_sort_and_oracle_by_hand() {
 #[test]
 fn hybrid_splits_partly_hot_frames() {
     let l = log(1.0, &[&[0, 512], &[0, 512], &[0, 512]]);
-    let p = Params { fast: FastCapacity::Bytes(2 << 20), latency_ratio: 3.0, migration_cost: 0.5, ..Params::default() };
+    let p = Params {
+        fast: FastCapacity::Bytes(2 << 20),
+        latency_ratio: 3.0,
+        migration_cost: 0.5,
+        ..Params::default()
+    };
     let r = simulate(&[("g".into(), &l)], &p).unwrap();
     // 4 KiB: both pages fit: 1.0 for every policy.
     for pol in Policy::ALL {
@@ -58,7 +76,10 @@ fn hybrid_splits_partly_hot_frames() {
     assert!(close(slowdown(&r, Policy::None, Grain::Hybrid), 2.0));
     // hybrid temperature: interval 0 as 2 MiB (4); then frame 0 is split (1 of 512 pages
     // hot), page 512 promoted and page 511 demoted to make room (2 × 0.5); 2 + 2.
-    assert!(close(slowdown(&r, Policy::Temperature, Grain::Hybrid), 9.0 / 6.0));
+    assert!(close(
+        slowdown(&r, Policy::Temperature, Grain::Hybrid),
+        9.0 / 6.0
+    ));
     // hybrid oracle: places pages 0 and 512 before they exist: 1.0.
     assert!(close(slowdown(&r, Policy::Oracle, Grain::Hybrid), 1.0));
 }
@@ -70,28 +91,66 @@ fn demand_shares_follow_hot_pages() {
     let x = log(1.0, &[&[0, 1], &[0, 1], &[0, 1], &[0, 1]]);
     let y = log(1.0, &[&[0], &[], &[], &[]]);
     let guests = vec![("x".to_string(), &x), ("y".to_string(), &y)];
-    let base = Params { fast: FastCapacity::Bytes(2 * 4096), latency_ratio: 3.0, migration_cost: 0.0, ..Params::default() };
-    let eq = simulate(&guests, &Params { shares: Shares::Equal, ..base.clone() }).unwrap();
+    let base = Params {
+        fast: FastCapacity::Bytes(2 * 4096),
+        latency_ratio: 3.0,
+        migration_cost: 0.0,
+        ..Params::default()
+    };
+    let eq = simulate(
+        &guests,
+        &Params {
+            shares: Shares::Equal,
+            ..base.clone()
+        },
+    )
+    .unwrap();
     // Equal: X has one fast page: 4 per interval (16); Y 1. 17 over 9.
-    assert!(close(slowdown(&eq, Policy::Temperature, Grain::Small), 17.0 / 9.0));
-    let de = simulate(&guests, &Params { shares: Shares::Demand, ..base }).unwrap();
+    assert!(close(
+        slowdown(&eq, Policy::Temperature, Grain::Small),
+        17.0 / 9.0
+    ));
+    let de = simulate(
+        &guests,
+        &Params {
+            shares: Shares::Demand,
+            ..base
+        },
+    )
+    .unwrap();
     // Demand: Y's page cools below 0.5 before interval 3, X gets both pages: 4+4+4+2 + 1.
-    assert!(close(slowdown(&de, Policy::Temperature, Grain::Small), 15.0 / 9.0));
-    let row = de.results.iter().find(|r| r.policy == Policy::Temperature && r.grain == Grain::Small).unwrap();
+    assert!(close(
+        slowdown(&de, Policy::Temperature, Grain::Small),
+        15.0 / 9.0
+    ));
+    let row = de
+        .results
+        .iter()
+        .find(|r| r.policy == Policy::Temperature && r.grain == Grain::Small)
+        .unwrap();
     assert!(close(row.guests[0].mean_share_pages, 5.0 / 4.0));
 }
 
 #[test]
 fn fraction_of_footprint() {
     let l = log(4.0, &[&[0, 1, 2, 3], &[0, 1, 2, 3]]);
-    let r = simulate(&[("g".into(), &l)], &Params { fast: FastCapacity::Fraction(0.5), ..Params::default() }).unwrap();
+    let r = simulate(
+        &[("g".into(), &l)],
+        &Params {
+            fast: FastCapacity::Fraction(0.5),
+            ..Params::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r.footprint_pages, 4);
     assert_eq!(r.fast_pages, 2);
     assert!(r.table().contains("temperature"));
 }
 
 fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn reseal(mut b: Vec<u8>) -> Vec<u8> {
@@ -116,7 +175,10 @@ fn malformed_files_name_the_problem() {
     let mut v = good.clone();
     let n = v.len();
     v[n - 20] ^= 0x40;
-    assert!(matches!(HotnessLog::decode(&v), Err(Error::Checksum { .. }) | Err(Error::Malformed(_))));
+    assert!(matches!(
+        HotnessLog::decode(&v),
+        Err(Error::Checksum { .. }) | Err(Error::Malformed(_))
+    ));
     // Header: 8 magic + 2 version + 1 shift + 1 reserved + 8 interval + 8 half-life +
     // 1 method length + 4 "hand" + 4 range count + 16 range + 4 interval count = 57; then
     // interval 0: end (8), count (4) at 65.

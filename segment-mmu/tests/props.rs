@@ -49,15 +49,16 @@ fn reference_walk(pages: &HashMap<u64, Vec<u64>>, levels: u32, cr3: u64, va: u64
 }
 
 /// Random tables: `n` pages at 0x1000.., entries that are empty, point at another
-/// page, are large leaves (sometimes misaligned), or are garbage.
+/// page (the most likely, so walks go deep), are large leaves (sometimes misaligned),
+/// or are garbage.
 fn tables(n: u64) -> impl Strategy<Value = Vec<Vec<(u8, u64)>>> {
-    prop::collection::vec(prop::collection::vec((0u8..5, any::<u64>()), 8), n as usize)
+    prop::collection::vec(prop::collection::vec((0u8..8, any::<u64>()), 8), n as usize)
 }
 
 fn entry(kind: u8, r: u64, n: u64) -> u64 {
     match kind {
         0 => 0,
-        1 => (0x1000 * (1 + r % n)) | 0x7,
+        1 | 5 | 6 | 7 => (0x1000 * (1 + r % n)) | 0x7,
         2 => ((r % 64) << 21) | 0x87, // 2 MiB-aligned frame, PS
         3 => (r & ADDR & !0x1f_f000) | 0x1000 | 0x87, // misaligned large frame (PAT bit ok) or fine
         _ => r,
@@ -230,7 +231,7 @@ fn reference_comparison_reaches_leaves() {
         for i in 0..n {
             let mut p = [0u64; 512];
             for e in p.iter_mut().take(8) {
-                *e = entry((rng.next_u64() % 5) as u8, rng.next_u64(), n);
+                *e = entry((rng.next_u64() % 8) as u8, rng.next_u64(), n);
             }
             store.insert(0x1000 * (i + 1), p);
             pages.insert(0x1000 * (i + 1), p.to_vec());

@@ -4,7 +4,9 @@
 pub mod cli;
 pub mod host;
 pub mod memory;
+pub mod snapshot;
 pub mod vstate;
+pub mod api;
 pub mod boot;
 pub mod devices;
 pub mod dirty;

@@ -4,7 +4,7 @@
 
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use crate::devices::{Console, ConsoleEvent, Devices, MmioHandler, SerialDevice};
 use crate::host::{self, HostInfo, MmuMode, MmuRequest};
 use crate::memory::{self, GuestRam, MemoryConfig, MemoryReport};
 use crate::vstate::stats::{KvmStats, StatsFd};
-use crate::vstate::vcpu::{self, VcpuInit, VcpuStop};
+use crate::vstate::vcpu::{self, VcpuControl, VcpuInit, VcpuStop};
 use crate::vstate::{cpuid, emulate, vm};
 
 /// The bare-metal test guest, assembled by build.rs from `guest-kernels/testguest`.
@@ -110,6 +110,8 @@ pub struct VmConfig {
     pub mmio: Option<Arc<dyn MmioHandler>>,
     /// When the run started (for set-up timing); `None` = now.
     pub started: Option<Instant>,
+    /// Serve the API socket (snapshots on request) at this path.
+    pub api_socket: Option<PathBuf>,
     /// Track dirty pages (KVM dirty log) while the guest runs.
     pub track_dirty: Option<crate::dirty::DirtyConfig>,
 }
@@ -259,6 +261,8 @@ pub struct RunReport {
     pub vmm_rss_bytes: u64,
     /// Instructions the VMM completed after emulation failures: int3 and others.
     pub vmm_emulated: (u64, u64),
+    /// Page-table snapshots taken during the run.
+    pub snapshots: Vec<crate::snapshot::SnapshotInfo>,
     /// Dirty-page tracking results, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty: Option<crate::dirty::DirtyReport>,
@@ -351,6 +355,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         serial: Mutex::new(SerialDevice::new(irq, console.clone())),
         console: console.clone(),
         mmio: cfg.mmio.clone(),
+        snapshots: std::sync::OnceLock::new(),
     });
     let (tx, rx) = channel::<Event>();
     {
@@ -371,7 +376,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
 
     // An empty handler for the kick signal: it only makes KVM_RUN return EINTR.
     let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
-    let stop = Arc::new(AtomicBool::new(false));
+    let ctl = Arc::new(VcpuControl::new(cfg.vcpus as usize));
     let counters = Arc::new(emulate::Counters::default());
     let boot_ms = started.elapsed().as_secs_f64() * 1e3;
     let tracker = match cfg.track_dirty.clone() {
@@ -382,13 +387,13 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let mut threads = Vec::new();
     let last_rips = Arc::new(Mutex::new(vec![0u64; cfg.vcpus as usize]));
     for (id, mut v) in vcpus.into_iter().enumerate() {
-        let (ram, devices, stop, counters, tx): (Arc<GuestRam>, _, _, _, Sender<Event>) =
-            (ram.clone(), devices.clone(), stop.clone(), counters.clone(), tx.clone());
+        let (ram, devices, ctl, counters, tx): (Arc<GuestRam>, _, _, _, Sender<Event>) =
+            (ram.clone(), devices.clone(), ctl.clone(), counters.clone(), tx.clone());
         let last_rips = last_rips.clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let why = vcpu::run_loop(&mut v, &ram, &devices, &stop, &counters);
+                let why = vcpu::run_loop(id, &mut v, &ram, &devices, &ctl, &counters);
                 if why != VcpuStop::Stopped {
                     let _ = tx.send(Event::Vcpu(id as u8, why));
                 }
@@ -401,6 +406,26 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         threads.push(h);
     }
     drop(tx);
+    let pthreads: Vec<libc::pthread_t> = threads.iter().map(|h| h.as_pthread_t()).collect();
+    let kick_ctl = ctl.clone();
+    let service = Arc::new(crate::snapshot::SnapshotService::new(
+        ram.clone(),
+        ctl.clone(),
+        cfg.vcpus as usize,
+        Box::new(move || {
+            let _ = &kick_ctl;
+            for t in &pthreads {
+                // SAFETY: signalling our own vCPU threads with the kick signal, whose
+                // handler does nothing; a thread that already ended is not signalled
+                // because the service is only used while the VM runs.
+                unsafe { libc::pthread_kill(*t, kick_signal()) };
+            }
+        }),
+    ));
+    let _ = devices.snapshots.set(service.clone());
+    if let Some(p) = &cfg.api_socket {
+        crate::api::serve(p, service.clone()).map_err(|e| Error::Config(e.to_string()))?;
+    }
 
     // Wait for the end.
     let deadline = cfg.timeout.map(|t| run_start + t);
@@ -452,7 +477,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     };
 
     // Stop the vCPUs: raise the flag, kick each thread until it leaves KVM_RUN.
-    stop.store(true, Ordering::Release);
+    ctl.request_stop();
     let give_up = Instant::now() + Duration::from_secs(5);
     for h in threads {
         while !h.is_finished() && Instant::now() < give_up {
@@ -482,6 +507,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         cmdline: cmdline_used,
         vmm_emulated: (counters.int3.load(Ordering::Relaxed), counters.other.load(Ordering::Relaxed)),
         dirty,
+        snapshots: service.taken(),
         vmm_rss_bytes,
         console_log: console.log(),
     })

@@ -134,7 +134,7 @@ impl<'a> Env<'a> {
             Some(g) => (g.translate(g.base), g.translate(g.base) + g.len()),
             None => (0, snap.ram_bytes()),
         };
-        let mut rng = workloads::XorShift64::new(cfg.seed ^ 0xE5CA_9E);
+        let mut rng = workloads::XorShift64::new(cfg.seed ^ 0x00E5_CA9E);
         let npages = ((hi - lo) / 4096).max(1);
         let escaped = (0..cfg.escape_pages).map(|_| (lo >> 12) + rng.below(npages)).collect();
         Ok(Self {

@@ -146,19 +146,32 @@ fn check_half_life(h: f64) -> Result<(), Error> {
     if h.is_finite() && h > 0.0 {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("temperature half-life {h}: must be a positive number of intervals")))
+        Err(Error::Invalid(format!(
+            "temperature half-life {h}: must be a positive number of intervals"
+        )))
     }
 }
 
 impl HotnessLog {
     /// An empty log for a guest with RAM `ranges`.
-    pub fn new(interval_ns: u64, half_life: f64, method: &str, ranges: Vec<(u64, u64)>) -> Result<Self, Error> {
+    pub fn new(
+        interval_ns: u64,
+        half_life: f64,
+        method: &str,
+        ranges: Vec<(u64, u64)>,
+    ) -> Result<Self, Error> {
         check_half_life(half_life)?;
         if method.len() > 255 {
             return Err(Error::Invalid("method name longer than 255 bytes".into()));
         }
         check_ranges(&ranges).map_err(Error::Invalid)?;
-        Ok(Self { interval_ns, half_life, method: method.into(), ranges, intervals: Vec::new() })
+        Ok(Self {
+            interval_ns,
+            half_life,
+            method: method.into(),
+            ranges,
+            intervals: Vec::new(),
+        })
     }
 
     /// Appends an interval; `pages` may be in any order and hold duplicates.
@@ -167,11 +180,17 @@ impl HotnessLog {
         pages.dedup();
         if let Some(prev) = self.intervals.last() {
             if end_ns < prev.end_ns {
-                return Err(Error::Invalid(format!("interval ending at {end_ns} ns is before the previous one ({} ns)", prev.end_ns)));
+                return Err(Error::Invalid(format!(
+                    "interval ending at {end_ns} ns is before the previous one ({} ns)",
+                    prev.end_ns
+                )));
             }
         }
         if let Some(&p) = pages.iter().find(|&&p| !self.contains_pfn(p)) {
-            return Err(Error::Invalid(format!("page {:#x} is outside guest RAM", p << PAGE_SHIFT)));
+            return Err(Error::Invalid(format!(
+                "page {:#x} is outside guest RAM",
+                p << PAGE_SHIFT
+            )));
         }
         self.intervals.push(Interval { end_ns, pages });
         Ok(())
@@ -179,7 +198,9 @@ impl HotnessLog {
 
     /// Whether page `pfn` is guest RAM.
     pub fn contains_pfn(&self, pfn: u64) -> bool {
-        let a = pfn.checked_shl(PAGE_SHIFT).filter(|a| a >> PAGE_SHIFT == pfn);
+        let a = pfn
+            .checked_shl(PAGE_SHIFT)
+            .filter(|a| a >> PAGE_SHIFT == pfn);
         a.is_some_and(|a| self.ranges.iter().any(|&(g, l)| a >= g && a < g + l))
     }
 
@@ -190,7 +211,11 @@ impl HotnessLog {
 
     /// Temperatures after the last interval: every page with `T > 0`, ascending pfn.
     pub fn temperatures(&self) -> Vec<(u64, f64)> {
-        temperatures_of(self.intervals.iter().map(|i| i.pages.as_slice()), self.intervals.len(), self.half_life)
+        temperatures_of(
+            self.intervals.iter().map(|i| i.pages.as_slice()),
+            self.intervals.len(),
+            self.half_life,
+        )
     }
 
     /// The 2 MiB view: per interval, the dirty 2 MiB frame numbers (gpa >> 21), ascending.
@@ -201,12 +226,20 @@ impl HotnessLog {
     /// Temperatures of 2 MiB frames after the last interval (same formula, derived sets).
     pub fn huge_temperatures(&self) -> Vec<(u64, f64)> {
         let sets = self.huge_sets();
-        temperatures_of(sets.iter().map(|s| s.as_slice()), sets.len(), self.half_life)
+        temperatures_of(
+            sets.iter().map(|s| s.as_slice()),
+            sets.len(),
+            self.half_life,
+        )
     }
 
     /// Every page dirtied at least once, ascending.
     pub fn footprint(&self) -> Vec<u64> {
-        let mut all: Vec<u64> = self.intervals.iter().flat_map(|i| i.pages.iter().copied()).collect();
+        let mut all: Vec<u64> = self
+            .intervals
+            .iter()
+            .flat_map(|i| i.pages.iter().copied())
+            .collect();
         all.sort_unstable();
         all.dedup();
         all
@@ -215,7 +248,11 @@ impl HotnessLog {
     /// Counts and the 4 KiB / 2 MiB comparison.
     pub fn summary(&self) -> Summary {
         let n = self.intervals.len();
-        let per4: Vec<u64> = self.intervals.iter().map(|i| i.pages.len() as u64).collect();
+        let per4: Vec<u64> = self
+            .intervals
+            .iter()
+            .map(|i| i.pages.len() as u64)
+            .collect();
         let huge = self.huge_sets();
         let per2: Vec<u64> = huge.iter().map(|s| s.len() as u64).collect();
         let total4: u64 = per4.iter().sum();
@@ -237,17 +274,37 @@ impl HotnessLog {
             dirty_page_intervals_4k: total4,
             dirty_frame_intervals_2m: total2,
             max_dirty_per_interval_4k: per4.iter().copied().max().unwrap_or(0),
-            mean_dirty_per_interval_4k: if n == 0 { 0.0 } else { total4 as f64 / n as f64 },
+            mean_dirty_per_interval_4k: if n == 0 {
+                0.0
+            } else {
+                total4 as f64 / n as f64
+            },
             dirty_mib_4k: total4 as f64 * 4096.0 / (1 << 20) as f64,
             dirty_mib_2m: total2 as f64 * 2.0,
-            amplification_2m: if total4 == 0 { 0.0 } else { (total2 * PAGES_PER_HUGE) as f64 / total4 as f64 },
-            hottest: hottest.into_iter().map(|(p, t)| HotPage { gpa: p << PAGE_SHIFT, temperature: t }).collect(),
+            amplification_2m: if total4 == 0 {
+                0.0
+            } else {
+                (total2 * PAGES_PER_HUGE) as f64 / total4 as f64
+            },
+            hottest: hottest
+                .into_iter()
+                .map(|(p, t)| HotPage {
+                    gpa: p << PAGE_SHIFT,
+                    temperature: t,
+                })
+                .collect(),
         }
     }
 
     /// Encodes the log as a version-1 file (temperatures computed here).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(64 + self.intervals.iter().map(|i| 16 + i.pages.len() * 2).sum::<usize>());
+        let mut b = Vec::with_capacity(
+            64 + self
+                .intervals
+                .iter()
+                .map(|i| 16 + i.pages.len() * 2)
+                .sum::<usize>(),
+        );
         b.extend_from_slice(&MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
         b.push(PAGE_SHIFT as u8);
@@ -294,7 +351,9 @@ impl HotnessLog {
             return Err(Error::Truncated("magic"));
         }
         if bytes[..8] != MAGIC {
-            return Err(Error::BadMagic(String::from_utf8_lossy(&bytes[..8]).into_owned()));
+            return Err(Error::BadMagic(
+                String::from_utf8_lossy(&bytes[..8]).into_owned(),
+            ));
         }
         if bytes.len() < 10 {
             return Err(Error::Truncated("version"));
@@ -312,7 +371,9 @@ impl HotnessLog {
         let mut r = Reader { b: body, at: 10 };
         let shift = r.u8("page shift")?;
         if u32::from(shift) != PAGE_SHIFT {
-            return Err(Error::Malformed(format!("page shift {shift}: version 1 tracks 4 KiB pages (12)")));
+            return Err(Error::Malformed(format!(
+                "page shift {shift}: version 1 tracks 4 KiB pages (12)"
+            )));
         }
         r.u8("reserved byte")?;
         let interval_ns = r.u64("interval")?;
@@ -336,16 +397,26 @@ impl HotnessLog {
         if ni > r.left() / 16 {
             return Err(Error::Truncated("intervals"));
         }
-        let mut log = HotnessLog { interval_ns, half_life, method, ranges, intervals: Vec::with_capacity(ni) };
+        let mut log = HotnessLog {
+            interval_ns,
+            half_life,
+            method,
+            ranges,
+            intervals: Vec::with_capacity(ni),
+        };
         for k in 0..ni {
             let end_ns = r.u64("interval end")?;
             let count = u64::from(r.u32("dirty count")?);
             let nruns = r.u32("run count")? as usize;
             if count > ram_pages {
-                return Err(Error::Malformed(format!("interval {k}: {count} dirty pages but guest RAM has {ram_pages}")));
+                return Err(Error::Malformed(format!(
+                    "interval {k}: {count} dirty pages but guest RAM has {ram_pages}"
+                )));
             }
             if nruns as u64 > count || nruns > r.left() / 2 {
-                return Err(Error::Malformed(format!("interval {k}: {nruns} runs for {count} dirty pages")));
+                return Err(Error::Malformed(format!(
+                    "interval {k}: {nruns} runs for {count} dirty pages"
+                )));
             }
             let mut pages = Vec::with_capacity(count as usize);
             let mut end = 0u64;
@@ -357,23 +428,39 @@ impl HotnessLog {
                     return Err(Error::Malformed(format!("interval {k}: run {j} overflows")));
                 };
                 if j > 0 && gap == 0 {
-                    return Err(Error::Malformed(format!("interval {k}: run {j} touches the previous one (not canonical)")));
+                    return Err(Error::Malformed(format!(
+                        "interval {k}: run {j} touches the previous one (not canonical)"
+                    )));
                 }
                 if pages.len() as u64 + len > count {
-                    return Err(Error::Malformed(format!("interval {k}: runs hold more than the {count} pages stated")));
+                    return Err(Error::Malformed(format!(
+                        "interval {k}: runs hold more than the {count} pages stated"
+                    )));
                 }
-                end = start.checked_add(len).ok_or_else(|| Error::Malformed(format!("interval {k}: run {j} overflows")))?;
+                end = start
+                    .checked_add(len)
+                    .ok_or_else(|| Error::Malformed(format!("interval {k}: run {j} overflows")))?;
                 pages.extend(start..end);
             }
             if pages.len() as u64 != count {
-                return Err(Error::Malformed(format!("interval {k}: states {count} dirty pages, runs hold {}", pages.len())));
+                return Err(Error::Malformed(format!(
+                    "interval {k}: states {count} dirty pages, runs hold {}",
+                    pages.len()
+                )));
             }
             if let Some(p) = pages.iter().find(|&&p| !log.contains_pfn(p)) {
-                return Err(Error::Malformed(format!("interval {k}: page {:#x} is outside guest RAM", p << PAGE_SHIFT)));
+                return Err(Error::Malformed(format!(
+                    "interval {k}: page {:#x} is outside guest RAM",
+                    p << PAGE_SHIFT
+                )));
             }
             if let Some(prev) = log.intervals.last() {
                 if end_ns < prev.end_ns {
-                    return Err(Error::Malformed(format!("interval {k} ends at {end_ns} ns, before interval {} ({} ns)", k - 1, prev.end_ns)));
+                    return Err(Error::Malformed(format!(
+                        "interval {k} ends at {end_ns} ns, before interval {} ({} ns)",
+                        k - 1,
+                        prev.end_ns
+                    )));
                 }
             }
             log.intervals.push(Interval { end_ns, pages });
@@ -389,23 +476,39 @@ impl HotnessLog {
             if j > 0 && d == 0 {
                 return Err(Error::Malformed("temperature list repeats a page".into()));
             }
-            prev = prev.checked_add(d).ok_or_else(|| Error::Malformed("temperature page overflows".into()))?;
-            let t = f32::from_le_bytes(r.bytes(4, "temperature")?.try_into().map_err(|_| Error::Truncated("temperature"))?);
+            prev = prev
+                .checked_add(d)
+                .ok_or_else(|| Error::Malformed("temperature page overflows".into()))?;
+            let t = f32::from_le_bytes(
+                r.bytes(4, "temperature")?
+                    .try_into()
+                    .map_err(|_| Error::Truncated("temperature"))?,
+            );
             stored_t.push((prev, t));
         }
         if r.left() != 0 {
-            return Err(Error::Malformed(format!("{} unexpected bytes after the temperatures", r.left())));
+            return Err(Error::Malformed(format!(
+                "{} unexpected bytes after the temperatures",
+                r.left()
+            )));
         }
         if stored != computed {
             return Err(Error::Checksum { stored, computed });
         }
         let want = log.temperatures();
         if want.len() != stored_t.len() {
-            return Err(Error::Malformed(format!("{} temperatures stored, the intervals give {}", stored_t.len(), want.len())));
+            return Err(Error::Malformed(format!(
+                "{} temperatures stored, the intervals give {}",
+                stored_t.len(),
+                want.len()
+            )));
         }
         for (&(p, t), &(q, u)) in want.iter().zip(&stored_t) {
             if p != q || !u.is_finite() || (t - f64::from(u)).abs() > 1e-3 * t.max(1.0) {
-                return Err(Error::Malformed(format!("temperature of page {:#x} is {u}, the intervals give {t:.4}", q << PAGE_SHIFT)));
+                return Err(Error::Malformed(format!(
+                    "temperature of page {:#x} is {u}, the intervals give {t:.4}",
+                    q << PAGE_SHIFT
+                )));
             }
         }
         Ok(log)
@@ -413,12 +516,18 @@ impl HotnessLog {
 
     /// Writes the file.
     pub fn write(&self, path: &Path) -> Result<(), Error> {
-        std::fs::write(path, self.encode()).map_err(|source| Error::Io { path: path.display().to_string(), source })
+        std::fs::write(path, self.encode()).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Reads and validates a file.
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let b = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let b = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::decode(&b)
     }
 }
@@ -473,7 +582,11 @@ pub fn huge_set(pages: &[u64]) -> Vec<u64> {
 }
 
 /// Temperatures after `n` intervals of `sets`, for keys with `T > 0`, ascending key.
-pub fn temperatures_of<'a>(sets: impl Iterator<Item = &'a [u64]>, n: usize, half_life: f64) -> Vec<(u64, f64)> {
+pub fn temperatures_of<'a>(
+    sets: impl Iterator<Item = &'a [u64]>,
+    n: usize,
+    half_life: f64,
+) -> Vec<(u64, f64)> {
     let lambda = decay(half_life);
     // key → (temperature as of `last` interval, last interval)
     let mut t: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
@@ -495,11 +608,18 @@ fn check_ranges(r: &[(u64, u64)]) -> Result<(), String> {
     let mut end = 0u64;
     for (i, &(g, l)) in r.iter().enumerate() {
         if g % 4096 != 0 || l % 4096 != 0 || l == 0 {
-            return Err(format!("RAM range {i} ({g:#x}, {l:#x}) is empty or not 4 KiB aligned"));
+            return Err(format!(
+                "RAM range {i} ({g:#x}, {l:#x}) is empty or not 4 KiB aligned"
+            ));
         }
-        let e = g.checked_add(l).ok_or_else(|| format!("RAM range {i} overflows"))?;
+        let e = g
+            .checked_add(l)
+            .ok_or_else(|| format!("RAM range {i} overflows"))?;
         if i > 0 && g < end {
-            return Err(format!("RAM range {i} ({g:#x}) overlaps or precedes range {}", i - 1));
+            return Err(format!(
+                "RAM range {i} ({g:#x}) overlaps or precedes range {}",
+                i - 1
+            ));
         }
         end = e;
     }
@@ -527,7 +647,9 @@ fn put_varint(b: &mut Vec<u8>, mut v: u64) {
 }
 
 fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 struct Reader<'a> {
@@ -565,14 +687,18 @@ impl<'a> Reader<'a> {
             let byte = self.u8(what)?;
             let bits = u64::from(byte & 0x7f);
             if shift == 63 && bits > 1 {
-                return Err(Error::Malformed(format!("{what}: varint overflows 64 bits")));
+                return Err(Error::Malformed(format!(
+                    "{what}: varint overflows 64 bits"
+                )));
             }
             v |= bits << shift;
             if byte & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err(Error::Malformed(format!("{what}: varint longer than 10 bytes")))
+        Err(Error::Malformed(format!(
+            "{what}: varint longer than 10 bytes"
+        )))
     }
 }
 
@@ -635,7 +761,10 @@ mod tests {
         let mut bad = b.clone();
         let n = bad.len();
         bad[n - 12] ^= 1;
-        assert!(matches!(HotnessLog::decode(&bad), Err(Error::Checksum { .. }) | Err(Error::Malformed(_))));
+        assert!(matches!(
+            HotnessLog::decode(&bad),
+            Err(Error::Checksum { .. }) | Err(Error::Malformed(_))
+        ));
     }
 
     #[test]

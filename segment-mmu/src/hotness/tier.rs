@@ -162,14 +162,22 @@ impl Params {
     fn check(&self) -> Result<(), Error> {
         let bad = |s: String| Err(Error::Invalid(s));
         match self.fast {
-            FastCapacity::Fraction(f) if !(0.0..=1.0).contains(&f) => return bad(format!("fast tier fraction {f}: must be between 0 and 1")),
+            FastCapacity::Fraction(f) if !(0.0..=1.0).contains(&f) => {
+                return bad(format!("fast tier fraction {f}: must be between 0 and 1"))
+            }
             _ => {}
         }
         if !(self.latency_ratio.is_finite() && self.latency_ratio >= 1.0) {
-            return bad(format!("latency ratio {}: must be at least 1", self.latency_ratio));
+            return bad(format!(
+                "latency ratio {}: must be at least 1",
+                self.latency_ratio
+            ));
         }
         if !(self.migration_cost.is_finite() && self.migration_cost >= 0.0) {
-            return bad(format!("migration cost {}: must be a non-negative number", self.migration_cost));
+            return bad(format!(
+                "migration cost {}: must be a non-negative number",
+                self.migration_cost
+            ));
         }
         if let Some(h) = self.half_life {
             if !(h.is_finite() && h > 0.0) {
@@ -177,10 +185,16 @@ impl Params {
             }
         }
         if !(self.hot_threshold.is_finite() && self.hot_threshold > 0.0) {
-            return bad(format!("hot threshold {}: must be positive", self.hot_threshold));
+            return bad(format!(
+                "hot threshold {}: must be positive",
+                self.hot_threshold
+            ));
         }
         if !(self.merge_fraction > 0.0 && self.merge_fraction <= 1.0) {
-            return bad(format!("merge fraction {}: must be in (0, 1]", self.merge_fraction));
+            return bad(format!(
+                "merge fraction {}: must be in (0, 1]",
+                self.merge_fraction
+            ));
         }
         Ok(())
     }
@@ -246,7 +260,10 @@ impl Report {
             self.params.latency_ratio,
             self.params.migration_cost
         );
-        s.push_str(&format!("{:<12} {:<7} {:>9} {:>9} {:>12}\n", "policy", "grain", "slowdown", "fast hit", "migrated MiB"));
+        s.push_str(&format!(
+            "{:<12} {:<7} {:>9} {:>9} {:>12}\n",
+            "policy", "grain", "slowdown", "fast hit", "migrated MiB"
+        ));
         for r in &self.results {
             s.push_str(&format!(
                 "{:<12} {:<7} {:>8.3}x {:>8.1}% {:>12.1}\n",
@@ -293,12 +310,20 @@ pub fn simulate(guests: &[(String, &HotnessLog)], params: &Params) -> Result<Rep
             (Signal::new(&small, lambda), Signal::new(&huge, lambda))
         })
         .collect();
-    let combos: Vec<(Policy, Grain)> = Policy::ALL.iter().flat_map(|&p| Grain::ALL.iter().map(move |&g| (p, g))).collect();
+    let combos: Vec<(Policy, Grain)> = Policy::ALL
+        .iter()
+        .flat_map(|&p| Grain::ALL.iter().map(move |&g| (p, g)))
+        .collect();
     let results = combos
         .par_iter()
         .map(|&(policy, grain)| run_one(guests, &signals, params, fast_pages, policy, grain))
         .collect();
-    Ok(Report { params: params.clone(), fast_pages, footprint_pages: footprint, results })
+    Ok(Report {
+        params: params.clone(),
+        fast_pages,
+        footprint_pages: footprint,
+        results,
+    })
 }
 
 /// Divides `total` pages among guests with `demands`.
@@ -309,18 +334,31 @@ pub fn divide(demands: &[u64], total: u64, shares: Shares) -> Vec<u64> {
     }
     let sum: u64 = demands.iter().sum();
     if shares == Shares::Equal || sum == 0 {
-        return (0..n).map(|i| total / n + u64::from(i < total % n)).collect();
+        return (0..n)
+            .map(|i| total / n + u64::from(i < total % n))
+            .collect();
     }
     if sum <= total {
         let extra = total - sum;
-        return demands.iter().enumerate().map(|(i, &d)| d + extra / n + u64::from((i as u64) < extra % n)).collect();
+        return demands
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| d + extra / n + u64::from((i as u64) < extra % n))
+            .collect();
     }
     // Proportional, largest remainder.
-    let exact: Vec<f64> = demands.iter().map(|&d| total as f64 * d as f64 / sum as f64).collect();
+    let exact: Vec<f64> = demands
+        .iter()
+        .map(|&d| total as f64 * d as f64 / sum as f64)
+        .collect();
     let mut out: Vec<u64> = exact.iter().map(|e| e.floor() as u64).collect();
     let mut left = total - out.iter().sum::<u64>();
     let mut order: Vec<usize> = (0..out.len()).collect();
-    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        (exact[b] - exact[b].floor())
+            .total_cmp(&(exact[a] - exact[a].floor()))
+            .then(a.cmp(&b))
+    });
     for i in order {
         if left == 0 {
             break;
@@ -354,14 +392,21 @@ impl Signal {
         }
         let mut keys: Vec<u64> = m.keys().copied().collect();
         keys.sort_unstable();
-        let times: Vec<Vec<u32>> = keys.iter().map(|k| m.remove(k).unwrap_or_default()).collect();
+        let times: Vec<Vec<u32>> = keys
+            .iter()
+            .map(|k| m.remove(k).unwrap_or_default())
+            .collect();
         let pw = |d: u32| lambda.powi(d as i32);
         let fwd = times
             .iter()
             .map(|t| {
                 let mut h = Vec::with_capacity(t.len());
                 for i in 0..t.len() {
-                    h.push(if i == 0 { 1.0 } else { 1.0 + pw(t[i] - t[i - 1]) * h[i - 1] });
+                    h.push(if i == 0 {
+                        1.0
+                    } else {
+                        1.0 + pw(t[i] - t[i - 1]) * h[i - 1]
+                    });
                 }
                 h
             })
@@ -371,12 +416,22 @@ impl Signal {
             .map(|t| {
                 let mut g = vec![0.0; t.len()];
                 for i in (0..t.len()).rev() {
-                    g[i] = if i + 1 == t.len() { 1.0 } else { 1.0 + pw(t[i + 1] - t[i]) * g[i + 1] };
+                    g[i] = if i + 1 == t.len() {
+                        1.0
+                    } else {
+                        1.0 + pw(t[i + 1] - t[i]) * g[i + 1]
+                    };
                 }
                 g
             })
             .collect();
-        Signal { keys, times, fwd, bwd, lambda }
+        Signal {
+            keys,
+            times,
+            fwd,
+            bwd,
+            lambda,
+        }
     }
 
     /// Temperature after interval `k − 1` (0 before the first interval).
@@ -447,19 +502,33 @@ struct State {
     intervals: u64,
 }
 
-fn units(sig: &(Signal, Signal), k: u32, policy: Policy, grain: Grain, params: &Params) -> Vec<Unit> {
+fn units(
+    sig: &(Signal, Signal),
+    k: u32,
+    policy: Policy,
+    grain: Grain,
+    params: &Params,
+) -> Vec<Unit> {
     let (small, huge) = sig;
     match grain {
         Grain::Small => (0..small.keys.len())
             .filter_map(|i| {
                 let s = small.score(i, k, policy);
-                (s > 0.0).then_some(Unit { what: UnitPages::Page(small.keys[i]), density: s, size: 1 })
+                (s > 0.0).then_some(Unit {
+                    what: UnitPages::Page(small.keys[i]),
+                    density: s,
+                    size: 1,
+                })
             })
             .collect(),
         Grain::Huge => (0..huge.keys.len())
             .filter_map(|i| {
                 let s = huge.score(i, k, policy);
-                (s > 0.0).then_some(Unit { what: UnitPages::Frame(huge.keys[i]), density: s, size: PAGES_PER_HUGE })
+                (s > 0.0).then_some(Unit {
+                    what: UnitPages::Frame(huge.keys[i]),
+                    density: s,
+                    size: PAGES_PER_HUGE,
+                })
             })
             .collect(),
         Grain::Hybrid => {
@@ -473,14 +542,22 @@ fn units(sig: &(Signal, Signal), k: u32, policy: Policy, grain: Grain, params: &
                 while j < small.keys.len() && small.keys[j] / PAGES_PER_HUGE == frame {
                     let s = small.score(j, k, policy);
                     if s > 0.0 {
-                        pages.push(Unit { what: UnitPages::Page(small.keys[j]), density: s, size: 1 });
+                        pages.push(Unit {
+                            what: UnitPages::Page(small.keys[j]),
+                            density: s,
+                            size: 1,
+                        });
                         sum += s;
                         hot += u64::from(s >= params.hot_threshold);
                     }
                     j += 1;
                 }
                 if hot as f64 >= params.merge_fraction * PAGES_PER_HUGE as f64 {
-                    out.push(Unit { what: UnitPages::Frame(frame), density: sum / PAGES_PER_HUGE as f64, size: PAGES_PER_HUGE });
+                    out.push(Unit {
+                        what: UnitPages::Frame(frame),
+                        density: sum / PAGES_PER_HUGE as f64,
+                        size: PAGES_PER_HUGE,
+                    });
                 } else {
                     out.extend(pages);
                 }
@@ -496,10 +573,15 @@ fn place(st: &mut State, mut units: Vec<Unit>, cap: u64, grain: Grain, c: f64) {
     units.sort_by(|a, b| {
         b.density
             .total_cmp(&a.density)
-            .then_with(|| st.fast.contains(&b.what.first()).cmp(&st.fast.contains(&a.what.first())))
+            .then_with(|| {
+                st.fast
+                    .contains(&b.what.first())
+                    .cmp(&st.fast.contains(&a.what.first()))
+            })
             .then(a.what.first().cmp(&b.what.first()))
     });
-    let mut new: HashSet<u64> = HashSet::with_capacity(cap.min(st.fast.len() as u64 * 2 + 1024) as usize);
+    let mut new: HashSet<u64> =
+        HashSet::with_capacity(cap.min(st.fast.len() as u64 * 2 + 1024) as usize);
     let mut used = 0u64;
     for u in &units {
         if used + u.size <= cap && !new.contains(&u.what.first()) {
@@ -508,9 +590,20 @@ fn place(st: &mut State, mut units: Vec<Unit>, cap: u64, grain: Grain, c: f64) {
         }
     }
     // Keep what is already fast while room remains (whole frames at 2 MiB grain).
-    let mut keep: Vec<u64> = st.fast.iter().copied().filter(|p| !new.contains(p)).collect();
+    let mut keep: Vec<u64> = st
+        .fast
+        .iter()
+        .copied()
+        .filter(|p| !new.contains(p))
+        .collect();
     keep.sort_unstable();
-    let group = |p: u64| if grain == Grain::Huge { p / PAGES_PER_HUGE } else { p };
+    let group = |p: u64| {
+        if grain == Grain::Huge {
+            p / PAGES_PER_HUGE
+        } else {
+            p
+        }
+    };
     let mut i = 0;
     while i < keep.len() {
         let g = group(keep[i]);
@@ -525,8 +618,10 @@ fn place(st: &mut State, mut units: Vec<Unit>, cap: u64, grain: Grain, c: f64) {
         }
         i = j;
     }
-    let moved =
-        new.symmetric_difference(&st.fast).filter(|p| st.allocated.contains(p)).count() as u64;
+    let moved = new
+        .symmetric_difference(&st.fast)
+        .filter(|p| st.allocated.contains(p))
+        .count() as u64;
     st.migrated += moved;
     st.cost += c * moved as f64;
     st.fast = new;
@@ -540,7 +635,11 @@ fn run_one(
     policy: Policy,
     grain: Grain,
 ) -> PolicyResult {
-    let n = guests.iter().map(|(_, l)| l.intervals.len()).max().unwrap_or(0);
+    let n = guests
+        .iter()
+        .map(|(_, l)| l.intervals.len())
+        .max()
+        .unwrap_or(0);
     let mut states: Vec<State> = guests.iter().map(|_| State::default()).collect();
     let r = params.latency_ratio;
     for k in 0..n {
@@ -552,14 +651,29 @@ fn run_one(
             signals
                 .iter()
                 .zip(&active)
-                .map(|(s, &a)| if a { units(s, kk, policy, grain, params) } else { Vec::new() })
+                .map(|(s, &a)| {
+                    if a {
+                        units(s, kk, policy, grain, params)
+                    } else {
+                        Vec::new()
+                    }
+                })
                 .collect()
         };
         let demands: Vec<u64> = us
             .iter()
-            .map(|u| u.iter().filter(|u| u.density >= params.hot_threshold).map(|u| u.size).sum())
+            .map(|u| {
+                u.iter()
+                    .filter(|u| u.density >= params.hot_threshold)
+                    .map(|u| u.size)
+                    .sum()
+            })
             .collect();
-        let mode = if policy == Policy::None { Shares::Equal } else { params.shares };
+        let mode = if policy == Policy::None {
+            Shares::Equal
+        } else {
+            params.shares
+        };
         let shares = divide(&demands, fast_pages, mode);
         for (g, st) in states.iter_mut().enumerate() {
             if !active[g] {
@@ -568,14 +682,24 @@ fn run_one(
             st.share_sum += shares[g] as f64;
             st.intervals += 1;
             if policy != Policy::None {
-                place(st, std::mem::take(&mut us[g]), shares[g], grain, params.migration_cost);
+                place(
+                    st,
+                    std::mem::take(&mut us[g]),
+                    shares[g],
+                    grain,
+                    params.migration_cost,
+                );
             } else if st.fast.len() as u64 > shares[g] {
                 // Cannot happen with fixed equal shares; kept for safety.
                 place(st, Vec::new(), shares[g], grain, params.migration_cost);
             }
             for &p in &guests[g].1.intervals[k].pages {
                 if !st.allocated.contains(&p) {
-                    let unit = if grain == Grain::Small { UnitPages::Page(p) } else { UnitPages::Frame(p / PAGES_PER_HUGE) };
+                    let unit = if grain == Grain::Small {
+                        UnitPages::Page(p)
+                    } else {
+                        UnitPages::Frame(p / PAGES_PER_HUGE)
+                    };
                     let size = unit.pages().count() as u64;
                     let to_fast = st.fast.len() as u64 + size <= shares[g];
                     for q in unit.pages() {
@@ -602,10 +726,22 @@ fn run_one(
             guest: name.clone(),
             accesses: st.accesses,
             cost: st.cost,
-            slowdown: if st.accesses == 0 { 1.0 } else { st.cost / st.accesses as f64 },
-            fast_hit_fraction: if st.accesses == 0 { 0.0 } else { st.hits as f64 / st.accesses as f64 },
+            slowdown: if st.accesses == 0 {
+                1.0
+            } else {
+                st.cost / st.accesses as f64
+            },
+            fast_hit_fraction: if st.accesses == 0 {
+                0.0
+            } else {
+                st.hits as f64 / st.accesses as f64
+            },
             migrated_pages: st.migrated,
-            mean_share_pages: if st.intervals == 0 { 0.0 } else { st.share_sum / st.intervals as f64 },
+            mean_share_pages: if st.intervals == 0 {
+                0.0
+            } else {
+                st.share_sum / st.intervals as f64
+            },
         })
         .collect();
     let acc: u64 = gr.iter().map(|g| g.accesses).sum();
@@ -616,7 +752,11 @@ fn run_one(
         policy,
         grain,
         slowdown: if acc == 0 { 1.0 } else { cost / acc as f64 },
-        fast_hit_fraction: if acc == 0 { 0.0 } else { hits as f64 / acc as f64 },
+        fast_hit_fraction: if acc == 0 {
+            0.0
+        } else {
+            hits as f64 / acc as f64
+        },
         migrated_mib: moved as f64 / 256.0,
         guests: gr,
     }
@@ -653,10 +793,22 @@ mod tests {
         let l = HotnessLog::new(1, 1.0, "t", vec![(0, 1 << 20)]).unwrap();
         let g = vec![("g".to_string(), &l)];
         for p in [
-            Params { latency_ratio: 0.5, ..Params::default() },
-            Params { fast: FastCapacity::Fraction(1.5), ..Params::default() },
-            Params { migration_cost: -1.0, ..Params::default() },
-            Params { merge_fraction: 0.0, ..Params::default() },
+            Params {
+                latency_ratio: 0.5,
+                ..Params::default()
+            },
+            Params {
+                fast: FastCapacity::Fraction(1.5),
+                ..Params::default()
+            },
+            Params {
+                migration_cost: -1.0,
+                ..Params::default()
+            },
+            Params {
+                merge_fraction: 0.0,
+                ..Params::default()
+            },
         ] {
             assert!(simulate(&g, &p).is_err());
         }

@@ -167,14 +167,25 @@ impl HostMemory {
         best
     }
 
-    /// Free memory split at faulted pages into aligned holes that cover none, largest first.
-    pub fn clean_holes(&self) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        for (s, l) in self.free_extents() {
-            self.push_clean_holes(s, s + l, &mut out);
+    /// The `k` largest aligned holes of free memory that cover no faulted page, largest
+    /// first (ties: lower address first). Extents are visited largest first and the walk stops
+    /// once no extent can beat the k-th hole, so clean hosts cost k steps.
+    pub fn largest_clean_holes(&self, k: usize) -> Vec<(u64, u64)> {
+        let mut best: Vec<(u64, u64)> = Vec::with_capacity(k + 1);
+        let mut pieces = Vec::new();
+        for &(l, s) in self.by_size.iter().rev() {
+            if k == 0 || (best.len() == k && l <= best[k - 1].1) {
+                break;
+            }
+            pieces.clear();
+            self.push_clean_holes(s, s + l, &mut pieces);
+            for &p in &pieces {
+                let at = best.partition_point(|b| (std::cmp::Reverse(b.1), b.0) < (std::cmp::Reverse(p.1), p.0));
+                best.insert(at, p);
+                best.truncate(k);
+            }
         }
-        out.sort_unstable_by_key(|&(s, l)| (std::cmp::Reverse(l), s));
-        out
+        best
     }
 
     /// Total physical memory.
@@ -572,7 +583,10 @@ mod tests {
         assert_eq!(h.placeable(), 3 * GIB, "[2G, 5G) is the longest clean run");
         assert_eq!(h.clone().with_escape_filter(1).placeable(), 6 * GIB, "[2G, 8G) covers one");
         assert_eq!(h.clone().with_escape_filter(2).placeable(), 8 * GIB);
-        assert_eq!(h.clean_holes(), vec![(2 * GIB, 3 * GIB), (6 * GIB, 2 * GIB), (0, GIB)]);
+        let all = vec![(2 * GIB, 3 * GIB), (6 * GIB, 2 * GIB), (0, GIB)];
+        assert_eq!(h.largest_clean_holes(5), all);
+        assert_eq!(h.largest_clean_holes(2), all[..2].to_vec());
+        assert!(h.largest_clean_holes(0).is_empty());
         assert_eq!(h.find(4 * GIB, ExtentPolicy::FirstFit, 0), None);
         assert_eq!(h.find(3 * GIB, ExtentPolicy::FirstFit, 0), Some((2 * GIB, 0)));
         let mut h1 = h.with_escape_filter(1);

@@ -36,9 +36,21 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
         path: name.clone(),
         msg: e.to_string(),
     };
-    let root = SVGBackend::new(path, (1000, 900)).into_drawing_area();
+    let root = SVGBackend::new(path, (1300, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| d(&e))?;
-    let (top, bottom) = root.split_vertically(450);
+    // One legend for both panels, beside them, so that it hides no data.
+    let (plots, legend) = root.split_horizontally(1000);
+    let (top, bottom) = plots.split_vertically(450);
+    for (i, r) in reports.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let y = 50 + 24 * i as i32;
+        legend
+            .draw(&Rectangle::new([(10, y), (34, y + 14)], color.filled()))
+            .map_err(|e| d(&e))?;
+        legend
+            .draw(&Text::new(run_label(r), (42, y), ("sans-serif", 15)))
+            .map_err(|e| d(&e))?;
+    }
 
     let tmax = reports
         .iter()
@@ -70,19 +82,8 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
             .collect();
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(|e| d(&e))?
-            .label(run_label(r))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .map_err(|e| d(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| d(&e))?;
 
     let maxk = reports
         .iter()
@@ -120,16 +121,8 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
             let x = k as f64 + x0;
             Rectangle::new([(x, 0.5), (x + width, v as f64)], color.filled())
         }))
-        .map_err(|e| d(&e))?
-        .label(run_label(r))
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    hist.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
         .map_err(|e| d(&e))?;
+    }
     root.present().map_err(|e| d(&e))?;
     Ok(())
 }
@@ -181,6 +174,7 @@ mod tests {
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("Fragmentation") && svg.contains("segments per VM"));
+        assert!(svg.contains("first-fit"), "the legend names the run");
         assert!(matches!(write_svg(&p, &[]), Err(Error::Empty)));
         assert!(write_svg(
             &dir.path().join("no/such/dir.svg"),

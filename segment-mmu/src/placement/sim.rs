@@ -412,13 +412,16 @@ impl<'w> Simulator<'w> {
         let mut plan = None;
         for h in self.cluster.with_free(size, self.cfg.host) {
             let host = self.cluster.host(h);
-            // Cheap necessary condition first: the k largest raw extents must cover it.
-            if host.largest_extents(k).map(|e| e.1).sum::<u64>() < size {
+            // Cheap necessary conditions first: k of the largest raw extent, or of the longest
+            // placeable segment, must cover it.
+            if host.largest_extents(k).map(|e| e.1).sum::<u64>() < size
+                || host.placeable().saturating_mul(k as u64) < size
+            {
                 continue;
             }
             let mut left = size;
             let mut segs = Vec::new();
-            for (s, l) in host.clean_holes().into_iter().take(k) {
+            for (s, l) in host.largest_clean_holes(k) {
                 let piece = left.min(l);
                 left -= piece;
                 segs.push((s, piece));

@@ -53,6 +53,7 @@ impl Snapshot {
         })?;
         snap.pages = pages;
         snap.validate()?;
+        snap.optimize();
         Ok(snap)
     }
 }

@@ -143,8 +143,9 @@ impl Snapshot {
         if c.left() != 0 {
             return Err(Error::TrailingBytes(c.left()));
         }
-        let snap = Snapshot { mode, cr4, efer, spaces, ram, pages };
+        let mut snap = Snapshot { mode, cr4, efer, spaces, ram, pages };
         snap.validate()?;
+        snap.optimize();
         Ok(snap)
     }
 }

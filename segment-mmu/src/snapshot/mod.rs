@@ -229,6 +229,12 @@ impl Snapshot {
         Ok(linear_regions(&r).into_iter().max_by_key(|l| l.len))
     }
 
+    /// Builds the page store's flat index (see [`PageStore::optimize`]); the reader,
+    /// capture and builder call it, so walks over a snapshot in hand are fast.
+    pub fn optimize(&mut self) {
+        self.pages.optimize();
+    }
+
     /// Checks every invariant the reader promises. Called by the reader, the capture
     /// and the synthetic builder, so a `Snapshot` in hand is always consistent.
     pub fn validate(&self) -> Result<(), Error> {

@@ -197,8 +197,9 @@ impl SyntheticSpec {
         };
         let range = RamRange { gpa_start: 0, len: ram, host_va: 0x7f00_0000_0000, host_page_size: self.host_page, runs };
         let cpu = CpuState::long_mode(self.mode);
-        let snap = Snapshot { mode: self.mode, cr4: cpu.cr4, efer: cpu.efer, spaces, ram: vec![range], pages: b.store };
+        let mut snap = Snapshot { mode: self.mode, cr4: cpu.cr4, efer: cpu.efer, spaces, ram: vec![range], pages: b.store };
         snap.validate()?;
+        snap.optimize();
         Ok(snap)
     }
 }

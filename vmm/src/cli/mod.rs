@@ -8,6 +8,7 @@ pub mod model;
 pub mod place;
 pub mod project;
 pub mod run;
+pub mod snapshot;
 pub mod tier;
 
 /// A failed command: one line of text and the process exit code.

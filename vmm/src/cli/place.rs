@@ -212,7 +212,7 @@ pub fn run(a: Args) -> CliResult {
         size::format_size(peak)
     );
     println!(
-        "cluster: {} hosts x {} ({} reserved, {} alignment){}; peak utilization {:.3}",
+        "cluster: {} hosts x {} ({} reserved, {} alignment){}; peak demand = {:.3} of usable memory",
         spec.hosts,
         size::format_size(host_memory),
         size::format_size(reserved),

@@ -59,6 +59,9 @@ pub struct Args {
     /// Stop the guest after this many seconds.
     #[arg(long, default_value_t = 1800.0)]
     pub timeout: f64,
+    /// Serve the API socket here (`segvmm snapshot --api-socket PATH --out FILE`).
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -164,6 +167,7 @@ pub fn run(args: Args) -> CliResult {
         payload,
         mmio: None,
         started: Some(started),
+        api_socket: args.api_socket.clone(),
         track_dirty: args.track_dirty.map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
     };
     let report = machine::run(cfg).map_err(CliError::bad_input)?;

@@ -59,13 +59,20 @@ pub struct Args {
 pub fn parse_fast(s: &str) -> Result<FastCapacity, String> {
     let t = s.trim();
     if let Some(p) = t.strip_suffix('%') {
-        let v: f64 = p.trim().parse().map_err(|_| format!("--fast '{s}': not a percentage"))?;
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("--fast '{s}': not a percentage"))?;
         if !(0.0..=100.0).contains(&v) {
-            return Err(format!("--fast '{s}': a percentage must be between 0 and 100"));
+            return Err(format!(
+                "--fast '{s}': a percentage must be between 0 and 100"
+            ));
         }
         return Ok(FastCapacity::Fraction(v / 100.0));
     }
-    parse_size(t).map(FastCapacity::Bytes).map_err(|e| format!("--fast: {e} (or give a percentage, e.g. 25%)"))
+    parse_size(t)
+        .map(FastCapacity::Bytes)
+        .map_err(|e| format!("--fast: {e} (or give a percentage, e.g. 25%)"))
 }
 
 /// Runs `segvmm tier`.
@@ -73,8 +80,14 @@ pub fn run(args: Args) -> CliResult {
     let fast = parse_fast(&args.fast).map_err(CliError::bad_input)?;
     let mut logs = Vec::new();
     for p in &args.hotness {
-        let l = HotnessLog::read(p).map_err(|e| CliError::bad_input(format!("{}: {e}", p.display())))?;
-        logs.push((p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string()), l));
+        let l = HotnessLog::read(p)
+            .map_err(|e| CliError::bad_input(format!("{}: {e}", p.display())))?;
+        logs.push((
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string()),
+            l,
+        ));
     }
     for (name, l) in &logs {
         let s = l.summary();
@@ -111,7 +124,8 @@ pub fn run(args: Args) -> CliResult {
     }
     if let Some(p) = &args.json {
         let s = serde_json::to_string_pretty(&report).map_err(CliError::failed)?;
-        std::fs::write(p, s).map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
+        std::fs::write(p, s)
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
     }
     if let Some(p) = &args.plot {
         plot::write_tier(p, &report).map_err(CliError::failed)?;

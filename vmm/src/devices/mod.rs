@@ -28,6 +28,9 @@ pub enum DeviceAction {
     Exit(i32),
     /// The guest asked for a reset (i8042 pulse, triple-fault-free reboot).
     Reset,
+    /// The guest asks for a page-table snapshot written to this file (the VMM pauses the
+    /// other vCPUs, captures, and resumes the guest).
+    Snapshot(std::path::PathBuf),
 }
 
 /// A device behind the signal MMIO window (the measurement guest's channel). It gets the
@@ -47,6 +50,8 @@ pub struct Devices {
     pub console: Arc<Console>,
     /// The MMIO signal window's handler, if any.
     pub mmio: Option<Arc<dyn MmioHandler>>,
+    /// Takes page-table snapshots when the guest asks (set once the vCPUs exist).
+    pub snapshots: std::sync::OnceLock<Arc<crate::snapshot::SnapshotService>>,
 }
 
 impl std::fmt::Debug for Devices {

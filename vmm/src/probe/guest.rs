@@ -81,6 +81,13 @@ pub struct GuestOptions {
     pub track_dirty: Option<crate::dirty::DirtyConfig>,
 }
 
+impl Default for GuestOptions {
+    /// THP backing, no pool growth, 10 minutes, no hooks.
+    fn default() -> Self {
+        GuestOptions { backing: Backing::Thp, grow_pool: false, timeout: Duration::from_secs(600), snapshot: None, track_dirty: None }
+    }
+}
+
 impl std::fmt::Debug for GuestOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestOptions").field("backing", &self.backing).field("grow_pool", &self.grow_pool).field("timeout", &self.timeout).finish()
@@ -351,6 +358,7 @@ pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
         payload,
         mmio: Some(device.clone()),
         started: None,
+        api_socket: None,
         track_dirty: opts.track_dirty.clone(),
     };
     let report = machine::run(cfg)?;

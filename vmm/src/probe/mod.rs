@@ -42,7 +42,7 @@ pub struct WorkloadSpec {
 
 impl WorkloadSpec {
     /// The operations asked of the guest: chase and gups 2^22 (enough to swamp the TLB
-    /// many times over without making the matrix slow); stream two passes over its arrays;
+    /// many times over without making the matrix slow); stream eight passes over its arrays;
     /// touch every page (the count is ignored); ptchurn 2000 map/touch/unmap cycles (each
     /// costs tens of microseconds in a guest on a software-KVM host).
     pub fn count(&self) -> u64 {
@@ -52,7 +52,7 @@ impl WorkloadSpec {
         let words = (self.footprint / 8) as usize;
         match self.workload {
             Workload::Chase | Workload::Gups => 1 << 22,
-            Workload::Stream => 2 * kernels::stream_elems(words) as u64,
+            Workload::Stream => 8 * kernels::stream_elems(words) as u64,
             Workload::Touch => (self.footprint / kernels::TOUCH_PAGE_BYTES as u64).max(1),
             Workload::PtChurn => 2000,
         }

@@ -1,7 +1,8 @@
 //! vCPU set-up (registers for each entry mode, CPUID, FPU, local APIC) and the run loop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -143,11 +144,102 @@ pub enum VcpuStop {
     Stopped,
 }
 
-/// The vCPU loop: runs until the guest ends, fails, or `stop` is raised (the VMM then
-/// kicks the thread out of KVM_RUN with a signal).
-pub fn run_loop(vcpu: &mut VcpuFd, ram: &GuestRam, devices: &Devices, stop: &AtomicBool, counters: &Arc<emulate::Counters>) -> VcpuStop {
+/// A vCPU's registers as read while it was paused.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuState {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment and control registers (CR3, CR4, EFER for snapshots).
+    pub sregs: kvm_sregs,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    paused: usize,
+    states: Vec<Option<VcpuState>>,
+}
+
+/// Stop and pause requests shared by the VMM and its vCPU threads. A vCPU thread notices
+/// them between exits; the VMM kicks threads out of KVM_RUN with a signal (see
+/// `machine`), so a request is seen within one exit.
+#[derive(Debug, Default)]
+pub struct VcpuControl {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    state: Mutex<PauseState>,
+    cv: Condvar,
+}
+
+impl VcpuControl {
+    /// A control for `n` vCPUs.
+    pub fn new(n: usize) -> Self {
+        VcpuControl { state: Mutex::new(PauseState { paused: 0, states: vec![None; n] }), ..Default::default() }
+    }
+
+    /// Asks every vCPU to stop for good.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.pause.store(false, Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    /// Asks every vCPU to pause; `kick` is called repeatedly until all `n` are paused or
+    /// `timeout` passes. Returns each vCPU's registers.
+    pub fn pause_all(&self, n: usize, timeout: Duration, kick: impl Fn()) -> Result<Vec<VcpuState>, String> {
+        self.pause.store(true, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let st = self.state.lock().map_err(|_| "vCPU control lock poisoned".to_string())?;
+                if st.paused >= n {
+                    return Ok(st.states.iter().flatten().copied().collect());
+                }
+            }
+            if Instant::now() > deadline {
+                self.resume_all();
+                return Err(format!("vCPUs did not pause within {timeout:?}"));
+            }
+            kick();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume_all(&self) {
+        self.pause.store(false, Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    /// Called by a vCPU thread between exits: parks while a pause is requested.
+    fn park_if_asked(&self, id: usize, vcpu: &VcpuFd) {
+        if !self.pause.load(Ordering::Acquire) {
+            return;
+        }
+        let state = match (vcpu.get_regs(), vcpu.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => Some(VcpuState { regs, sregs }),
+            _ => None,
+        };
+        let Ok(mut st) = self.state.lock() else { return };
+        if let Some(slot) = st.states.get_mut(id) {
+            *slot = state;
+        }
+        st.paused += 1;
+        while self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
+            st = match self.cv.wait_timeout(st, Duration::from_millis(50)) {
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
+        }
+        st.paused -= 1;
+    }
+}
+
+/// The vCPU loop: runs until the guest ends, fails, or a stop is requested (the VMM then
+/// kicks the thread out of KVM_RUN with a signal); parks while a pause is requested.
+pub fn run_loop(id: usize, vcpu: &mut VcpuFd, ram: &GuestRam, devices: &Devices, ctl: &VcpuControl, counters: &Arc<emulate::Counters>) -> VcpuStop {
     loop {
-        if stop.load(Ordering::Acquire) {
+        ctl.park_if_asked(id, vcpu);
+        if ctl.stop.load(Ordering::Acquire) {
             return VcpuStop::Stopped;
         }
         let action = match vcpu.run() {
@@ -191,6 +283,15 @@ pub fn run_loop(vcpu: &mut VcpuFd, ram: &GuestRam, devices: &Devices, stop: &Ato
             DeviceAction::Continue => {}
             DeviceAction::Exit(s) => return VcpuStop::GuestExit(s),
             DeviceAction::Reset => return VcpuStop::Reset,
+            DeviceAction::Snapshot(path) => {
+                let r = match devices.snapshots.get() {
+                    Some(svc) => svc.snapshot_from_vcpu(vcpu, &path).map(|_| ()).map_err(|e| e.to_string()),
+                    None => Err("this VM has no snapshot service".to_string()),
+                };
+                if let Err(e) = r {
+                    return VcpuStop::Unhandled(format!("guest-requested snapshot to {}: {e}", path.display()));
+                }
+            }
         }
     }
 }

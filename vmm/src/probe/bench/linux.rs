@@ -83,6 +83,7 @@ pub fn run(work: &WorkloadSpec, backing: Backing, kernel: &Path, initrd: &Path, 
         payload: Payload::Linux { kernel: kernel.into(), initrd: Some(initrd.into()), cmdline, bzimage: BzImageMode::Auto },
         mmio: None,
         started: Some(Instant::now()),
+        api_socket: None,
         track_dirty: None,
     };
     let report = machine::run(cfg).map_err(|e| match e {

@@ -72,7 +72,7 @@ pub struct MatrixSpec {
 }
 
 /// One run of the matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cell {
     /// Workload.
     pub workload: Workload,
@@ -186,7 +186,7 @@ mod tests {
         let s = spec();
         let cells = expand(&s);
         assert_eq!(cells.len(), 2 * 3 * 3 * 2 * 3);
-        let mut keys: Vec<_> = cells.iter().map(|c| (c.workload, c.environment, c.backing, c.footprint, c.repeat)).collect();
+        let mut keys: Vec<_> = cells.iter().map(|c| (c.workload, c.environment, c.backing.to_string(), c.footprint, c.repeat)).collect();
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), cells.len());

@@ -145,14 +145,15 @@ fn median_u64(mut v: Vec<u64>) -> Option<u64> {
     v.get(v.len().saturating_sub(1) / 2).copied()
 }
 
-type Key = (String, String, Backing, u64);
+/// (workload, environment, backing, footprint); backing by name (Backing has no order).
+type Key = (String, String, String, u64);
 
 /// Summarizes rows per (workload, environment, backing, footprint), in first-seen order.
 pub fn summarize(rows: &[Row]) -> Vec<Summary> {
     let mut order: Vec<Key> = Vec::new();
     let mut groups: BTreeMap<Key, Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        let k = (r.workload.clone(), r.environment.clone(), r.backing, r.footprint);
+        let k = (r.workload.clone(), r.environment.clone(), r.backing.to_string(), r.footprint);
         if !groups.contains_key(&k) {
             order.push(k.clone());
         }
@@ -168,7 +169,7 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
             Summary {
                 workload: k.0.clone(),
                 environment: k.1.clone(),
-                backing: k.2,
+                backing: g[0].backing,
                 footprint: k.3,
                 status: if v.is_empty() { g.iter().map(|r| r.status).find(|s| *s != Status::Ok).unwrap_or(Status::Failed) } else { Status::Ok },
                 n: v.len(),
@@ -183,13 +184,13 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
             }
         })
         .collect();
-    let native: BTreeMap<(String, Backing, u64), f64> = out
+    let native: BTreeMap<(String, String, u64), f64> = out
         .iter()
         .filter(|s| s.environment == "native")
-        .filter_map(|s| Some(((s.workload.clone(), s.backing, s.footprint), s.median_ns_per_op?)))
+        .filter_map(|s| Some(((s.workload.clone(), s.backing.to_string(), s.footprint), s.median_ns_per_op?)))
         .collect();
     for s in &mut out {
-        if let (Some(m), Some(n)) = (s.median_ns_per_op, native.get(&(s.workload.clone(), s.backing, s.footprint))) {
+        if let (Some(m), Some(n)) = (s.median_ns_per_op, native.get(&(s.workload.clone(), s.backing.to_string(), s.footprint))) {
             if *n > 0.0 {
                 s.slowdown_vs_native = Some(m / n);
             }

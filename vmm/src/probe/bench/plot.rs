@@ -42,7 +42,10 @@ fn color(env: &str, i: usize) -> RGBColor {
         "guest-2m" => RGBColor(214, 39, 40),
         "guest-1g" => RGBColor(44, 160, 44),
         "linux" => RGBColor(148, 103, 189),
-        _ => Palette99::pick(i).to_rgba().rgb().into(),
+        _ => {
+            let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
+            RGBColor(r, g, b)
+        }
     }
 }
 

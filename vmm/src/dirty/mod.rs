@@ -29,6 +29,8 @@
 //! half-life [`DirtyConfig::half_life`] intervals; see that module for the formula and file
 //! format), written to [`DirtyConfig::out`] with a heat map next to it (`.svg`).
 
+pub mod overhead;
+
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -88,15 +90,25 @@ pub struct DirtyConfig {
 impl DirtyConfig {
     /// Tracking every `interval`, writing to `out`, with the default half-life.
     pub fn new(interval: Duration, out: Option<PathBuf>) -> Self {
-        DirtyConfig { interval, out, half_life: hotness::DEFAULT_HALF_LIFE }
+        DirtyConfig {
+            interval,
+            out,
+            half_life: hotness::DEFAULT_HALF_LIFE,
+        }
     }
 
     fn check(&self) -> Result<(), Error> {
         if self.interval < MIN_INTERVAL || self.interval > MAX_INTERVAL {
-            return Err(Error::Config(format!("interval {:?}: must be between 1 ms and 1 h", self.interval)));
+            return Err(Error::Config(format!(
+                "interval {:?}: must be between 1 ms and 1 h",
+                self.interval
+            )));
         }
         if !(self.half_life.is_finite() && self.half_life > 0.0) {
-            return Err(Error::Config(format!("half-life {}: must be a positive number of intervals", self.half_life)));
+            return Err(Error::Config(format!(
+                "half-life {}: must be a positive number of intervals",
+                self.half_life
+            )));
         }
         Ok(())
     }
@@ -107,12 +119,19 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.trim().parse().map_err(|_| format!("interval '{s}': not a number (use e.g. 100ms, 1s)"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("interval '{s}': not a number (use e.g. 100ms, 1s)"))?;
     let scale = match unit.trim() {
         "" | "ms" => 1e-3,
         "s" => 1.0,
         "us" => 1e-6,
-        u => return Err(format!("interval '{s}': unknown unit '{u}' (use us, ms or s)")),
+        u => {
+            return Err(format!(
+                "interval '{s}': unknown unit '{u}' (use us, ms or s)"
+            ))
+        }
     };
     let secs = v * scale;
     if !(secs.is_finite() && secs > 0.0) {
@@ -178,7 +197,9 @@ impl std::fmt::Display for DirtyReport {
 const RING_NOTE: &str = "dirty ring not used: a full per-vCPU ring stops the vCPU (KVM_EXIT_DIRTY_RING_FULL) until the collector harvests it, and random writers dirty more pages per interval than a ring holds; the bitmap gives the same 4 KiB sets";
 
 fn manual_protect_offered(vm: &VmFd) -> bool {
-    let flags = vm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2));
+    let flags = vm.check_extension_raw(libc::c_ulong::from(
+        kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+    ));
     flags > 0 && (flags as u32) & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0
 }
 
@@ -187,9 +208,15 @@ fn manual_protect_offered(vm: &VmFd) -> bool {
 pub fn prepare(vm: &VmFd, cfg: &DirtyConfig) -> Result<(), Error> {
     cfg.check()?;
     if manual_protect_offered(vm) {
-        let mut cap = kvm_enable_cap { cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, ..Default::default() };
+        let mut cap = kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+            ..Default::default()
+        };
         cap.args[0] = u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE);
-        vm.enable_cap(&cap).map_err(|source| Error::Kvm { what: "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)", source })?;
+        vm.enable_cap(&cap).map_err(|source| Error::Kvm {
+            what: "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
+            source,
+        })?;
     }
     Ok(())
 }
@@ -212,7 +239,13 @@ impl Collector {
         let t0 = Instant::now();
         let mut pages = Vec::new();
         for &(slot, gpa, len) in &self.slots {
-            let mut bitmap = self.vm.get_dirty_log(slot, len as usize).map_err(|source| Error::Kvm { what: "KVM_GET_DIRTY_LOG", source })?;
+            let mut bitmap = self
+                .vm
+                .get_dirty_log(slot, len as usize)
+                .map_err(|source| Error::Kvm {
+                    what: "KVM_GET_DIRTY_LOG",
+                    source,
+                })?;
             let before = pages.len();
             let first = gpa >> hotness::PAGE_SHIFT;
             for (w, &word) in bitmap.iter().enumerate() {
@@ -236,12 +269,15 @@ impl Collector {
 
 /// Clears (and re-protects) the pages set in `bitmap` in slot `slot` of `len` bytes.
 fn clear_dirty_log(vm: &VmFd, slot: u32, len: u64, bitmap: &mut [u64]) -> Result<(), Error> {
-    let num_pages = u32::try_from(len >> hotness::PAGE_SHIFT).map_err(|_| Error::Config(format!("slot {slot}: too large to clear in one call")))?;
+    let num_pages = u32::try_from(len >> hotness::PAGE_SHIFT)
+        .map_err(|_| Error::Config(format!("slot {slot}: too large to clear in one call")))?;
     let arg = kvm_clear_dirty_log {
         slot,
         num_pages,
         first_page: 0,
-        __bindgen_anon_1: kvm_clear_dirty_log__bindgen_ty_1 { dirty_bitmap: bitmap.as_mut_ptr().cast() },
+        __bindgen_anon_1: kvm_clear_dirty_log__bindgen_ty_1 {
+            dirty_bitmap: bitmap.as_mut_ptr().cast(),
+        },
     };
     // SAFETY: `vm` is a live VM fd with manual dirty-log protection enabled; `arg` names a
     // slot we registered, starting at page 0 (64-aligned) and covering the whole slot, and
@@ -249,7 +285,10 @@ fn clear_dirty_log(vm: &VmFd, slot: u32, len: u64, bitmap: &mut [u64]) -> Result
     // KVM_GET_DIRTY_LOG for the same slot size) and lives across the call.
     let r = unsafe { ioctl_with_ref(vm, KVM_CLEAR_DIRTY_LOG(), &arg) };
     if r < 0 {
-        return Err(Error::Kvm { what: "KVM_CLEAR_DIRTY_LOG", source: kvm_ioctls::Error::last() });
+        return Err(Error::Kvm {
+            what: "KVM_CLEAR_DIRTY_LOG",
+            source: kvm_ioctls::Error::last(),
+        });
     }
     Ok(())
 }
@@ -269,11 +308,32 @@ impl Tracker {
     pub fn start(vm: Arc<VmFd>, ram: Arc<GuestRam>, cfg: DirtyConfig) -> Result<Tracker, Error> {
         cfg.check()?;
         let manual = manual_protect_offered(&vm);
-        let method = if manual { "bitmap+manual-protect" } else { "bitmap" };
+        let method = if manual {
+            "bitmap+manual-protect"
+        } else {
+            "bitmap"
+        };
         let ranges: Vec<(u64, u64)> = ram.ranges().iter().map(|r| (r.gpa, r.len)).collect();
-        let slots = ram.ranges().iter().enumerate().map(|(i, r)| (i as u32, r.gpa, r.len)).collect();
-        let log = HotnessLog::new(cfg.interval.as_nanos() as u64, cfg.half_life, method, ranges)?;
-        let mut c = Collector { vm, slots, manual, start: Instant::now(), log, collect_ns: Vec::new() };
+        let slots = ram
+            .ranges()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as u32, r.gpa, r.len))
+            .collect();
+        let log = HotnessLog::new(
+            cfg.interval.as_nanos() as u64,
+            cfg.half_life,
+            method,
+            ranges,
+        )?;
+        let mut c = Collector {
+            vm,
+            slots,
+            manual,
+            start: Instant::now(),
+            log,
+            collect_ns: Vec::new(),
+        };
         // Drain anything logged before the guest runs, then restart the clock.
         c.collect()?;
         c.log.intervals.clear();
@@ -308,13 +368,19 @@ impl Tracker {
     /// hotness file and heat map when an output path was given.
     pub fn finish(self) -> Result<DirtyReport, Error> {
         let _ = self.stop.send(());
-        let mut c = self.thread.join().map_err(|_| Error::Thread("panicked".into()))??;
+        let mut c = self
+            .thread
+            .join()
+            .map_err(|_| Error::Thread("panicked".into()))??;
         c.collect()?;
         let (mut hotness_file, mut heatmap) = (None, None);
         if let Some(out) = &self.cfg.out {
             c.log.write(out)?;
             let svg = out.with_extension("svg");
-            let title = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let title = out
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             hotness::plot::write_heatmap(&svg, &c.log, &title)?;
             hotness_file = Some(out.clone());
             heatmap = Some(svg);
@@ -352,8 +418,17 @@ mod tests {
 
     #[test]
     fn config_checked() {
-        assert!(DirtyConfig::new(Duration::from_micros(10), None).check().is_err());
-        assert!(DirtyConfig { half_life: 0.0, ..DirtyConfig::new(Duration::from_millis(10), None) }.check().is_err());
-        assert!(DirtyConfig::new(Duration::from_millis(10), None).check().is_ok());
+        assert!(DirtyConfig::new(Duration::from_micros(10), None)
+            .check()
+            .is_err());
+        assert!(DirtyConfig {
+            half_life: 0.0,
+            ..DirtyConfig::new(Duration::from_millis(10), None)
+        }
+        .check()
+        .is_err());
+        assert!(DirtyConfig::new(Duration::from_millis(10), None)
+            .check()
+            .is_ok());
     }
 }

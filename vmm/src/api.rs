@@ -1,0 +1,78 @@
+//! The API socket (`segvmm run --api-socket PATH`): a Unix stream socket taking one text
+//! command per line, as a small, dependency-free cousin of Firecracker's API. Commands:
+//!
+//! * `snapshot <file>`: pause every vCPU, write a `.ptsnap` page-table snapshot, resume.
+//!   Answers `ok <file> <bytes> <table-pages> <ms>` or `error <message>`.
+//! * `ping`: answers `ok`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::snapshot::SnapshotService;
+
+/// Errors of the API socket.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket could not be bound.
+    #[error("API socket {path}: {source}")]
+    Bind {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to a VMM's socket failed.
+    #[error("API socket {path}: {why}")]
+    Client {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+}
+
+fn handle(stream: UnixStream, svc: &SnapshotService) {
+    let Ok(mut out) = stream.try_clone() else { return };
+    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+        let mut words = line.split_whitespace();
+        let reply = match (words.next(), words.next()) {
+            (Some("ping"), None) => "ok".to_string(),
+            (Some("snapshot"), Some(file)) => match svc.snapshot(Path::new(file)) {
+                Ok(i) => format!("ok {} {} {} {:.3}", i.path, i.bytes, i.table_pages, i.ms),
+                Err(e) => format!("error {e}"),
+            },
+            _ => format!("error unknown command '{line}' (commands: ping, snapshot <file>)"),
+        };
+        if writeln!(out, "{reply}").is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `path` in a background thread until the process ends.
+pub fn serve(path: &Path, svc: Arc<SnapshotService>) -> Result<(), Error> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|source| Error::Bind { path: path.into(), source })?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            for s in listener.incoming().map_while(Result::ok) {
+                handle(s, &svc);
+            }
+        })
+        .map_err(|source| Error::Bind { path: path.into(), source })?;
+    Ok(())
+}
+
+/// Sends one command to a VMM's API socket and returns its answer line.
+pub fn request(path: &Path, command: &str) -> Result<String, Error> {
+    let err = |why: String| Error::Client { path: path.into(), why };
+    let mut s = UnixStream::connect(path).map_err(|e| err(format!("cannot connect ({e}); is a VMM running with --api-socket?")))?;
+    writeln!(s, "{command}").map_err(|e| err(e.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).map_err(|e| err(e.to_string()))?;
+    Ok(line.trim_end().to_string())
+}

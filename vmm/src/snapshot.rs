@@ -1,0 +1,235 @@
+//! Page-table snapshots of a live guest: pause every vCPU, read CR3/CR4/EFER, let
+//! `segment_mmu` follow the tables through guest memory, and write a `.ptsnap` file with
+//! the guest RAM layout and its host backing (page size, host-physical contiguous runs).
+//!
+//! Requests come from the guest itself (the measurement guest's MMIO channel, on its own
+//! vCPU thread) or from outside (`segvmm snapshot --api-socket`, see [`crate::api`]).
+
+use std::path::Path;
+use std::time::Instant;
+
+use segment_mmu::mem::{GuestPhysMemory, MemError};
+use segment_mmu::paging::PagingMode;
+use segment_mmu::snapshot::{AddressSpace, CpuState, HostRun, RamRange, Snapshot};
+use serde::Serialize;
+
+use crate::memory::report::HostRun as VmmRun;
+use crate::memory::{Backing, GuestRam, MemoryReport};
+use crate::vstate::vcpu::VcpuState;
+
+/// Errors while snapshotting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The guest is not in long mode with paging on.
+    #[error("guest paging is not in 4- or 5-level long mode (CR0 {cr0:#x}, CR4 {cr4:#x}, EFER {efer:#x}); nothing to snapshot")]
+    NoLongModePaging {
+        /// CR0.
+        cr0: u64,
+        /// CR4.
+        cr4: u64,
+        /// EFER.
+        efer: u64,
+    },
+    /// No vCPU state was captured.
+    #[error("no vCPU state to snapshot")]
+    NoVcpus,
+    /// The tables could not be captured.
+    #[error("capturing page tables: {0}")]
+    Capture(#[from] segment_mmu::snapshot::Error),
+    /// Writing the file failed.
+    #[error("writing {path}: {why}")]
+    Write {
+        /// File.
+        path: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// What a snapshot recorded, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    /// The file written.
+    pub path: String,
+    /// Address spaces (distinct CR3s).
+    pub spaces: usize,
+    /// Page-table pages copied.
+    pub table_pages: usize,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Time from the request to the file being written, ms (vCPUs paused meanwhile).
+    pub ms: f64,
+}
+
+impl GuestPhysMemory for GuestRam {
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        if gpa % 8 != 0 {
+            return Err(MemError::Unaligned(gpa));
+        }
+        let p = self.host_ptr(gpa, 8).ok_or(MemError::Unreadable(gpa))?;
+        // SAFETY: host_ptr checked that the 8 aligned bytes lie in mapped guest RAM; the
+        // guest may write concurrently (it is paused during snapshots), hence volatile.
+        Ok(unsafe { std::ptr::read_volatile(p as *const u64) })
+    }
+
+    fn read_page(&self, gpa: u64, out: &mut [u64; 512]) -> Result<(), MemError> {
+        if gpa % 4096 != 0 {
+            return Err(MemError::Unaligned(gpa));
+        }
+        let p = self.host_ptr(gpa, 4096).ok_or(MemError::Unreadable(gpa))?;
+        // SAFETY: a whole page of mapped guest RAM (checked by host_ptr), copied into a
+        // distinct local buffer.
+        unsafe { std::ptr::copy_nonoverlapping(p as *const u64, out.as_mut_ptr(), 512) };
+        Ok(())
+    }
+}
+
+/// The host page size that backs guest RAM, as measured.
+fn host_page_size(report: &MemoryReport) -> u64 {
+    let by = &report.bytes_by_page_size;
+    let total: u64 = by.values().sum();
+    let get = |k: &str| by.get(k).copied().unwrap_or(0);
+    if total > 0 && get("1g") == total {
+        1 << 30
+    } else if total > 0 && get("2m") == total {
+        2 << 20
+    } else if report.requested_backing == Backing::Huge2m {
+        2 << 20
+    } else {
+        4096
+    }
+}
+
+/// The snapshot's RAM ranges: layout, host mapping, page size and contiguous runs.
+pub fn ram_ranges(ram: &GuestRam, report: &MemoryReport, runs: &[VmmRun]) -> Vec<RamRange> {
+    let page = host_page_size(report);
+    ram.ranges()
+        .iter()
+        .map(|r| {
+            let inside: Vec<HostRun> = runs
+                .iter()
+                .filter(|x| x.gpa >= r.gpa && x.gpa < r.end())
+                .map(|x| HostRun { gpa_start: x.gpa, len: x.len.min(r.end() - x.gpa), hpa_start: x.hpa })
+                .collect();
+            RamRange {
+                gpa_start: r.gpa,
+                len: r.len,
+                host_va: ram.hva(r.gpa),
+                host_page_size: page,
+                runs: (!inside.is_empty()).then_some(inside),
+            }
+        })
+        .collect()
+}
+
+/// Captures the tables of every distinct CR3 in `states` and returns the snapshot.
+pub fn capture(ram: &GuestRam, report: &MemoryReport, runs: &[VmmRun], states: &[VcpuState]) -> Result<Snapshot, Error> {
+    let first = states.first().ok_or(Error::NoVcpus)?;
+    let (cr0, cr4, efer) = (first.sregs.cr0, first.sregs.cr4, first.sregs.efer);
+    if cr0 & (1 << 31) == 0 || efer & (1 << 10) == 0 {
+        return Err(Error::NoLongModePaging { cr0, cr4, efer });
+    }
+    let mode = if cr4 & (1 << 12) != 0 { PagingMode::Level5 } else { PagingMode::Level4 };
+    let mut spaces: Vec<AddressSpace> = Vec::new();
+    for (i, s) in states.iter().enumerate() {
+        let cr3 = s.sregs.cr3 & 0x000f_ffff_ffff_f000;
+        if !spaces.iter().any(|a| a.cr3 == cr3) {
+            spaces.push(AddressSpace { cr3, label: format!("vcpu{i}") });
+        }
+    }
+    Ok(Snapshot::capture(ram, spaces, CpuState { mode, cr4, efer }, ram_ranges(ram, report, runs))?)
+}
+
+/// Captures and writes `path`; `started` is when the request arrived (for timing).
+pub fn capture_to_file(ram: &GuestRam, report: &MemoryReport, states: &[VcpuState], path: &Path, started: Instant) -> Result<SnapshotInfo, Error> {
+    let snap = capture(ram, report, &report.runs, states)?;
+    let bytes = snap.to_bytes();
+    let werr = |e: std::io::Error| Error::Write { path: path.display().to_string(), why: e.to_string() };
+    std::fs::write(path, &bytes).map_err(werr)?;
+    Ok(SnapshotInfo {
+        path: path.display().to_string(),
+        spaces: snap.spaces.len(),
+        table_pages: snap.pages.len(),
+        bytes: bytes.len() as u64,
+        ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Takes snapshots of one running VM on request: holds what a capture needs and pauses
+/// the vCPUs around it.
+pub struct SnapshotService {
+    ram: std::sync::Arc<GuestRam>,
+    ctl: std::sync::Arc<crate::vstate::vcpu::VcpuControl>,
+    vcpus: usize,
+    kick: Box<dyn Fn() + Send + Sync>,
+    /// Measured lazily on the first request (reading pagemap takes time).
+    report: std::sync::OnceLock<MemoryReport>,
+    taken: std::sync::Mutex<Vec<SnapshotInfo>>,
+}
+
+impl std::fmt::Debug for SnapshotService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotService").field("vcpus", &self.vcpus).finish()
+    }
+}
+
+/// How long to wait for vCPUs to pause.
+const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl SnapshotService {
+    /// A service for a VM of `vcpus` vCPUs; `kick` interrupts every vCPU thread's KVM_RUN.
+    pub fn new(
+        ram: std::sync::Arc<GuestRam>,
+        ctl: std::sync::Arc<crate::vstate::vcpu::VcpuControl>,
+        vcpus: usize,
+        kick: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        SnapshotService { ram, ctl, vcpus, kick, report: std::sync::OnceLock::new(), taken: Default::default() }
+    }
+
+    fn report(&self) -> &MemoryReport {
+        self.report.get_or_init(|| self.ram.report())
+    }
+
+    fn record(&self, r: Result<SnapshotInfo, Error>) -> Result<SnapshotInfo, Error> {
+        if let (Ok(info), Ok(mut t)) = (&r, self.taken.lock()) {
+            t.push(info.clone());
+        }
+        r
+    }
+
+    /// From outside the vCPUs (API socket): pause all, capture, resume.
+    pub fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, Error> {
+        let started = Instant::now();
+        let report = self.report();
+        let states = self.ctl.pause_all(self.vcpus, PAUSE_TIMEOUT, &self.kick).map_err(|why| Error::Write { path: path.display().to_string(), why })?;
+        let r = capture_to_file(&self.ram, report, &states, path, started);
+        self.ctl.resume_all();
+        self.record(r)
+    }
+
+    /// From a vCPU thread (the guest asked): pause the others, capture, resume.
+    pub fn snapshot_from_vcpu(&self, vcpu: &kvm_ioctls::VcpuFd, path: &Path) -> Result<SnapshotInfo, Error> {
+        let started = Instant::now();
+        let report = self.report();
+        let own = match (vcpu.get_regs(), vcpu.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => VcpuState { regs, sregs },
+            _ => return Err(Error::NoVcpus),
+        };
+        let mut states = vec![own];
+        if self.vcpus > 1 {
+            let others = self.ctl.pause_all(self.vcpus - 1, PAUSE_TIMEOUT, &self.kick).map_err(|why| Error::Write { path: path.display().to_string(), why })?;
+            states.extend(others);
+        }
+        let r = capture_to_file(&self.ram, report, &states, path, started);
+        if self.vcpus > 1 {
+            self.ctl.resume_all();
+        }
+        self.record(r)
+    }
+
+    /// Snapshots taken so far.
+    pub fn taken(&self) -> Vec<SnapshotInfo> {
+        self.taken.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
