@@ -14,8 +14,25 @@ fn tiny_matrix_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("res");
     let (code, stdout, err) = run(&[
-        "bench", "--workloads", "chase,touch", "--backing", "4k", "--guest-pages", "4k,1g", "--footprint", "2M", "--repeat", "2", "--count", "5000",
-        "--native", "--no-grow-pool", "--timeout", "60", "--out", out.to_str().unwrap(),
+        "bench",
+        "--workloads",
+        "chase,touch",
+        "--backing",
+        "4k",
+        "--guest-pages",
+        "4k,1g",
+        "--footprint",
+        "2M",
+        "--repeat",
+        "2",
+        "--count",
+        "5000",
+        "--native",
+        "--no-grow-pool",
+        "--timeout",
+        "60",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     let info = segvmm::host::probe().unwrap();
     // 1g guest pages are unavailable here unless the host offers pdpe1gb; with a 2 MiB

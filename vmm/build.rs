@@ -39,7 +39,11 @@ fn leaks_into_nested_cargo(key: &str) -> bool {
     if KEEP.contains(&key) || key.starts_with("CARGO_NET_") || key.starts_with("CARGO_HTTP_") || key.starts_with("CARGO_REGISTR") {
         return false;
     }
-    key.starts_with("CARGO_") || matches!(key, "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WORKSPACE_WRAPPER" | "TARGET" | "HOST" | "OUT_DIR" | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS")
+    key.starts_with("CARGO_")
+        || matches!(
+            key,
+            "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WORKSPACE_WRAPPER" | "TARGET" | "HOST" | "OUT_DIR" | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS"
+        )
 }
 
 /// Builds `guest-kernels/probe` (release, host target, static, its own linker script) into
@@ -55,11 +59,7 @@ fn build_probe(root: &Path, out: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = out.join("probe-target");
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&probe)
-        .args(["build", "--release", "--offline", "--manifest-path"])
-        .arg(probe.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
+    cmd.current_dir(&probe).args(["build", "--release", "--offline", "--manifest-path"]).arg(probe.join("Cargo.toml")).arg("--target-dir").arg(&target_dir);
     for (k, _) in env::vars_os() {
         if let Some(k) = k.to_str() {
             if leaks_into_nested_cargo(k) {

@@ -71,6 +71,21 @@ pub fn mapped_bytes(ranges: &[MappingRange]) -> MappedBytes {
     m
 }
 
+/// Errors of the enumerator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A table could not be read.
+    #[error(transparent)]
+    Mem(#[from] MemError),
+    /// More leaf entries than [`MAX_LEAVES`]: tables shared many times over (legal in a
+    /// DAG, but a hostile snapshot could make enumeration take forever).
+    #[error("more than {0} leaf entries: refusing to enumerate")]
+    TooManyLeaves(u64),
+}
+
+/// Most leaf entries the enumerator visits (2^28: 1 TiB in 4 KiB pages).
+pub const MAX_LEAVES: u64 = 1 << 28;
+
 /// Lists all present mappings reachable from `cr3`, coalesced, in ascending VA order.
 /// Entries with reserved bits (which would fault) are skipped; a table that cannot be
 /// read is an error.
@@ -78,7 +93,8 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
     mem: &M,
     cfg: &WalkConfig,
     cr3: u64,
-) -> Result<Vec<MappingRange>, MemError> {
+) -> Result<Vec<MappingRange>, Error> {
+    let mut leaves = 0u64;
     let mut out = Vec::new();
     let top = cfg.mode.levels();
     let addr_mask = PTE_ADDR_MASK & ((1u64 << cfg.max_phys_bits) - 1);
@@ -90,6 +106,10 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
     while let Some(item) = stack.pop() {
         let (table, level, prefix, (rw, us, nx)) = match item {
             Item::Leaf(r) => {
+                leaves += 1;
+                if leaves > MAX_LEAVES {
+                    return Err(Error::TooManyLeaves(MAX_LEAVES));
+                }
                 match out.last_mut() {
                     Some(prev) if MappingRange::extends(prev, &r) => prev.len += r.len,
                     _ => out.push(r),

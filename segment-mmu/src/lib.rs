@@ -26,6 +26,7 @@ pub mod host;
 pub mod hotness;
 pub mod mem;
 pub mod paging;
+pub mod project;
 pub mod replay;
 pub mod snapshot;
 pub mod stream;

@@ -51,22 +51,25 @@ impl Geometry {
 }
 
 /// A set-associative cache of 64-bit keys with true LRU replacement.
+///
+/// Each set's ways are kept in recency order (most recent first), so LRU needs no
+/// stamps: a hit rotates the way to the front, an insert shifts the set and drops the
+/// last way. Half the memory of tags-plus-stamps, which matters because the replay of a
+/// large random stream is bound by cache misses on these arrays.
 #[derive(Debug, Clone)]
 pub struct SetAssoc {
     sets: u64,
     ways: usize,
     pow2_mask: Option<u64>,
-    /// `key + 1`, 0 = invalid.
+    /// `key + 1` in recency order per set; 0 = invalid (always at the end of a set).
     tags: Vec<u64>,
-    stamps: Vec<u64>,
-    clock: u64,
 }
 
 impl SetAssoc {
     /// Builds an empty cache.
     pub fn new(g: Geometry, what: &'static str) -> Result<Self, Error> {
         if g.entries == 0 {
-            return Ok(Self { sets: 0, ways: 0, pow2_mask: None, tags: Vec::new(), stamps: Vec::new(), clock: 0 });
+            return Ok(Self { sets: 0, ways: 0, pow2_mask: None, tags: Vec::new() });
         }
         if g.ways == 0 || g.entries % g.ways != 0 {
             return Err(Error::BadGeometry { what, entries: g.entries, ways: g.ways });
@@ -77,8 +80,6 @@ impl SetAssoc {
             ways: g.ways as usize,
             pow2_mask: sets.is_power_of_two().then_some(sets - 1),
             tags: vec![0; g.entries as usize],
-            stamps: vec![0; g.entries as usize],
-            clock: 0,
         })
     }
 
@@ -89,52 +90,45 @@ impl SetAssoc {
     }
 
     #[inline]
-    fn set_base(&self, key: u64) -> usize {
+    fn set(&mut self, key: u64) -> &mut [u64] {
         let set = match self.pow2_mask {
             Some(m) => key & m,
             None => key % self.sets,
         };
-        set as usize * self.ways
+        let base = set as usize * self.ways;
+        &mut self.tags[base..base + self.ways]
     }
 
-    /// Looks `key` up; a hit refreshes its LRU position.
+    /// Looks `key` up; a hit makes it the most recently used way.
     #[inline]
     pub fn lookup(&mut self, key: u64) -> bool {
         if self.ways == 0 {
             return false;
         }
-        let base = self.set_base(key);
         let tag = key.wrapping_add(1);
-        let ways = &self.tags[base..base + self.ways];
-        if let Some(w) = ways.iter().position(|&t| t == tag) {
-            self.clock += 1;
-            self.stamps[base + w] = self.clock;
-            return true;
+        let set = self.set(key);
+        match set.iter().position(|&t| t == tag) {
+            Some(0) => true,
+            Some(w) => {
+                set[..=w].rotate_right(1);
+                true
+            }
+            None => false,
         }
-        false
     }
 
-    /// Inserts `key` (if absent), evicting the least recently used way of its set.
+    /// Inserts `key` as the most recently used way (evicting the least recently used
+    /// one when the set is full).
     #[inline]
     pub fn insert(&mut self, key: u64) {
         if self.ways == 0 {
             return;
         }
-        let base = self.set_base(key);
         let tag = key.wrapping_add(1);
-        self.clock += 1;
-        let mut victim = base;
-        for i in base..base + self.ways {
-            if self.tags[i] == tag {
-                self.stamps[i] = self.clock;
-                return;
-            }
-            if self.stamps[i] < self.stamps[victim] || self.tags[i] == 0 && self.tags[victim] != 0 {
-                victim = i;
-            }
-        }
-        self.tags[victim] = tag;
-        self.stamps[victim] = self.clock;
+        let set = self.set(key);
+        let w = set.iter().position(|&t| t == tag).unwrap_or(set.len() - 1);
+        set[..=w].rotate_right(1);
+        set[0] = tag;
     }
 
     /// Drops `key` if present.
@@ -142,20 +136,18 @@ impl SetAssoc {
         if self.ways == 0 {
             return;
         }
-        let base = self.set_base(key);
         let tag = key.wrapping_add(1);
-        for i in base..base + self.ways {
-            if self.tags[i] == tag {
-                self.tags[i] = 0;
-                self.stamps[i] = 0;
-            }
+        let set = self.set(key);
+        if let Some(w) = set.iter().position(|&t| t == tag) {
+            set[w..].rotate_left(1);
+            let last = set.len() - 1;
+            set[last] = 0;
         }
     }
 
     /// Drops everything.
     pub fn flush(&mut self) {
         self.tags.fill(0);
-        self.stamps.fill(0);
     }
 }
 

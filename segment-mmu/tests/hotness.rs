@@ -27,7 +27,7 @@ fn close(a: f64, b: f64) -> bool {
 
 /// One fast page, pages A = 0 then B = 1: [A] [A] [B] [B] [B]; λ = 1/2, r = 3, c = 1/2.
 #[test]
-fn temperature_sort_and_oracle_by_hand() {
+fn hotness_temperature_sort_and_oracle_by_hand() {
     let l = log(1.0, &[&[0], &[0], &[1], &[1], &[1]]);
     let p = Params {
         fast: FastCapacity::Bytes(4096),
@@ -56,7 +56,7 @@ fn temperature_sort_and_oracle_by_hand() {
 /// A fast tier of one 2 MiB frame; one hot page in each of frames 0 and 1, every interval,
 /// three intervals; λ = 1/2, r = 3, c = 1/2.
 #[test]
-fn hybrid_splits_partly_hot_frames() {
+fn hotness_hybrid_splits_partly_hot_frames() {
     let l = log(1.0, &[&[0, 512], &[0, 512], &[0, 512]]);
     let p = Params {
         fast: FastCapacity::Bytes(2 << 20),
@@ -87,7 +87,7 @@ fn hybrid_splits_partly_hot_frames() {
 /// Two guests share a 2-page pool; X writes pages 0 and 1 in each of 4 intervals, Y writes
 /// page 0 once. λ = 1/2, r = 3, c = 0, temperature sort at 4 KiB.
 #[test]
-fn demand_shares_follow_hot_pages() {
+fn hotness_demand_shares_follow_hot_pages() {
     let x = log(1.0, &[&[0, 1], &[0, 1], &[0, 1], &[0, 1]]);
     let y = log(1.0, &[&[0], &[], &[], &[]]);
     let guests = vec![("x".to_string(), &x), ("y".to_string(), &y)];
@@ -132,7 +132,7 @@ fn demand_shares_follow_hot_pages() {
 }
 
 #[test]
-fn fraction_of_footprint() {
+fn hotness_fraction_of_footprint() {
     let l = log(4.0, &[&[0, 1, 2, 3], &[0, 1, 2, 3]]);
     let r = simulate(
         &[("g".into(), &l)],
@@ -161,7 +161,7 @@ fn reseal(mut b: Vec<u8>) -> Vec<u8> {
 }
 
 #[test]
-fn malformed_files_name_the_problem() {
+fn hotness_malformed_files_name_the_problem() {
     let l = log(4.0, &[&[1, 2, 3, 9], &[], &[4]]);
     let good = l.encode();
     assert_eq!(HotnessLog::decode(&good).unwrap(), l);

@@ -77,8 +77,11 @@ pub enum Payload {
     },
     /// Anything else: a closure that fills guest memory and returns vCPU 0's registers
     /// (the measurement guest uses this).
-    Custom(Box<dyn FnOnce(&GuestRam, &HostInfo) -> Result<VcpuInit, String> + Send>),
+    Custom(CustomLoader),
 }
+
+/// Fills guest memory for a custom payload and returns vCPU 0's initial registers.
+pub type CustomLoader = Box<dyn FnOnce(&GuestRam, &HostInfo) -> Result<VcpuInit, String> + Send>;
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -280,7 +283,7 @@ enum Event {
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
 pub fn host_cmdline_additions(info: &HostInfo) -> &'static str {
     if info.kvm_module == "kvm_pvm" {
-        "noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup"
+        "noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup sysctl.kernel.hung_task_timeout_secs=0"
     } else {
         ""
     }
@@ -306,8 +309,6 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
 
     // Load the guest.
     let mut cmdline_used = None;
-    let init0: VcpuInit;
-    let base_sregs;
     let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
     let vm_fd = Arc::new(vm::create(&kvm, &ram, cfg.track_dirty.is_some())?);
     if let Some(d) = &cfg.track_dirty {
@@ -317,23 +318,21 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     for id in 0..cfg.vcpus {
         vcpus.push(vm_fd.create_vcpu(u64::from(id)).map_err(|source| Error::Kvm { what: "KVM_CREATE_VCPU", source })?);
     }
-    base_sregs = vcpus[0].get_sregs().map_err(|source| Error::Kvm { what: "KVM_GET_SREGS", source })?;
-    match cfg.payload {
+    let base_sregs = vcpus[0].get_sregs().map_err(|source| Error::Kvm { what: "KVM_GET_SREGS", source })?;
+    let init0 = match cfg.payload {
         Payload::Linux { kernel, initrd, cmdline, bzimage } => {
             let extra = host_cmdline_additions(&info);
             let full = if extra.is_empty() { cmdline } else { format!("{cmdline} {extra}") };
             let loaded = boot::load_kernel(&ram, &kernel, initrd.as_deref(), &full, cfg.vcpus, bzimage.resolve(&info.kvm_module))?;
             cmdline_used = Some(full);
-            init0 = VcpuInit::for_entry(loaded.entry, base_sregs);
+            VcpuInit::for_entry(loaded.entry, base_sregs)
         }
         Payload::TestGuest { mode } => {
             let loaded = boot::load_image(&ram, std::path::Path::new("<built-in test guest>"), TEST_GUEST, None, &mode, cfg.vcpus, boot::BzImageMode::AsIs)?;
-            init0 = VcpuInit::for_entry(loaded.entry, base_sregs);
+            VcpuInit::for_entry(loaded.entry, base_sregs)
         }
-        Payload::Custom(f) => {
-            init0 = f(&ram, &info).map_err(Error::Config)?;
-        }
-    }
+        Payload::Custom(f) => f(&ram, &info).map_err(Error::Config)?,
+    };
     // CPUID: KVM's supported set, topology per vCPU, features the host cannot run hidden.
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)

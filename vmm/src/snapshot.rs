@@ -91,9 +91,7 @@ fn host_page_size(report: &MemoryReport) -> u64 {
     let get = |k: &str| by.get(k).copied().unwrap_or(0);
     if total > 0 && get("1g") == total {
         1 << 30
-    } else if total > 0 && get("2m") == total {
-        2 << 20
-    } else if report.requested_backing == Backing::Huge2m {
+    } else if (total > 0 && get("2m") == total) || report.requested_backing == Backing::Huge2m {
         2 << 20
     } else {
         4096

@@ -135,10 +135,12 @@ mod tests {
 
     #[test]
     fn gups_stays_in_range_and_counts() {
-        let v: u64 = GupsIndices::new(7, 1 << 20, 10_000).map(|i| {
-            assert!(i < 1 << 20);
-            1
-        }).sum();
+        let v: u64 = GupsIndices::new(7, 1 << 20, 10_000)
+            .map(|i| {
+                assert!(i < 1 << 20);
+                1
+            })
+            .sum();
         assert_eq!(v, 10_000);
     }
 }

@@ -4,7 +4,6 @@
 use crate::bloom::EscapeFilter;
 use crate::enumerate::linear_regions;
 use crate::host::{HostModel, Segment};
-use crate::mem::MemError;
 use crate::paging::PageSize;
 use crate::snapshot::Snapshot;
 use crate::tlb::{tlb_key, Costs, Hit, SetAssoc, TlbConfig, TlbHierarchy, WalkCaches};
@@ -23,7 +22,7 @@ pub enum EnvError {
     BadConfig(String),
     /// The tables could not be enumerated.
     #[error("enumerating mappings: {0}")]
-    Mem(#[from] MemError),
+    Enumerate(#[from] crate::enumerate::Error),
 }
 
 /// Parameters of the shadow/nested switching policy (after Wang et al., VEE'11,

@@ -16,8 +16,8 @@ fn draw_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
 }
 
 /// Most columns (time bins) and rows (address bins) of the heat map.
-const MAX_COLS: usize = 400;
-const MAX_ROWS: usize = 240;
+const MAX_COLS: usize = 240;
+const MAX_ROWS: usize = 160;
 
 /// Writes a two-panel SVG: top, the fraction of each address bin's 4 KiB pages dirtied in
 /// each time bin (darker = more); bottom, MiB reported dirty per interval at 4 KiB grain and

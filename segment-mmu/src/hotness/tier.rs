@@ -46,7 +46,7 @@
 //! guest gets its demand and the rest is split evenly. `none` cannot rebalance and always
 //! uses equal shares, as does `shares = equal`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -314,9 +314,12 @@ pub fn simulate(guests: &[(String, &HotnessLog)], params: &Params) -> Result<Rep
         .iter()
         .flat_map(|&p| Grain::ALL.iter().map(move |&g| (p, g)))
         .collect();
+    let spaces: Vec<Space> = signals.iter().map(Space::new).collect();
     let results = combos
         .par_iter()
-        .map(|&(policy, grain)| run_one(guests, &signals, params, fast_pages, policy, grain))
+        .map(|&(policy, grain)| {
+            run_one(guests, &signals, &spaces, params, fast_pages, policy, grain)
+        })
         .collect();
     Ok(Report {
         params: params.clone(),
@@ -435,6 +438,7 @@ impl Signal {
     }
 
     /// Temperature after interval `k − 1` (0 before the first interval).
+    #[cfg(test)]
     fn past(&self, i: usize, k: u32) -> f64 {
         let t = &self.times[i];
         let n = t.partition_point(|&x| x < k);
@@ -445,6 +449,7 @@ impl Signal {
     }
 
     /// `Σ_{j≥0} λ^j d(k + j)`.
+    #[cfg(test)]
     fn future(&self, i: usize, k: u32) -> f64 {
         let t = &self.times[i];
         let n = t.partition_point(|&x| x < k);
@@ -454,46 +459,74 @@ impl Signal {
         self.lambda.powi((t[n] - k) as i32) * self.bwd[i][n]
     }
 
-    fn score(&self, i: usize, k: u32, policy: Policy) -> f64 {
+    /// `past` (or, for the oracle, `future`) with a cursor into key `i`'s intervals that
+    /// only moves forward as `k` does: O(1) amortized instead of a search.
+    fn score(&self, i: usize, k: u32, policy: Policy, cur: &mut u32) -> f64 {
+        let t = &self.times[i];
+        let mut n = *cur as usize;
+        while n < t.len() && t[n] < k {
+            n += 1;
+        }
+        *cur = n as u32;
         match policy {
-            Policy::Oracle => self.future(i, k),
-            _ => self.past(i, k),
+            Policy::Oracle if n < t.len() => self.lambda.powi((t[n] - k) as i32) * self.bwd[i][n],
+            Policy::Oracle => 0.0,
+            _ if n == 0 => 0.0,
+            _ => self.lambda.powi((k - 1 - t[n - 1]) as i32) * self.fwd[i][n - 1],
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum UnitPages {
-    Page(u64),
-    Frame(u64),
+/// A guest's pages in a dense index space: every page of every 2 MiB frame it wrote, frame
+/// by frame (`index = frame_rank · 512 + pfn % 512`), so placement state is a few flat
+/// arrays and a unit (a page or a whole frame) is a contiguous index range.
+#[derive(Debug)]
+struct Space {
+    /// Frames written, ascending (the 2 MiB signal's keys).
+    frames: Vec<u64>,
+    /// Dense index of each 4 KiB signal key.
+    small_idx: Vec<usize>,
 }
 
+impl Space {
+    fn new(sig: &(Signal, Signal)) -> Self {
+        let frames = sig.1.keys.clone();
+        let small_idx = sig
+            .0
+            .keys
+            .iter()
+            .map(|&p| Self::index_in(&frames, p).unwrap_or(0))
+            .collect();
+        Space { frames, small_idx }
+    }
+    fn index_in(frames: &[u64], pfn: u64) -> Option<usize> {
+        let f = frames.binary_search(&(pfn / PAGES_PER_HUGE)).ok()?;
+        Some(f * PAGES_PER_HUGE as usize + (pfn % PAGES_PER_HUGE) as usize)
+    }
+    fn index(&self, pfn: u64) -> Option<usize> {
+        Self::index_in(&self.frames, pfn)
+    }
+    fn len(&self) -> usize {
+        self.frames.len() * PAGES_PER_HUGE as usize
+    }
+}
+
+/// A placement unit: dense index range `start..start + size` and its score (temperature,
+/// past or future, per 4 KiB page).
 #[derive(Debug, Clone, Copy)]
 struct Unit {
-    what: UnitPages,
-    density: f64,
-    size: u64,
+    start: usize,
+    size: usize,
+    score: f64,
 }
 
-impl UnitPages {
-    fn first(self) -> u64 {
-        match self {
-            UnitPages::Page(p) => p,
-            UnitPages::Frame(f) => f * PAGES_PER_HUGE,
-        }
-    }
-    fn pages(self) -> std::ops::Range<u64> {
-        match self {
-            UnitPages::Page(p) => p..p + 1,
-            UnitPages::Frame(f) => f * PAGES_PER_HUGE..(f + 1) * PAGES_PER_HUGE,
-        }
-    }
-}
+const HUGE: usize = PAGES_PER_HUGE as usize;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    fast: HashSet<u64>,
-    allocated: HashSet<u64>,
+    fast: Vec<bool>,
+    allocated: Vec<bool>,
+    nfast: u64,
     cost: f64,
     accesses: u64,
     hits: u64,
@@ -502,8 +535,26 @@ struct State {
     intervals: u64,
 }
 
+impl State {
+    fn new(n: usize) -> Self {
+        State {
+            fast: vec![false; n],
+            allocated: vec![false; n],
+            nfast: 0,
+            cost: 0.0,
+            accesses: 0,
+            hits: 0,
+            migrated: 0,
+            share_sum: 0.0,
+            intervals: 0,
+        }
+    }
+}
+
 fn units(
     sig: &(Signal, Signal),
+    space: &Space,
+    cursors: &mut (Vec<u32>, Vec<u32>),
     k: u32,
     policy: Policy,
     grain: Grain,
@@ -513,21 +564,21 @@ fn units(
     match grain {
         Grain::Small => (0..small.keys.len())
             .filter_map(|i| {
-                let s = small.score(i, k, policy);
+                let s = small.score(i, k, policy, &mut cursors.0[i]);
                 (s > 0.0).then_some(Unit {
-                    what: UnitPages::Page(small.keys[i]),
-                    density: s,
+                    start: space.small_idx[i],
                     size: 1,
+                    score: s,
                 })
             })
             .collect(),
         Grain::Huge => (0..huge.keys.len())
             .filter_map(|i| {
-                let s = huge.score(i, k, policy);
+                let s = huge.score(i, k, policy, &mut cursors.1[i]);
                 (s > 0.0).then_some(Unit {
-                    what: UnitPages::Frame(huge.keys[i]),
-                    density: s,
-                    size: PAGES_PER_HUGE,
+                    start: i * HUGE,
+                    size: HUGE,
+                    score: s,
                 })
             })
             .collect(),
@@ -540,12 +591,12 @@ fn units(
                 let (mut hot, mut sum) = (0u64, 0.0);
                 let mut pages = Vec::new();
                 while j < small.keys.len() && small.keys[j] / PAGES_PER_HUGE == frame {
-                    let s = small.score(j, k, policy);
+                    let s = small.score(j, k, policy, &mut cursors.0[j]);
                     if s > 0.0 {
                         pages.push(Unit {
-                            what: UnitPages::Page(small.keys[j]),
-                            density: s,
+                            start: space.small_idx[j],
                             size: 1,
+                            score: s,
                         });
                         sum += s;
                         hot += u64::from(s >= params.hot_threshold);
@@ -553,10 +604,11 @@ fn units(
                     j += 1;
                 }
                 if hot as f64 >= params.merge_fraction * PAGES_PER_HUGE as f64 {
+                    let start = space.small_idx[i] / HUGE * HUGE;
                     out.push(Unit {
-                        what: UnitPages::Frame(frame),
-                        density: sum / PAGES_PER_HUGE as f64,
-                        size: PAGES_PER_HUGE,
+                        start,
+                        size: HUGE,
+                        score: sum / PAGES_PER_HUGE as f64,
                     });
                 } else {
                     out.extend(pages);
@@ -568,68 +620,79 @@ fn units(
     }
 }
 
-/// Re-places `st` to the `units` (greedy by density) within `cap` pages.
-fn place(st: &mut State, mut units: Vec<Unit>, cap: u64, grain: Grain, c: f64) {
-    units.sort_by(|a, b| {
-        b.density
-            .total_cmp(&a.density)
-            .then_with(|| {
-                st.fast
-                    .contains(&b.what.first())
-                    .cmp(&st.fast.contains(&a.what.first()))
-            })
-            .then(a.what.first().cmp(&b.what.first()))
-    });
-    let mut new: HashSet<u64> =
-        HashSet::with_capacity(cap.min(st.fast.len() as u64 * 2 + 1024) as usize);
-    let mut used = 0u64;
-    for u in &units {
-        if used + u.size <= cap && !new.contains(&u.what.first()) {
-            new.extend(u.what.pages());
-            used += u.size;
-        }
-    }
-    // Keep what is already fast while room remains (whole frames at 2 MiB grain).
-    let mut keep: Vec<u64> = st
-        .fast
-        .iter()
-        .copied()
-        .filter(|p| !new.contains(p))
+/// Re-places `st` within `cap` pages: units greedily by density (ties: already fast first,
+/// then address), then pages already fast while room remains (whole frames at 2 MiB
+/// grain). The oracle weighs each unit by its net benefit, `(r − 1)·score` minus the
+/// migration cost of its allocated pages not yet fast, and skips units that do not pay.
+fn place(
+    st: &mut State,
+    units: Vec<Unit>,
+    cap: u64,
+    grain: Grain,
+    params: &Params,
+    policy: Policy,
+) {
+    let c = params.migration_cost;
+    let r = params.latency_ratio;
+    let mut ranked: Vec<(f64, bool, Unit)> = units
+        .into_iter()
+        .filter_map(|u| {
+            let range = u.start..u.start + u.size;
+            let is_fast = st.fast[u.start];
+            let d = if policy == Policy::Oracle {
+                let to_move = range.filter(|&q| st.allocated[q] && !st.fast[q]).count();
+                (r - 1.0) * u.score - c * to_move as f64 / u.size as f64
+            } else {
+                u.score
+            };
+            (d > 0.0).then_some((d, is_fast, u))
+        })
         .collect();
-    keep.sort_unstable();
-    let group = |p: u64| {
-        if grain == Grain::Huge {
-            p / PAGES_PER_HUGE
-        } else {
-            p
+    ranked.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(b.1.cmp(&a.1))
+            .then(a.2.start.cmp(&b.2.start))
+    });
+    let n = st.fast.len();
+    let mut new = vec![false; n];
+    let mut used = 0u64;
+    for (_, _, u) in &ranked {
+        if used + u.size as u64 <= cap && !new[u.start] {
+            new[u.start..u.start + u.size]
+                .iter_mut()
+                .for_each(|x| *x = true);
+            used += u.size as u64;
         }
-    };
-    let mut i = 0;
-    while i < keep.len() {
-        let g = group(keep[i]);
-        let mut j = i;
-        while j < keep.len() && group(keep[j]) == g {
-            j += 1;
-        }
-        let n = (j - i) as u64;
-        if used + n <= cap {
-            new.extend(keep[i..j].iter().copied());
-            used += n;
-        }
-        i = j;
     }
-    let moved = new
-        .symmetric_difference(&st.fast)
-        .filter(|p| st.allocated.contains(p))
+    // Keep what is already fast while room remains.
+    let group = if grain == Grain::Huge { HUGE } else { 1 };
+    let mut g = 0;
+    while g < n {
+        let range = g..(g + group).min(n);
+        let keep: usize = range.clone().filter(|&q| st.fast[q] && !new[q]).count();
+        if keep > 0 && used + keep as u64 <= cap {
+            for q in range {
+                if st.fast[q] {
+                    new[q] = true;
+                }
+            }
+            used += keep as u64;
+        }
+        g += group;
+    }
+    let moved = (0..n)
+        .filter(|&q| new[q] != st.fast[q] && st.allocated[q])
         .count() as u64;
     st.migrated += moved;
     st.cost += c * moved as f64;
     st.fast = new;
+    st.nfast = used;
 }
 
 fn run_one(
     guests: &[(String, &HotnessLog)],
     signals: &[(Signal, Signal)],
+    spaces: &[Space],
     params: &Params,
     fast_pages: u64,
     policy: Policy,
@@ -640,7 +703,11 @@ fn run_one(
         .map(|(_, l)| l.intervals.len())
         .max()
         .unwrap_or(0);
-    let mut states: Vec<State> = guests.iter().map(|_| State::default()).collect();
+    let mut states: Vec<State> = spaces.iter().map(|s| State::new(s.len())).collect();
+    let mut cursors: Vec<(Vec<u32>, Vec<u32>)> = signals
+        .iter()
+        .map(|(a, b)| (vec![0; a.keys.len()], vec![0; b.keys.len()]))
+        .collect();
     let r = params.latency_ratio;
     for k in 0..n {
         let kk = k as u32;
@@ -650,10 +717,12 @@ fn run_one(
         } else {
             signals
                 .iter()
+                .zip(spaces)
+                .zip(cursors.iter_mut())
                 .zip(&active)
-                .map(|(s, &a)| {
+                .map(|(((s, sp), cur), &a)| {
                     if a {
-                        units(s, kk, policy, grain, params)
+                        units(s, sp, cur, kk, policy, grain, params)
                     } else {
                         Vec::new()
                     }
@@ -664,8 +733,8 @@ fn run_one(
             .iter()
             .map(|u| {
                 u.iter()
-                    .filter(|u| u.density >= params.hot_threshold)
-                    .map(|u| u.size)
+                    .filter(|u| u.score >= params.hot_threshold)
+                    .map(|u| u.size as u64)
                     .sum()
             })
             .collect();
@@ -681,36 +750,37 @@ fn run_one(
             }
             st.share_sum += shares[g] as f64;
             st.intervals += 1;
-            if policy != Policy::None {
+            if policy != Policy::None || st.nfast > shares[g] {
                 place(
                     st,
                     std::mem::take(&mut us[g]),
                     shares[g],
                     grain,
-                    params.migration_cost,
+                    params,
+                    policy,
                 );
-            } else if st.fast.len() as u64 > shares[g] {
-                // Cannot happen with fixed equal shares; kept for safety.
-                place(st, Vec::new(), shares[g], grain, params.migration_cost);
             }
             for &p in &guests[g].1.intervals[k].pages {
-                if !st.allocated.contains(&p) {
-                    let unit = if grain == Grain::Small {
-                        UnitPages::Page(p)
+                let Some(q) = spaces[g].index(p) else {
+                    continue;
+                };
+                if !st.allocated[q] {
+                    let range = if grain == Grain::Small {
+                        q..q + 1
                     } else {
-                        UnitPages::Frame(p / PAGES_PER_HUGE)
+                        q / HUGE * HUGE..q / HUGE * HUGE + HUGE
                     };
-                    let size = unit.pages().count() as u64;
-                    let to_fast = st.fast.len() as u64 + size <= shares[g];
-                    for q in unit.pages() {
-                        st.allocated.insert(q);
-                        if to_fast {
-                            st.fast.insert(q);
+                    let to_fast = st.nfast + range.len() as u64 <= shares[g];
+                    for x in range {
+                        st.allocated[x] = true;
+                        if to_fast && !st.fast[x] {
+                            st.fast[x] = true;
+                            st.nfast += 1;
                         }
                     }
                 }
                 st.accesses += 1;
-                if st.fast.contains(&p) {
+                if st.fast[q] {
                     st.hits += 1;
                     st.cost += 1.0;
                 } else {
@@ -786,6 +856,11 @@ mod tests {
         assert!((s.future(0, 0) - (1.0 + 0.5 + 0.125)).abs() < 1e-12);
         assert!((s.future(0, 2) - 0.5).abs() < 1e-12);
         assert_eq!(s.future(0, 4), 0.0);
+        let (mut cp, mut cf) = (0, 0);
+        for k in 0..6 {
+            assert_eq!(s.score(0, k, Policy::Temperature, &mut cp), s.past(0, k));
+            assert_eq!(s.score(0, k, Policy::Oracle, &mut cf), s.future(0, k));
+        }
     }
 
     #[test]

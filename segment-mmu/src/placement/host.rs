@@ -160,8 +160,14 @@ impl HostMemory {
         }
         let mut best = 0;
         for j in 0..=bad.len() {
-            let from = if j == 0 { align_up(start, self.align) } else { align_up(bad[j - 1] + PAGE, self.align) };
-            let stop = bad.get(j + faults as usize).map_or(end, |&b| (b & !(self.align - 1)).min(end));
+            let from = if j == 0 {
+                align_up(start, self.align)
+            } else {
+                align_up(bad[j - 1] + PAGE, self.align)
+            };
+            let stop = bad
+                .get(j + faults as usize)
+                .map_or(end, |&b| (b & !(self.align - 1)).min(end));
             best = best.max(stop.saturating_sub(from));
         }
         best
@@ -180,7 +186,9 @@ impl HostMemory {
             pieces.clear();
             self.push_clean_holes(s, s + l, &mut pieces);
             for &p in &pieces {
-                let at = best.partition_point(|b| (std::cmp::Reverse(b.1), b.0) < (std::cmp::Reverse(p.1), p.0));
+                let at = best.partition_point(|b| {
+                    (std::cmp::Reverse(b.1), b.0) < (std::cmp::Reverse(p.1), p.0)
+                });
                 best.insert(at, p);
                 best.truncate(k);
             }
@@ -230,7 +238,10 @@ impl HostMemory {
     /// hard-faulted pages (the room left in the VM's escape filter). Returns the start and the
     /// number of faulted pages covered.
     pub fn find(&self, len: u64, policy: ExtentPolicy, faults: u32) -> Option<(u64, u32)> {
-        if len == 0 || len > self.largest_free() || (faults <= self.filter && len > self.placeable()) {
+        if len == 0
+            || len > self.largest_free()
+            || (faults <= self.filter && len > self.placeable())
+        {
             return None;
         }
         match policy {
@@ -581,18 +592,32 @@ mod tests {
         let h = HostMemory::new(8 * GIB, 0, GIB, &bad).unwrap();
         assert_eq!(h.largest_free(), 8 * GIB);
         assert_eq!(h.placeable(), 3 * GIB, "[2G, 5G) is the longest clean run");
-        assert_eq!(h.clone().with_escape_filter(1).placeable(), 6 * GIB, "[2G, 8G) covers one");
+        assert_eq!(
+            h.clone().with_escape_filter(1).placeable(),
+            6 * GIB,
+            "[2G, 8G) covers one"
+        );
         assert_eq!(h.clone().with_escape_filter(2).placeable(), 8 * GIB);
         let all = vec![(2 * GIB, 3 * GIB), (6 * GIB, 2 * GIB), (0, GIB)];
         assert_eq!(h.largest_clean_holes(5), all);
         assert_eq!(h.largest_clean_holes(2), all[..2].to_vec());
         assert!(h.largest_clean_holes(0).is_empty());
         assert_eq!(h.find(4 * GIB, ExtentPolicy::FirstFit, 0), None);
-        assert_eq!(h.find(3 * GIB, ExtentPolicy::FirstFit, 0), Some((2 * GIB, 0)));
+        assert_eq!(
+            h.find(3 * GIB, ExtentPolicy::FirstFit, 0),
+            Some((2 * GIB, 0))
+        );
         let mut h1 = h.with_escape_filter(1);
-        assert_eq!(h1.find(6 * GIB, ExtentPolicy::BestFit, 1), Some((2 * GIB, 1)));
+        assert_eq!(
+            h1.find(6 * GIB, ExtentPolicy::BestFit, 1),
+            Some((2 * GIB, 1))
+        );
         h1.allocate(2 * GIB, 6 * GIB, 9).unwrap();
-        assert_eq!(h1.placeable(), 2 * GIB, "[0, 2G) covers one faulted page, as allowed");
+        assert_eq!(
+            h1.placeable(),
+            2 * GIB,
+            "[0, 2G) covers one faulted page, as allowed"
+        );
         h1.release(2 * GIB).unwrap();
         assert_eq!(h1.placeable(), 6 * GIB);
     }

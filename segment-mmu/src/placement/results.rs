@@ -156,13 +156,26 @@ mod tests {
             events_per_sec: 190.0,
             fragmentation: vec![],
         };
-        let t = table(&[r.clone(), r]);
+        let t = table(&[r.clone(), r.clone()]);
         assert_eq!(t.lines().count(), 3);
         let row = t.lines().nth(1).unwrap();
         assert!(row.starts_with("best-fit"));
         assert!(row.contains("80.000%"), "{row}");
         assert!(row.contains("2G"), "{row}");
-        let j = serde_json::to_value(&t).unwrap();
-        assert!(j.is_string());
+        // The JSON keys the issue names, with the histogram keyed by segment count.
+        let j = serde_json::to_value(&r).unwrap();
+        for k in [
+            "vms",
+            "placed",
+            "rejected",
+            "single_segment_fraction",
+            "segments_histogram",
+            "bytes_compacted",
+            "events_per_sec",
+        ] {
+            assert!(j.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(j["segments_histogram"]["2"], 1);
+        assert_eq!(j["mode"], "segments");
     }
 }

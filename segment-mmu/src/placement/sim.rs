@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::cluster::{self, Cluster, ClusterSpec};
 use super::host::Move;
-use super::policy::{ExtentPolicy, HostPolicy, Mode};
+use super::policy::{ExtentPolicy, Fit, HostPolicy, Mode};
 use super::results::{Report, Sample};
 use super::size::align_up;
 use super::workload::Workload;
@@ -535,19 +535,18 @@ fn fraction(r: &Report) -> Option<f64> {
 
 /// `first-fit`, or `first-fit/best-fit` when host and extent policies differ.
 pub fn label(host: HostPolicy, extent: ExtentPolicy) -> String {
-    let name = |s: &str| s.to_string();
     let h = match host {
-        HostPolicy::FirstFit => name("first-fit"),
-        HostPolicy::BestFit => name("best-fit"),
-        HostPolicy::WorstFit => name("worst-fit"),
+        HostPolicy::FirstFit => Fit::First,
+        HostPolicy::BestFit => Fit::Best,
+        HostPolicy::WorstFit => Fit::Worst,
     };
     let e = match extent {
-        ExtentPolicy::FirstFit => name("first-fit"),
-        ExtentPolicy::BestFit => name("best-fit"),
-        ExtentPolicy::WorstFit => name("worst-fit"),
+        ExtentPolicy::FirstFit => Fit::First,
+        ExtentPolicy::BestFit => Fit::Best,
+        ExtentPolicy::WorstFit => Fit::Worst,
     };
     if h == e {
-        h
+        h.to_string()
     } else {
         format!("{h}/{e}")
     }
@@ -746,6 +745,18 @@ mod tests {
         assert_eq!(run(Fit::Best), vec![0, 2]);
         // worst-fit: 3G on 0, 1G on 1, 2G on 1 (3 free) .
         assert_eq!(run(Fit::Worst), vec![1, 1]);
+    }
+
+    #[test]
+    fn labels_name_policies() {
+        assert_eq!(
+            label(HostPolicy::BestFit, ExtentPolicy::BestFit),
+            "best-fit"
+        );
+        assert_eq!(
+            label(HostPolicy::FirstFit, ExtentPolicy::WorstFit),
+            "first-fit/worst-fit"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use synth::{SynthError, SyntheticSpec};
 
 use serde::Serialize;
 
-use crate::enumerate::{enumerate, linear_regions, LinearRegion, MappingRange};
+use crate::enumerate::{enumerate, linear_regions, Error as EnumError, LinearRegion, MappingRange};
 use crate::mem::{GuestPhysMemory, MemError, PageStore, PAGE_SIZE};
 use crate::paging::{PagingMode, EFER_NXE, PTE_ADDR_MASK, PTE_P, PTE_PS};
 use crate::walker::WalkConfig;
@@ -217,14 +217,14 @@ impl Snapshot {
     }
 
     /// All mappings of address space `space`, coalesced.
-    pub fn mappings(&self, space: usize) -> Result<Vec<MappingRange>, MemError> {
-        let cr3 = self.spaces.get(space).map(|s| s.cr3).ok_or(MemError::Unreadable(0))?;
+    pub fn mappings(&self, space: usize) -> Result<Vec<MappingRange>, EnumError> {
+        let cr3 = self.spaces.get(space).map(|s| s.cr3).ok_or(EnumError::Mem(MemError::Unreadable(0)))?;
         enumerate(self, &self.walk_config(), cr3)
     }
 
     /// The largest virtually and physically contiguous region of `space`: the natural
     /// guest direct segment (Basu et al., ISCA'13).
-    pub fn largest_linear_region(&self, space: usize) -> Result<Option<LinearRegion>, MemError> {
+    pub fn largest_linear_region(&self, space: usize) -> Result<Option<LinearRegion>, EnumError> {
         let r = self.mappings(space)?;
         Ok(linear_regions(&r).into_iter().max_by_key(|l| l.len))
     }

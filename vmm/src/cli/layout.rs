@@ -125,7 +125,7 @@ pub fn layout(snap: &Snapshot, top: usize) -> Result<(Layout, Vec<Vec<segment_mm
             },
         });
         let mut sorted = ranges;
-        sorted.sort_by(|a, b| b.len.cmp(&a.len));
+        sorted.sort_by_key(|r| std::cmp::Reverse(r.len));
         sorted.truncate(top);
         tops.push(sorted);
     }

@@ -127,7 +127,7 @@ pub struct Args {
 }
 
 fn bad(e: impl std::fmt::Display) -> CliError {
-    CliError::bad_input(format!("segvmm place: {e}"))
+    CliError::bad_input(e)
 }
 
 fn load(a: &Args) -> Result<Workload, CliError> {

@@ -108,7 +108,7 @@ impl<'a> Image<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use workloads::protocol::{VECTOR_STUB_BYTES, VECTORS};
+    use workloads::protocol::{VECTORS, VECTOR_STUB_BYTES};
 
     #[test]
     fn embedded_image_is_sane() {

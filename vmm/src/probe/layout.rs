@@ -289,10 +289,7 @@ impl PageTables {
     /// Every non-zero entry as (guest-physical address of the entry, value): what a
     /// snapshot of the guest's tables must show, entry by entry.
     pub fn entries(&self) -> Vec<(u64, u64)> {
-        self.tables
-            .iter()
-            .flat_map(|t| t.entries.iter().enumerate().filter(|(_, &e)| e != 0).map(move |(i, &e)| (t.gpa + 8 * i as u64, e)))
-            .collect()
+        self.tables.iter().flat_map(|t| t.entries.iter().enumerate().filter(|(_, &e)| e != 0).map(move |(i, &e)| (t.gpa + 8 * i as u64, e))).collect()
     }
 
     /// The guest-physical address of the leaf entry mapping `va`, and the page size.
@@ -363,15 +360,15 @@ mod tests {
         let t = |i: usize| base + 4096 * i as u64;
         let link = PTE_P | PTE_RW | PTE_US;
         let mut want: Vec<(u64, u64)> = vec![
-            (t(0), t(1) | link),                      // PML4[0] -> PDPT
-            (t(1), t(2) | link),                      // PDPT[0] -> PD [0,1G)
-            (t(1) + 8 * 192, t(3) | link),            // PDPT[192] -> PD mmio
-            (t(1) + 8 * 256, t(4) | link),            // PDPT[256] -> PD data
-            (t(1) + 8 * 257, t(5) | link),            // PDPT[257] -> PD churn
-            (t(2), t(6) | link),                      // PD[0] -> PT sys
-            (t(2) + 8 * 2, t(7) | link),              // PD[2] -> PT image
-            (t(3), t(8) | link),                      // PD mmio[0] -> PT mmio
-            (t(5), t(9) | link),                      // PD churn[0] -> PT churn
+            (t(0), t(1) | link),           // PML4[0] -> PDPT
+            (t(1), t(2) | link),           // PDPT[0] -> PD [0,1G)
+            (t(1) + 8 * 192, t(3) | link), // PDPT[192] -> PD mmio
+            (t(1) + 8 * 256, t(4) | link), // PDPT[256] -> PD data
+            (t(1) + 8 * 257, t(5) | link), // PDPT[257] -> PD churn
+            (t(2), t(6) | link),           // PD[0] -> PT sys
+            (t(2) + 8 * 2, t(7) | link),   // PD[2] -> PT image
+            (t(3), t(8) | link),           // PD mmio[0] -> PT mmio
+            (t(5), t(9) | link),           // PD churn[0] -> PT churn
         ];
         for p in 1..4u64 {
             want.push((t(6) + 8 * p, (p << 12) | PTE_P | PTE_RW));

@@ -64,7 +64,11 @@ impl HostBuffer {
             let want = len / page;
             if memory::hugetlb_free(page) < want {
                 if !grow_pool {
-                    return Err(Error::Unavailable(format!("{} hugetlb pool has {} free pages, {want} needed (use --grow-pool as root)", backing, memory::hugetlb_free(page))));
+                    return Err(Error::Unavailable(format!(
+                        "{} hugetlb pool has {} free pages, {want} needed (use --grow-pool as root)",
+                        backing,
+                        memory::hugetlb_free(page)
+                    )));
                 }
                 memory::grow_hugetlb_pool(page, want).map_err(|e| Error::Unavailable(e.to_string()))?;
             }
@@ -78,7 +82,11 @@ impl HostBuffer {
         // SAFETY: a fresh anonymous mapping; no existing memory is affected.
         let map = unsafe { libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
         if map == libc::MAP_FAILED {
-            return Err(if huge_flags != 0 { Error::Unavailable(format!("mmap of {len} bytes of {backing} hugetlb memory failed: {}", std::io::Error::last_os_error())) } else { os("mmap") });
+            return Err(if huge_flags != 0 {
+                Error::Unavailable(format!("mmap of {len} bytes of {backing} hugetlb memory failed: {}", std::io::Error::last_os_error()))
+            } else {
+                os("mmap")
+            });
         }
         let start = if backing == Backing::Thp { (map as u64).div_ceil(MIB2) * MIB2 } else { map as u64 };
         let buf = HostBuffer { map, map_len, data: start as *mut u64, len: (bytes / 8) as usize };

@@ -116,9 +116,7 @@ pub fn expand(spec: &MatrixSpec) -> Vec<Cell> {
 /// Why a cell cannot run on this host at all, known before trying.
 pub fn unavailable_reason(cell: &Cell, host: &HostInfo) -> Option<String> {
     match cell.environment {
-        Environment::Guest(PageSize::Size1G) if !host.guest_1g_pages => {
-            Some("1 GiB guest pages: this host's KVM does not offer pdpe1gb to guests".into())
-        }
+        Environment::Guest(PageSize::Size1G) if !host.guest_1g_pages => Some("1 GiB guest pages: this host's KVM does not offer pdpe1gb to guests".into()),
         _ => None,
     }
 }

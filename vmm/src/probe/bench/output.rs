@@ -274,7 +274,7 @@ pub fn write_csv(path: &Path, rows: &[Row], host: &HostInfo) -> Result<(), Error
 }
 
 fn ns(v: f64) -> String {
-    if v >= 1000.0 {
+    if v >= 100.0 {
         format!("{:.0}", v)
     } else if v >= 10.0 {
         format!("{:.1}", v)
@@ -434,7 +434,8 @@ pub(crate) mod tests {
         assert!(lines[1].starts_with("chase,native,thp,,67108864,0,ok,100.000,100,3,1,2,0x7,1,0x4000000000,"));
         assert!(lines[7].contains(",unavailable,"));
         assert!(lines[7].ends_with("\"unavailable on this host: no pool, really\""));
-        assert_eq!(csv_field("a\"b"), "a\"b");
+        assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
+        assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a,\"b"), "\"a,\"\"b\"");
     }
 

@@ -59,6 +59,9 @@ fn category_label(names: &[String], x: f64) -> String {
     }
 }
 
+/// A bar's value: (median, min, max), or a note where there is none; None: no such cell.
+type BarValue = Option<Result<(f64, f64, f64), &'static str>>;
+
 /// One grouped bar panel: groups on x, one bar per series, with whiskers.
 struct Bars<'a> {
     title: String,
@@ -66,7 +69,7 @@ struct Bars<'a> {
     groups: Vec<String>,
     series: &'a [String],
     /// (group, series) -> (median, min, max) or None with a note.
-    value: &'a dyn Fn(usize, usize) -> Option<Result<(f64, f64, f64), &'static str>>,
+    value: &'a dyn Fn(usize, usize) -> BarValue,
     reference_line: Option<f64>,
 }
 
@@ -130,9 +133,7 @@ where
         chart.draw_series(notes).map_err(|e| e.to_string())?;
     }
     if let Some(r) = b.reference_line {
-        chart
-            .draw_series(std::iter::once(PathElement::new(vec![(0.0, r), (ng as f64, r)], BLACK.stroke_width(1))))
-            .map_err(|e| e.to_string())?;
+        chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, r), (ng as f64, r)], BLACK.stroke_width(1)))).map_err(|e| e.to_string())?;
     }
     chart
         .configure_series_labels()
@@ -163,7 +164,7 @@ pub fn write_ns_per_op(path: &Path, summary: &[Summary]) -> Result<(), Error> {
     let root = SVGBackend::new(path, (520 * cols as u32, 380 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| d(e.to_string()))?;
     for (area, (workload, fp)) in root.split_evenly((rows, cols)).iter().zip(&panels) {
-        let value = |g: usize, s: usize| -> Option<Result<(f64, f64, f64), &'static str>> {
+        let value = |g: usize, s: usize| -> BarValue {
             let x = summary.iter().find(|x| &x.workload == workload && x.footprint == *fp && x.backing == backings[g] && x.environment == envs[s])?;
             Some(match (x.median_ns_per_op, x.min_ns_per_op, x.max_ns_per_op) {
                 (Some(m), Some(lo), Some(hi)) => Ok((m, lo, hi)),
@@ -197,7 +198,7 @@ pub fn write_slowdown(path: &Path, summary: &[Summary]) -> Result<(), Error> {
     let multi_fp = ordered(groups.iter().map(|g| g.2)).len() > 1;
     let root = SVGBackend::new(path, ((110 * groups.len() as u32).max(600), 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| d(e.to_string()))?;
-    let value = |g: usize, s: usize| -> Option<Result<(f64, f64, f64), &'static str>> {
+    let value = |g: usize, s: usize| -> BarValue {
         let (w, b, fp) = &groups[g];
         let x = summary.iter().find(|x| &x.workload == w && x.backing == *b && x.footprint == *fp && x.environment == guests[s])?;
         let native = summary.iter().find(|x| &x.workload == w && x.backing == *b && x.footprint == *fp && x.environment == "native")?;
