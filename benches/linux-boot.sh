@@ -3,7 +3,9 @@
 # (stock, small) with the same initramfs, memory and kernel command line under
 #
 #   segvmm     segvmm run --report (milestones from the VMM's console watcher)
-#   qemu-kvm   qemu-system-x86_64 -accel kvm -cpu host
+#   qemu-kvm   qemu-system-x86_64 -accel kvm   (QEMU's default CPU model)
+#   qemu-kvm-host  the same with -cpu host (opt-in; on kvm_pvm QEMU aborts at
+#              start: KVM refuses MSR 0x10a, IA32_ARCH_CAPABILITIES)
 #   qemu-tcg   qemu-system-x86_64 -accel tcg -cpu max   (no KVM at all)
 #
 # and report, per kernel x environment: did it reach "Run /init", did /init
@@ -18,7 +20,10 @@
 #   RESULTS_DIR   default results/linux-boot/ (gitignored): results.json,
 #                 results.md, and per run <kernel>-<env>[-<i>].{log,err,json}.
 #   Env: TIMEOUT_SEGVMM_STOCK (s, default 1200), TIMEOUT_SEGVMM_SMALL (300),
-#        TIMEOUT_QEMU_TCG (120), TIMEOUT_QEMU_KVM (60), NICE (nice level, 5).
+#        TIMEOUT_QEMU_TCG (120), TIMEOUT_QEMU_KVM (600: on kvm_pvm the
+#        bzImage decompressor alone runs minutes), NICE (nice level, 5).
+#   A QEMU run that times out gets its registers read through the monitor
+#   ("info registers"), so the table says where the guest was.
 #
 # Command line: segvmm appends its kvm_pvm workarounds (noxsave clearcpuid=...
 # etc.) to --cmdline; the QEMU runs get the same effective command line (read
@@ -46,7 +51,7 @@ NICE="${NICE:-5}"
 TIMEOUT_SEGVMM_STOCK="${TIMEOUT_SEGVMM_STOCK:-1200}"
 TIMEOUT_SEGVMM_SMALL="${TIMEOUT_SEGVMM_SMALL:-300}"
 TIMEOUT_QEMU_TCG="${TIMEOUT_QEMU_TCG:-120}"
-TIMEOUT_QEMU_KVM="${TIMEOUT_QEMU_KVM:-60}"
+TIMEOUT_QEMU_KVM="${TIMEOUT_QEMU_KVM:-600}"
 # What segvmm appends on kvm_pvm (vmm: kernel command line workarounds).
 PVM_EXTRA="noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup"
 
@@ -80,7 +85,7 @@ for k in "${KLIST[@]}"; do
 	[[ -s "$GK/$k-kernel" ]] || die "$GK/$k-kernel missing: run guest-kernels/build.sh"
 done
 for e in "${ELIST[@]}"; do
-	case "$e" in segvmm | qemu-kvm | qemu-tcg) ;; *) die "unknown environment '$e' (segvmm, qemu-kvm, qemu-tcg)" ;; esac
+	case "$e" in segvmm | qemu-kvm | qemu-kvm-host | qemu-tcg) ;; *) die "unknown environment '$e' (segvmm, qemu-kvm, qemu-kvm-host, qemu-tcg)" ;; esac
 done
 INITRD="$GK/initramfs.cpio"
 [[ -s "$INITRD" ]] || die "$INITRD missing: run guest-kernels/build.sh --initramfs"
@@ -179,9 +184,12 @@ symbolize() { # KERNEL RIP
 		nm -n "$GK/small-vmlinux" >"$map" 2>/dev/null || return 0
 	fi
 	[[ -s "$map" ]] || return 0
-	awk -v rip="$rip" 'function h(s,  i, c, v) { v = 0; s = tolower(s); for (i = 1; i <= length(s); i++) { c = index("0123456789abcdef", substr(s, i, 1)); if (!c) break; v = v * 16 + c - 1 } return v }
-		BEGIN { r = h(rip) } $2 ~ /^[tTwW]$/ { a = h($1); if (a <= r && a >= best) { best = a; name = $3 } }
-		END { if (name != "") printf "%s+0x%x", name, r - best }' "$map"
+	# 64-bit addresses do not fit awk's doubles: compare the 16-digit hex
+	# strings, subtract only the low 32 bits.
+	rip="$(printf '%016x' "0x$rip" 2>/dev/null)" || return 0
+	awk -v rip="$rip" 'function h(s,  i, v) { v = 0; for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1; return v }
+		$2 ~ /^[tTwW]$/ && length($1) == 16 { a = tolower($1); if (a <= rip && a >= best) { best = a; name = $3 } }
+		END { if (name != "") printf "%s+0x%x", name, h(substr(rip, 9)) - h(substr(best, 9)) }' "$map"
 }
 
 # Decode the instruction at RIP from QEMU's "Code=... <xx> ..." dump.
@@ -196,22 +204,49 @@ decode_code() { # CODE_LINE
 	rm -f "$bin"
 }
 
+qemu_registers() { # MONITOR_SOCKET: "info registers" through the HMP monitor
+	python3 - "$1" <<'EOF' 2>/dev/null || true
+import re, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(1.0)
+def rd():
+    b = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            b += d
+    except socket.timeout:
+        pass
+    return b.decode(errors="replace")
+rd()
+s.sendall(b"info registers\n")
+time.sleep(1.0)
+out = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", rd())
+print("\n".join(l for l in out.splitlines() if "=" in l))
+EOF
+}
+
 run_qemu() { # KERNEL ID ACCEL
-	local k="$1" id="$2" accel="$3" to cpu t0 end="" init_s="" marker_s="" linux_s="" rc=0
+	local k="$1" id="$2" accel="$3" to t0 end="" init_s="" marker_s="" linux_s="" rc=0
 	local log="$RES/$id.log" err="$RES/$id.err"
-	if [[ "$accel" == kvm ]]; then
-		to="$TIMEOUT_QEMU_KVM" cpu=host
-	else
-		to="$TIMEOUT_QEMU_TCG" cpu=max
-	fi
+	local mon="$RES/$id.mon" cpu_args=()
+	case "$accel" in
+	kvm) to="$TIMEOUT_QEMU_KVM" ;;
+	kvm-host) to="$TIMEOUT_QEMU_KVM" accel=kvm cpu_args=(-cpu host) ;;
+	*) to="$TIMEOUT_QEMU_TCG" cpu_args=(-cpu max) ;;
+	esac
 	kv timeout_s "$to"
 	kv effective_cmdline "$EFFECTIVE_CMDLINE"
-	rm -f "$log" "$err"
+	rm -f "$log" "$err" "$mon"
 	: >"$log"
 	t0=$(now)
 	# -no-reboot: a reboot (panic=-1, reboot=k) ends QEMU instead of looping.
-	nice -n "$NICE" qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -m "$MEMORY" -smp 1 \
+	nice -n "$NICE" qemu-system-x86_64 -accel "$accel" "${cpu_args[@]}" -m "$MEMORY" -smp 1 \
 		-nodefaults -no-user-config -display none -serial "file:$log" -no-reboot \
+		-monitor "unix:$mon,server,nowait" \
 		-kernel "$GK/$k-kernel" -initrd "$INITRD" -append "$EFFECTIVE_CMDLINE" \
 		</dev/null >"$err" 2>&1 &
 	QPID=$!
@@ -230,7 +265,7 @@ run_qemu() { # KERNEL ID ACCEL
 			break
 		fi
 		if ! kill -0 "$QPID" 2>/dev/null; then
-			wait "$QPID" || rc=$?
+			{ wait "$QPID"; } 2>/dev/null || rc=$?
 			QPID=""
 			end="qemu exited ($rc)"
 			[[ -s "$err" ]] && end="$end: $(grep -v '^\s*$' "$err" | head -n 3 | tr '\n' ' ')"
@@ -238,6 +273,14 @@ run_qemu() { # KERNEL ID ACCEL
 		fi
 		if awk -v e="$(since "$t0")" -v t="$to" 'BEGIN { exit !(e > t) }'; then
 			end="timeout after $to s"
+			local regs trip sym
+			regs="$(qemu_registers "$mon")"
+			if [[ -n "$regs" ]]; then
+				printf '%s\n' "$regs" >"$RES/$id.regs"
+				trip="$(grep -m1 -o 'RIP=[0-9a-f]*' <<<"$regs" | cut -d= -f2)" || true
+				sym="$(symbolize "$k" "${trip:-0}")"
+				[[ -n "$trip" ]] && end="$end, guest at RIP $trip${sym:+ ($sym)}"
+			fi
 			break
 		fi
 		sleep 0.02
@@ -245,9 +288,10 @@ run_qemu() { # KERNEL ID ACCEL
 	kv wall_s "$(since "$t0")"
 	if [[ -n "$QPID" ]]; then
 		kill "$QPID" 2>/dev/null || true
-		wait "$QPID" 2>/dev/null || true
+		{ wait "$QPID"; } 2>/dev/null || true
 		QPID=""
 	fi
+	rm -f "$mon"
 	# A marker the poll missed (QEMU exited right after it).
 	[[ -z "$marker_s" ]] && grep -q 'SEGVMM_INIT_OK' "$log" && marker_s="$(awk -F= '/^wall_s=/ { v = $2 } END { print v }' "$KV")"
 	[[ -z "$init_s" ]] && grep -q 'Run /init' "$log" && init_s="$(awk -F= '/^wall_s=/ { v = $2 } END { print v }' "$KV")"
@@ -257,7 +301,8 @@ run_qemu() { # KERNEL ID ACCEL
 	grep -q 'SEGVMM_INIT_OK' "$log" && kv marker_line "$(grep -o 'SEGVMM_INIT_OK[^\r]*' "$log" | head -n1)"
 	if [[ "$end" == "KVM internal error" ]]; then
 		local sub rip code sym insn
-		sub="$(grep -m1 -A1 'KVM internal error' "$err" | tr '\n' ' ' | sed 's/  */ /g')"
+		sub="$(grep -m1 -o 'Suberror: [0-9]*' "$err")" || true
+		sub="${sub:-?}, $(grep -m1 -E '^[a-z][a-z ]*(failure|error)$' "$err" || echo '?')"
 		rip="$(grep -m1 -o 'RIP=[0-9a-f]*' "$err" | cut -d= -f2)" || true
 		code="$(grep -m1 '^Code=' "$err")" || true
 		sym="$(symbolize "$k" "${rip:-0}")"
@@ -267,7 +312,7 @@ run_qemu() { # KERNEL ID ACCEL
 		[[ -n "$sym" ]] && kv rip_symbol "$sym"
 		[[ -n "$insn" ]] && kv insn "$insn"
 		[[ -n "$code" ]] && kv code "$code"
-		end="KVM internal error (${sub#*KVM internal error. }) at RIP ${rip:-?}${sym:+ ($sym)}${insn:+: $insn}"
+		end="KVM internal error ($sub) at RIP ${rip:-?}${sym:+ ($sym)}${insn:+: $insn}"
 		[[ -n "$linux_s" ]] || end="$end; no console output before it"
 	fi
 	kv end "$end"
@@ -296,6 +341,7 @@ for k in "${KLIST[@]}"; do
 			case "$e" in
 			segvmm) run_segvmm "$k" "$id" ;;
 			qemu-kvm) run_qemu "$k" "$id" kvm ;;
+			qemu-kvm-host) run_qemu "$k" "$id" kvm-host ;;
 			qemu-tcg) run_qemu "$k" "$id" tcg ;;
 			esac
 			log "[$id] $(grep -E '^(init_s|marker_s|end)=' "$KV" | tr '\n' ' ')"
@@ -322,7 +368,7 @@ for f in sorted(glob.glob(os.path.join(res, "*.kv"))):
     d["reached_marker"] = "marker_s" in d
     d["id"] = os.path.basename(f)[:-3]
     runs.append(d)
-order = {"segvmm": 0, "qemu-kvm": 1, "qemu-tcg": 2}
+order = {"segvmm": 0, "qemu-kvm": 1, "qemu-kvm-host": 2, "qemu-tcg": 3}
 runs.sort(key=lambda d: (d.get("kernel") != "stock", order.get(d.get("env"), 9), int(d.get("run", 1))))
 meta = {"host_kernel": kernel_rel, "kvm": kvm_mod, "cpus": int(ncpu),
         "loadavg": open("/proc/loadavg").read().split()[:3]}

@@ -19,7 +19,10 @@ use workloads::XorShift64;
 const BATCH: usize = 4096;
 
 fn snapshot(spec: &str) -> Snapshot {
-    spec.parse::<SyntheticSpec>().expect("spec").build().expect("build")
+    spec.parse::<SyntheticSpec>()
+        .expect("spec")
+        .build()
+        .expect("build")
 }
 
 /// Random 8-byte-aligned addresses in the heap with their functional translations.
@@ -36,12 +39,24 @@ fn inputs(env: &Env, span: u64, n: usize, seed: u64) -> Vec<(u64, Translation)> 
 
 fn tlb_hit(c: &mut Criterion) {
     let snap = snapshot("heap=1G,pages=4k");
-    let env = Env::new(&snap, 0, ModelConfig { tlb: TlbConfig::intel(), ..Default::default() }).expect("env");
+    let env = Env::new(
+        &snap,
+        0,
+        ModelConfig {
+            tlb: TlbConfig::intel(),
+            ..Default::default()
+        },
+    )
+    .expect("env");
     // 32 pages: well inside the 96-entry L1 dTLB.
     let xs = inputs(&env, 32 * 4096, BATCH, 1);
     let mut g = c.benchmark_group("tlb_hit");
     g.throughput(Throughput::Elements(BATCH as u64));
-    for kind in [DesignKind::Native, DesignKind::Nested, DesignKind::Compromis] {
+    for kind in [
+        DesignKind::Native,
+        DesignKind::Nested,
+        DesignKind::Compromis,
+    ] {
         let mut d = kind.build(&env).expect("design");
         for (va, t) in &xs {
             d.access(&env, *va, false, t);
@@ -61,11 +76,24 @@ fn tlb_hit(c: &mut Criterion) {
 /// does on a miss), TLBs and caches are off so every access walks.
 fn walks(c: &mut Criterion) {
     let snap = snapshot("heap=1G,pages=4k");
-    let env = Env::new(&snap, 0, ModelConfig { tlb: TlbConfig::none(), ..Default::default() }).expect("env");
+    let env = Env::new(
+        &snap,
+        0,
+        ModelConfig {
+            tlb: TlbConfig::none(),
+            ..Default::default()
+        },
+    )
+    .expect("env");
     let base = env.guest_segment.expect("heap").base;
     let mut rng = XorShift64::new(7);
-    let vas: Vec<u64> = (0..BATCH).map(|_| base + 8 * rng.below((1 << 30) / 8)).collect();
-    for (name, kind) in [("native_walk", DesignKind::Native), ("nested_2d_walk", DesignKind::Nested)] {
+    let vas: Vec<u64> = (0..BATCH)
+        .map(|_| base + 8 * rng.below((1 << 30) / 8))
+        .collect();
+    for (name, kind) in [
+        ("native_walk", DesignKind::Native),
+        ("nested_2d_walk", DesignKind::Nested),
+    ] {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements(BATCH as u64));
         let mut d = kind.build(&env).expect("design");

@@ -34,7 +34,7 @@ fn boot(kernel: &str, extra: &[&str]) -> Option<(i32, String, serde_json::Value)
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
     let mut args = vec![
-        "run", "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(), "--memory", "256M", "--timeout", "1500", "--quiet",
+        "run", "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(), "--memory", "256M", "--timeout", "2700", "--quiet",
         "--report", report.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);

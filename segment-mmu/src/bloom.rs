@@ -15,7 +15,9 @@ use crate::mem::PfnMap;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Zero bits or hashes.
-    #[error("escape filter needs at least one bit and one hash (got {bits} bits, {hashes} hashes)")]
+    #[error(
+        "escape filter needs at least one bit and one hash (got {bits} bits, {hashes} hashes)"
+    )]
     Empty {
         /// Bits requested.
         bits: u32,
@@ -47,7 +49,11 @@ impl Bloom {
         if bits == 0 || hashes == 0 {
             return Err(Error::Empty { bits, hashes });
         }
-        Ok(Self { bits: vec![0; (bits as usize).div_ceil(64)], m: bits as u64, k: hashes })
+        Ok(Self {
+            bits: vec![0; (bits as usize).div_ceil(64)],
+            m: bits as u64,
+            k: hashes,
+        })
     }
 
     #[inline]
@@ -68,7 +74,8 @@ impl Bloom {
     /// True when `key` may be in the set (never false for an inserted key).
     #[inline]
     pub fn may_contain(&self, key: u64) -> bool {
-        self.positions(key).all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+        self.positions(key)
+            .all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
     }
 }
 
@@ -112,7 +119,15 @@ impl EscapeFilter {
             bloom.insert(p);
             exact.insert(p, ());
         }
-        Ok(Self { bloom, exact, bits, hashes, checks: 0, true_hits: 0, false_positives: 0 })
+        Ok(Self {
+            bloom,
+            exact,
+            bits,
+            hashes,
+            checks: 0,
+            true_hits: 0,
+            false_positives: 0,
+        })
     }
 
     /// True when the access to `gpa` must take the paging path.
@@ -144,7 +159,11 @@ impl EscapeFilter {
             checks: self.checks,
             true_hits: self.true_hits,
             false_positives: self.false_positives,
-            false_positive_rate: if negatives == 0 { 0.0 } else { self.false_positives as f64 / negatives as f64 },
+            false_positive_rate: if negatives == 0 {
+                0.0
+            } else {
+                self.false_positives as f64 / negatives as f64
+            },
         }
     }
 }
@@ -166,7 +185,10 @@ mod tests {
         let r = f.report();
         assert_eq!(r.true_hits, 16);
         // 16 keys, 256 bits, 4 hashes: theoretical FP ≈ (1 - e^{-kn/m})^k ≈ 0.024.
-        assert!(r.false_positive_rate > 0.0 && r.false_positive_rate < 0.1, "{r:?}");
+        assert!(
+            r.false_positive_rate > 0.0 && r.false_positive_rate < 0.1,
+            "{r:?}"
+        );
         assert!(EscapeFilter::new(&[], 0, 1).is_err());
     }
 }

@@ -102,7 +102,12 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
     // Explicit stack of work items, depth first: a table to read, or a leaf to emit.
     // Children are pushed in reverse so the lowest index is handled first, which keeps
     // the output sorted by virtual address.
-    let mut stack = vec![Item::Table { gpa: cr3 & addr_mask, level: top, prefix: 0, perm: (true, true, false) }];
+    let mut stack = vec![Item::Table {
+        gpa: cr3 & addr_mask,
+        level: top,
+        prefix: 0,
+        perm: (true, true, false),
+    }];
     while let Some(item) = stack.pop() {
         let (table, level, prefix, (rw, us, nx)) = match item {
             Item::Leaf(r) => {
@@ -116,7 +121,12 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
                 }
                 continue;
             }
-            Item::Table { gpa, level, prefix, perm } => (gpa, level, prefix, perm),
+            Item::Table {
+                gpa,
+                level,
+                prefix,
+                perm,
+            } => (gpa, level, prefix, perm),
         };
         mem.read_page(table, &mut page)?;
         for idx in (0..512u64).rev() {
@@ -125,7 +135,11 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
                 continue;
             }
             let va = prefix | (idx << level_shift(level));
-            let perm = (rw && e & PTE_RW != 0, us && e & PTE_US != 0, nx || (cfg.nxe && e & PTE_NX != 0));
+            let perm = (
+                rw && e & PTE_RW != 0,
+                us && e & PTE_US != 0,
+                nx || (cfg.nxe && e & PTE_NX != 0),
+            );
             let size = match level {
                 1 => Some(PageSize::Size4K),
                 2 if e & PTE_PS != 0 => Some(PageSize::Size2M),
@@ -143,7 +157,12 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
                     user: perm.1,
                     no_exec: perm.2,
                 })),
-                None => stack.push(Item::Table { gpa: e & addr_mask, level: level - 1, prefix: va, perm }),
+                None => stack.push(Item::Table {
+                    gpa: e & addr_mask,
+                    level: level - 1,
+                    prefix: va,
+                    perm,
+                }),
             }
         }
     }
@@ -151,7 +170,12 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
 }
 
 enum Item {
-    Table { gpa: u64, level: u8, prefix: u64, perm: (bool, bool, bool) },
+    Table {
+        gpa: u64,
+        level: u8,
+        prefix: u64,
+        perm: (bool, bool, bool),
+    },
     Leaf(MappingRange),
 }
 
@@ -177,8 +201,14 @@ pub fn linear_regions(ranges: &[MappingRange]) -> Vec<LinearRegion> {
     let mut out: Vec<LinearRegion> = Vec::new();
     for r in ranges {
         match out.last_mut() {
-            Some(p) if p.va.wrapping_add(p.len) == r.va && p.pa.wrapping_add(p.len) == r.pa => p.len += r.len,
-            _ => out.push(LinearRegion { va: r.va, pa: r.pa, len: r.len }),
+            Some(p) if p.va.wrapping_add(p.len) == r.va && p.pa.wrapping_add(p.len) == r.pa => {
+                p.len += r.len
+            }
+            _ => out.push(LinearRegion {
+                va: r.va,
+                pa: r.pa,
+                len: r.len,
+            }),
         }
     }
     out
@@ -215,12 +245,21 @@ mod tests {
         let cfg = WalkConfig::new(PagingMode::Level4);
         let r = enumerate(&s, &cfg, 0x1000).unwrap();
         assert_eq!(r.len(), 3, "{r:?}");
-        assert_eq!((r[0].va, r[0].pa, r[0].len, r[0].size), (0, 0x10_0000, 0x20_0000, PageSize::Size4K));
-        assert_eq!((r[1].va, r[1].pa, r[1].size), (0x20_0000, 0x20_0000, PageSize::Size2M));
+        assert_eq!(
+            (r[0].va, r[0].pa, r[0].len, r[0].size),
+            (0, 0x10_0000, 0x20_0000, PageSize::Size4K)
+        );
+        assert_eq!(
+            (r[1].va, r[1].pa, r[1].size),
+            (0x20_0000, 0x20_0000, PageSize::Size2M)
+        );
         assert_eq!(r[2].va, 0xffff_ff80_0000_0000);
         assert!(!r[2].user);
         let m = mapped_bytes(&r);
-        assert_eq!((m.bytes_4k, m.bytes_2m, m.bytes_1g), (0x20_0000, 0x20_0000, 0x4000_0000));
+        assert_eq!(
+            (m.bytes_4k, m.bytes_2m, m.bytes_1g),
+            (0x20_0000, 0x20_0000, 0x4000_0000)
+        );
         // 4K range ends at pa 0x30_0000 != 0x20_0000, so no linear merge.
         assert_eq!(linear_regions(&r).len(), 3);
     }

@@ -53,7 +53,11 @@ pub struct HostModel {
 impl HostModel {
     /// From a snapshot's RAM layout.
     pub fn from_snapshot(s: &Snapshot) -> Self {
-        let ranges = s.ram.iter().map(|r| (r.gpa_start, r.end(), PageSize::at_most(r.host_page_size))).collect();
+        let ranges = s
+            .ram
+            .iter()
+            .map(|r| (r.gpa_start, r.end(), PageSize::at_most(r.host_page_size)))
+            .collect();
         let mut segments: Vec<Segment> = s
             .ram
             .iter()
@@ -73,7 +77,10 @@ impl HostModel {
                 _ => merged.push(s),
             }
         }
-        Self { ranges, segments: merged }
+        Self {
+            ranges,
+            segments: merged,
+        }
     }
 
     /// Host page size backing `gpa`, or `None` outside RAM (an EPT violation).
@@ -139,7 +146,11 @@ mod tests {
 
     #[test]
     fn segments_and_page_sizes_come_from_ram_ranges() {
-        let snap = "heap=64M,host=2m,segments=3".parse::<SyntheticSpec>().unwrap().build().unwrap();
+        let snap = "heap=64M,host=2m,segments=3"
+            .parse::<SyntheticSpec>()
+            .unwrap()
+            .build()
+            .unwrap();
         let h = HostModel::from_snapshot(&snap);
         assert_eq!(h.page_size(0x1000), Some(PageSize::Size2M));
         assert_eq!(h.page_size(snap.ram_bytes()), None);
@@ -147,7 +158,9 @@ mod tests {
         let t = SegmentTable::new(h.largest_segments(2));
         assert_eq!(t.len(), 2);
         let s = h.segments()[1];
-        let found = SegmentTable::new(h.segments().to_vec()).find(s.base + 5).copied();
+        let found = SegmentTable::new(h.segments().to_vec())
+            .find(s.base + 5)
+            .copied();
         assert_eq!(found, Some(s));
         assert_eq!(s.translate(s.base + 5), s.base + 5 + s.offset);
     }

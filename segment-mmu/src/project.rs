@@ -44,7 +44,8 @@
 //!    is replaced by the prior likewise. The pooled slope `a = Σ_g (S_ry − b·S_rx) /
 //!    Σ_g S_rr` over the same groups serves groups that cannot determine their own.
 //! 2. per group, `a_g = Σ (R−R̄_g)(y''−ȳ''_g) / Σ (R−R̄_g)²` with `y'' = y' − b·X`; a group
-//!    whose calibration runs all have the same `R` takes the pooled `a`. A negative slope
+//!    whose calibration runs span less than [`MIN_REF_SPREAD`] references per operation
+//!    takes the pooled `a` (only groups with that spread enter steps 1 and 2). A negative slope
 //!    (noise larger than the effect) is clamped to 0 and flagged.
 //! 3. `I_g = ȳ''_g − a_g·R̄_g`.
 //!
@@ -219,8 +220,12 @@ pub struct Calibration {
     pub runs: usize,
 }
 
-/// Relative size below which a least-squares denominator counts as zero.
-const EPS: f64 = 1e-12;
+/// Smallest spread of references per operation (max − min) inside a group for the
+/// group to determine its own cycles per reference. Runs closer than that differ by
+/// less than a tenth of a reference per operation: a slope through them would be
+/// measurement noise divided by almost nothing, and extrapolating it to a 24-reference
+/// nested walk would be meaningless. Such groups take the pooled slope.
+pub const MIN_REF_SPREAD: f64 = 0.1;
 
 fn check(obs: &[Observation], cfg: &Config) -> Result<(), Error> {
     if !(cfg.ghz.is_finite() && cfg.ghz > 0.0) {
@@ -265,9 +270,10 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
     // Step 1: the exit cost b, with every group's own reference slope partialled out
     // (Frisch–Waugh): within each group whose R varies, regress X and y' on R and keep
     // the residuals; b is the slope of the y' residuals on the X residuals.
-    let varies = |idx: &[usize], s_rr: f64| {
-        let scale = idx.iter().map(|&i| obs[i].features.refs.abs()).fold(0.0, f64::max);
-        idx.len() >= 2 && s_rr > EPS * (scale * scale).max(EPS) * idx.len() as f64
+    let varies = |idx: &[usize]| {
+        let lo = idx.iter().map(|&i| obs[i].features.refs).fold(f64::INFINITY, f64::min);
+        let hi = idx.iter().map(|&i| obs[i].features.refs).fold(f64::NEG_INFINITY, f64::max);
+        idx.len() >= 2 && hi - lo >= MIN_REF_SPREAD
     };
     let (mut sxx, mut sxy, mut pooled_rr, mut pooled_ry, mut pooled_rx) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut xscale: f64 = 0.0;
@@ -282,7 +288,7 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
             s_rx += r * x;
             s_ry += r * y;
         }
-        if !varies(idx, s_rr) {
+        if !varies(idx) {
             continue;
         }
         pooled_rr += s_rr;
@@ -323,7 +329,7 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
             s_rr += r * r;
             s_ry += r * (y2[i] - ym);
         }
-        let (a, src) = if varies(idx, s_rr) {
+        let (a, src) = if varies(idx) {
             let a = s_ry / s_rr;
             if a >= 0.0 {
                 (a, Source::Calibrated)
@@ -568,7 +574,7 @@ mod tests {
         };
         let f = Features::from_report(&r).unwrap();
         assert_eq!((f.refs, f.l2_hits, f.exits, f.base_bound), (4.0, 0.2, 0.01, 0.1));
-        let warm = DesignReport { accesses: 10, faults: 0, refs: 100, vm_exits: 1, l2_hits: 0, base_bound_ops: 0, ..r.clone() };
+        let warm = DesignReport { accesses: 10, faults: 10, refs: 100, vm_exits: 1, l2_hits: 0, base_bound_ops: 0, ..r.clone() };
         let s = Features::steady(&warm, &r).unwrap();
         assert_eq!((s.refs, s.exits, s.l2_hits, s.base_bound), (3.0, 0.0, 0.2, 0.1));
         assert_eq!(Features::steady(&r, &warm), None);

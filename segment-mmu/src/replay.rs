@@ -38,7 +38,10 @@ pub fn replay(
     designs: &[DesignKind],
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<Vec<DesignReport>, Error> {
-    let mut ds: Vec<Box<dyn Design>> = designs.iter().map(|k| k.build(env)).collect::<Result<_, _>>()?;
+    let mut ds: Vec<Box<dyn Design>> = designs
+        .iter()
+        .map(|k| k.build(env))
+        .collect::<Result<_, _>>()?;
     let mut events = Vec::with_capacity(CHUNK);
     let mut walks: Vec<Translation> = Vec::with_capacity(CHUNK);
     let mut done = 0u64;
@@ -117,7 +120,15 @@ mod tests {
 
     fn run(synth: &str, stream: &str, tlb: TlbConfig) -> Vec<DesignReport> {
         let snap = synth.parse::<SyntheticSpec>().unwrap().build().unwrap();
-        let env = Env::new(&snap, 0, ModelConfig { tlb, ..Default::default() }).unwrap();
+        let env = Env::new(
+            &snap,
+            0,
+            ModelConfig {
+                tlb,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let base = env.guest_segment.unwrap().base;
         let mut s = stream.parse::<StreamSpec>().unwrap().build(base);
         replay(&env, &mut s, &DesignKind::ALL, None).unwrap()
@@ -129,7 +140,11 @@ mod tests {
 
     #[test]
     fn tlb_hits_cost_nothing_and_sequential_is_cheap() {
-        let r = run("heap=64M", "seq:footprint=64M,count=200k", TlbConfig::intel());
+        let r = run(
+            "heap=64M",
+            "seq:footprint=64M,count=200k",
+            TlbConfig::intel(),
+        );
         for d in &r {
             assert_eq!(d.accesses, 200_000, "{}", d.name);
             assert_eq!(d.l1_hits + d.l2_hits + d.walks, d.accesses, "{}", d.name);
@@ -143,8 +158,16 @@ mod tests {
 
     #[test]
     fn large_pages_shorten_walks_in_both_dimensions() {
-        let small = run("heap=256M,pages=4k,host=4k", "gups:footprint=256M,count=50k", TlbConfig::none());
-        let big = run("heap=256M,pages=2m,host=2m", "gups:footprint=256M,count=50k", TlbConfig::none());
+        let small = run(
+            "heap=256M,pages=4k,host=4k",
+            "gups:footprint=256M,count=50k",
+            TlbConfig::none(),
+        );
+        let big = run(
+            "heap=256M,pages=2m,host=2m",
+            "gups:footprint=256M,count=50k",
+            TlbConfig::none(),
+        );
         assert_eq!(get(&small, "nested").refs_per_walk, 24.0);
         // 3 guest levels, 3 host levels: (3+1)(3+1)-1 = 15.
         assert_eq!(get(&big, "nested").refs_per_walk, 15.0);
@@ -154,16 +177,32 @@ mod tests {
 
     #[test]
     fn deterministic_for_a_seed() {
-        let a = run("heap=64M", "gups:footprint=64M,count=30k,seed=5", TlbConfig::amd());
-        let b = run("heap=64M", "gups:footprint=64M,count=30k,seed=5", TlbConfig::amd());
+        let a = run(
+            "heap=64M",
+            "gups:footprint=64M,count=30k,seed=5",
+            TlbConfig::amd(),
+        );
+        let b = run(
+            "heap=64M",
+            "gups:footprint=64M,count=30k,seed=5",
+            TlbConfig::amd(),
+        );
         assert_eq!(a, b);
-        let c = run("heap=64M", "gups:footprint=64M,count=30k,seed=6", TlbConfig::amd());
+        let c = run(
+            "heap=64M",
+            "gups:footprint=64M,count=30k,seed=6",
+            TlbConfig::amd(),
+        );
         assert_ne!(a, c);
     }
 
     #[test]
     fn shadow_pays_exits_for_churn_and_dynamic_reports() {
-        let r = run("heap=64M", "ptchurn:footprint=64M,count=300k,rate=0.01", TlbConfig::intel());
+        let r = run(
+            "heap=64M",
+            "ptchurn:footprint=64M,count=300k,rate=0.01",
+            TlbConfig::intel(),
+        );
         let sh = get(&r, "shadow");
         assert!(sh.pt_writes > 4000);
         // One exit per page-table write plus hidden faults.
@@ -177,17 +216,34 @@ mod tests {
 
     #[test]
     fn dynamic_switch_settles_on_shadow_for_a_stable_working_set() {
-        let r = run("heap=256M", "zipf:footprint=64M,count=3M,theta=0.6", TlbConfig::intel());
-        let (sh, ne, dy) = (get(&r, "shadow"), get(&r, "nested"), get(&r, "dynamic-switch"));
+        let r = run(
+            "heap=256M",
+            "zipf:footprint=64M,count=3M,theta=0.6",
+            TlbConfig::intel(),
+        );
+        let (sh, ne, dy) = (
+            get(&r, "shadow"),
+            get(&r, "nested"),
+            get(&r, "dynamic-switch"),
+        );
         assert!(sh.cycles < ne.cycles, "shadow should win here");
         let sw = dy.switching.unwrap();
         assert!((1..=3).contains(&sw.switches), "{sw:?}");
-        assert!(dy.cycles < ne.cycles, "{} vs nested {}", dy.cycles, ne.cycles);
+        assert!(
+            dy.cycles < ne.cycles,
+            "{} vs nested {}",
+            dy.cycles,
+            ne.cycles
+        );
     }
 
     #[test]
     fn outside_the_mapping_is_a_fault_not_a_panic() {
-        let r = run("heap=4M", "gups:footprint=64M,count=1000", TlbConfig::intel());
+        let r = run(
+            "heap=4M",
+            "gups:footprint=64M,count=1000",
+            TlbConfig::intel(),
+        );
         for d in &r {
             assert!(d.faults > 800, "{}: {}", d.name, d.faults);
         }

@@ -39,14 +39,20 @@ pub struct Geometry {
 
 impl Geometry {
     /// A disabled structure.
-    pub const NONE: Geometry = Geometry { entries: 0, ways: 0 };
+    pub const NONE: Geometry = Geometry {
+        entries: 0,
+        ways: 0,
+    };
     /// `entries` entries, `ways`-way.
     pub const fn new(entries: u32, ways: u32) -> Self {
         Self { entries, ways }
     }
     /// Fully associative.
     pub const fn full(entries: u32) -> Self {
-        Self { entries, ways: entries }
+        Self {
+            entries,
+            ways: entries,
+        }
     }
 }
 
@@ -69,10 +75,19 @@ impl SetAssoc {
     /// Builds an empty cache.
     pub fn new(g: Geometry, what: &'static str) -> Result<Self, Error> {
         if g.entries == 0 {
-            return Ok(Self { sets: 0, ways: 0, pow2_mask: None, tags: Vec::new() });
+            return Ok(Self {
+                sets: 0,
+                ways: 0,
+                pow2_mask: None,
+                tags: Vec::new(),
+            });
         }
         if g.ways == 0 || g.entries % g.ways != 0 {
-            return Err(Error::BadGeometry { what, entries: g.entries, ways: g.ways });
+            return Err(Error::BadGeometry {
+                what,
+                entries: g.entries,
+                ways: g.ways,
+            });
         }
         let sets = (g.entries / g.ways) as u64;
         Ok(Self {
@@ -110,7 +125,7 @@ impl SetAssoc {
         match set.iter().position(|&t| t == tag) {
             Some(0) => true,
             Some(w) => {
-                set[..=w].rotate_right(1);
+                shift_in(set, w, tag);
                 true
             }
             None => false,
@@ -127,8 +142,7 @@ impl SetAssoc {
         let tag = key.wrapping_add(1);
         let set = self.set(key);
         let w = set.iter().position(|&t| t == tag).unwrap_or(set.len() - 1);
-        set[..=w].rotate_right(1);
-        set[0] = tag;
+        shift_in(set, w, tag);
     }
 
     /// Drops `key` if present.
@@ -149,6 +163,18 @@ impl SetAssoc {
     pub fn flush(&mut self) {
         self.tags.fill(0);
     }
+}
+
+/// Moves ways `0..w` one place down (dropping way `w`) and puts `tag` first. A plain
+/// loop: sets are small, and `rotate_right` goes through an out-of-line memmove.
+#[inline(always)]
+fn shift_in(set: &mut [u64], w: usize, tag: u64) {
+    let mut i = w;
+    while i > 0 {
+        set[i] = set[i - 1];
+        i -= 1;
+    }
+    set[0] = tag;
 }
 
 /// Latencies that turn counts into cycles. Defaults are documented modelling
@@ -173,7 +199,12 @@ pub struct Costs {
 
 impl Default for Costs {
     fn default() -> Self {
-        Self { l2_hit_cycles: 8.0, ref_cycles: 30.0, base_bound_cycles: 1.0, vm_exit_cycles: 2000.0 }
+        Self {
+            l2_hit_cycles: 8.0,
+            ref_cycles: 30.0,
+            base_bound_cycles: 1.0,
+            vm_exit_cycles: 2000.0,
+        }
     }
 }
 
@@ -207,10 +238,19 @@ impl TlbConfig {
     /// Paging-structure cache sizes are not published (SDM Vol. 3A §4.10.3 describes
     /// them); the sizes here are the common estimates (PDE cache 32 entries).
     pub fn intel() -> Self {
-        let pwc = [Geometry::new(32, 4), Geometry::full(4), Geometry::full(2), Geometry::full(2)];
+        let pwc = [
+            Geometry::new(32, 4),
+            Geometry::full(4),
+            Geometry::full(2),
+            Geometry::full(2),
+        ];
         Self {
             name: "intel".into(),
-            l1: [Geometry::new(96, 6), Geometry::new(32, 4), Geometry::full(8)],
+            l1: [
+                Geometry::new(96, 6),
+                Geometry::new(32, 4),
+                Geometry::full(8),
+            ],
             l2: Geometry::new(2048, 16),
             pwc,
             nested_pwc: pwc,
@@ -227,7 +267,12 @@ impl TlbConfig {
     /// AMD's page-walk cache (PWC) and nested TLB (Bhargava et al., ASPLOS'08, "Nested
     /// TLB") sizes are not published; 64 and 32 entries are estimates.
     pub fn amd() -> Self {
-        let pwc = [Geometry::new(64, 4), Geometry::full(8), Geometry::full(4), Geometry::full(2)];
+        let pwc = [
+            Geometry::new(64, 4),
+            Geometry::full(8),
+            Geometry::full(4),
+            Geometry::full(2),
+        ];
         Self {
             name: "amd".into(),
             l1: [Geometry::full(72), Geometry::full(72), Geometry::full(72)],

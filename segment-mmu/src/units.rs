@@ -34,7 +34,9 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
         return plain(s.trim(), s);
     }
     let (n, bin, _) = split(s);
-    plain(n, s)?.checked_mul(bin).ok_or_else(|| Error(s.to_string()))
+    plain(n, s)?
+        .checked_mul(bin)
+        .ok_or_else(|| Error(s.to_string()))
 }
 
 /// A count with decimal suffixes (k, M, G).
@@ -43,20 +45,28 @@ pub fn parse_count(s: &str) -> Result<u64, Error> {
         return plain(s.trim(), s);
     }
     let (n, _, dec) = split(s);
-    plain(n, s)?.checked_mul(dec).ok_or_else(|| Error(s.to_string()))
+    plain(n, s)?
+        .checked_mul(dec)
+        .ok_or_else(|| Error(s.to_string()))
 }
 
 /// A plain float.
 pub fn parse_f64(s: &str) -> Result<f64, Error> {
-    s.trim().parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| Error(s.to_string()))
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| Error(s.to_string()))
 }
 
 /// Splits `k=v,k=v` into pairs; a bare word is returned with an empty value.
 pub fn pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
-    s.split(',').filter(|p| !p.trim().is_empty()).map(|p| match p.split_once('=') {
-        Some((k, v)) => (k.trim(), v.trim()),
-        None => (p.trim(), ""),
-    })
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (p.trim(), ""),
+        })
 }
 
 #[cfg(test)]

@@ -57,7 +57,11 @@ pub struct WalkConfig {
 impl WalkConfig {
     /// 52-bit physical addresses, NX enabled.
     pub const fn new(mode: PagingMode) -> Self {
-        Self { mode, max_phys_bits: 52, nxe: true }
+        Self {
+            mode,
+            max_phys_bits: 52,
+            nxe: true,
+        }
     }
 }
 
@@ -129,7 +133,11 @@ pub fn walk<M: GuestPhysMemory + ?Sized>(
     loop {
         let entry_gpa = table + 8 * level_index(va, level);
         let e = mem.read_u64(entry_gpa)?;
-        path[n] = EntryRead { level, gpa: entry_gpa, value: e };
+        path[n] = EntryRead {
+            level,
+            gpa: entry_gpa,
+            value: e,
+        };
         n += 1;
         if e & PTE_P == 0 {
             return Err(Fault::NotPresent { level, entry_gpa });
@@ -236,15 +244,33 @@ mod tests {
         let (s, cr3) = tables();
         let cfg = WalkConfig::new(PagingMode::Level4);
         let a = Access::default();
-        assert_eq!(walk(&s, &cfg, cr3, 0x8000_0000_0000, a), Err(Fault::NonCanonical(0x8000_0000_0000)));
-        assert!(matches!(walk(&s, &cfg, cr3, 0x6000, a), Err(Fault::NotPresent { level: 1, .. })));
+        assert_eq!(
+            walk(&s, &cfg, cr3, 0x8000_0000_0000, a),
+            Err(Fault::NonCanonical(0x8000_0000_0000))
+        );
+        assert!(matches!(
+            walk(&s, &cfg, cr3, 0x6000, a),
+            Err(Fault::NotPresent { level: 1, .. })
+        ));
         let w = Access { write: true, ..a };
-        assert!(matches!(walk(&s, &cfg, cr3, 0x20_0000, w), Err(Fault::Protection(_))));
-        let narrow = WalkConfig { max_phys_bits: 30, ..cfg };
-        assert!(matches!(walk(&s, &narrow, cr3, 0x20_0000, a), Err(Fault::Reserved { level: 2, .. })));
+        assert!(matches!(
+            walk(&s, &cfg, cr3, 0x20_0000, w),
+            Err(Fault::Protection(_))
+        ));
+        let narrow = WalkConfig {
+            max_phys_bits: 30,
+            ..cfg
+        };
+        assert!(matches!(
+            walk(&s, &narrow, cr3, 0x20_0000, a),
+            Err(Fault::Reserved { level: 2, .. })
+        ));
         // A missing table page is a memory error, not a panic.
         let lone = PageStore::new();
-        assert!(matches!(walk(&lone, &cfg, cr3, 0, a), Err(Fault::Memory(_))));
+        assert!(matches!(
+            walk(&lone, &cfg, cr3, 0, a),
+            Err(Fault::Memory(_))
+        ));
     }
 
     #[test]

@@ -53,6 +53,30 @@ fn hotness_temperature_sort_and_oracle_by_hand() {
     }
 }
 
+/// One fast page, expensive migration (c = 10, r = 2, λ = 1/2): [A] [A,B] [B] [B].
+#[test]
+fn hotness_oracle_refuses_migrations_that_do_not_pay() {
+    let l = log(1.0, &[&[0], &[0, 1], &[1], &[1]]);
+    let p = Params {
+        fast: FastCapacity::Bytes(4096),
+        latency_ratio: 2.0,
+        migration_cost: 10.0,
+        ..Params::default()
+    };
+    let r = simulate(&[("g".into(), &l)], &p).unwrap();
+    // none: A fast, B slow: 1 + (1 + 2) + 2 + 2 = 8 over 5.
+    assert!(close(slowdown(&r, Policy::None, Grain::Small), 8.0 / 5.0));
+    // temperature: T(A) = 1.5 ≥ T(B) = 1 before interval 2; before interval 3
+    // T(A) = 0.75 < T(B) = 1.5: swap (2 × 10); 1 + 3 + 2 + (20 + 1) = 27 over 5.
+    assert!(close(
+        slowdown(&r, Policy::Temperature, Grain::Small),
+        27.0 / 5.0
+    ));
+    // oracle: B's future saving (1.5, then 1) never beats keeping A (+10) and moving B
+    // (−10): it stays with first touch, 8 over 5.
+    assert!(close(slowdown(&r, Policy::Oracle, Grain::Small), 8.0 / 5.0));
+}
+
 /// A fast tier of one 2 MiB frame; one hot page in each of frames 0 and 1, every interval,
 /// three intervals; λ = 1/2, r = 3, c = 1/2.
 #[test]

@@ -16,7 +16,12 @@ const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 
 /// A deliberately simple reference walker: recursion-free, no caching, written from
 /// the SDM's description rather than from the real walker.
-fn reference_walk(pages: &HashMap<u64, Vec<u64>>, levels: u32, cr3: u64, va: u64) -> Option<(u64, u64)> {
+fn reference_walk(
+    pages: &HashMap<u64, Vec<u64>>,
+    levels: u32,
+    cr3: u64,
+    va: u64,
+) -> Option<(u64, u64)> {
     let width = 12 + 9 * levels;
     let canonical = ((va << (64 - width)) as i64 >> (64 - width)) as u64;
     if canonical != va {
@@ -188,7 +193,10 @@ fn every_malformation_has_its_typed_error() {
     use segment_mmu::snapshot::Error;
     let snap = "heap=8M".parse::<SyntheticSpec>().unwrap().build().unwrap();
     let good = snap.to_bytes();
-    assert!(matches!(Snapshot::from_bytes(&good[..good.len() - 1]), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        Snapshot::from_bytes(&good[..good.len() - 1]),
+        Err(Error::Truncated { .. })
+    ));
     let mut b = good.clone();
     b[0] = b'X';
     assert_eq!(Snapshot::from_bytes(&b), Err(Error::BadMagic));
@@ -198,7 +206,10 @@ fn every_malformation_has_its_typed_error() {
     let mut b = good.clone();
     let n = b.len();
     b[n - 20] ^= 1;
-    assert!(matches!(Snapshot::from_bytes(&b), Err(Error::BadChecksum { .. })));
+    assert!(matches!(
+        Snapshot::from_bytes(&b),
+        Err(Error::BadChecksum { .. })
+    ));
     // A table page moved outside RAM.
     let mut s = snap.clone();
     let mut pages = PageStore::new();
@@ -207,11 +218,21 @@ fn every_malformation_has_its_typed_error() {
     }
     pages.insert(snap.ram_bytes() + 0x1000, [0; 512]);
     s.pages = pages;
-    assert_eq!(Snapshot::from_bytes(&s.to_bytes()), Err(Error::TableOutsideRam(snap.ram_bytes() + 0x1000)));
+    assert_eq!(
+        Snapshot::from_bytes(&s.to_bytes()),
+        Err(Error::TableOutsideRam(snap.ram_bytes() + 0x1000))
+    );
     // A cycle: the PDPT's first entry points back at the PML4.
     let mut s = snap.clone();
     let cr3 = s.spaces[0].cr3;
-    let pml4e = s.pages.page(cr3).unwrap().iter().copied().find(|e| e & 1 != 0).unwrap();
+    let pml4e = s
+        .pages
+        .page(cr3)
+        .unwrap()
+        .iter()
+        .copied()
+        .find(|e| e & 1 != 0)
+        .unwrap();
     let pdpt = pml4e & ADDR;
     s.pages.page_mut(pdpt).unwrap()[511] = cr3 | 0x7;
     assert_eq!(Snapshot::from_bytes(&s.to_bytes()), Err(Error::Cycle(cr3)));
@@ -239,8 +260,11 @@ fn reference_comparison_reaches_leaves() {
         let cfg = WalkConfig::new(PagingMode::Level4);
         for _ in 0..32 {
             let v = rng.next_u64();
-            let va = v & 0x0000_0000_0000_7fff | (v & 0x7) << 21 | (v & 0x38) << 27 | (v & 0x1c0) << 33;
-            let got = walk(&store, &cfg, 0x1000, va, Access::default()).ok().map(|w| (w.pa, w.size.bytes()));
+            let va =
+                v & 0x0000_0000_0000_7fff | (v & 0x7) << 21 | (v & 0x38) << 27 | (v & 0x1c0) << 33;
+            let got = walk(&store, &cfg, 0x1000, va, Access::default())
+                .ok()
+                .map(|w| (w.pa, w.size.bytes()));
             assert_eq!(got, reference_walk(&pages, 4, 0x1000, va));
             total += 1;
             if let Some((_, s)) = got {

@@ -13,9 +13,20 @@ use segment_mmu::tlb::TlbConfig;
 
 fn table(synth: &str) -> Vec<DesignReport> {
     let snap = synth.parse::<SyntheticSpec>().unwrap().build().unwrap();
-    let env = Env::new(&snap, 0, ModelConfig { tlb: TlbConfig::none(), ..Default::default() }).unwrap();
+    let env = Env::new(
+        &snap,
+        0,
+        ModelConfig {
+            tlb: TlbConfig::none(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let base = env.guest_segment.expect("heap is one linear region").base;
-    let mut stream = "gups:footprint=256M,count=20k,seed=11".parse::<StreamSpec>().unwrap().build(base);
+    let mut stream = "gups:footprint=256M,count=20k,seed=11"
+        .parse::<StreamSpec>()
+        .unwrap()
+        .build(base);
     replay(&env, &mut stream, &DesignKind::ALL, None).unwrap()
 }
 
@@ -23,9 +34,16 @@ fn row(r: &[DesignReport], name: &str) -> (f64, f64) {
     let d = r.iter().find(|d| d.name == name).unwrap();
     assert_eq!(d.accesses, 20_000, "{name}");
     assert_eq!(d.faults, 0, "{name}");
-    assert_eq!(d.walks, d.accesses, "{name}: with no TLB every access is translated");
+    assert_eq!(
+        d.walks, d.accesses,
+        "{name}: with no TLB every access is translated"
+    );
     // Every walk costs the same: the histogram has a single bucket.
-    assert_eq!(d.refs_histogram.iter().filter(|&&h| h != 0).count(), 1, "{name}");
+    assert_eq!(
+        d.refs_histogram.iter().filter(|&&h| h != 0).count(),
+        1,
+        "{name}"
+    );
     (d.refs_per_walk, d.base_bound_per_walk)
 }
 

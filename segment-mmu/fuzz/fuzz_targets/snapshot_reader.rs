@@ -11,7 +11,13 @@ fuzz_target!(|data: &[u8]| {
         let cfg = s.walk_config();
         for (i, sp) in s.spaces.iter().enumerate() {
             let _ = s.mappings(i);
-            for va in [0u64, 0x1000, 0x7fff_ffff_f000, 0xffff_8000_0000_0000, 0x1000_0000_0000] {
+            for va in [
+                0u64,
+                0x1000,
+                0x7fff_ffff_f000,
+                0xffff_8000_0000_0000,
+                0x1000_0000_0000,
+            ] {
                 let _ = walk(&s, &cfg, sp.cr3, va, Access::default());
             }
         }

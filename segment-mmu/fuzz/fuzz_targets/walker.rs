@@ -9,9 +9,19 @@ use segment_mmu::paging::PagingMode;
 use segment_mmu::walker::{walk, Access, WalkConfig};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
-    let mode = if flags & 1 == 0 { PagingMode::Level4 } else { PagingMode::Level5 };
-    let cfg = WalkConfig { mode, max_phys_bits: 36 + (flags >> 1) % 17, nxe: flags & 0x80 != 0 };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let mode = if flags & 1 == 0 {
+        PagingMode::Level4
+    } else {
+        PagingMode::Level5
+    };
+    let cfg = WalkConfig {
+        mode,
+        max_phys_bits: 36 + (flags >> 1) % 17,
+        nxe: flags & 0x80 != 0,
+    };
     let pages = (rest.len() / 4096).min(8);
     let mut store = PageStore::new();
     for p in 0..pages {
@@ -23,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
         store.insert(0x1000 * (p as u64 + 1), words);
     }
     let tail = &rest[pages * 4096..];
-    let access = Access { write: flags & 2 != 0, user: flags & 4 != 0, exec: flags & 8 != 0 };
+    let access = Access {
+        write: flags & 2 != 0,
+        user: flags & 4 != 0,
+        exec: flags & 8 != 0,
+    };
     for chunk in tail.chunks_exact(8).take(64) {
         let va = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
         if let Ok(w) = walk(&store, &cfg, 0x1000, va, access) {

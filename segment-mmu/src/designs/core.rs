@@ -37,7 +37,10 @@ pub struct SwitchPolicy {
 
 impl Default for SwitchPolicy {
     fn default() -> Self {
-        Self { interval: 100_000, hysteresis: 0.2 }
+        Self {
+            interval: 100_000,
+            hysteresis: 0.2,
+        }
     }
 }
 
@@ -112,21 +115,33 @@ pub struct Env<'a> {
 impl<'a> Env<'a> {
     /// Prepares a replay of address space `space` of `snap`.
     pub fn new(snap: &'a Snapshot, space: usize, cfg: ModelConfig) -> Result<Self, EnvError> {
-        let s = snap.spaces.get(space).ok_or(EnvError::NoSpace(space, snap.spaces.len()))?;
+        let s = snap
+            .spaces
+            .get(space)
+            .ok_or(EnvError::NoSpace(space, snap.spaces.len()))?;
         let walk_cfg = snap.walk_config();
         let guest_levels = snap.mode.levels();
         let host_levels = cfg.host_levels.unwrap_or(guest_levels);
         if !(4..=5).contains(&host_levels) {
-            return Err(EnvError::BadConfig(format!("host levels {host_levels} (expected 4 or 5)")));
+            return Err(EnvError::BadConfig(format!(
+                "host levels {host_levels} (expected 4 or 5)"
+            )));
         }
         if !(1..=4).contains(&cfg.enlarged_levels) {
-            return Err(EnvError::BadConfig(format!("enlarged-TDP levels {} (expected 1..=4)", cfg.enlarged_levels)));
+            return Err(EnvError::BadConfig(format!(
+                "enlarged-TDP levels {} (expected 1..=4)",
+                cfg.enlarged_levels
+            )));
         }
         let maps = crate::enumerate::enumerate(snap, &walk_cfg, s.cr3)?;
         let guest_segment = linear_regions(&maps)
             .into_iter()
             .max_by_key(|r| r.len)
-            .map(|r| Segment { base: r.va, limit: r.va.wrapping_add(r.len), offset: r.pa.wrapping_sub(r.va) });
+            .map(|r| Segment {
+                base: r.va,
+                limit: r.va.wrapping_add(r.len),
+                offset: r.pa.wrapping_sub(r.va),
+            });
         // Escaped pages: chosen uniformly inside the guest segment's backing (the pages
         // the stream touches), else inside RAM.
         let (lo, hi) = match guest_segment {
@@ -135,7 +150,9 @@ impl<'a> Env<'a> {
         };
         let mut rng = workloads::XorShift64::new(cfg.seed ^ 0x00E5_CA9E);
         let npages = ((hi - lo) / 4096).max(1);
-        let escaped = (0..cfg.escape_pages).map(|_| (lo >> 12) + rng.below(npages)).collect();
+        let escaped = (0..cfg.escape_pages)
+            .map(|_| (lo >> 12) + rng.below(npages))
+            .collect();
         Ok(Self {
             snap,
             space,
@@ -154,7 +171,17 @@ impl<'a> Env<'a> {
     /// The functional translation of `va` (a user-mode access).
     #[inline]
     pub fn translate(&self, va: u64, write: bool) -> Translation {
-        walk(self.snap, &self.walk_cfg, self.cr3, va, Access { write, user: true, exec: false })
+        walk(
+            self.snap,
+            &self.walk_cfg,
+            self.cr3,
+            va,
+            Access {
+                write,
+                user: true,
+                exec: false,
+            },
+        )
     }
 
     /// An escape filter over [`Env::escaped`], if any page escaped.
@@ -162,7 +189,11 @@ impl<'a> Env<'a> {
         if self.escaped.is_empty() {
             return Ok(None);
         }
-        Ok(Some(EscapeFilter::new(&self.escaped, self.cfg.escape_bits, self.cfg.escape_hashes)?))
+        Ok(Some(EscapeFilter::new(
+            &self.escaped,
+            self.cfg.escape_bits,
+            self.cfg.escape_hashes,
+        )?))
     }
 }
 
@@ -265,7 +296,11 @@ impl Counters {
             pt_writes: self.pt_writes,
             faults: self.faults,
             cycles,
-            cycles_per_access: if self.accesses == 0 { 0.0 } else { cycles / self.accesses as f64 },
+            cycles_per_access: if self.accesses == 0 {
+                0.0
+            } else {
+                cycles / self.accesses as f64
+            },
             escape_filter: None,
             switching: None,
         }
@@ -412,6 +447,9 @@ mod tests {
         assert_eq!(enlarged_refs(4, 2, PageSize::Size2M), 2);
         assert_eq!(enlarged_refs(4, 2, PageSize::Size1G), 1);
         assert_eq!(enlarged_refs(4, 1, PageSize::Size4K), 1);
-        assert_eq!(splinter(PageSize::Size2M, Some(PageSize::Size4K)), PageSize::Size4K);
+        assert_eq!(
+            splinter(PageSize::Size2M, Some(PageSize::Size4K)),
+            PageSize::Size4K
+        );
     }
 }

@@ -111,7 +111,10 @@ impl DynamicSwitch {
             (refs * c.ref_cycles + steady, refs * m1 * c.ref_cycles)
         } else {
             let faults = self.new_pages as f64 + self.distinct as f64 / REBUILD_HORIZON;
-            (refs * c.ref_cycles, refs / m1 * c.ref_cycles + (writes + faults) * c.vm_exit_cycles)
+            (
+                refs * c.ref_cycles,
+                refs / m1 * c.ref_cycles + (writes + faults) * c.vm_exit_cycles,
+            )
         };
         self.window.fill(0);
         self.new_pages = 0;

@@ -107,7 +107,10 @@ impl DesignKind {
 
     /// Parses one name.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        Self::ALL.into_iter().find(|k| k.name() == s.trim()).ok_or_else(|| Error::Unknown(s.to_string()))
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s.trim())
+            .ok_or_else(|| Error::Unknown(s.to_string()))
     }
 
     /// Parses `all` or a comma-separated list (duplicates dropped, order kept).

@@ -12,7 +12,9 @@ pub struct Native {
 impl Native {
     /// A cold native MMU.
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)? })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+        })
     }
 }
 

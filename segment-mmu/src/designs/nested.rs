@@ -20,7 +20,9 @@ pub struct Nested {
 impl Nested {
     /// A cold nested MMU.
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)? })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+        })
     }
 
     /// The 2D translation of an L1/L2 miss (shared with the designs that fall back to
@@ -30,7 +32,8 @@ impl Nested {
         match core.guest_walk(env, va, w, |c, e, gpa| c.host_walk(e, gpa)) {
             Some((refs, bb)) => {
                 core.c.walk(refs, bb);
-                core.tlb.fill(va, splinter(w.size, env.host.page_size(w.pa)), env.asid);
+                core.tlb
+                    .fill(va, splinter(w.size, env.host.page_size(w.pa)), env.asid);
                 true
             }
             None => {
@@ -78,7 +81,9 @@ pub struct EnlargedTdp {
 impl EnlargedTdp {
     /// A cold enlarged-TDP MMU.
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)? })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+        })
     }
 }
 
@@ -111,7 +116,9 @@ impl Design for EnlargedTdp {
         match self.core.guest_walk(env, va, w, host) {
             Some((refs, bb)) => {
                 self.core.c.walk(refs, bb);
-                self.core.tlb.fill(va, splinter(w.size, env.host.page_size(w.pa)), env.asid);
+                self.core
+                    .tlb
+                    .fill(va, splinter(w.size, env.host.page_size(w.pa)), env.asid);
             }
             None => self.core.c.faults += 1,
         }

@@ -35,7 +35,10 @@ struct VmmSegments {
 
 impl VmmSegments {
     fn new(env: &Env, k: usize) -> Result<Self, Error> {
-        Ok(Self { table: SegmentTable::new(env.host.largest_segments(k)), filter: env.escape_filter()? })
+        Ok(Self {
+            table: SegmentTable::new(env.host.largest_segments(k)),
+            filter: env.escape_filter()?,
+        })
     }
 
     /// True when `gpa` is translated by a segment (not escaped).
@@ -73,7 +76,11 @@ fn segment_miss(core: &mut Core, segs: &mut VmmSegments, env: &Env, va: u64, w: 
     match segs.walk(core, env, va, w) {
         Some(((refs, bb), data_seg)) => {
             core.c.walk(refs, bb);
-            let size = if data_seg { w.size } else { splinter(w.size, env.host.page_size(w.pa)) };
+            let size = if data_seg {
+                w.size
+            } else {
+                splinter(w.size, env.host.page_size(w.pa))
+            };
             core.tlb.fill(va, size, env.asid);
         }
         None => core.c.faults += 1,
@@ -113,7 +120,10 @@ pub struct Compromis {
 impl Compromis {
     /// A cold Compromis MMU with `cfg.compromis_segments` segments.
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)?, segs: VmmSegments::new(env, env.cfg.compromis_segments.max(1))? })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+            segs: VmmSegments::new(env, env.cfg.compromis_segments.max(1))?,
+        })
     }
 }
 
@@ -130,7 +140,8 @@ impl Design for Compromis {
     }
     common_impl!();
     fn report(&self, env: &Env) -> DesignReport {
-        self.segs.report(self.core.c.report(self.kind(), &env.cfg.tlb.costs))
+        self.segs
+            .report(self.core.c.report(self.kind(), &env.cfg.tlb.costs))
     }
 }
 
@@ -144,7 +155,10 @@ pub struct VmmDirect {
 impl VmmDirect {
     /// A cold VMM-direct MMU.
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)?, segs: VmmSegments::new(env, 1)? })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+            segs: VmmSegments::new(env, 1)?,
+        })
     }
 }
 
@@ -161,7 +175,8 @@ impl Design for VmmDirect {
     }
     common_impl!();
     fn report(&self, env: &Env) -> DesignReport {
-        self.segs.report(self.core.c.report(self.kind(), &env.cfg.tlb.costs))
+        self.segs
+            .report(self.core.c.report(self.kind(), &env.cfg.tlb.costs))
     }
 }
 
@@ -189,7 +204,9 @@ pub struct GuestDirect {
 impl GuestDirect {
     /// A cold guest-direct MMU.
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)? })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+        })
     }
 }
 
@@ -225,7 +242,10 @@ pub struct DualDirect {
 impl DualDirect {
     /// A cold dual-direct MMU.
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)?, segs: VmmSegments::new(env, 1)? })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+            segs: VmmSegments::new(env, 1)?,
+        })
     }
 }
 
@@ -253,6 +273,7 @@ impl Design for DualDirect {
     }
     common_impl!();
     fn report(&self, env: &Env) -> DesignReport {
-        self.segs.report(self.core.c.report(self.kind(), &env.cfg.tlb.costs))
+        self.segs
+            .report(self.core.c.report(self.kind(), &env.cfg.tlb.costs))
     }
 }

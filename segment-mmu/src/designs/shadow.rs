@@ -33,7 +33,8 @@ impl PageSet {
     fn slot(va: u64, size: PageSize, asid: u16) -> (u64, usize) {
         // Region key: 1 GiB number, size and asid in disjoint fields (57-bit VAs leave
         // 27 bits of region number).
-        let key = ((va & ((1 << 57) - 1)) >> 30) | ((size.index() as u64) << 28) | ((asid as u64) << 32);
+        let key =
+            ((va & ((1 << 57) - 1)) >> 30) | ((size.index() as u64) << 28) | ((asid as u64) << 32);
         let bit = ((va >> size.shift()) & ((1 << (30 - size.shift())) - 1)) as usize;
         (key, bit)
     }
@@ -43,7 +44,10 @@ impl PageSet {
     pub fn insert(&mut self, va: u64, size: PageSize, asid: u16) -> bool {
         let (key, bit) = Self::slot(va, size, asid);
         let words = (1usize << (30 - size.shift())).div_ceil(64);
-        let r = self.regions.entry(key).or_insert_with(|| vec![0u64; words].into_boxed_slice());
+        let r = self
+            .regions
+            .entry(key)
+            .or_insert_with(|| vec![0u64; words].into_boxed_slice());
         let (w, m) = (bit / 64, 1u64 << (bit % 64));
         let new = r[w] & m == 0;
         r[w] |= m;
@@ -67,7 +71,10 @@ impl PageSet {
 impl Shadow {
     /// A cold shadow MMU (empty shadow table).
     pub fn new(env: &Env) -> Result<Self, Error> {
-        Ok(Self { core: Core::new(&env.cfg.tlb)?, shadowed: PageSet::default() })
+        Ok(Self {
+            core: Core::new(&env.cfg.tlb)?,
+            shadowed: PageSet::default(),
+        })
     }
 
     /// Drops the whole shadow table (on a switch away from shadow mode).

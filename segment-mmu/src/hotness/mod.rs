@@ -73,6 +73,9 @@ pub const VERSION: u16 = 1;
 pub const PAGE_SHIFT: u32 = 12;
 /// 4 KiB pages per 2 MiB frame.
 pub const PAGES_PER_HUGE: u64 = 512;
+/// Most dirty page-intervals (sum over intervals of dirty pages) a reader accepts, so that
+/// a corrupt count cannot make it allocate more than 2 GiB of page numbers.
+pub const MAX_PAGE_INTERVALS: u64 = 1 << 28;
 /// Default temperature half-life, in intervals.
 pub const DEFAULT_HALF_LIFE: f64 = 4.0;
 
@@ -404,6 +407,7 @@ impl HotnessLog {
             ranges,
             intervals: Vec::with_capacity(ni),
         };
+        let mut total = 0u64;
         for k in 0..ni {
             let end_ns = r.u64("interval end")?;
             let count = u64::from(r.u32("dirty count")?);
@@ -418,7 +422,13 @@ impl HotnessLog {
                     "interval {k}: {nruns} runs for {count} dirty pages"
                 )));
             }
-            let mut pages = Vec::with_capacity(count as usize);
+            total = total.saturating_add(count);
+            if total > MAX_PAGE_INTERVALS {
+                return Err(Error::Malformed(format!(
+                    "more than {MAX_PAGE_INTERVALS} dirty page-intervals: too large to replay in memory"
+                )));
+            }
+            let mut pages = Vec::with_capacity(count.min(1 << 20) as usize);
             let mut end = 0u64;
             for j in 0..nruns {
                 let gap = r.varint("run gap")?;

@@ -21,8 +21,11 @@
 //!   [`super`]) and place the hottest in the fast tier, every interval.
 //! * `oracle`: the same sort on the *future*'s decayed count, `F_p(k) = Σ_{j≥0} λ^j d_p(k+j)`:
 //!   it knows exactly what the next interval writes and, with decaying weight, the ones
-//!   after. It is the best a temperature sort could do with perfect prediction, not a proven
-//!   optimum when migrations cost something.
+//!   after. It is also migration-aware: it ranks by the saving `(r − 1)·F` plus `c` per
+//!   page already fast (evicting it would cost that) minus `c` per allocated page still
+//!   slow, so it only moves a page when the move pays for itself within the decayed
+//!   future. A strong bound for a temperature sort with perfect prediction, not a proven
+//!   optimum.
 //!
 //! Both sorting policies fill the share greedily by density (score per 4 KiB page), keep
 //! pages already fast on ties, and keep already-fast pages while room remains.
@@ -622,8 +625,10 @@ fn units(
 
 /// Re-places `st` within `cap` pages: units greedily by density (ties: already fast first,
 /// then address), then pages already fast while room remains (whole frames at 2 MiB
-/// grain). The oracle weighs each unit by its net benefit, `(r − 1)·score` minus the
-/// migration cost of its allocated pages not yet fast, and skips units that do not pay.
+/// grain). The oracle weighs each unit by what placing it saves, `(r − 1)·score`, plus the
+/// migration it avoids (`c` per page already fast: evicting it would cost that) minus the
+/// migration it needs (`c` per allocated page still slow), and skips units that do not pay:
+/// a slow page displaces a fast one only when its future saving beats the other's by `2c`.
 fn place(
     st: &mut State,
     units: Vec<Unit>,
@@ -640,8 +645,12 @@ fn place(
             let range = u.start..u.start + u.size;
             let is_fast = st.fast[u.start];
             let d = if policy == Policy::Oracle {
-                let to_move = range.filter(|&q| st.allocated[q] && !st.fast[q]).count();
-                (r - 1.0) * u.score - c * to_move as f64 / u.size as f64
+                let (mut fast, mut slow) = (0usize, 0usize);
+                for q in range {
+                    fast += usize::from(st.fast[q]);
+                    slow += usize::from(st.allocated[q] && !st.fast[q]);
+                }
+                (r - 1.0) * u.score + c * (fast as f64 - slow as f64) / u.size as f64
             } else {
                 u.score
             };

@@ -481,11 +481,8 @@ impl<'w> Simulator<'w> {
                 continue;
             };
             let size: u64 = p.segs.iter().map(|s| s.1).sum();
-            if self.cluster.host(h).largest_free() + p.segs.iter().map(|s| s.1).max().unwrap_or(0)
-                < size
-            {
-                continue; // Cannot succeed even counting its own largest segment.
-            }
+            // No cheap pre-check: the VM's own segments, once given back, may join the holes
+            // between them into one extent larger than any free extent now.
             for &(s, _) in &p.segs {
                 self.cluster.update(h, |m| m.release(s))?;
             }
@@ -677,6 +674,36 @@ mod tests {
         assert_eq!(r.bytes_ballooned, GIB);
         let r = simulate(&w, &spec(1, 4), Config::default()).unwrap();
         assert_eq!(r.ballooned_vms, 0);
+    }
+
+    #[test]
+    fn balloon_joins_own_segments_with_the_hole_between() {
+        // 12 GiB: A[0,2) B[2,4) c[4,5) D[5,7) E[7,12). B and D leave; X (4 GiB) gets [2,4) and
+        // [5,7). When c leaves, [2,7) is free once X gives its segments back.
+        let w = Workload {
+            source: "t".into(),
+            vms: vec![
+                vm(0, None, 2),
+                vm(1, Some(9), 2),
+                vm(2, Some(28), 1),
+                vm(3, Some(7), 2),
+                vm(4, None, 5),
+                vm(20, None, 4),
+            ],
+            start: 0,
+            end: 100,
+        };
+        let r = simulate(
+            &w,
+            &spec(1, 12),
+            Config {
+                balloon: true,
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.segments_histogram.get(&2), Some(&1));
+        assert_eq!((r.ballooned_vms, r.bytes_ballooned), (1, 2 * GIB));
     }
 
     #[test]

@@ -22,8 +22,16 @@ pub struct CpuState {
 impl CpuState {
     /// Typical long-mode state for `mode`: PAE (+LA57), LME, LMA, NXE.
     pub fn long_mode(mode: PagingMode) -> Self {
-        let la57 = if mode == PagingMode::Level5 { CR4_LA57 } else { 0 };
-        Self { mode, cr4: CR4_PAE | la57, efer: EFER_LME | (1 << 10) | EFER_NXE }
+        let la57 = if mode == PagingMode::Level5 {
+            CR4_LA57
+        } else {
+            0
+        };
+        Self {
+            mode,
+            cr4: CR4_PAE | la57,
+            efer: EFER_LME | (1 << 10) | EFER_NXE,
+        }
     }
 }
 
@@ -39,7 +47,14 @@ impl Snapshot {
         mut ram: Vec<RamRange>,
     ) -> Result<Snapshot, Error> {
         ram.sort_by_key(|r| r.gpa_start);
-        let mut snap = Snapshot { mode: cpu.mode, cr4: cpu.cr4, efer: cpu.efer, spaces, ram, pages: PageStore::new() };
+        let mut snap = Snapshot {
+            mode: cpu.mode,
+            cr4: cpu.cr4,
+            efer: cpu.efer,
+            spaces,
+            ram,
+            pages: PageStore::new(),
+        };
         let roots: Vec<u64> = snap.spaces.iter().map(|s| s.cr3).collect();
         let mut pages = PageStore::new();
         traverse_tables(cpu.mode, &roots, |gpa| {
@@ -64,7 +79,13 @@ mod tests {
     use crate::paging::{PTE_P, PTE_RW};
 
     fn ram() -> Vec<RamRange> {
-        vec![RamRange { gpa_start: 0, len: 1 << 30, host_va: 0x7f00_0000_0000, host_page_size: 4096, runs: None }]
+        vec![RamRange {
+            gpa_start: 0,
+            len: 1 << 30,
+            host_va: 0x7f00_0000_0000,
+            host_page_size: 4096,
+            runs: None,
+        }]
     }
 
     #[test]
@@ -78,8 +99,12 @@ mod tests {
         mem.insert(0x2000, p);
         mem.insert(0x3000, [0u64; 512]);
         mem.insert(0x9000, [7u64; 512]); // unreachable
-        let spaces = vec![AddressSpace { cr3: 0x1000, label: "p".into() }];
-        let s = Snapshot::capture(&mem, spaces, CpuState::long_mode(PagingMode::Level4), ram()).unwrap();
+        let spaces = vec![AddressSpace {
+            cr3: 0x1000,
+            label: "p".into(),
+        }];
+        let s = Snapshot::capture(&mem, spaces, CpuState::long_mode(PagingMode::Level4), ram())
+            .unwrap();
         assert_eq!(s.pages.len(), 3);
         assert!(!s.pages.contains(0x9000));
         let back = Snapshot::from_bytes(&s.to_bytes()).unwrap();
@@ -95,12 +120,21 @@ mod tests {
         let mut p = [0u64; 512];
         p[0] = 0x1000 | PTE_P; // PDPT points back at the PML4
         mem.insert(0x2000, p);
-        let spaces = vec![AddressSpace { cr3: 0x1000, label: "p".into() }];
+        let spaces = vec![AddressSpace {
+            cr3: 0x1000,
+            label: "p".into(),
+        }];
         let cpu = CpuState::long_mode(PagingMode::Level4);
-        assert_eq!(Snapshot::capture(&mem, spaces.clone(), cpu, ram()), Err(Error::Cycle(0x1000)));
+        assert_eq!(
+            Snapshot::capture(&mem, spaces.clone(), cpu, ram()),
+            Err(Error::Cycle(0x1000))
+        );
         let mut p = [0u64; 512];
         p[0] = 0x8000_0000 | PTE_P; // beyond 1 GiB of RAM
         mem.insert(0x2000, p);
-        assert_eq!(Snapshot::capture(&mem, spaces, cpu, ram()), Err(Error::TableOutsideRam(0x8000_0000)));
+        assert_eq!(
+            Snapshot::capture(&mem, spaces, cpu, ram()),
+            Err(Error::TableOutsideRam(0x8000_0000))
+        );
     }
 }

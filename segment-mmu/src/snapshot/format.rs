@@ -68,13 +68,15 @@ impl Snapshot {
 
     /// Writes the `.ptsnap` bytes to `w`.
     pub fn write_to(&self, w: &mut impl Write) -> Result<(), Error> {
-        w.write_all(&self.to_bytes()).map_err(|e| Error::Io(e.to_string()))
+        w.write_all(&self.to_bytes())
+            .map_err(|e| Error::Io(e.to_string()))
     }
 
     /// Reads a whole `.ptsnap` stream.
     pub fn read_from(r: &mut impl Read) -> Result<Self, Error> {
         let mut buf = Vec::new();
-        r.read_to_end(&mut buf).map_err(|e| Error::Io(e.to_string()))?;
+        r.read_to_end(&mut buf)
+            .map_err(|e| Error::Io(e.to_string()))?;
         Self::from_bytes(&buf)
     }
 
@@ -89,7 +91,8 @@ impl Snapshot {
             return Err(Error::BadVersion(version));
         }
         let levels = c.u32()?;
-        let mode = PagingMode::from_levels(levels as u64).map_err(|e| Error::BadMode(e.to_string()))?;
+        let mode =
+            PagingMode::from_levels(levels as u64).map_err(|e| Error::BadMode(e.to_string()))?;
         let cr4 = c.u64()?;
         let efer = c.u64()?;
         let n = c.u32()? as usize;
@@ -98,24 +101,37 @@ impl Snapshot {
         for i in 0..n {
             let cr3 = c.u64()?;
             let len = c.u32()? as usize;
-            let label = std::str::from_utf8(c.take(len)?).map_err(|_| Error::BadLabel(i))?.to_string();
+            let label = std::str::from_utf8(c.take(len)?)
+                .map_err(|_| Error::BadLabel(i))?
+                .to_string();
             spaces.push(AddressSpace { cr3, label });
         }
         let n = c.u32()? as usize;
         let mut ram = Vec::with_capacity(n.min(c.left() / 36));
         for _ in 0..n {
-            let (gpa_start, len, host_va, host_page_size) = (c.u64()?, c.u64()?, c.u64()?, c.u64()?);
+            let (gpa_start, len, host_va, host_page_size) =
+                (c.u64()?, c.u64()?, c.u64()?, c.u64()?);
             let nr = c.u32()?;
             let runs = if nr == RUNS_UNKNOWN {
                 None
             } else {
                 let mut runs = Vec::with_capacity((nr as usize).min(c.left() / 24));
                 for _ in 0..nr {
-                    runs.push(HostRun { gpa_start: c.u64()?, len: c.u64()?, hpa_start: c.u64()? });
+                    runs.push(HostRun {
+                        gpa_start: c.u64()?,
+                        len: c.u64()?,
+                        hpa_start: c.u64()?,
+                    });
                 }
                 Some(runs)
             };
-            ram.push(RamRange { gpa_start, len, host_va, host_page_size, runs });
+            ram.push(RamRange {
+                gpa_start,
+                len,
+                host_va,
+                host_page_size,
+                runs,
+            });
         }
         let n = c.u64()?;
         let mut pages = PageStore::new();
@@ -143,7 +159,14 @@ impl Snapshot {
         if c.left() != 0 {
             return Err(Error::TrailingBytes(c.left()));
         }
-        let mut snap = Snapshot { mode, cr4, efer, spaces, ram, pages };
+        let mut snap = Snapshot {
+            mode,
+            cr4,
+            efer,
+            spaces,
+            ram,
+            pages,
+        };
         snap.validate()?;
         snap.optimize();
         Ok(snap)
@@ -161,7 +184,10 @@ impl<'a> Cursor<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         if self.left() < n {
-            return Err(Error::Truncated { offset: self.at, needed: n - self.left() });
+            return Err(Error::Truncated {
+                offset: self.at,
+                needed: n - self.left(),
+            });
         }
         let s = &self.b[self.at..self.at + n];
         self.at += n;

@@ -201,7 +201,10 @@ impl GuestPhysMemory for Snapshot {
 impl Snapshot {
     /// Walker configuration for this guest (mode and EFER.NXE).
     pub fn walk_config(&self) -> WalkConfig {
-        WalkConfig { nxe: self.efer & EFER_NXE != 0, ..WalkConfig::new(self.mode) }
+        WalkConfig {
+            nxe: self.efer & EFER_NXE != 0,
+            ..WalkConfig::new(self.mode)
+        }
     }
 
     /// The RAM range holding `gpa`.
@@ -218,7 +221,11 @@ impl Snapshot {
 
     /// All mappings of address space `space`, coalesced.
     pub fn mappings(&self, space: usize) -> Result<Vec<MappingRange>, EnumError> {
-        let cr3 = self.spaces.get(space).map(|s| s.cr3).ok_or(EnumError::Mem(MemError::Unreadable(0)))?;
+        let cr3 = self
+            .spaces
+            .get(space)
+            .map(|s| s.cr3)
+            .ok_or(EnumError::Mem(MemError::Unreadable(0)))?;
         enumerate(self, &self.walk_config(), cr3)
     }
 
@@ -263,14 +270,22 @@ impl Snapshot {
             if self.ram_range_of(gpa).is_none() {
                 return Err(Error::TableOutsideRam(gpa));
             }
-            self.pages.page(gpa).copied().ok_or(Error::MissingTable { gpa, level: 0 })
+            self.pages
+                .page(gpa)
+                .copied()
+                .ok_or(Error::MissingTable { gpa, level: 0 })
         })?;
         Ok(())
     }
 }
 
 fn validate_ranges(ram: &[RamRange]) -> Result<(), Error> {
-    let bad = |index: usize, why: &str| Err(Error::BadRange { index, why: why.to_string() });
+    let bad = |index: usize, why: &str| {
+        Err(Error::BadRange {
+            index,
+            why: why.to_string(),
+        })
+    };
     let mut prev_end = 0u64;
     for (i, r) in ram.iter().enumerate() {
         if r.len == 0 || r.gpa_start % PAGE_SIZE != 0 || r.len % PAGE_SIZE != 0 {
@@ -289,7 +304,13 @@ fn validate_ranges(ram: &[RamRange]) -> Result<(), Error> {
         if let Some(runs) = &r.runs {
             let mut at = r.gpa_start;
             for run in runs {
-                if run.len == 0 || run.gpa_start < at || run.gpa_start.checked_add(run.len).is_none_or(|e| e > r.end()) {
+                if run.len == 0
+                    || run.gpa_start < at
+                    || run
+                        .gpa_start
+                        .checked_add(run.len)
+                        .is_none_or(|e| e > r.end())
+                {
                     return bad(i, "host run empty, unsorted or outside the range");
                 }
                 if run.hpa_start.checked_add(run.len).is_none() {
@@ -321,7 +342,13 @@ pub(crate) fn traverse_tables(
         let top = mode.levels();
         match level_of.get(&(root / PAGE_SIZE)) {
             Some(&l) if l == top => continue,
-            Some(&l) => return Err(Error::LevelConflict { gpa: root, a: l, b: top }),
+            Some(&l) => {
+                return Err(Error::LevelConflict {
+                    gpa: root,
+                    a: l,
+                    b: top,
+                })
+            }
             None => {}
         }
         let page = fetch(root).map_err(|e| fix_level(e, top))?;
@@ -345,7 +372,13 @@ pub(crate) fn traverse_tables(
             }
             match level_of.get(&(child / PAGE_SIZE)) {
                 Some(&l) if l == child_level => continue,
-                Some(&l) => return Err(Error::LevelConflict { gpa: child, a: l, b: child_level }),
+                Some(&l) => {
+                    return Err(Error::LevelConflict {
+                        gpa: child,
+                        a: l,
+                        b: child_level,
+                    })
+                }
                 None => {}
             }
             let page = fetch(child).map_err(|e| fix_level(e, child_level))?;

@@ -20,7 +20,9 @@ use std::str::FromStr;
 
 use super::{AddressSpace, CpuState, Error, HostRun, RamRange, Snapshot};
 use crate::mem::{PageStore, PAGE_SIZE};
-use crate::paging::{level_index, PageSize, PagingMode, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US};
+use crate::paging::{
+    level_index, PageSize, PagingMode, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US,
+};
 use crate::units::{pairs, parse_count, parse_f64, parse_size};
 
 /// Errors of synthetic specs.
@@ -85,13 +87,24 @@ impl FromStr for SyntheticSpec {
             match k {
                 "heap" => spec.heap = parse_size(v).map_err(|_| bad(k, v))?,
                 "base" => spec.base = parse_size(v).map_err(|_| bad(k, v))?,
-                "procs" => spec.procs = parse_count(v).ok().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(k, v))?,
+                "procs" => {
+                    spec.procs = parse_count(v)
+                        .ok()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| bad(k, v))?
+                }
                 "levels" => {
-                    spec.mode = parse_count(v).ok().and_then(|n| PagingMode::from_levels(n).ok()).ok_or_else(|| bad(k, v))?
+                    spec.mode = parse_count(v)
+                        .ok()
+                        .and_then(|n| PagingMode::from_levels(n).ok())
+                        .ok_or_else(|| bad(k, v))?
                 }
                 "host" => spec.host_page = parse_size(v).map_err(|_| bad(k, v))?,
                 "segments" => {
-                    spec.segments = parse_count(v).ok().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(k, v))?
+                    spec.segments = parse_count(v)
+                        .ok()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| bad(k, v))?
                 }
                 "ram" => spec.ram = Some(parse_size(v).map_err(|_| bad(k, v))?),
                 "pages" => {
@@ -99,7 +112,10 @@ impl FromStr for SyntheticSpec {
                         Some((sz, f)) => (sz, parse_f64(f).map_err(|_| bad(k, v))?),
                         None => (v, 1.0),
                     };
-                    let size = parse_size(size).ok().and_then(|b| PageSize::from_bytes(b).ok()).ok_or_else(|| bad(k, v))?;
+                    let size = parse_size(size)
+                        .ok()
+                        .and_then(|b| PageSize::from_bytes(b).ok())
+                        .ok_or_else(|| bad(k, v))?;
                     if !(0.0..=1.0).contains(&frac) {
                         return Err(bad(k, v));
                     }
@@ -154,7 +170,8 @@ impl SyntheticSpec {
         let small = self.heap - large;
         // Upper bound of table pages per process: one per 2 MiB of 4K-mapped heap, one
         // per GiB, one per 512 GiB, plus a chain of fresh tables at each end.
-        let per_proc = small.div_ceil(1 << 21) + self.heap.div_ceil(GIB) + self.heap.div_ceil(512 * GIB) + 12;
+        let per_proc =
+            small.div_ceil(1 << 21) + self.heap.div_ceil(GIB) + self.heap.div_ceil(512 * GIB) + 12;
         let table_bytes = per_proc * self.procs as u64 * PAGE_SIZE;
         let tables_at = 0x10_0000u64;
         let data_start = (tables_at + table_bytes).div_ceil(GIB) * GIB;
@@ -162,20 +179,37 @@ impl SyntheticSpec {
         let needed = data_start + heap_span * self.procs as u64;
         let ram = match self.ram {
             Some(r) if r < needed => {
-                return Err(SynthError::Bad(format!("ram={r:#x} is smaller than the {needed:#x} bytes needed")))
+                return Err(SynthError::Bad(format!(
+                    "ram={r:#x} is smaller than the {needed:#x} bytes needed"
+                )))
             }
             Some(r) => r.div_ceil(PAGE_SIZE) * PAGE_SIZE,
             None => needed,
         };
-        let mut b = TableBuilder { store: PageStore::new(), next: tables_at, limit: data_start, mode: self.mode };
+        let mut b = TableBuilder {
+            store: PageStore::new(),
+            next: tables_at,
+            limit: data_start,
+            mode: self.mode,
+        };
         let mut spaces = Vec::new();
         for p in 0..self.procs as u64 {
             let root = b.alloc()?;
             let pa = data_start + p * heap_span;
             let flags = PTE_P | PTE_RW | PTE_US | PTE_NX | PTE_A | PTE_D;
             b.map_range(root, self.base, pa, large, self.large, flags)?;
-            b.map_range(root, self.base + large, pa + large, small, PageSize::Size4K, flags)?;
-            spaces.push(AddressSpace { cr3: root, label: format!("proc{p}") });
+            b.map_range(
+                root,
+                self.base + large,
+                pa + large,
+                small,
+                PageSize::Size4K,
+                flags,
+            )?;
+            spaces.push(AddressSpace {
+                cr3: root,
+                label: format!("proc{p}"),
+            });
         }
         let runs = match self.segments {
             0 => None,
@@ -188,16 +222,33 @@ impl SyntheticSpec {
                 let mut hpa = 4 * GIB;
                 while at < ram {
                     let len = step.min(ram - at);
-                    runs.push(HostRun { gpa_start: at, len, hpa_start: hpa });
+                    runs.push(HostRun {
+                        gpa_start: at,
+                        len,
+                        hpa_start: hpa,
+                    });
                     hpa += len.div_ceil(GIB) * GIB + GIB;
                     at += len;
                 }
                 Some(runs)
             }
         };
-        let range = RamRange { gpa_start: 0, len: ram, host_va: 0x7f00_0000_0000, host_page_size: self.host_page, runs };
+        let range = RamRange {
+            gpa_start: 0,
+            len: ram,
+            host_va: 0x7f00_0000_0000,
+            host_page_size: self.host_page,
+            runs,
+        };
         let cpu = CpuState::long_mode(self.mode);
-        let mut snap = Snapshot { mode: self.mode, cr4: cpu.cr4, efer: cpu.efer, spaces, ram: vec![range], pages: b.store };
+        let mut snap = Snapshot {
+            mode: self.mode,
+            cr4: cpu.cr4,
+            efer: cpu.efer,
+            spaces,
+            ram: vec![range],
+            pages: b.store,
+        };
         snap.validate()?;
         snap.optimize();
         Ok(snap)
@@ -248,7 +299,15 @@ impl TableBuilder {
     }
 
     /// Maps `len` bytes at `va` to `pa` with pages of `size`. Fills one table at a time.
-    fn map_range(&mut self, root: u64, va: u64, pa: u64, len: u64, size: PageSize, flags: u64) -> Result<(), SynthError> {
+    fn map_range(
+        &mut self,
+        root: u64,
+        va: u64,
+        pa: u64,
+        len: u64,
+        size: PageSize,
+        flags: u64,
+    ) -> Result<(), SynthError> {
         let level = size.leaf_level();
         let ps = if size == PageSize::Size4K { 0 } else { PTE_PS };
         let mut off = 0;
@@ -256,7 +315,10 @@ impl TableBuilder {
             let v = va + off;
             let table = self.table_for(root, v, level)?;
             let first = level_index(v, level) as usize;
-            let page = self.store.page_mut(table).ok_or_else(|| SynthError::Bad("lost table".into()))?;
+            let page = self
+                .store
+                .page_mut(table)
+                .ok_or_else(|| SynthError::Bad("lost table".into()))?;
             for e in page.iter_mut().skip(first) {
                 if off >= len {
                     break;
@@ -277,10 +339,22 @@ mod tests {
     #[test]
     fn parses_specs() {
         let s: SyntheticSpec = "heap=8G,pages=2m:0.7".parse().unwrap();
-        assert_eq!((s.heap, s.large, s.large_fraction), (8 << 30, PageSize::Size2M, 0.7));
-        let s: SyntheticSpec = "heap=64M,pages=4k,base=0x40000000,procs=3,levels=5,host=2m,segments=4".parse().unwrap();
-        assert_eq!((s.base, s.procs, s.mode, s.host_page, s.segments), (0x4000_0000, 3, PagingMode::Level5, 2 << 20, 4));
-        assert!(matches!("heap=8G,color=red".parse::<SyntheticSpec>(), Err(SynthError::UnknownKey(_))));
+        assert_eq!(
+            (s.heap, s.large, s.large_fraction),
+            (8 << 30, PageSize::Size2M, 0.7)
+        );
+        let s: SyntheticSpec =
+            "heap=64M,pages=4k,base=0x40000000,procs=3,levels=5,host=2m,segments=4"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            (s.base, s.procs, s.mode, s.host_page, s.segments),
+            (0x4000_0000, 3, PagingMode::Level5, 2 << 20, 4)
+        );
+        assert!(matches!(
+            "heap=8G,color=red".parse::<SyntheticSpec>(),
+            Err(SynthError::UnknownKey(_))
+        ));
         assert!("heap=8G,pages=3m".parse::<SyntheticSpec>().is_err());
         assert!("heap=8G,pages=2m:1.5".parse::<SyntheticSpec>().is_err());
         assert!("heap=0".parse::<SyntheticSpec>().is_err());
@@ -294,9 +368,23 @@ mod tests {
         let m = crate::enumerate::mapped_bytes(&snap.mappings(1).unwrap());
         assert_eq!((m.bytes_2m, m.bytes_4k), (32 << 20, 32 << 20));
         let cfg = snap.walk_config();
-        let w = walk(&snap, &cfg, snap.spaces[0].cr3, s.base + 0x1234, Access::default()).unwrap();
+        let w = walk(
+            &snap,
+            &cfg,
+            snap.spaces[0].cr3,
+            s.base + 0x1234,
+            Access::default(),
+        )
+        .unwrap();
         assert_eq!(w.size, PageSize::Size2M);
-        let w2 = walk(&snap, &cfg, snap.spaces[0].cr3, s.base + (40 << 20) + 8, Access::default()).unwrap();
+        let w2 = walk(
+            &snap,
+            &cfg,
+            snap.spaces[0].cr3,
+            s.base + (40 << 20) + 8,
+            Access::default(),
+        )
+        .unwrap();
         assert_eq!(w2.size, PageSize::Size4K);
         // Heap is guest-physically linear.
         assert_eq!(w2.pa - w.pa, (40 << 20) + 8 - 0x1234);
@@ -308,7 +396,11 @@ mod tests {
 
     #[test]
     fn eight_gib_heap_in_4k_pages_is_light() {
-        let snap: Snapshot = "heap=8G,pages=4k".parse::<SyntheticSpec>().unwrap().build().unwrap();
+        let snap: Snapshot = "heap=8G,pages=4k"
+            .parse::<SyntheticSpec>()
+            .unwrap()
+            .build()
+            .unwrap();
         // 2 M PTEs = 4096 PT pages, 8 PDs, 1 PDPT, 1 PML4.
         assert_eq!(snap.pages.len(), 4096 + 8 + 1 + 1);
     }

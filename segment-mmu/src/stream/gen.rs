@@ -22,7 +22,13 @@ pub struct Strided {
 impl Strided {
     /// `count` reads from `base`, `step` bytes apart, modulo `footprint` (> 0).
     pub fn new(base: u64, footprint: u64, step: u64, count: u64) -> Self {
-        Self { base, footprint: footprint.max(1), step, at: 0, left: count }
+        Self {
+            base,
+            footprint: footprint.max(1),
+            step,
+            at: 0,
+            left: count,
+        }
     }
 }
 
@@ -55,7 +61,10 @@ pub struct Gups {
 impl Gups {
     /// `count` updates over `footprint / 8` elements from `seed`.
     pub fn new(base: u64, footprint: u64, count: u64, seed: u64) -> Self {
-        Self { base, idx: GupsIndices::new(seed, footprint / 8, count) }
+        Self {
+            base,
+            idx: GupsIndices::new(seed, footprint / 8, count),
+        }
     }
 }
 
@@ -82,7 +91,12 @@ impl Chase {
         let n = (footprint / CHASE_ELEM_BYTES) as usize;
         let mut next = vec![0u64; n];
         chase_permutation(&mut next, seed);
-        Self { base, next, cur: 0, left: if n == 0 { 0 } else { count } }
+        Self {
+            base,
+            next,
+            cur: 0,
+            left: if n == 0 { 0 } else { count },
+        }
     }
 }
 
@@ -124,7 +138,16 @@ impl Zipf {
         let zeta2 = zeta(2.min(n));
         let alpha = 1.0 / (1.0 - theta);
         let eta = (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan);
-        Self { base, n, theta, alpha, zetan, eta, rng: XorShift64::new(seed), left: count }
+        Self {
+            base,
+            n,
+            theta,
+            alpha,
+            zetan,
+            eta,
+            rng: XorShift64::new(seed),
+            left: count,
+        }
     }
 
     fn rank(&mut self) -> u64 {
@@ -195,11 +218,27 @@ impl Iterator for PtChurn {
         }
         self.left -= 1;
         let va = self.base + 8 * self.rng.below(self.pages * 512);
-        let access = Event { va, kind: if self.rng.next_u64() & 1 == 0 { EventKind::Read } else { EventKind::Write } };
+        let access = Event {
+            va,
+            kind: if self.rng.next_u64() & 1 == 0 {
+                EventKind::Read
+            } else {
+                EventKind::Write
+            },
+        };
         if self.rng.next_u64() < self.rate_threshold {
             let page = self.base + 4096 * self.rng.below(self.pages);
-            self.pending = [Some(Event { va: page, kind: EventKind::Map }), Some(access)];
-            return Some(Event { va: page, kind: EventKind::Unmap });
+            self.pending = [
+                Some(Event {
+                    va: page,
+                    kind: EventKind::Map,
+                }),
+                Some(access),
+            ];
+            return Some(Event {
+                va: page,
+                kind: EventKind::Unmap,
+            });
         }
         Some(access)
     }
@@ -213,7 +252,9 @@ mod tests {
     fn gups_replays_the_workload_stream() {
         let base = 0x1000_0000;
         let ours: Vec<u64> = Gups::new(base, 1 << 20, 100, 7).map(|e| e.va).collect();
-        let theirs: Vec<u64> = GupsIndices::new(7, (1 << 20) / 8, 100).map(|i| base + 8 * i).collect();
+        let theirs: Vec<u64> = GupsIndices::new(7, (1 << 20) / 8, 100)
+            .map(|i| base + 8 * i)
+            .collect();
         assert_eq!(ours, theirs);
     }
 

@@ -37,11 +37,17 @@ pub struct Event {
 impl Event {
     /// A read of `va`.
     pub const fn read(va: u64) -> Self {
-        Self { va, kind: EventKind::Read }
+        Self {
+            va,
+            kind: EventKind::Read,
+        }
     }
     /// A write of `va`.
     pub const fn write(va: u64) -> Self {
-        Self { va, kind: EventKind::Write }
+        Self {
+            va,
+            kind: EventKind::Write,
+        }
     }
     /// True for reads and writes.
     #[inline]

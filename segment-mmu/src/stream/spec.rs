@@ -82,7 +82,11 @@ impl FromStr for StreamSpec {
                 "stride" if kind == "stride" => stride = parse_size(v).map_err(|_| bad(k, v))?,
                 "theta" if kind == "zipf" => theta = parse_f64(v).map_err(|_| bad(k, v))?,
                 "rate" if kind == "ptchurn" => rate = parse_f64(v).map_err(|_| bad(k, v))?,
-                _ => return Err(Error::Spec(format!("unknown key {k:?} for stream {kind:?}"))),
+                _ => {
+                    return Err(Error::Spec(format!(
+                        "unknown key {k:?} for stream {kind:?}"
+                    )))
+                }
             }
         }
         let kind = match kind {
@@ -100,7 +104,13 @@ impl FromStr for StreamSpec {
         };
         let footprint = footprint.ok_or_else(|| Error::Spec("missing footprint=".into()))?;
         let count = count.ok_or_else(|| Error::Spec("missing count=".into()))?;
-        let spec = StreamSpec { kind, footprint, count, seed, base };
+        let spec = StreamSpec {
+            kind,
+            footprint,
+            count,
+            seed,
+            base,
+        };
         spec.check()?;
         Ok(spec)
     }
@@ -113,13 +123,22 @@ impl StreamSpec {
             return bad(format!("footprint {} is below one page", self.footprint));
         }
         match self.kind {
-            StreamKind::Seq { step: 0 } | StreamKind::Stride { stride: 0 } => return bad("step/stride must be > 0".into()),
-            StreamKind::Zipf { theta } if theta <= 0.0 || (theta - 1.0).abs() < 1e-9 || theta > 10.0 => {
+            StreamKind::Seq { step: 0 } | StreamKind::Stride { stride: 0 } => {
+                return bad("step/stride must be > 0".into())
+            }
+            StreamKind::Zipf { theta }
+                if theta <= 0.0 || (theta - 1.0).abs() < 1e-9 || theta > 10.0 =>
+            {
                 return bad(format!("theta {theta} must be in (0, 10] and not 1"))
             }
-            StreamKind::PtChurn { rate } if !(0.0..=1.0).contains(&rate) => return bad(format!("rate {rate} not in [0, 1]")),
+            StreamKind::PtChurn { rate } if !(0.0..=1.0).contains(&rate) => {
+                return bad(format!("rate {rate} not in [0, 1]"))
+            }
             StreamKind::Chase if self.footprint > MAX_CHASE_FOOTPRINT => {
-                return bad(format!("chase footprint above {} GiB would need too large a permutation", MAX_CHASE_FOOTPRINT >> 30))
+                return bad(format!(
+                    "chase footprint above {} GiB would need too large a permutation",
+                    MAX_CHASE_FOOTPRINT >> 30
+                ))
             }
             _ => {}
         }
@@ -132,12 +151,22 @@ impl StreamSpec {
         let (fp, n, seed) = (self.footprint, self.count, self.seed);
         // Page-table events are extra events, not accesses: ptchurn's length is unknown.
         match self.kind {
-            StreamKind::Seq { step } => Box::new(IterStream::new(Strided::new(base, fp, step, n), Some(n))),
-            StreamKind::Stride { stride } => Box::new(IterStream::new(Strided::new(base, fp, stride, n), Some(n))),
+            StreamKind::Seq { step } => {
+                Box::new(IterStream::new(Strided::new(base, fp, step, n), Some(n)))
+            }
+            StreamKind::Stride { stride } => {
+                Box::new(IterStream::new(Strided::new(base, fp, stride, n), Some(n)))
+            }
             StreamKind::Gups => Box::new(IterStream::new(Gups::new(base, fp, n, seed), Some(n))),
             StreamKind::Chase => Box::new(IterStream::new(Chase::new(base, fp, n, seed), Some(n))),
-            StreamKind::Zipf { theta } => Box::new(IterStream::new(Zipf::new(base, fp, n, theta, seed), Some(n))),
-            StreamKind::PtChurn { rate } => Box::new(IterStream::new(PtChurn::new(base, fp, n, rate, seed), Some(n))),
+            StreamKind::Zipf { theta } => Box::new(IterStream::new(
+                Zipf::new(base, fp, n, theta, seed),
+                Some(n),
+            )),
+            StreamKind::PtChurn { rate } => Box::new(IterStream::new(
+                PtChurn::new(base, fp, n, rate, seed),
+                Some(n),
+            )),
         }
     }
 }
@@ -149,14 +178,24 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         let s: StreamSpec = "gups:footprint=4G,count=10M,seed=3".parse().unwrap();
-        assert_eq!((s.kind, s.footprint, s.count, s.seed), (StreamKind::Gups, 4 << 30, 10_000_000, 3));
+        assert_eq!(
+            (s.kind, s.footprint, s.count, s.seed),
+            (StreamKind::Gups, 4 << 30, 10_000_000, 3)
+        );
         let s: StreamSpec = "stride:footprint=1G,count=5,stride=8k".parse().unwrap();
         assert_eq!(s.kind, StreamKind::Stride { stride: 8192 });
         assert!("gups:count=10".parse::<StreamSpec>().is_err());
-        assert!("zipf:footprint=1G,count=1,theta=1".parse::<StreamSpec>().is_err());
-        assert!("gups:footprint=1G,count=1,theta=0.5".parse::<StreamSpec>().is_err());
+        assert!("zipf:footprint=1G,count=1,theta=1"
+            .parse::<StreamSpec>()
+            .is_err());
+        assert!("gups:footprint=1G,count=1,theta=0.5"
+            .parse::<StreamSpec>()
+            .is_err());
         assert!("walk:footprint=1G,count=1".parse::<StreamSpec>().is_err());
-        let mut st = "seq:footprint=8k,count=3,base=0x1000".parse::<StreamSpec>().unwrap().build(0);
+        let mut st = "seq:footprint=8k,count=3,base=0x1000"
+            .parse::<StreamSpec>()
+            .unwrap()
+            .build(0);
         assert_eq!(st.next_event().unwrap().map(|e| e.va), Some(0x1000));
         assert_eq!(st.len_hint(), Some(3));
     }

@@ -61,7 +61,9 @@ impl<W: Write> TraceWriter<W> {
     }
     /// Appends an event.
     pub fn push(&mut self, e: &Event) -> Result<(), Error> {
-        self.w.write_all(&encode(e).to_le_bytes()).map_err(|e| Error::Io(e.to_string()))
+        self.w
+            .write_all(&encode(e).to_le_bytes())
+            .map_err(|e| Error::Io(e.to_string()))
     }
     /// Flushes and returns the inner writer.
     pub fn finish(self) -> Result<W, Error> {
@@ -81,7 +83,8 @@ impl<R: Read + Send> TraceReader<R> {
     pub fn new(r: R, len_bytes: Option<u64>) -> Result<Self, Error> {
         let mut r = BufReader::with_capacity(1 << 16, r);
         let mut h = [0u8; 16];
-        r.read_exact(&mut h).map_err(|_| Error::Trace("truncated header".into()))?;
+        r.read_exact(&mut h)
+            .map_err(|_| Error::Trace("truncated header".into()))?;
         if h[..8] != MAGIC {
             return Err(Error::Trace("bad magic: not a segment-mmu trace".into()));
         }
@@ -89,7 +92,10 @@ impl<R: Read + Send> TraceReader<R> {
         if v != VERSION {
             return Err(Error::Trace(format!("unsupported version {v}")));
         }
-        Ok(Self { r, len: len_bytes.map(|b| b.saturating_sub(16) / 8) })
+        Ok(Self {
+            r,
+            len: len_bytes.map(|b| b.saturating_sub(16) / 8),
+        })
     }
 }
 
@@ -122,8 +128,14 @@ mod tests {
         let evs = [
             Event::read(0x7fff_1234),
             Event::write(0xffff_8000_0000_0008),
-            Event { va: 0x1000, kind: EventKind::Unmap },
-            Event { va: 0x00ff_ffff_ffff_f000, kind: EventKind::Map },
+            Event {
+                va: 0x1000,
+                kind: EventKind::Unmap,
+            },
+            Event {
+                va: 0x00ff_ffff_ffff_f000,
+                kind: EventKind::Map,
+            },
         ];
         let mut w = TraceWriter::new(Vec::new()).unwrap();
         for e in &evs {

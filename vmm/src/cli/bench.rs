@@ -98,6 +98,7 @@ pub fn run(args: Args) -> CliResult {
     if cells.is_empty() {
         return Err(CliError::bad_input("the matrix is empty"));
     }
+    let load_before = output::load_average();
     let bar = ProgressBar::new(cells.len() as u64);
     if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}") {
         bar.set_style(style);
@@ -115,7 +116,11 @@ pub fn run(args: Args) -> CliResult {
     bar.finish_and_clear();
     let summary = output::summarize(&rows);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let results = output::Results { host: &host, command, rows: &rows, summary: &summary };
+    let load_average = [load_before, output::load_average()];
+    if let [Some(a), Some(b)] = &load_average {
+        eprintln!("segvmm: host load average (1/5/15 min) {a} before, {b} after the matrix");
+    }
+    let results = output::Results { host: &host, command, load_average, rows: &rows, summary: &summary };
     let out = |f: &str| args.out.join(f);
     output::write_json(&out("results.json"), &results).map_err(CliError::failed)?;
     output::write_csv(&out("results.csv"), &rows, &host).map_err(CliError::failed)?;

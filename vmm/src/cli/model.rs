@@ -24,7 +24,11 @@ use super::{CliError, CliResult};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Page-table snapshot (`.ptsnap`) taken from a guest.
-    #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    #[arg(
+        long,
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic"
+    )]
     pub snapshot: Option<PathBuf>,
     /// Synthetic address space: `heap=8G,pages=4k` or `heap=8G,pages=2m:0.7`
     /// (also base=0x..., procs=N, levels=4|5, host=4k|2m|1g, segments=K, ram=SIZE).
@@ -85,7 +89,10 @@ pub fn run(a: Args) -> CliResult {
     let (snap, source) = match (&a.snapshot, &a.synthetic) {
         (Some(p), _) => {
             let mut f = File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
-            (Snapshot::read_from(&mut f).map_err(|e| bad(format!("{}: {e}", p.display())))?, p.display().to_string())
+            (
+                Snapshot::read_from(&mut f).map_err(|e| bad(format!("{}: {e}", p.display())))?,
+                p.display().to_string(),
+            )
         }
         (None, Some(s)) => {
             let spec: SyntheticSpec = s.parse().map_err(bad)?;
@@ -94,8 +101,10 @@ pub fn run(a: Args) -> CliResult {
         (None, None) => return Err(bad("give --snapshot FILE or --synthetic SPEC")),
     };
     if let Some(p) = &a.save_snapshot {
-        let mut f = File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
-        snap.write_to(&mut f).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
+        let mut f =
+            File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
+        snap.write_to(&mut f)
+            .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
     }
     let designs = DesignKind::parse_list(&a.designs).map_err(bad)?;
     let mut tlb = TlbConfig::preset(&a.tlb).map_err(bad)?;
@@ -117,7 +126,9 @@ pub fn run(a: Args) -> CliResult {
     let (mut stream, stream_name): (Box<dyn AddressStream>, String) = match (&a.stream, &a.trace) {
         (Some(s), _) => {
             let spec: StreamSpec = s.parse().map_err(bad)?;
-            let region = env.guest_segment.ok_or_else(|| bad("the address space maps nothing"))?;
+            let region = env
+                .guest_segment
+                .ok_or_else(|| bad("the address space maps nothing"))?;
             if spec.base.is_none() && spec.footprint > region.len() {
                 return Err(bad(format!(
                     "stream footprint {} MiB exceeds the mapped heap ({} MiB at {:#x}); shrink footprint= or grow heap=",
@@ -139,8 +150,10 @@ pub fn run(a: Args) -> CliResult {
 
     let bar = ProgressBar::with_draw_target(stream.len_hint(), ProgressDrawTarget::hidden());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {pos}/{len} events")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {percent}% {pos}/{len} events",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
     let shown = AtomicBool::new(false);
@@ -169,8 +182,10 @@ pub fn run(a: Args) -> CliResult {
             snapshot: snap.summary(),
         };
         let text = serde_json::to_string_pretty(&out).map_err(CliError::failed)?;
-        let mut f = File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
-        f.write_all(text.as_bytes()).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
+        let mut f =
+            File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
     }
     Ok(0)
 }
@@ -183,7 +198,9 @@ fn positive(name: &str, v: f64) -> Result<f64, CliError> {
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {
-        Err(CliError::bad_input(format!("{name} must be a non-negative number, got {v}")))
+        Err(CliError::bad_input(format!(
+            "{name} must be a non-negative number, got {v}"
+        )))
     }
 }
 
@@ -191,20 +208,33 @@ fn positive(name: &str, v: f64) -> Result<f64, CliError> {
 /// computations per walk, VM exits, translation cycles per access, slowdown against
 /// native translation cycles.
 fn table(reports: &[DesignReport]) -> String {
-    let native = reports.iter().find(|r| r.name == "native").map(|r| r.cycles_per_access);
+    let native = reports
+        .iter()
+        .find(|r| r.name == "native")
+        .map(|r| r.cycles_per_access);
     let mut s = format!(
         "{:<15} {:>10} {:>12} {:>9} {:>10} {:>12} {:>9}\n",
         "design", "refs/walk", "walks/1k", "bb/walk", "vm-exits", "cyc/access", "vs-native"
     );
     for r in reports {
-        let per_k = if r.accesses == 0 { 0.0 } else { 1000.0 * r.walks as f64 / r.accesses as f64 };
+        let per_k = if r.accesses == 0 {
+            0.0
+        } else {
+            1000.0 * r.walks as f64 / r.accesses as f64
+        };
         let slow = match native {
             Some(n) if n > 0.0 => format!("{:.2}x", r.cycles_per_access / n),
             _ => "-".to_string(),
         };
         s += &format!(
             "{:<15} {:>10.2} {:>12.2} {:>9.2} {:>10} {:>12.2} {:>9}\n",
-            r.name, r.refs_per_walk, per_k, r.base_bound_per_walk, r.vm_exits, r.cycles_per_access, slow
+            r.name,
+            r.refs_per_walk,
+            per_k,
+            r.base_bound_per_walk,
+            r.vm_exits,
+            r.cycles_per_access,
+            slow
         );
         if let Some(e) = &r.escape_filter {
             s += &format!(
@@ -225,7 +255,10 @@ fn table(reports: &[DesignReport]) -> String {
             );
         }
         if r.faults > 0 {
-            s += &format!("  {} accesses faulted (unmapped or outside RAM) and were not costed\n", r.faults);
+            s += &format!(
+                "  {} accesses faulted (unmapped or outside RAM) and were not costed\n",
+                r.faults
+            );
         }
     }
     s

@@ -203,6 +203,9 @@ pub fn run(a: Args) -> CliResult {
             .parse()
             .map_err(|_| bad(format!("--hosts {:?}: expected a count or `auto`", a.hosts)))?
     };
+    if spec.hosts == 0 {
+        return Err(bad("--hosts must be at least 1"));
+    }
     let peak = w.peak_live_memory(align);
     println!(
         "workload: {} ({} VMs, {:.1} days, peak live memory {}) parsed in {load_s:.2} s",

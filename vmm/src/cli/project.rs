@@ -532,8 +532,12 @@ pub fn run(a: Args) -> CliResult {
         }
     }
     let mut replayed = Vec::new();
+    // Progress only on a terminal: scripts and tests get errors as their one line.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for c in &cells {
-        eprintln!("segvmm project: replaying {} ...", c.name());
+        if tty {
+            eprintln!("segvmm project: replaying {} ...", c.name());
+        }
         replayed.push(replay_one(c, &designs, host_mode, &a, &tlb, &dirs).map_err(Error::exit)?);
     }
 

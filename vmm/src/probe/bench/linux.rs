@@ -94,6 +94,13 @@ pub fn run(work: &WorkloadSpec, backing: Backing, kernel: &Path, initrd: &Path, 
         return Err((Status::Unavailable, report.exit_message));
     }
     let Some(r) = parse_result(&report.console_log) else {
+        // A clean power-off without a result: the initrd does not carry the workloads.
+        if report.exit_reason.is_success() {
+            return Err((
+                Status::Unavailable,
+                format!("the guest booted and powered off, but its /init printed no {RESULT_PREFIX} line: this initrd does not carry the workloads (see docs/measurement.md)"),
+            ));
+        }
         return Err((Status::Failed, format!("no {RESULT_PREFIX} line on the console; {}", report.exit_message)));
     };
     Ok(Measurement {

@@ -206,6 +206,9 @@ pub struct Results<'a> {
     pub host: &'a HostInfo,
     /// The command line that produced them.
     pub command: String,
+    /// `/proc/loadavg` before and after the matrix: other load on the host perturbs
+    /// latency-bound workloads, so the numbers carry it.
+    pub load_average: [Option<String>; 2],
     /// Every run.
     pub rows: &'a [Row],
     /// Per cell.
@@ -214,6 +217,12 @@ pub struct Results<'a> {
 
 fn write(path: &Path, s: &str) -> Result<(), Error> {
     std::fs::write(path, s).map_err(|source| Error::Io { path: path.display().to_string(), source })
+}
+
+/// The host's load averages (1, 5, 15 min), as `/proc/loadavg` gives them.
+pub fn load_average() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// Writes `results.json`.
@@ -454,7 +463,7 @@ pub(crate) mod tests {
         let h = host();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("results.json");
-        write_json(&p, &Results { host: &h, command: "segvmm bench".into(), rows: &r, summary: &s }).unwrap();
+        write_json(&p, &Results { host: &h, command: "segvmm bench".into(), load_average: [None, None], rows: &r, summary: &s }).unwrap();
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(v["rows"].as_array().map(|a| a.len()), Some(7));
         assert_eq!(v["host"]["kvm_module"], "kvm_pvm");

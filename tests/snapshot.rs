@@ -1,0 +1,228 @@
+//! Integration tests of issue #6: page-table snapshots of live guests and the projection.
+//!
+//! * a snapshot the measurement guest asks for is, entry for entry, the tables the VMM
+//!   built for it (the probe's layout knows every entry);
+//! * a snapshot over the API socket of a running guest (`segvmm run --api-socket` +
+//!   `segvmm snapshot`);
+//! * the model's GUPS and pointer-chase streams are, for the first million addresses,
+//!   the workloads' own sequences for the same seed;
+//! * `segvmm project` end to end on a small results directory, and clear one-line
+//!   errors (exit 2) for bad snapshot and results files.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{have_kvm, run, segvmm};
+use segment_mmu::snapshot::Snapshot;
+use segment_mmu::stream::StreamSpec;
+use workloads::kernels;
+
+/// The kernel's GUPS update mix (private in `workloads::kernels`; the checksum below
+/// fails if the two drift apart).
+const GUPS_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Kills the child it holds when dropped (a failing assertion must not leave a VMM).
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(path: &Path, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn api_socket_snapshot_of_a_running_guest() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("api.sock");
+    let out = d.path().join("hang.ptsnap");
+    let child = segvmm()
+        .args(["run", "--guest", "test-hang", "--quiet", "--timeout", "10", "--api-socket"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn segvmm run");
+    let _reap = Reap(child);
+    assert!(wait_for(&sock, Duration::from_secs(8)), "the API socket never appeared");
+    // The guest may still be setting up long mode right after the socket appears: retry
+    // briefly until it pages.
+    let mut last = (0, String::new(), String::new());
+    for _ in 0..40 {
+        last = run(&["snapshot", "--api-socket", sock.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        if last.0 == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, stdout, stderr) = last;
+    assert_eq!(code, 0, "stdout {stdout} stderr {stderr}");
+    assert!(stdout.contains("page-table pages") && stdout.contains("ms with the guest paused"), "{stdout}");
+    let snap = Snapshot::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(!snap.spaces.is_empty() && !snap.pages.is_empty() && snap.ram_bytes() > 0);
+    // The layout command reads it back.
+    let (code, stdout, stderr) = run(&["layout", "--snapshot", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("address space"), "{stdout}");
+}
+
+#[test]
+fn model_streams_are_the_workloads_sequences_for_a_million_addresses() {
+    const N: u64 = 1_000_000;
+    let base = workloads::protocol::DATA_VA;
+    // GUPS: the model's i-th write is element GupsIndices(seed)[i]; the kernel's own run
+    // over a buffer checksums the values it read in that order.
+    let footprint = 64u64 << 20;
+    let spec: StreamSpec = format!("gups:footprint={footprint},count={N},seed=42").parse().unwrap();
+    let mut s = spec.build(base);
+    let mut model = Vec::with_capacity(N as usize);
+    while let Some(e) = s.next_event().unwrap() {
+        model.push((e.va - base) / 8);
+    }
+    assert_eq!(model.len() as u64, N);
+    let theirs: Vec<u64> = workloads::GupsIndices::new(42, footprint / 8, N).collect();
+    assert_eq!(model, theirs, "GUPS indices differ");
+    let mut buf = vec![0u64; (footprint / 8) as usize];
+    kernels::gups_init(&mut buf);
+    let want = kernels::gups_run(&mut buf, 42, N);
+    let mut buf2 = vec![0u64; (footprint / 8) as usize];
+    kernels::gups_init(&mut buf2);
+    let mut sum = 0u64;
+    for &i in &model {
+        let v = buf2[i as usize];
+        sum = sum.wrapping_add(v);
+        buf2[i as usize] = v ^ (i | 1).wrapping_mul(GUPS_MIX);
+    }
+    assert_eq!(sum, want, "the model's GUPS order does not reproduce the kernel's checksum");
+    // Chase: the model visits base + 64·k; the kernel's buffer links element k to the
+    // next; both start at element 0. 64 MiB = 1 M elements: a full lap.
+    let spec: StreamSpec = format!("chase:footprint={footprint},count={N},seed=42").parse().unwrap();
+    let mut s = spec.build(base);
+    let mut buf = vec![0u64; (footprint / 8) as usize];
+    kernels::chase_init(&mut buf, 42);
+    let mut cur = 0u64;
+    let mut sum = 0u64;
+    for i in 0..N {
+        let e = s.next_event().unwrap().unwrap();
+        assert_eq!(e.va, base + 64 * cur, "chase step {i}");
+        sum = sum.wrapping_add(cur);
+        cur = buf[(cur * 8) as usize];
+    }
+    assert!(s.next_event().unwrap().is_none());
+    assert_eq!(sum, kernels::chase_run(&buf, N));
+}
+
+/// A small results.json (64 MiB footprint, 20k operations): chase measured natively and in the guest, THP and 2M backings.
+fn write_results(dir: &Path) {
+    let row = |env: &str, backing: &str, ns: f64| {
+        let data_va = if env == "native" { 0x7f00_0000_0000u64 } else { workloads::protocol::DATA_VA };
+        serde_json::json!({
+            "workload": "chase", "environment": env, "backing": backing,
+            "guest_pages": if env == "native" { serde_json::Value::Null } else { env.trim_start_matches("guest-").into() },
+            "footprint": 64u64 << 20, "repeat": 0, "status": "ok", "reason": null,
+            "measurement": {"seed": 5, "data_va": data_va, "ops": 20000, "ns_per_op": ns, "tsc_khz": 2000000}
+        })
+    };
+    let v = serde_json::json!({
+        "host": {"kvm_module": "kvm_pvm", "mmu_mode": "shadow", "tsc_khz": 2000000},
+        "command": "test",
+        "rows": [
+            row("native", "thp", 100.0), row("guest-4k", "thp", 160.0), row("guest-2m", "thp", 105.0),
+            row("native", "2m", 101.0), row("guest-4k", "2m", 150.0), row("guest-2m", "2m", 104.0),
+            {"workload": "chase", "environment": "guest-4k", "backing": "4k", "guest_pages": "4k", "footprint": 64u64 << 20,
+             "repeat": 0, "status": "failed", "reason": "no", "measurement": null}
+        ],
+        "summary": []
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn project_end_to_end_on_a_small_results_directory() {
+    let d = tempfile::tempdir().unwrap();
+    write_results(d.path());
+    let json = d.path().join("proj.json");
+    let svg = d.path().join("proj.svg");
+    let (code, stdout, stderr) = run(&[
+        "project",
+        "--results",
+        d.path().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--max-accesses",
+        "20000",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("MEASURED") && stdout.contains("PROJECTED") && stdout.contains("Model error"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6);
+    for r in runs {
+        for k in ["workload", "environment", "measured_ns_per_op", "projected", "model_error"] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+    }
+    let g = runs.iter().find(|r| r["environment"] == "guest-4k" && r["backing"] == "2m").unwrap();
+    for d in ["native", "nested", "nested-4k-host", "nested-2m-host", "shadow", "compromis", "dual-direct", "vmm-direct", "guest-direct", "enlarged-tdp", "dynamic-switch"] {
+        assert!(g["projected"][d].as_f64().is_some_and(|x| x > 0.0), "{d}: {g}");
+    }
+    // No snapshot was given: the tables are the guest's plan, and it says so.
+    assert_eq!(g["page_tables"]["source"], "plan");
+    // Held out: the 2M-backed runs are predicted from the THP calibration.
+    assert_eq!(g["model_error_check"], "held-out");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+}
+
+#[test]
+fn bad_snapshot_and_results_files_give_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n).to_str().unwrap().to_string();
+    let one_line = |code: i32, err: &str, want: &str| {
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(want), "expected {want:?} in {err:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    };
+    // Snapshots: garbage, truncated, missing.
+    std::fs::write(p("junk.ptsnap"), b"hello, not a snapshot").unwrap();
+    let (code, _, err) = run(&["layout", "--snapshot", &p("junk.ptsnap")]);
+    one_line(code, &err, "bad magic");
+    let good: Snapshot = "heap=16M".parse::<segment_mmu::snapshot::SyntheticSpec>().unwrap().build().unwrap();
+    let bytes = good.to_bytes();
+    std::fs::write(p("cut.ptsnap"), &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, err) = run(&["layout", "--snapshot", &p("cut.ptsnap")]);
+    one_line(code, &err, "truncated");
+    let (code, _, err) = run(&["layout", "--snapshot", &p("missing.ptsnap")]);
+    one_line(code, &err, "missing.ptsnap");
+    // Results: no directory, malformed JSON, no measured run.
+    let (code, _, err) = run(&["project", "--results", &p("nowhere")]);
+    one_line(code, &err, "results.json");
+    std::fs::write(p("results.json"), "{\"rows\": 3}").unwrap();
+    let (code, _, err) = run(&["project", "--results", d.path().to_str().unwrap()]);
+    one_line(code, &err, "not a segvmm bench results file");
+    // A run's snapshot that is corrupt is an error, not silently replaced by the plan.
+    write_results(d.path());
+    let snaps = d.path().join("snapshots");
+    std::fs::create_dir_all(&snaps).unwrap();
+    std::fs::write(snaps.join(segvmm::cli::project::snapshot_file_name("chase", "guest-4k", "thp", 64 << 20)), b"PTSNAP\r\n\x07").unwrap();
+    let (code, _, err) = run(&["project", "--results", d.path().to_str().unwrap(), "--max-accesses", "1000"]);
+    one_line(code, &err, "chase-guest-4k-thp-64M.ptsnap");
+}
