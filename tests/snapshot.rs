@@ -54,19 +54,36 @@ fn api_socket_snapshot_of_a_running_guest() {
     let sock = d.path().join("api.sock");
     let out = d.path().join("hang.ptsnap");
     let child = segvmm()
-        .args(["run", "--guest", "test-hang", "--quiet", "--timeout", "10", "--api-socket"])
+        .args([
+            "run",
+            "--guest",
+            "test-hang",
+            "--quiet",
+            "--timeout",
+            "10",
+            "--api-socket",
+        ])
         .arg(&sock)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn segvmm run");
     let _reap = Reap(child);
-    assert!(wait_for(&sock, Duration::from_secs(8)), "the API socket never appeared");
+    assert!(
+        wait_for(&sock, Duration::from_secs(8)),
+        "the API socket never appeared"
+    );
     // The guest may still be setting up long mode right after the socket appears: retry
     // briefly until it pages.
     let mut last = (0, String::new(), String::new());
     for _ in 0..40 {
-        last = run(&["snapshot", "--api-socket", sock.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        last = run(&[
+            "snapshot",
+            "--api-socket",
+            sock.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         if last.0 == 0 {
             break;
         }
@@ -74,7 +91,10 @@ fn api_socket_snapshot_of_a_running_guest() {
     }
     let (code, stdout, stderr) = last;
     assert_eq!(code, 0, "stdout {stdout} stderr {stderr}");
-    assert!(stdout.contains("page-table pages") && stdout.contains("ms with the guest paused"), "{stdout}");
+    assert!(
+        stdout.contains("page-table pages") && stdout.contains("ms with the guest paused"),
+        "{stdout}"
+    );
     let snap = Snapshot::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
     assert!(!snap.spaces.is_empty() && !snap.pages.is_empty() && snap.ram_bytes() > 0);
     // The layout command reads it back.
@@ -90,7 +110,9 @@ fn model_streams_are_the_workloads_sequences_for_a_million_addresses() {
     // GUPS: the model's i-th write is element GupsIndices(seed)[i]; the kernel's own run
     // over a buffer checksums the values it read in that order.
     let footprint = 64u64 << 20;
-    let spec: StreamSpec = format!("gups:footprint={footprint},count={N},seed=42").parse().unwrap();
+    let spec: StreamSpec = format!("gups:footprint={footprint},count={N},seed=42")
+        .parse()
+        .unwrap();
     let mut s = spec.build(base);
     let mut model = Vec::with_capacity(N as usize);
     while let Some(e) = s.next_event().unwrap() {
@@ -110,10 +132,15 @@ fn model_streams_are_the_workloads_sequences_for_a_million_addresses() {
         sum = sum.wrapping_add(v);
         buf2[i as usize] = v ^ (i | 1).wrapping_mul(GUPS_MIX);
     }
-    assert_eq!(sum, want, "the model's GUPS order does not reproduce the kernel's checksum");
+    assert_eq!(
+        sum, want,
+        "the model's GUPS order does not reproduce the kernel's checksum"
+    );
     // Chase: the model visits base + 64·k; the kernel's buffer links element k to the
     // next; both start at element 0. 64 MiB = 1 M elements: a full lap.
-    let spec: StreamSpec = format!("chase:footprint={footprint},count={N},seed=42").parse().unwrap();
+    let spec: StreamSpec = format!("chase:footprint={footprint},count={N},seed=42")
+        .parse()
+        .unwrap();
     let mut s = spec.build(base);
     let mut buf = vec![0u64; (footprint / 8) as usize];
     kernels::chase_init(&mut buf, 42);
@@ -132,7 +159,11 @@ fn model_streams_are_the_workloads_sequences_for_a_million_addresses() {
 /// A small results.json (64 MiB footprint, 20k operations): chase measured natively and in the guest, THP and 2M backings.
 fn write_results(dir: &Path) {
     let row = |env: &str, backing: &str, ns: f64| {
-        let data_va = if env == "native" { 0x7f00_0000_0000u64 } else { workloads::protocol::DATA_VA };
+        let data_va = if env == "native" {
+            0x7f00_0000_0000u64
+        } else {
+            workloads::protocol::DATA_VA
+        };
         serde_json::json!({
             "workload": "chase", "environment": env, "backing": backing,
             "guest_pages": if env == "native" { serde_json::Value::Null } else { env.trim_start_matches("guest-").into() },
@@ -172,18 +203,48 @@ fn project_end_to_end_on_a_small_results_directory() {
         "20000",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("MEASURED") && stdout.contains("PROJECTED") && stdout.contains("Model error"), "{stdout}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        stdout.contains("MEASURED")
+            && stdout.contains("PROJECTED")
+            && stdout.contains("Model error"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 6);
     for r in runs {
-        for k in ["workload", "environment", "measured_ns_per_op", "projected", "model_error"] {
+        for k in [
+            "workload",
+            "environment",
+            "measured_ns_per_op",
+            "projected",
+            "model_error",
+        ] {
             assert!(r.get(k).is_some(), "{k} missing in {r}");
         }
     }
-    let g = runs.iter().find(|r| r["environment"] == "guest-4k" && r["backing"] == "2m").unwrap();
-    for d in ["native", "nested", "nested-4k-host", "nested-2m-host", "shadow", "compromis", "dual-direct", "vmm-direct", "guest-direct", "enlarged-tdp", "dynamic-switch"] {
-        assert!(g["projected"][d].as_f64().is_some_and(|x| x > 0.0), "{d}: {g}");
+    let g = runs
+        .iter()
+        .find(|r| r["environment"] == "guest-4k" && r["backing"] == "2m")
+        .unwrap();
+    for d in [
+        "native",
+        "nested",
+        "nested-4k-host",
+        "nested-2m-host",
+        "shadow",
+        "compromis",
+        "dual-direct",
+        "vmm-direct",
+        "guest-direct",
+        "enlarged-tdp",
+        "dynamic-switch",
+    ] {
+        assert!(
+            g["projected"][d].as_f64().is_some_and(|x| x > 0.0),
+            "{d}: {g}"
+        );
     }
     // No snapshot was given: the tables are the guest's plan, and it says so.
     assert_eq!(g["page_tables"]["source"], "plan");
@@ -205,7 +266,11 @@ fn bad_snapshot_and_results_files_give_clear_errors() {
     std::fs::write(p("junk.ptsnap"), b"hello, not a snapshot").unwrap();
     let (code, _, err) = run(&["layout", "--snapshot", &p("junk.ptsnap")]);
     one_line(code, &err, "bad magic");
-    let good: Snapshot = "heap=16M".parse::<segment_mmu::snapshot::SyntheticSpec>().unwrap().build().unwrap();
+    let good: Snapshot = "heap=16M"
+        .parse::<segment_mmu::snapshot::SyntheticSpec>()
+        .unwrap()
+        .build()
+        .unwrap();
     let bytes = good.to_bytes();
     std::fs::write(p("cut.ptsnap"), &bytes[..bytes.len() / 2]).unwrap();
     let (code, _, err) = run(&["layout", "--snapshot", &p("cut.ptsnap")]);
@@ -222,7 +287,22 @@ fn bad_snapshot_and_results_files_give_clear_errors() {
     write_results(d.path());
     let snaps = d.path().join("snapshots");
     std::fs::create_dir_all(&snaps).unwrap();
-    std::fs::write(snaps.join(segvmm::cli::project::snapshot_file_name("chase", "guest-4k", "thp", 64 << 20)), b"PTSNAP\r\n\x07").unwrap();
-    let (code, _, err) = run(&["project", "--results", d.path().to_str().unwrap(), "--max-accesses", "1000"]);
+    std::fs::write(
+        snaps.join(segvmm::cli::project::snapshot_file_name(
+            "chase",
+            "guest-4k",
+            "thp",
+            64 << 20,
+        )),
+        b"PTSNAP\r\n\x07",
+    )
+    .unwrap();
+    let (code, _, err) = run(&[
+        "project",
+        "--results",
+        d.path().to_str().unwrap(),
+        "--max-accesses",
+        "1000",
+    ]);
     one_line(code, &err, "chase-guest-4k-thp-64M.ptsnap");
 }

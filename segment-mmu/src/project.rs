@@ -160,7 +160,12 @@ impl Config {
     /// The model's default latencies at `ghz`.
     pub fn new(ghz: f64) -> Self {
         let c = crate::tlb::Costs::default();
-        Self { ghz, l2_hit_cycles: c.l2_hit_cycles, base_bound_cycles: c.base_bound_cycles, prior_exit_cycles: PRIOR_EXIT_CYCLES }
+        Self {
+            ghz,
+            l2_hit_cycles: c.l2_hit_cycles,
+            base_bound_cycles: c.base_bound_cycles,
+            prior_exit_cycles: PRIOR_EXIT_CYCLES,
+        }
     }
 
     fn fixed_ns(&self, x: &Features) -> f64 {
@@ -236,11 +241,20 @@ fn check(obs: &[Observation], cfg: &Config) -> Result<(), Error> {
     }
     for o in obs {
         if !(o.measured_ns.is_finite() && o.measured_ns > 0.0) {
-            return Err(Error::BadNumber(format!("measured ns/op {} of group {}", o.measured_ns, o.group)));
+            return Err(Error::BadNumber(format!(
+                "measured ns/op {} of group {}",
+                o.measured_ns, o.group
+            )));
         }
         let f = o.features;
-        if [f.refs, f.exits, f.l2_hits, f.base_bound].iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(Error::BadNumber(format!("model counts of a {} run", o.group)));
+        if [f.refs, f.exits, f.l2_hits, f.base_bound]
+            .iter()
+            .any(|v| !v.is_finite() || *v < 0.0)
+        {
+            return Err(Error::BadNumber(format!(
+                "model counts of a {} run",
+                o.group
+            )));
         }
     }
     Ok(())
@@ -265,14 +279,23 @@ fn mean(idx: &[usize], f: impl Fn(usize) -> f64) -> f64 {
 /// Calibrates the model on `obs` (see the module docs for the equations).
 pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error> {
     check(obs, cfg)?;
-    let y1: Vec<f64> = obs.iter().map(|o| o.measured_ns - cfg.fixed_ns(&o.features)).collect();
+    let y1: Vec<f64> = obs
+        .iter()
+        .map(|o| o.measured_ns - cfg.fixed_ns(&o.features))
+        .collect();
     let gs = groups(obs);
     // Step 1: the exit cost b, with every group's own reference slope partialled out
     // (Frisch–Waugh): within each group whose R varies, regress X and y' on R and keep
     // the residuals; b is the slope of the y' residuals on the X residuals.
     let varies = |idx: &[usize]| {
-        let lo = idx.iter().map(|&i| obs[i].features.refs).fold(f64::INFINITY, f64::min);
-        let hi = idx.iter().map(|&i| obs[i].features.refs).fold(f64::NEG_INFINITY, f64::max);
+        let lo = idx
+            .iter()
+            .map(|&i| obs[i].features.refs)
+            .fold(f64::INFINITY, f64::min);
+        let hi = idx
+            .iter()
+            .map(|&i| obs[i].features.refs)
+            .fold(f64::NEG_INFINITY, f64::max);
         idx.len() >= 2 && hi - lo >= MIN_REF_SPREAD
     };
     let (mut sxx, mut sxy, mut pooled_rr, mut pooled_ry, mut pooled_rx) = (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -283,7 +306,11 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
         let ym = mean(idx, |i| y1[i]);
         let (mut s_rr, mut s_rx, mut s_ry) = (0.0, 0.0, 0.0);
         for &i in idx {
-            let (r, x, y) = (obs[i].features.refs - rm, obs[i].features.exits - xm, y1[i] - ym);
+            let (r, x, y) = (
+                obs[i].features.refs - rm,
+                obs[i].features.exits - xm,
+                y1[i] - ym,
+            );
             s_rr += r * r;
             s_rx += r * x;
             s_ry += r * y;
@@ -318,7 +345,11 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
     // With b known, the shared slope of the groups that determine one.
     let pooled = ((pooled_ry - b * pooled_rx) / pooled_rr).max(0.0);
     // Steps 2 and 3: per-group slope and intercept.
-    let y2: Vec<f64> = obs.iter().zip(&y1).map(|(o, y)| y - b * o.features.exits).collect();
+    let y2: Vec<f64> = obs
+        .iter()
+        .zip(&y1)
+        .map(|(o, y)| y - b * o.features.exits)
+        .collect();
     let mut fits = Vec::new();
     for (name, idx) in &gs {
         let rm = mean(idx, |i| obs[i].features.refs);
@@ -358,7 +389,13 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
         rms_residual_ns: 0.0,
         runs: obs.len(),
     };
-    let ss: f64 = obs.iter().filter_map(|o| cal.predict(&o.group, &o.features).map(|p| (p - o.measured_ns).powi(2))).sum();
+    let ss: f64 = obs
+        .iter()
+        .filter_map(|o| {
+            cal.predict(&o.group, &o.features)
+                .map(|p| (p - o.measured_ns).powi(2))
+        })
+        .sum();
     cal.rms_residual_ns = (ss / obs.len() as f64).sqrt();
     Ok(cal)
 }
@@ -373,7 +410,12 @@ impl Calibration {
     /// `None` when the calibration saw no run of that group (its ideal time is unknown).
     pub fn predict(&self, group: &str, x: &Features) -> Option<f64> {
         let g = self.group(group)?;
-        Some(g.ideal_ns_per_op + g.ns_per_ref * x.refs + self.ns_per_exit * x.exits + self.config.fixed_ns(x))
+        Some(
+            g.ideal_ns_per_op
+                + g.ns_per_ref * x.refs
+                + self.ns_per_exit * x.exits
+                + self.config.fixed_ns(x),
+        )
     }
 
     /// The translation part of [`Calibration::predict`], ns/op.
@@ -408,30 +450,51 @@ pub struct Checked {
 /// `true` (held out); runs in the calibration split are checked leave-one-out within
 /// that split. `None` where the run cannot be checked (its group has no other run in
 /// the calibration, or that calibration is not identifiable).
-pub fn checked_errors(obs: &[Observation], in_calibration: &[bool], cfg: &Config) -> Vec<Option<Checked>> {
-    let split: Vec<Observation> = obs.iter().zip(in_calibration).filter(|(_, &c)| c).map(|(o, _)| o.clone()).collect();
+pub fn checked_errors(
+    obs: &[Observation],
+    in_calibration: &[bool],
+    cfg: &Config,
+) -> Vec<Option<Checked>> {
+    let split: Vec<Observation> = obs
+        .iter()
+        .zip(in_calibration)
+        .filter(|(_, &c)| c)
+        .map(|(o, _)| o.clone())
+        .collect();
     let main = calibrate(&split, cfg).ok();
     let mut split_at = 0usize;
     obs.iter()
         .zip(in_calibration)
         .map(|(o, &c)| {
             let (cal, check) = if c {
-                let rest: Vec<Observation> =
-                    split.iter().enumerate().filter(|&(j, _)| j != split_at).map(|(_, x)| x.clone()).collect();
+                let rest: Vec<Observation> = split
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != split_at)
+                    .map(|(_, x)| x.clone())
+                    .collect();
                 split_at += 1;
                 (calibrate(&rest, cfg).ok(), Check::LeaveOneOut)
             } else {
                 (main.clone(), Check::HeldOut)
             };
             let p = cal?.predict(&o.group, &o.features)?;
-            Some(Checked { predicted_ns: p, relative_error: (p - o.measured_ns) / o.measured_ns, check })
+            Some(Checked {
+                predicted_ns: p,
+                relative_error: (p - o.measured_ns) / o.measured_ns,
+                check,
+            })
         })
         .collect()
 }
 
 /// Mean and largest absolute relative error of the checked runs.
 pub fn error_summary(errors: &[Option<Checked>]) -> Option<(f64, f64, usize)> {
-    let v: Vec<f64> = errors.iter().flatten().map(|c| c.relative_error.abs()).collect();
+    let v: Vec<f64> = errors
+        .iter()
+        .flatten()
+        .map(|c| c.relative_error.abs())
+        .collect();
     if v.is_empty() {
         return None;
     }
@@ -444,11 +507,25 @@ mod tests {
     use super::*;
 
     fn obs(g: &str, refs: f64, exits: f64, y: f64) -> Observation {
-        Observation { group: g.into(), measured_ns: y, features: Features { refs, exits, l2_hits: 0.0, base_bound: 0.0 } }
+        Observation {
+            group: g.into(),
+            measured_ns: y,
+            features: Features {
+                refs,
+                exits,
+                l2_hits: 0.0,
+                base_bound: 0.0,
+            },
+        }
     }
 
     fn cfg() -> Config {
-        Config { ghz: 2.0, l2_hit_cycles: 0.0, base_bound_cycles: 0.0, prior_exit_cycles: 2000.0 }
+        Config {
+            ghz: 2.0,
+            l2_hit_cycles: 0.0,
+            base_bound_cycles: 0.0,
+            prior_exit_cycles: 2000.0,
+        }
     }
 
     #[test]
@@ -468,12 +545,26 @@ mod tests {
         assert_eq!(c.exit_cost, Source::Calibrated);
         assert!((c.cycles_per_exit - 3000.0).abs() < 1e-6, "{c:?}");
         let a = c.group("A").unwrap();
-        assert!((a.ideal_ns_per_op - 100.0).abs() < 1e-9 && (a.cycles_per_ref - 40.0).abs() < 1e-9, "{a:?}");
+        assert!(
+            (a.ideal_ns_per_op - 100.0).abs() < 1e-9 && (a.cycles_per_ref - 40.0).abs() < 1e-9,
+            "{a:?}"
+        );
         let b = c.group("B").unwrap();
-        assert!((b.ideal_ns_per_op - 10.0).abs() < 1e-9 && (b.cycles_per_ref - 4.0).abs() < 1e-9, "{b:?}");
+        assert!(
+            (b.ideal_ns_per_op - 10.0).abs() < 1e-9 && (b.cycles_per_ref - 4.0).abs() < 1e-9,
+            "{b:?}"
+        );
         assert!(c.rms_residual_ns < 1e-9);
         // Projection of a design with 24 refs and 0 exits for A: 100 + 20*24.
-        let p = c.predict("A", &Features { refs: 24.0, ..Default::default() }).unwrap();
+        let p = c
+            .predict(
+                "A",
+                &Features {
+                    refs: 24.0,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert!((p - 580.0).abs() < 1e-9);
         assert_eq!(c.predict("C", &Features::default()), None);
         // Every check is exact on noiseless data.
@@ -493,7 +584,16 @@ mod tests {
         let g = c.group("A").unwrap();
         assert!((g.ns_per_ref - 10.0).abs() < 1e-9 && (g.ideal_ns_per_op - 100.0).abs() < 1e-9);
         // Projecting exits uses the prior: 1000 ns per exit at 2 GHz.
-        let p = c.predict("A", &Features { refs: 1.0, exits: 0.5, ..Default::default() }).unwrap();
+        let p = c
+            .predict(
+                "A",
+                &Features {
+                    refs: 1.0,
+                    exits: 0.5,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert!((p - (110.0 + 500.0)).abs() < 1e-9);
     }
 
@@ -535,7 +635,8 @@ mod tests {
         o2[3].measured_ns = 220.0;
         let e = checked_errors(&o2, &[true, true, true, false], &cfg())[3].unwrap();
         assert!((e.relative_error - (200.0 / 220.0 - 1.0)).abs() < 1e-9);
-        let (mean, max, n) = error_summary(&checked_errors(&o2, &[true, true, true, false], &cfg())).unwrap();
+        let (mean, max, n) =
+            error_summary(&checked_errors(&o2, &[true, true, true, false], &cfg())).unwrap();
         assert_eq!(n, 4);
         assert!(max >= mean && (max - (1.0 - 200.0 / 220.0)).abs() < 1e-9);
     }
@@ -543,11 +644,24 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors_not_panics() {
         assert_eq!(calibrate(&[], &cfg()), Err(Error::NoRuns));
-        assert!(matches!(calibrate(&[obs("A", 1.0, 0.0, f64::NAN)], &cfg()), Err(Error::BadNumber(_))));
-        assert!(matches!(calibrate(&[obs("A", 1.0, 0.0, 5.0)], &Config { ghz: 0.0, ..cfg() }), Err(Error::BadNumber(_))));
-        assert_eq!(calibrate(&[obs("A", 1.0, 0.0, 5.0), obs("A", 1.0, 0.0, 6.0)], &cfg()), Err(Error::Unidentifiable));
+        assert!(matches!(
+            calibrate(&[obs("A", 1.0, 0.0, f64::NAN)], &cfg()),
+            Err(Error::BadNumber(_))
+        ));
+        assert!(matches!(
+            calibrate(&[obs("A", 1.0, 0.0, 5.0)], &Config { ghz: 0.0, ..cfg() }),
+            Err(Error::BadNumber(_))
+        ));
+        assert_eq!(
+            calibrate(&[obs("A", 1.0, 0.0, 5.0), obs("A", 1.0, 0.0, 6.0)], &cfg()),
+            Err(Error::Unidentifiable)
+        );
         // A group with one run cannot be checked leave-one-out.
-        let e = checked_errors(&[obs("A", 1.0, 0.0, 5.0), obs("A", 2.0, 0.0, 6.0)], &[true, true], &cfg());
+        let e = checked_errors(
+            &[obs("A", 1.0, 0.0, 5.0), obs("A", 2.0, 0.0, 6.0)],
+            &[true, true],
+            &cfg(),
+        );
         assert!(e.iter().all(Option::is_none));
     }
 
@@ -573,11 +687,28 @@ mod tests {
             switching: None,
         };
         let f = Features::from_report(&r).unwrap();
-        assert_eq!((f.refs, f.l2_hits, f.exits, f.base_bound), (4.0, 0.2, 0.01, 0.1));
-        let warm = DesignReport { accesses: 10, faults: 10, refs: 100, vm_exits: 1, l2_hits: 0, base_bound_ops: 0, ..r.clone() };
+        assert_eq!(
+            (f.refs, f.l2_hits, f.exits, f.base_bound),
+            (4.0, 0.2, 0.01, 0.1)
+        );
+        let warm = DesignReport {
+            accesses: 10,
+            faults: 10,
+            refs: 100,
+            vm_exits: 1,
+            l2_hits: 0,
+            base_bound_ops: 0,
+            ..r.clone()
+        };
         let s = Features::steady(&warm, &r).unwrap();
-        assert_eq!((s.refs, s.exits, s.l2_hits, s.base_bound), (3.0, 0.0, 0.2, 0.1));
+        assert_eq!(
+            (s.refs, s.exits, s.l2_hits, s.base_bound),
+            (3.0, 0.0, 0.2, 0.1)
+        );
         assert_eq!(Features::steady(&r, &warm), None);
-        assert_eq!(Features::from_report(&DesignReport { accesses: 10, ..r }), None);
+        assert_eq!(
+            Features::from_report(&DesignReport { accesses: 10, ..r }),
+            None
+        );
     }
 }

@@ -425,6 +425,12 @@ impl WalkCaches {
         })
     }
 
+    /// True when every level is disabled.
+    #[inline]
+    pub fn is_disabled(&self) -> bool {
+        !self.any
+    }
+
     /// For a walk from `top` down to a leaf at `leaf_level`, returns the level of the
     /// first entry that must be read from memory: the lowest cached non-leaf entry's
     /// level minus one, or `top` when nothing is cached. Then records every non-leaf

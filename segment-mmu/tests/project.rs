@@ -10,17 +10,37 @@ use segment_mmu::stream::StreamSpec;
 use segment_mmu::tlb::TlbConfig;
 
 /// Steady-state features of `designs` for `stream` over `synth` (warm-up = count).
-fn features(synth: &str, stream: &str, tlb: TlbConfig, designs: &[DesignKind]) -> Vec<(String, Features)> {
+fn features(
+    synth: &str,
+    stream: &str,
+    tlb: TlbConfig,
+    designs: &[DesignKind],
+) -> Vec<(String, Features)> {
     let snap = synth.parse::<SyntheticSpec>().unwrap().build().unwrap();
-    let env = Env::new(&snap, 0, ModelConfig { tlb, ..ModelConfig::default() }).unwrap();
+    let env = Env::new(
+        &snap,
+        0,
+        ModelConfig {
+            tlb,
+            ..ModelConfig::default()
+        },
+    )
+    .unwrap();
     let base = env.guest_segment.unwrap().base;
     let spec: StreamSpec = stream.parse().unwrap();
     let run = |count: u64| -> Vec<DesignReport> {
-        let mut s = StreamSpec { count, ..spec.clone() }.build(base);
+        let mut s = StreamSpec {
+            count,
+            ..spec.clone()
+        }
+        .build(base);
         replay(&env, &mut s, designs, None).unwrap()
     };
     let (warm, full) = (run(spec.count), run(2 * spec.count));
-    warm.iter().zip(&full).map(|(w, f)| (f.name.clone(), Features::steady(w, f).unwrap())).collect()
+    warm.iter()
+        .zip(&full)
+        .map(|(w, f)| (f.name.clone(), Features::steady(w, f).unwrap()))
+        .collect()
 }
 
 fn get(v: &[(String, Features)], n: &str) -> Features {
@@ -32,22 +52,48 @@ fn without_tlbs_the_projection_is_the_textbook_walk_count() {
     // TLBs and walk caches off: every access walks; native 4K = 4 references, 2M = 3,
     // nested 4K over 4K = 24, nested 2M over 2M = 15.
     let d = [DesignKind::Native, DesignKind::Nested];
-    let small = features("heap=64M,pages=4k,host=4k", "gups:footprint=64M,count=20k", TlbConfig::none(), &d);
-    let big = features("heap=64M,pages=2m,host=2m", "gups:footprint=64M,count=20k", TlbConfig::none(), &d);
+    let small = features(
+        "heap=64M,pages=4k,host=4k",
+        "gups:footprint=64M,count=20k",
+        TlbConfig::none(),
+        &d,
+    );
+    let big = features(
+        "heap=64M,pages=2m,host=2m",
+        "gups:footprint=64M,count=20k",
+        TlbConfig::none(),
+        &d,
+    );
     assert_eq!(get(&small, "native").refs, 4.0);
     assert_eq!(get(&big, "native").refs, 3.0);
     assert_eq!(get(&small, "nested").refs, 24.0);
     assert_eq!(get(&big, "nested").refs, 15.0);
     // Truth: ideal 50 ns/op, 100 cycles per reference at 2.5 GHz = 40 ns per reference.
-    let cfg = Config { ghz: 2.5, l2_hit_cycles: 0.0, base_bound_cycles: 0.0, prior_exit_cycles: 2000.0 };
+    let cfg = Config {
+        ghz: 2.5,
+        l2_hit_cycles: 0.0,
+        base_bound_cycles: 0.0,
+        prior_exit_cycles: 2000.0,
+    };
     let t = |f: Features| 50.0 + 40.0 * f.refs;
     let obs = vec![
-        Observation { group: "gups".into(), measured_ns: t(get(&small, "native")), features: get(&small, "native") },
-        Observation { group: "gups".into(), measured_ns: t(get(&big, "native")), features: get(&big, "native") },
+        Observation {
+            group: "gups".into(),
+            measured_ns: t(get(&small, "native")),
+            features: get(&small, "native"),
+        },
+        Observation {
+            group: "gups".into(),
+            measured_ns: t(get(&big, "native")),
+            features: get(&big, "native"),
+        },
     ];
     let cal = project::calibrate(&obs, &cfg).unwrap();
     let g = cal.group("gups").unwrap();
-    assert!((g.cycles_per_ref - 100.0).abs() < 1e-9 && (g.ideal_ns_per_op - 50.0).abs() < 1e-9, "{g:?}");
+    assert!(
+        (g.cycles_per_ref - 100.0).abs() < 1e-9 && (g.ideal_ns_per_op - 50.0).abs() < 1e-9,
+        "{g:?}"
+    );
     assert_eq!(cal.exit_cost, Source::Assumed);
     // Projected nested 4K/4K: 50 + 24 × 40 = 1010 ns; 2M/2M: 50 + 15 × 40 = 650 ns.
     assert!((cal.predict("gups", &get(&small, "nested")).unwrap() - 1010.0).abs() < 1e-9);
@@ -62,16 +108,48 @@ fn with_tlbs_the_projection_predicts_a_held_out_run_exactly() {
     // projection equals the truth evaluated on its own counts.
     let all = DesignKind::ALL;
     let stream = "chase:footprint=32M,count=200k,seed=7";
-    let f4 = features("heap=32M,pages=4k,host=4k", stream, TlbConfig::intel(), &all);
-    let f2 = features("heap=32M,pages=2m,host=2m", stream, TlbConfig::intel(), &all);
-    let fm = features("heap=32M,pages=2m:0.5,host=2m", stream, TlbConfig::intel(), &all);
+    let f4 = features(
+        "heap=32M,pages=4k,host=4k",
+        stream,
+        TlbConfig::intel(),
+        &all,
+    );
+    let f2 = features(
+        "heap=32M,pages=2m,host=2m",
+        stream,
+        TlbConfig::intel(),
+        &all,
+    );
+    let fm = features(
+        "heap=32M,pages=2m:0.5,host=2m",
+        stream,
+        TlbConfig::intel(),
+        &all,
+    );
     let cfg = Config::new(2.0);
     let truth = |f: &Features| {
-        120.0 + (60.0 * f.refs + 3000.0 * f.exits + cfg.l2_hit_cycles * f.l2_hits + cfg.base_bound_cycles * f.base_bound) / 2.0
+        120.0
+            + (60.0 * f.refs
+                + 3000.0 * f.exits
+                + cfg.l2_hit_cycles * f.l2_hits
+                + cfg.base_bound_cycles * f.base_bound)
+                / 2.0
     };
-    let mk = |f: Features| Observation { group: "chase".into(), measured_ns: truth(&f), features: f };
-    let obs = vec![mk(get(&f2, "shadow")), mk(get(&fm, "shadow")), mk(get(&f4, "shadow")), mk(get(&f2, "native"))];
-    assert!(get(&f4, "shadow").refs - get(&f2, "shadow").refs > 0.1, "the 4K run must walk more: {obs:?}");
+    let mk = |f: Features| Observation {
+        group: "chase".into(),
+        measured_ns: truth(&f),
+        features: f,
+    };
+    let obs = vec![
+        mk(get(&f2, "shadow")),
+        mk(get(&fm, "shadow")),
+        mk(get(&f4, "shadow")),
+        mk(get(&f2, "native")),
+    ];
+    assert!(
+        get(&f4, "shadow").refs - get(&f2, "shadow").refs > 0.1,
+        "the 4K run must walk more: {obs:?}"
+    );
     let checks = project::checked_errors(&obs, &[true, true, false, true], &cfg);
     let held = checks[2].unwrap();
     assert_eq!(held.check, Check::HeldOut);

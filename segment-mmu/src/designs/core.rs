@@ -368,11 +368,15 @@ impl Core {
     #[inline]
     pub fn host_walk(&mut self, env: &Env, gpa: u64) -> Option<Cost> {
         let hp = env.host.page_size(gpa)?;
+        let leaf = hp.leaf_level();
+        if self.ntlb.is_disabled() && self.npwc.is_disabled() {
+            // Nothing cached in the host dimension: the whole walk, no probes.
+            return Some(((env.host_levels - leaf + 1) as u32, 0));
+        }
         let key = tlb_key(gpa, hp, u16::MAX);
         if self.ntlb.lookup(key) {
             return Some((0, 0));
         }
-        let leaf = hp.leaf_level();
         let start = self.npwc.start_level(gpa, env.host_levels, leaf);
         self.ntlb.insert(key);
         Some(((start - leaf + 1) as u32, 0))

@@ -121,8 +121,16 @@ impl Error {
 }
 
 /// The snapshot file name of a run: `chase-guest-4k-thp-256M.ptsnap`.
-pub fn snapshot_file_name(workload: &str, environment: &str, backing: &str, footprint: u64) -> String {
-    format!("{workload}-{environment}-{backing}-{}M.ptsnap", footprint >> 20)
+pub fn snapshot_file_name(
+    workload: &str,
+    environment: &str,
+    backing: &str,
+    footprint: u64,
+) -> String {
+    format!(
+        "{workload}-{environment}-{backing}-{}M.ptsnap",
+        footprint >> 20
+    )
 }
 
 /// The parts of results.json the projection reads.
@@ -177,7 +185,13 @@ struct Cell {
 
 impl Cell {
     fn name(&self) -> String {
-        format!("{} {} backing {} {} MiB", self.workload, self.environment, self.backing, self.footprint >> 20)
+        format!(
+            "{} {} backing {} {} MiB",
+            self.workload,
+            self.environment,
+            self.backing,
+            self.footprint >> 20
+        )
     }
     fn group(&self) -> String {
         format!("{}/{}M", self.workload, self.footprint >> 20)
@@ -208,11 +222,21 @@ struct Replayed {
 }
 
 fn parse_results(path: &Path) -> Result<ResultsIn, Error> {
-    let e = |why: String| Error::Results { path: path.display().to_string(), why };
+    let e = |why: String| Error::Results {
+        path: path.display().to_string(),
+        why,
+    };
     let text = std::fs::read_to_string(path).map_err(|err| e(err.to_string()))?;
-    let r: ResultsIn = serde_json::from_str(&text).map_err(|err| e(format!("not a segvmm bench results file ({err})")))?;
-    if !r.rows.iter().any(|row| row.status == "ok" && row.measurement.is_some()) {
-        return Err(e("no measured run (every row failed or is unavailable)".into()));
+    let r: ResultsIn = serde_json::from_str(&text)
+        .map_err(|err| e(format!("not a segvmm bench results file ({err})")))?;
+    if !r
+        .rows
+        .iter()
+        .any(|row| row.status == "ok" && row.measurement.is_some())
+    {
+        return Err(e(
+            "no measured run (every row failed or is unavailable)".into()
+        ));
     }
     Ok(r)
 }
@@ -222,7 +246,10 @@ fn parse_results(path: &Path) -> Result<ResultsIn, Error> {
 fn cells(rows: &[RowIn], skipped: &mut Vec<String>) -> Vec<Cell> {
     let mut order: Vec<(String, String, String, u64)> = Vec::new();
     let mut groups: BTreeMap<(String, String, String, u64), Vec<&RowIn>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.status == "ok" && r.measurement.is_some()) {
+    for r in rows
+        .iter()
+        .filter(|r| r.status == "ok" && r.measurement.is_some())
+    {
         if stream_kind(&r.workload).is_none() {
             let note = format!("{}: no model stream for this workload (only chase and gups are replayed); not projected", r.workload);
             if !skipped.contains(&note) {
@@ -230,7 +257,12 @@ fn cells(rows: &[RowIn], skipped: &mut Vec<String>) -> Vec<Cell> {
             }
             continue;
         }
-        let k = (r.workload.clone(), r.environment.clone(), r.backing.clone(), r.footprint);
+        let k = (
+            r.workload.clone(),
+            r.environment.clone(),
+            r.backing.clone(),
+            r.footprint,
+        );
         if !groups.contains_key(&k) {
             order.push(k.clone());
         }
@@ -241,7 +273,11 @@ fn cells(rows: &[RowIn], skipped: &mut Vec<String>) -> Vec<Cell> {
         .filter_map(|k| {
             let g = &groups[&k];
             let ms: Vec<&MeasurementIn> = g.iter().filter_map(|r| r.measurement.as_ref()).collect();
-            let mut v: Vec<f64> = ms.iter().map(|m| m.ns_per_op).filter(|x| x.is_finite() && *x > 0.0).collect();
+            let mut v: Vec<f64> = ms
+                .iter()
+                .map(|m| m.ns_per_op)
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .collect();
             v.sort_by(f64::total_cmp);
             let med = crate::probe::bench::output::median(&v)?;
             let first = ms.first()?;
@@ -290,95 +326,206 @@ fn guest_pages(environment: &str) -> Option<PageSize> {
 }
 
 fn read_snapshot(path: &Path) -> Result<Snapshot, Error> {
-    let e = |why: String| Error::Snapshot { path: path.display().to_string(), why };
+    let e = |why: String| Error::Snapshot {
+        path: path.display().to_string(),
+        why,
+    };
     let bytes = std::fs::read(path).map_err(|err| e(err.to_string()))?;
     Snapshot::from_bytes(&bytes).map_err(|err| e(err.to_string()))
 }
 
 /// The measurement guest's tables for `cell`, rebuilt from its plan, as a snapshot.
 fn plan_snapshot(cell: &Cell, pages: PageSize, host_page: u64) -> Result<Snapshot, Error> {
-    let err = |why: String| Error::Run { run: cell.name(), why };
-    let workload = Workload::from_name(&cell.workload).ok_or_else(|| err("unknown workload".into()))?;
-    let spec = GuestSpec { work: WorkloadSpec { workload, footprint: cell.footprint, seed: cell.seed, count: Some(cell.ops) }, guest_pages: pages };
+    let err = |why: String| Error::Run {
+        run: cell.name(),
+        why,
+    };
+    let workload =
+        Workload::from_name(&cell.workload).ok_or_else(|| err("unknown workload".into()))?;
+    let spec = GuestSpec {
+        work: WorkloadSpec {
+            workload,
+            footprint: cell.footprint,
+            seed: cell.seed,
+            count: Some(cell.ops),
+        },
+        guest_pages: pages,
+    };
     let plan = GuestPlan::new(spec).map_err(|e| err(e.to_string()))?;
     let mut store = PageStore::new();
     for t in &plan.tables.tables {
         store.insert(t.gpa, *t.entries);
     }
-    let range = |gpa_start: u64, len: u64| RamRange { gpa_start, len, host_va: 0, host_page_size: host_page, runs: None };
+    let range = |gpa_start: u64, len: u64| RamRange {
+        gpa_start,
+        len,
+        host_va: 0,
+        host_page_size: host_page,
+        runs: None,
+    };
     let ram = if plan.ram_size <= MMIO_HOLE_START {
         vec![range(0, plan.ram_size)]
     } else {
-        vec![range(0, MMIO_HOLE_START), range(MMIO_HOLE_END, plan.ram_size - MMIO_HOLE_START)]
+        vec![
+            range(0, MMIO_HOLE_START),
+            range(MMIO_HOLE_END, plan.ram_size - MMIO_HOLE_START),
+        ]
     };
     // The guest's CR4 (PAE, OSFXSR, OSXMMEXCPT) and EFER (LME, LMA): see probe::guest.
     let mut snap = Snapshot {
         mode: PagingMode::Level4,
         cr4: (1 << 5) | (1 << 9) | (1 << 10),
         efer: (1 << 8) | (1 << 10),
-        spaces: vec![AddressSpace { cr3: plan.tables.cr3, label: "probe".into() }],
+        spaces: vec![AddressSpace {
+            cr3: plan.tables.cr3,
+            label: "probe".into(),
+        }],
         ram,
         pages: store,
     };
-    snap.validate().map_err(|e| err(format!("rebuilt tables: {e}")))?;
+    snap.validate()
+        .map_err(|e| err(format!("rebuilt tables: {e}")))?;
     snap.optimize();
     Ok(snap)
 }
 
 /// The native buffer as a synthetic address space in the backing's page size.
 fn native_snapshot(cell: &Cell, host_page: u64) -> Result<(Snapshot, String), Error> {
-    let err = |why: String| Error::Run { run: cell.name(), why };
+    let err = |why: String| Error::Run {
+        run: cell.name(),
+        why,
+    };
     let large = MmuPageSize::at_most(host_page);
     let spec = SyntheticSpec {
         heap: cell.footprint,
         large,
-        large_fraction: if large == MmuPageSize::Size4K { 0.0 } else { 1.0 },
+        large_fraction: if large == MmuPageSize::Size4K {
+            0.0
+        } else {
+            1.0
+        },
         base: cell.data_va,
         host_page,
         ..SyntheticSpec::default()
     };
-    let detail = format!("heap={},pages={},base={:#x}", cell.footprint, cell.backing, cell.data_va);
+    let detail = format!(
+        "heap={},pages={},base={:#x}",
+        cell.footprint, cell.backing, cell.data_va
+    );
     Ok((spec.build().map_err(|e| err(e.to_string()))?, detail))
 }
 
 /// Finds and loads the page tables of `cell`.
-fn tables_for(cell: &Cell, dirs: &[PathBuf], results_dir: &Path) -> Result<(Snapshot, TablesSource), Error> {
-    let err = |why: String| Error::Run { run: cell.name(), why };
-    let host_page = backing_page(&cell.backing).ok_or_else(|| err(format!("unknown backing {:?}", cell.backing)))?;
+fn tables_for(
+    cell: &Cell,
+    dirs: &[PathBuf],
+    results_dir: &Path,
+) -> Result<(Snapshot, TablesSource), Error> {
+    let err = |why: String| Error::Run {
+        run: cell.name(),
+        why,
+    };
+    let host_page = backing_page(&cell.backing)
+        .ok_or_else(|| err(format!("unknown backing {:?}", cell.backing)))?;
     if cell.environment == "native" {
         let (s, detail) = native_snapshot(cell, host_page)?;
-        return Ok((s, TablesSource { source: "synthetic", detail }));
+        return Ok((
+            s,
+            TablesSource {
+                source: "synthetic",
+                detail,
+            },
+        ));
     }
-    let pages = guest_pages(&cell.environment).ok_or_else(|| err(format!("environment {:?} cannot be modelled", cell.environment)))?;
+    let pages = guest_pages(&cell.environment).ok_or_else(|| {
+        err(format!(
+            "environment {:?} cannot be modelled",
+            cell.environment
+        ))
+    })?;
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = &cell.snapshot {
         let p = PathBuf::from(p);
-        candidates.push(if p.is_relative() { results_dir.join(p) } else { p });
+        candidates.push(if p.is_relative() {
+            results_dir.join(p)
+        } else {
+            p
+        });
     }
-    let name = snapshot_file_name(&cell.workload, &cell.environment, &cell.backing, cell.footprint);
+    let name = snapshot_file_name(
+        &cell.workload,
+        &cell.environment,
+        &cell.backing,
+        cell.footprint,
+    );
     candidates.extend(dirs.iter().map(|d| d.join(&name)));
     if let Some(p) = candidates.into_iter().find(|p| p.exists()) {
         let s = read_snapshot(&p)?;
-        return Ok((s, TablesSource { source: "snapshot", detail: p.display().to_string() }));
+        return Ok((
+            s,
+            TablesSource {
+                source: "snapshot",
+                detail: p.display().to_string(),
+            },
+        ));
     }
     let s = plan_snapshot(cell, pages, host_page)?;
-    Ok((s, TablesSource { source: "plan", detail: "no snapshot found: the tables the VMM built, rebuilt from the guest's plan".into() }))
+    Ok((
+        s,
+        TablesSource {
+            source: "plan",
+            detail: "no snapshot found: the tables the VMM built, rebuilt from the guest's plan"
+                .into(),
+        },
+    ))
+}
+
+/// Warm-up accesses before counting: at least the counted ones, and 8 per 4 KiB page of
+/// the footprint (a random stream then leaves e^-8 ≈ 0.03% of pages untouched, so the
+/// shadow table and the TLBs are in steady state, as in the measured warm loop), at
+/// most 16 M.
+fn warm_up(footprint: u64, n: u64) -> u64 {
+    n.max((8 * (footprint / 4096)).min(16 << 20))
 }
 
 /// Replays the cell's stream through `designs` over `snap` twice: its first W accesses
-/// (warm-up) and its first W+N (N = the run's operations capped at `max`, W = N), and
-/// returns (warm-up, full) report pairs: [`Features::steady`] takes the difference.
-fn replay_cell(cell: &Cell, snap: &Snapshot, designs: &[DesignKind], tlb: &TlbConfig, max: u64) -> Result<Vec<(DesignReport, DesignReport)>, Error> {
-    let err = |why: String| Error::Run { run: cell.name(), why };
+/// (warm-up, [`warm_up`]) and its first W+N (N = the run's operations capped at `max`),
+/// and returns (warm-up, full) report pairs: [`Features::steady`] takes the difference.
+fn replay_cell(
+    cell: &Cell,
+    snap: &Snapshot,
+    designs: &[DesignKind],
+    tlb: &TlbConfig,
+    max: u64,
+) -> Result<Vec<(DesignReport, DesignReport)>, Error> {
+    let err = |why: String| Error::Run {
+        run: cell.name(),
+        why,
+    };
     let kind = stream_kind(&cell.workload).ok_or_else(|| err("no model stream".into()))?;
-    let env = Env::new(snap, 0, ModelConfig { tlb: tlb.clone(), ..ModelConfig::default() }).map_err(|e| err(e.to_string()))?;
+    let env = Env::new(
+        snap,
+        0,
+        ModelConfig {
+            tlb: tlb.clone(),
+            ..ModelConfig::default()
+        },
+    )
+    .map_err(|e| err(e.to_string()))?;
     let n = cell.ops.min(max).max(1);
     let run = |count: u64| -> Result<Vec<DesignReport>, Error> {
-        let spec = StreamSpec { kind, footprint: cell.footprint, count, seed: cell.seed, base: Some(cell.data_va) };
+        let spec = StreamSpec {
+            kind,
+            footprint: cell.footprint,
+            count,
+            seed: cell.seed,
+            base: Some(cell.data_va),
+        };
         let mut stream = spec.build(cell.data_va);
         replay(&env, &mut stream, designs, None).map_err(|e| err(e.to_string()))
     };
-    let (warm, full) = (run(n)?, run(2 * n)?);
+    let w = warm_up(cell.footprint, n);
+    let (warm, full) = (run(w)?, run(w + n)?);
     if let Some(r) = full.iter().find(|r| r.faults * 100 > r.accesses) {
         return Err(err(format!(
             "{} of {} replayed accesses fault in these page tables: the snapshot does not map the run's buffer at {:#x}",
@@ -399,37 +546,68 @@ fn with_host_page(snap: &Snapshot, page: u64) -> Snapshot {
 /// Replays one cell: native runs through the native design, guest runs through every
 /// selected design plus the one modelling the host's mode, and nested with 4 KiB and
 /// 2 MiB host pages.
-fn replay_one(cell: &Cell, designs: &[DesignKind], host_mode: DesignKind, a: &Args, tlb: &TlbConfig, dirs: &[PathBuf]) -> Result<Replayed, Error> {
+fn replay_one(
+    cell: &Cell,
+    designs: &[DesignKind],
+    host_mode: DesignKind,
+    a: &Args,
+    tlb: &TlbConfig,
+    dirs: &[PathBuf],
+) -> Result<Replayed, Error> {
     let (snap, tables) = tables_for(cell, dirs, &a.results)?;
-    let steady = |pairs: Vec<(DesignReport, DesignReport)>, rename: Option<&str>| -> Result<Vec<(String, Features, u64)>, Error> {
+    let steady = |pairs: Vec<(DesignReport, DesignReport)>,
+                  rename: Option<&str>|
+     -> Result<Vec<(String, Features, u64)>, Error> {
         pairs
             .into_iter()
             .map(|(w, f)| {
-                let x = Features::steady(&w, &f).ok_or_else(|| Error::Run { run: cell.name(), why: format!("{}: nothing replayed", f.name) })?;
-                Ok((rename.map_or(f.name.clone(), str::to_string), x, f.accesses - w.accesses))
+                let x = Features::steady(&w, &f).ok_or_else(|| Error::Run {
+                    run: cell.name(),
+                    why: format!("{}: nothing replayed", f.name),
+                })?;
+                Ok((
+                    rename.map_or(f.name.clone(), str::to_string),
+                    x,
+                    f.accesses - w.accesses,
+                ))
             })
             .collect()
     };
     let mut out = Vec::new();
     let measured_as = if cell.environment == "native" {
-        out.extend(steady(replay_cell(cell, &snap, &[DesignKind::Native], tlb, a.max_accesses)?, None)?);
+        out.extend(steady(
+            replay_cell(cell, &snap, &[DesignKind::Native], tlb, a.max_accesses)?,
+            None,
+        )?);
         "native".to_string()
     } else {
         let mut ds = designs.to_vec();
         if !ds.contains(&host_mode) {
             ds.push(host_mode);
         }
-        out.extend(steady(replay_cell(cell, &snap, &ds, tlb, a.max_accesses)?, None)?);
+        out.extend(steady(
+            replay_cell(cell, &snap, &ds, tlb, a.max_accesses)?,
+            None,
+        )?);
         if designs.contains(&DesignKind::Nested) {
             for (page, name) in [(4096u64, "nested-4k-host"), (2 << 20, "nested-2m-host")] {
                 let s = with_host_page(&snap, page);
-                out.extend(steady(replay_cell(cell, &s, &[DesignKind::Nested], tlb, a.max_accesses)?, Some(name))?);
+                out.extend(steady(
+                    replay_cell(cell, &s, &[DesignKind::Nested], tlb, a.max_accesses)?,
+                    Some(name),
+                )?);
             }
         }
         host_mode.name().to_string()
     };
     let accesses = out.first().map_or(0, |x| x.2);
-    Ok(Replayed { cell: cell.clone(), tables, reports: out.into_iter().map(|(n, f, _)| (n, f)).collect(), accesses, measured_as })
+    Ok(Replayed {
+        cell: cell.clone(),
+        tables,
+        reports: out.into_iter().map(|(n, f, _)| (n, f)).collect(),
+        accesses,
+        measured_as,
+    })
 }
 
 /// One run of proj.json.
@@ -521,14 +699,20 @@ pub fn run(a: Args) -> CliResult {
     let mut notes = Vec::new();
     let cells = cells(&results.rows, &mut notes);
     if cells.is_empty() {
-        return Err(CliError::bad_input(format!("{}: no measured chase or gups run to project", a.results.display())));
+        return Err(CliError::bad_input(format!(
+            "{}: no measured chase or gups run to project",
+            a.results.display()
+        )));
     }
     let mut dirs: Vec<PathBuf> = a.snapshots.iter().cloned().collect();
     dirs.push(a.results.join("snapshots"));
     dirs.push(a.results.clone());
     if let Some(d) = &a.snapshots {
         if !d.is_dir() {
-            return Err(CliError::bad_input(format!("--snapshots {}: not a directory", d.display())));
+            return Err(CliError::bad_input(format!(
+                "--snapshots {}: not a directory",
+                d.display()
+            )));
         }
     }
     let mut replayed = Vec::new();
@@ -545,17 +729,45 @@ pub fn run(a: Args) -> CliResult {
     let obs: Vec<Observation> = replayed
         .iter()
         .map(|r| {
-            let f = r.reports.iter().find(|(n, _)| *n == r.measured_as).map(|(_, f)| *f).unwrap_or_default();
-            Observation { group: r.cell.group(), measured_ns: r.cell.measured, features: f }
+            let f = r
+                .reports
+                .iter()
+                .find(|(n, _)| *n == r.measured_as)
+                .map(|(_, f)| *f)
+                .unwrap_or_default();
+            Observation {
+                group: r.cell.group(),
+                measured_ns: r.cell.measured,
+                features: f,
+            }
         })
         .collect();
     let cfg = project::Config::new(ghz);
     let cal = project::calibrate(&obs, &cfg).map_err(|e| Error::Calibration(e).exit())?;
-    let any_split = cells.iter().any(|c| c.backing == a.calibrate_on) && cells.iter().any(|c| c.backing != a.calibrate_on);
-    let split: Vec<bool> = cells.iter().map(|c| !any_split || c.backing == a.calibrate_on).collect();
-    let calibrated_on = if any_split { format!("backing {}", a.calibrate_on) } else { "all runs (leave-one-out)".to_string() };
+    let any_split = cells.iter().any(|c| c.backing == a.calibrate_on)
+        && cells.iter().any(|c| c.backing != a.calibrate_on);
+    let split: Vec<bool> = cells
+        .iter()
+        .map(|c| !any_split || c.backing == a.calibrate_on)
+        .collect();
+    if !cells.iter().any(|c| c.backing == a.calibrate_on) {
+        notes.push(format!(
+            "no run with backing {:?} (--calibrate-on): every run is checked leave-one-out",
+            a.calibrate_on
+        ));
+    }
+    let calibrated_on = if any_split {
+        format!("backing {}", a.calibrate_on)
+    } else {
+        "all runs (leave-one-out)".to_string()
+    };
     let checks: Vec<Option<Checked>> = project::checked_errors(&obs, &split, &cfg);
-    let summary = project::error_summary(&checks).map(|(mean_abs, max_abs, checked_runs)| ErrorSummary { mean_abs, max_abs, checked_runs });
+    let summary =
+        project::error_summary(&checks).map(|(mean_abs, max_abs, checked_runs)| ErrorSummary {
+            mean_abs,
+            max_abs,
+            checked_runs,
+        });
 
     let columns = design_columns(&designs);
     let mut runs = Vec::new();
@@ -599,17 +811,33 @@ pub fn run(a: Args) -> CliResult {
         calibration: &cal,
         calibrated_on,
         model_error: summary,
-        host: HostOut { kvm_module: results.host.kvm_module.clone(), mmu_mode: results.host.mmu_mode.clone(), tsc_khz: results.host.tsc_khz },
+        host: HostOut {
+            kvm_module: results.host.kvm_module.clone(),
+            mmu_mode: results.host.mmu_mode.clone(),
+            tsc_khz: results.host.tsc_khz,
+        },
         tlb: a.tlb.clone(),
         notes,
     };
     print!("{}", table(&out, &columns));
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&out).map_err(CliError::failed)?;
-        std::fs::write(p, text).map_err(|e| Error::Write { path: p.display().to_string(), why: e.to_string() }.exit())?;
+        std::fs::write(p, text).map_err(|e| {
+            Error::Write {
+                path: p.display().to_string(),
+                why: e.to_string(),
+            }
+            .exit()
+        })?;
     }
     if let Some(p) = &a.plot {
-        plot(p, &out, &columns).map_err(|why| Error::Write { path: p.display().to_string(), why }.exit())?;
+        plot(p, &out, &columns).map_err(|why| {
+            Error::Write {
+                path: p.display().to_string(),
+                why,
+            }
+            .exit()
+        })?;
     }
     Ok(0)
 }
@@ -619,7 +847,8 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn short(name: &str) -> String {
-    name.replace("-host", "h").replace("dynamic-switch", "dyn-switch")
+    name.replace("-host", "h")
+        .replace("dynamic-switch", "dyn-switch")
 }
 
 /// The table: per workload, one line per measured run with the measured value, the model
@@ -633,7 +862,11 @@ fn table(out: &ProjOut, columns: &[String]) -> String {
         c.config.ghz,
         out.calibrated_on
     );
-    let _ = writeln!(s, "VM exit: {:.0} cycles ({:?}); rms residual of the fit {:.1} ns/op over {} runs.", c.cycles_per_exit, c.exit_cost, c.rms_residual_ns, c.runs);
+    let _ = writeln!(
+        s,
+        "VM exit: {:.0} cycles ({:?}); rms residual of the fit {:.1} ns/op over {} runs.",
+        c.cycles_per_exit, c.exit_cost, c.rms_residual_ns, c.runs
+    );
     let mut groups: Vec<String> = Vec::new();
     for r in &out.runs {
         let g = format!("{}/{}M", r.workload, r.footprint >> 20);
@@ -649,12 +882,19 @@ fn table(out: &ProjOut, columns: &[String]) -> String {
                 f.ideal_ns_per_op, f.cycles_per_ref, f.ref_cost
             );
         }
-        let mut head = format!("{:<9} {:<5} {:>9} {:>9} {:>7} | PROJECTED:", "env", "back", "MEASURED", "MODEL", "err");
+        let mut head = format!(
+            "{:<9} {:<5} {:>9} {:>9} {:>7} | PROJECTED:",
+            "env", "back", "MEASURED", "MODEL", "err"
+        );
         for col in columns {
             let _ = write!(head, " {:>11}", short(col));
         }
         let _ = writeln!(s, "{head}");
-        for r in out.runs.iter().filter(|r| format!("{}/{}M", r.workload, r.footprint >> 20) == g) {
+        for r in out
+            .runs
+            .iter()
+            .filter(|r| format!("{}/{}M", r.workload, r.footprint >> 20) == g)
+        {
             let mut line = format!(
                 "{:<9} {:<5} {:>9.1} {:>9} {:>7} |           ",
                 r.environment,
@@ -664,7 +904,10 @@ fn table(out: &ProjOut, columns: &[String]) -> String {
                 pct(r.model_error)
             );
             for col in columns {
-                let v = r.projected.get(col).map_or("".into(), |v| format!("{v:.1}"));
+                let v = r
+                    .projected
+                    .get(col)
+                    .map_or("".into(), |v| format!("{v:.1}"));
                 let _ = write!(line, " {v:>11}");
             }
             let _ = writeln!(s, "{}", line.trim_end());
@@ -672,7 +915,13 @@ fn table(out: &ProjOut, columns: &[String]) -> String {
     }
     match &out.model_error {
         Some(e) => {
-            let _ = writeln!(s, "\nModel error on {} checked runs: mean |err| {:.1}%, max {:.1}%.", e.checked_runs, 100.0 * e.mean_abs, 100.0 * e.max_abs);
+            let _ = writeln!(
+                s,
+                "\nModel error on {} checked runs: mean |err| {:.1}%, max {:.1}%.",
+                e.checked_runs,
+                100.0 * e.mean_abs,
+                100.0 * e.max_abs
+            );
         }
         None => s.push_str("\nModel error: no run could be checked.\n"),
     }
@@ -700,13 +949,28 @@ fn plot(path: &Path, out: &ProjOut, columns: &[String]) -> Result<(), String> {
         return Err("nothing to plot".into());
     }
     let per = 120 + 36 * (columns.len() as u32 + 1);
-    let width = out.runs.iter().filter(|r| r.workload == groups[0].0).count().max(1) as u32 * per / 2 + 200;
-    let root = SVGBackend::new(path, (width.clamp(900, 2400), 420 * groups.len() as u32)).into_drawing_area();
+    let width = out
+        .runs
+        .iter()
+        .filter(|r| r.workload == groups[0].0)
+        .count()
+        .max(1) as u32
+        * per
+        / 2
+        + 200;
+    let root = SVGBackend::new(path, (width.clamp(900, 2400), 420 * groups.len() as u32))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     for (area, (w, fp)) in root.split_evenly((groups.len(), 1)).iter().zip(&groups) {
-        let runs: Vec<&RunOut> = out.runs.iter().filter(|r| &r.workload == w && r.footprint == *fp).collect();
+        let runs: Vec<&RunOut> = out
+            .runs
+            .iter()
+            .filter(|r| &r.workload == w && r.footprint == *fp)
+            .collect();
         let n = runs.len();
-        let series: Vec<String> = std::iter::once("measured".to_string()).chain(columns.iter().cloned()).collect();
+        let series: Vec<String> = std::iter::once("measured".to_string())
+            .chain(columns.iter().cloned())
+            .collect();
         let mut ymax: f64 = 0.0;
         for r in &runs {
             ymax = ymax.max(r.measured_ns_per_op);
@@ -714,10 +978,26 @@ fn plot(path: &Path, out: &ProjOut, columns: &[String]) -> Result<(), String> {
                 ymax = ymax.max(*v);
             }
         }
-        let ymax = if ymax > 0.0 { ymax * 1.2 } else { 1.0 };
-        let labels: Vec<String> = runs.iter().map(|r| format!("{} / {} (err {})", r.environment, r.backing, pct(r.model_error))).collect();
+        let ymax = if ymax > 0.0 { ymax * 1.5 } else { 1.0 };
+        let labels: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} / {} (err {})",
+                    r.environment,
+                    r.backing,
+                    pct(r.model_error)
+                )
+            })
+            .collect();
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{w}, {} MiB: MEASURED (black) vs PROJECTED (colours), ns/op", fp >> 20), ("sans-serif", 16))
+            .caption(
+                format!(
+                    "{w}, {} MiB: MEASURED (black) vs PROJECTED (colours), ns/op",
+                    fp >> 20
+                ),
+                ("sans-serif", 16),
+            )
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(64)
@@ -744,21 +1024,45 @@ fn plot(path: &Path, out: &ProjOut, columns: &[String]) -> Result<(), String> {
             let c = if measured { BLACK } else { color(s) };
             let mut rects = Vec::new();
             for (g, r) in runs.iter().enumerate() {
-                let v = if measured { Some(r.measured_ns_per_op) } else { r.projected.get(name).copied() };
+                let v = if measured {
+                    Some(r.measured_ns_per_op)
+                } else {
+                    r.projected.get(name).copied()
+                };
                 let Some(v) = v else { continue };
                 let x0 = g as f64 + 0.1 + s as f64 * bw;
-                let style = if measured { c.filled() } else { c.mix(0.45).filled() };
+                let style = if measured {
+                    c.filled()
+                } else {
+                    c.mix(0.45).filled()
+                };
                 rects.push(Rectangle::new([(x0, 0.0), (x0 + bw * 0.9, v)], style));
                 if !measured {
-                    rects.push(Rectangle::new([(x0, 0.0), (x0 + bw * 0.9, v)], c.stroke_width(1)));
+                    rects.push(Rectangle::new(
+                        [(x0, 0.0), (x0 + bw * 0.9, v)],
+                        c.stroke_width(1),
+                    ));
                 }
             }
-            let label = if measured { "MEASURED".to_string() } else { format!("projected: {name}") };
+            let label = if measured {
+                "MEASURED".to_string()
+            } else {
+                format!("projected: {name}")
+            };
             chart
                 .draw_series(rects)
                 .map_err(|e| e.to_string())?
                 .label(label)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], if measured { c.filled() } else { c.mix(0.45).filled() }));
+                .legend(move |(x, y)| {
+                    Rectangle::new(
+                        [(x, y - 5), (x + 10, y + 5)],
+                        if measured {
+                            c.filled()
+                        } else {
+                            c.mix(0.45).filled()
+                        },
+                    )
+                });
         }
         chart
             .configure_series_labels()
@@ -779,7 +1083,10 @@ mod tests {
 
     #[test]
     fn snapshot_names_and_backings() {
-        assert_eq!(snapshot_file_name("chase", "guest-4k", "thp", 256 << 20), "chase-guest-4k-thp-256M.ptsnap");
+        assert_eq!(
+            snapshot_file_name("chase", "guest-4k", "thp", 256 << 20),
+            "chase-guest-4k-thp-256M.ptsnap"
+        );
         assert_eq!(backing_page("thp"), Some(2 << 20));
         assert_eq!(backing_page("5k"), None);
         assert_eq!(guest_pages("guest-2m"), Some(PageSize::Size2M));
@@ -790,12 +1097,25 @@ mod tests {
     fn bad_results_files_are_one_line_errors() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("results.json");
-        assert!(parse_results(&p).unwrap_err().to_string().contains("results.json"));
+        assert!(parse_results(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("results.json"));
         std::fs::write(&p, "{not json").unwrap();
         let e = parse_results(&p).unwrap_err().to_string();
-        assert!(e.contains("not a segvmm bench results file") && !e.contains('\n'), "{e}");
-        std::fs::write(&p, r#"{"host":{"kvm_module":"kvm","mmu_mode":"shadow","tsc_khz":1},"rows":[]}"#).unwrap();
-        assert!(parse_results(&p).unwrap_err().to_string().contains("no measured run"));
+        assert!(
+            e.contains("not a segvmm bench results file") && !e.contains('\n'),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            r#"{"host":{"kvm_module":"kvm","mmu_mode":"shadow","tsc_khz":1},"rows":[]}"#,
+        )
+        .unwrap();
+        assert!(parse_results(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("no measured run"));
     }
 
     #[test]
@@ -813,11 +1133,16 @@ mod tests {
             snapshot: None,
         };
         let snap = plan_snapshot(&cell, PageSize::Size4K, 2 << 20).unwrap();
-        let r: Vec<DesignReport> = replay_cell(&cell, &snap, &DesignKind::ALL, &TlbConfig::none(), 5_000).unwrap().into_iter().map(|p| p.1).collect();
+        let r: Vec<DesignReport> =
+            replay_cell(&cell, &snap, &DesignKind::ALL, &TlbConfig::none(), 5_000)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.1)
+                .collect();
         let get = |n: &str| r.iter().find(|x| x.name == n).unwrap();
         assert_eq!(get("native").refs_per_walk, 4.0);
         // 4 KiB guest pages over 2 MiB host pages: (4+1)(3+1)-1 = 19.
         assert_eq!(get("nested").refs_per_walk, 19.0);
-        assert!(r.iter().all(|x| x.faults == 0 && x.accesses == 10_000));
+        assert!(r.iter().all(|x| x.faults == 0 && x.accesses == warm_up(8 << 20, 5_000) + 5_000));
     }
 }

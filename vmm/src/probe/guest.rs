@@ -349,7 +349,8 @@ pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
         p.load(ram, &img).map_err(|e| e.to_string())
     }));
     let cfg = VmConfig {
-        memory: MemoryConfig { size: plan.ram_size, backing: opts.backing, grow_pool: opts.grow_pool },
+        // Hugetlb backings need whole host pages: round RAM up (the rest stays unused).
+        memory: MemoryConfig { size: align_up(plan.ram_size, opts.backing.page_size()), backing: opts.backing, grow_pool: opts.grow_pool },
         vcpus: 1,
         mmu: MmuRequest::Auto,
         timeout: Some(opts.timeout),
