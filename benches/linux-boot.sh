@@ -53,7 +53,8 @@ TIMEOUT_SEGVMM_SMALL="${TIMEOUT_SEGVMM_SMALL:-300}"
 TIMEOUT_QEMU_TCG="${TIMEOUT_QEMU_TCG:-120}"
 TIMEOUT_QEMU_KVM="${TIMEOUT_QEMU_KVM:-600}"
 # What segvmm appends on kvm_pvm (vmm: kernel command line workarounds).
-PVM_EXTRA="noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup"
+# Only used when no segvmm report says which command line segvmm used.
+PVM_EXTRA="noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup sysctl.kernel.hung_task_timeout_secs=0"
 
 die() {
 	echo "linux-boot.sh: error: $*" >&2
@@ -118,6 +119,7 @@ trap cleanup EXIT
 
 mkdir -p "$RES"
 EFFECTIVE_CMDLINE="$CMDLINE"
+EFFECTIVE_FROM_SEGVMM=0
 [[ -d /sys/module/kvm_pvm ]] && EFFECTIVE_CMDLINE="$CMDLINE $PVM_EXTRA"
 
 # Each run writes $RES/<id>.kv: key=value lines (one line per value).
@@ -167,7 +169,10 @@ for k, v in out.items():
 EOF
 	local ec
 	ec="$(sed -n 's/^effective_cmdline=//p' "$KV" | tail -n1)"
-	[[ -n "$ec" ]] && EFFECTIVE_CMDLINE="$ec"
+	if [[ -n "$ec" ]]; then
+		EFFECTIVE_CMDLINE="$ec"
+		EFFECTIVE_FROM_SEGVMM=1
+	fi
 	grep -q 'SEGVMM_INIT_OK' "$RES/$id.log" && kv marker_line "$(grep -o 'SEGVMM_INIT_OK.*' "$RES/$id.log" | head -n1)"
 	return 0
 }
@@ -239,6 +244,13 @@ run_qemu() { # KERNEL ID ACCEL
 	*) to="$TIMEOUT_QEMU_TCG" cpu_args=(-cpu max) ;;
 	esac
 	kv timeout_s "$to"
+	# No segvmm run in this invocation: take the command line from an earlier
+	# segvmm report in the same results directory, if there is one.
+	if [[ "$EFFECTIVE_FROM_SEGVMM" == 0 && -s "$RES/$k-segvmm.json" ]]; then
+		local ec
+		ec="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("cmdline") or "")' "$RES/$k-segvmm.json" 2>/dev/null)" || true
+		[[ -n "$ec" ]] && EFFECTIVE_CMDLINE="$ec"
+	fi
 	kv effective_cmdline "$EFFECTIVE_CMDLINE"
 	rm -f "$log" "$err" "$mon"
 	: >"$log"

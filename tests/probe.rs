@@ -37,9 +37,10 @@ fn every_workload_matches_its_native_twin() {
         assert!(m.ops > 0 && m.ns_per_op > 0.0, "{w:?}: {m:?}");
         assert_eq!(m.seed, 1234);
         assert_eq!(m.data_va, workloads::protocol::DATA_VA);
-        // TSC and the VMM's clock agree to within the two signal exits (and scheduling).
+        // TSC and the VMM's clock agree to within the two signal exits (and scheduling on
+        // a loaded CI host).
         assert!(m.wall_ns >= m.elapsed_ns * 0.9, "{w:?}: TSC {} ns vs VMM clock {} ns", m.elapsed_ns, m.wall_ns);
-        assert!(m.wall_ns <= m.elapsed_ns * 1.5 + 5e6, "{w:?}: TSC {} ns vs VMM clock {} ns", m.elapsed_ns, m.wall_ns);
+        assert!(m.wall_ns <= m.elapsed_ns * 1.5 + 50e6, "{w:?}: TSC {} ns vs VMM clock {} ns", m.elapsed_ns, m.wall_ns);
         if w == Workload::Touch {
             // One shadow page fault per 4 KiB page touched, at least.
             assert!(m.shadow_page_faults.unwrap_or(0) >= 512, "{m:?}");

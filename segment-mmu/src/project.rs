@@ -38,8 +38,9 @@
 //!    `a_g` per group: the within-group, "fixed effects", least-squares estimator),
 //!    computed by partialling out (Frisch–Waugh): inside each group whose `R` varies,
 //!    `X` and `y'` are demeaned and regressed on `R`; `b` is the slope of the `y'`
-//!    residuals on the `X` residuals. When `X` has no residual variation (no run
-//!    exercises exits, or exits move with `R`), `b` cannot be learnt: it is set to the
+//!    residuals on the `X` residuals. When `X` has no residual variation, or varies by
+//!    less than [`MIN_EXIT_SPREAD`] inside every group (no run exercises exits, or
+//!    exits move with `R`), `b` cannot be learnt: it is set to the
 //!    prior (`prior_exit_cycles`, 2000 cycles) and reported as assumed; a negative fit
 //!    is replaced by the prior likewise. The pooled slope `a = Σ_g (S_ry − b·S_rx) /
 //!    Σ_g S_rr` over the same groups serves groups that cannot determine their own.
@@ -225,6 +226,11 @@ pub struct Calibration {
     pub runs: usize,
 }
 
+/// Smallest spread of VM exits per operation (one per 100 operations) inside some group
+/// for the exit cost to be fitted: below that, exits are a rounding error of the replay
+/// (a few pages not yet shadowed) and a fit would divide measurement noise by them.
+pub const MIN_EXIT_SPREAD: f64 = 0.01;
+
 /// Smallest spread of references per operation (max − min) inside a group for the
 /// group to determine its own cycles per reference. Runs closer than that differ by
 /// less than a tenth of a reference per operation: a slope through them would be
@@ -335,7 +341,18 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
     }
     let prior_b = cfg.prior_exit_cycles / cfg.ghz;
     let (mut b, mut exit_cost) = (prior_b, Source::Assumed);
-    if xscale > 0.0 && sxx > 1e-9 * xscale * xscale {
+    let exits_vary = gs.iter().any(|(_, idx)| {
+        let lo = idx
+            .iter()
+            .map(|&i| obs[i].features.exits)
+            .fold(f64::INFINITY, f64::min);
+        let hi = idx
+            .iter()
+            .map(|&i| obs[i].features.exits)
+            .fold(f64::NEG_INFINITY, f64::max);
+        hi - lo >= MIN_EXIT_SPREAD
+    });
+    if exits_vary && xscale > 0.0 && sxx > 1e-9 * xscale * xscale {
         let fitted = sxy / sxx;
         if fitted >= 0.0 {
             b = fitted;
@@ -449,7 +466,8 @@ pub struct Checked {
 /// `in_calibration[i] == false` are predicted from the calibration on the runs with
 /// `true` (held out); runs in the calibration split are checked leave-one-out within
 /// that split. `None` where the run cannot be checked (its group has no other run in
-/// the calibration, or that calibration is not identifiable).
+/// the calibration, cannot determine its own cycles per reference without it, or that
+/// calibration is not identifiable).
 pub fn checked_errors(
     obs: &[Observation],
     in_calibration: &[bool],
@@ -478,7 +496,13 @@ pub fn checked_errors(
             } else {
                 (main.clone(), Check::HeldOut)
             };
-            let p = cal?.predict(&o.group, &o.features)?;
+            let cal = cal?;
+            // A group that could not fit its own slope borrowed the pooled one (other
+            // workloads' cost): not a check of this workload's model.
+            if cal.group(&o.group)?.ref_cost == Source::Pooled {
+                return None;
+            }
+            let p = cal.predict(&o.group, &o.features)?;
             Some(Checked {
                 predicted_ns: p,
                 relative_error: (p - o.measured_ns) / o.measured_ns,
@@ -614,6 +638,17 @@ mod tests {
         let cc = c.group("C").unwrap();
         assert_eq!((cc.ref_cost, cc.ns_per_ref), (Source::ClampedToZero, 0.0));
         assert!((cc.ideal_ns_per_op - 85.0).abs() < 1e-9);
+        // Checking B (or A without one of its two runs) would borrow other workloads'
+        // cost: not a check.
+        let e = checked_errors(&o, &[true; 5], &cfg());
+        assert!(e[0].is_none() && e[1].is_none() && e[2].is_none());
+        // Exits that barely vary (below MIN_EXIT_SPREAD) are not fitted.
+        let o = vec![
+            obs("A", 1.0, 0.0, 110.0),
+            obs("A", 3.0, 0.001, 190.0),
+            obs("A", 2.0, 0.0, 120.0),
+        ];
+        assert_eq!(calibrate(&o, &cfg()).unwrap().exit_cost, Source::Assumed);
     }
 
     #[test]

@@ -175,12 +175,24 @@ pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, String> {
     for &footprint in &spec.footprints {
         for &workload in &spec.workloads {
             let g = GuestSpec {
-                work: WorkloadSpec { workload, footprint, seed: spec.seed, count: spec.count },
+                work: WorkloadSpec {
+                    workload,
+                    footprint,
+                    seed: spec.seed,
+                    count: spec.count,
+                },
                 guest_pages: spec.guest_pages,
             };
             let sub = dir.join(format!("{}M", footprint >> 20));
-            std::fs::create_dir_all(&sub).map_err(|e| format!("creating {}: {e}", sub.display()))?;
-            rows.extend(measure(g, &base, &spec.intervals, spec.repeats, Some(&sub))?);
+            std::fs::create_dir_all(&sub)
+                .map_err(|e| format!("creating {}: {e}", sub.display()))?;
+            rows.extend(measure(
+                g,
+                &base,
+                &spec.intervals,
+                spec.repeats,
+                Some(&sub),
+            )?);
         }
     }
     let md = spec.out.join("dirty-overhead.md");
@@ -203,8 +215,7 @@ pub fn markdown(rows: &[OverheadRow]) -> String {
             "| {} | {} MiB | {} | {:.2} | {:.2} | {} | {:.1} | {} | {} | {} |\n",
             r.workload,
             r.footprint_mib,
-            r.interval_ms
-                .map_or("off".into(), |m| format!("{m:.0} ms")),
+            r.interval_ms.map_or("off".into(), |m| format!("{m:.0} ms")),
             r.ns_per_op,
             r.ns_ratio,
             r.kvm_exits,
