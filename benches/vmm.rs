@@ -17,8 +17,17 @@ const GIB: u64 = 1 << 30;
 fn memory_setup(c: &mut Criterion) {
     let mut g = c.benchmark_group("guest_ram_setup_1GiB");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
-    for backing in [Backing::Anon4k, Backing::Thp, Backing::Huge2m, Backing::Huge1g] {
-        let cfg = MemoryConfig { size: GIB, backing, grow_pool: true };
+    for backing in [
+        Backing::Anon4k,
+        Backing::Thp,
+        Backing::Huge2m,
+        Backing::Huge1g,
+    ] {
+        let cfg = MemoryConfig {
+            size: GIB,
+            backing,
+            grow_pool: true,
+        };
         match GuestRam::new(&cfg) {
             Ok(r) => drop(r),
             Err(e) => {
@@ -42,30 +51,39 @@ fn boot_to_first_instruction(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     for backing in [Backing::Anon4k, Backing::Thp] {
         // time to the first KVM_RUN, as the run report measures it.
-        g.bench_function(BenchmarkId::new("vmm_setup_to_first_instruction_64MiB", backing), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let started = Instant::now();
-                    let r = machine::run(VmConfig {
-                        memory: MemoryConfig { size: 64 << 20, backing, grow_pool: false },
-                        vcpus: 1,
-                        mmu: MmuRequest::Auto,
-                        timeout: Some(Duration::from_secs(30)),
-                        echo_console: false,
-                        stdin: false,
-                        payload: Payload::TestGuest { mode: String::new() },
-                        mmio: None,
-                        started: Some(started),
-                        api_socket: None,
-                        track_dirty: None,
-                    })
-                    .expect("test guest run");
-                    total += Duration::from_secs_f64(r.boot_ms / 1e3);
-                }
-                total
-            });
-        });
+        g.bench_function(
+            BenchmarkId::new("vmm_setup_to_first_instruction_64MiB", backing),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        let r = machine::run(VmConfig {
+                            memory: MemoryConfig {
+                                size: 64 << 20,
+                                backing,
+                                grow_pool: false,
+                            },
+                            vcpus: 1,
+                            mmu: MmuRequest::Auto,
+                            timeout: Some(Duration::from_secs(30)),
+                            echo_console: false,
+                            stdin: false,
+                            payload: Payload::TestGuest {
+                                mode: String::new(),
+                            },
+                            mmio: None,
+                            started: Some(started),
+                            api_socket: None,
+                            track_dirty: None,
+                        })
+                        .expect("test guest run");
+                        total += Duration::from_secs_f64(r.boot_ms / 1e3);
+                    }
+                    total
+                });
+            },
+        );
     }
     g.finish();
 }

@@ -39,17 +39,32 @@ fn tiny_matrix_end_to_end() {
     // footprint they are refused as a bad layout (not a multiple) otherwise: both are
     // recorded, neither stops the matrix.
     assert!(code == 0 || code == 1, "stdout {stdout}\nstderr {err}");
-    for f in ["results.json", "results.csv", "summary.md", "ns_per_op.svg", "slowdown.svg"] {
+    for f in [
+        "results.json",
+        "results.csv",
+        "summary.md",
+        "ns_per_op.svg",
+        "slowdown.svg",
+    ] {
         assert!(out.join(f).exists(), "{f} missing; stderr {err}");
     }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 1 + 2 * 2 * 3, "{csv}");
-    assert!(lines[0].starts_with("workload,environment,backing,guest_pages,footprint,repeat,status,ns_per_op"));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(v["host"]["kvm_module"].as_str(), Some(info.kvm_module.as_str()));
+    assert!(lines[0]
+        .starts_with("workload,environment,backing,guest_pages,footprint,repeat,status,ns_per_op"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        v["host"]["kvm_module"].as_str(),
+        Some(info.kvm_module.as_str())
+    );
     let rows = v["rows"].as_array().unwrap();
-    let get = |w: &str, env: &str, rep: u64| rows.iter().find(|r| r["workload"] == w && r["environment"] == env && r["repeat"] == rep).unwrap();
+    let get = |w: &str, env: &str, rep: u64| {
+        rows.iter()
+            .find(|r| r["workload"] == w && r["environment"] == env && r["repeat"] == rep)
+            .unwrap()
+    };
     for w in ["chase", "touch"] {
         for rep in 0..2 {
             let g = get(w, "guest-4k", rep);
@@ -66,9 +81,14 @@ fn tiny_matrix_end_to_end() {
         }
     }
     let summary = v["summary"].as_array().unwrap();
-    let chase_guest = summary.iter().find(|s| s["workload"] == "chase" && s["environment"] == "guest-4k").unwrap();
+    let chase_guest = summary
+        .iter()
+        .find(|s| s["workload"] == "chase" && s["environment"] == "guest-4k")
+        .unwrap();
     assert_eq!(chase_guest["n"], 2);
-    assert!(chase_guest["slowdown_vs_native"].as_f64().is_some_and(|x| x > 0.0));
+    assert!(chase_guest["slowdown_vs_native"]
+        .as_f64()
+        .is_some_and(|x| x > 0.0));
     assert!(stdout.contains("| chase | 4k |"), "{stdout}");
     let svg = std::fs::read_to_string(out.join("ns_per_op.svg")).unwrap();
     assert!(svg.contains("guest-4k") && svg.contains("native"));
@@ -77,9 +97,18 @@ fn tiny_matrix_end_to_end() {
 #[test]
 fn bench_refuses_bad_input() {
     for (args, needle) in [
-        (&["bench", "--workloads", "nope", "--out", "/tmp/x"][..], "unknown workload"),
-        (&["bench", "--repeat", "0", "--out", "/tmp/x"][..], "--repeat"),
-        (&["bench", "--linux", "onlyone", "--out", "/tmp/x"][..], "KERNEL,INITRD"),
+        (
+            &["bench", "--workloads", "nope", "--out", "/tmp/x"][..],
+            "unknown workload",
+        ),
+        (
+            &["bench", "--repeat", "0", "--out", "/tmp/x"][..],
+            "--repeat",
+        ),
+        (
+            &["bench", "--linux", "onlyone", "--out", "/tmp/x"][..],
+            "KERNEL,INITRD",
+        ),
     ] {
         let (code, _, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -8,9 +8,18 @@ use common::{root, run};
 fn assert_bad(args: &[&str], needle: &str) {
     let (code, _out, err) = run(args);
     assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: expected '{needle}' in {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("segvmm: error:")).count(), 1, "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("segvmm: error:"))
+            .count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -30,8 +39,24 @@ fn place_rejects_malformed_trace_lines_with_file_and_line() {
     let lifetimes = dir.path().join("lifetimes.txt");
     std::fs::write(&lifetimes, life).unwrap();
     let (t, l) = (bad.to_str().unwrap(), lifetimes.to_str().unwrap());
-    assert_bad(&["place", "--trace", t, "--lifetimes", l, "--hosts", "4", "--host-memory", "256G"], "bad.txt:3");
-    assert_bad(&["place", "--trace", "/nonexistent/trace.txt", "--hosts", "4"], "/nonexistent/trace.txt");
+    assert_bad(
+        &[
+            "place",
+            "--trace",
+            t,
+            "--lifetimes",
+            l,
+            "--hosts",
+            "4",
+            "--host-memory",
+            "256G",
+        ],
+        "bad.txt:3",
+    );
+    assert_bad(
+        &["place", "--trace", "/nonexistent/trace.txt", "--hosts", "4"],
+        "/nonexistent/trace.txt",
+    );
 }
 
 #[test]
@@ -39,17 +64,44 @@ fn layout_rejects_a_malformed_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.ptsnap");
     std::fs::write(&bad, b"not a snapshot at all").unwrap();
-    assert_bad(&["layout", "--snapshot", bad.to_str().unwrap()], "bad.ptsnap");
+    assert_bad(
+        &["layout", "--snapshot", bad.to_str().unwrap()],
+        "bad.ptsnap",
+    );
 }
 
 #[test]
 fn model_rejects_bad_specs_and_files() {
-    assert_bad(&["model", "--synthetic", "heap=8X,pages=4k", "--stream", "gups:footprint=4M,count=1000"], "bad value \"8X\" for heap");
-    assert_bad(&["model", "--synthetic", "heap=64M,pages=4k", "--stream", "bogus:footprint=4M"], "unknown stream kind");
+    assert_bad(
+        &[
+            "model",
+            "--synthetic",
+            "heap=8X,pages=4k",
+            "--stream",
+            "gups:footprint=4M,count=1000",
+        ],
+        "bad value \"8X\" for heap",
+    );
+    assert_bad(
+        &[
+            "model",
+            "--synthetic",
+            "heap=64M,pages=4k",
+            "--stream",
+            "bogus:footprint=4M",
+        ],
+        "unknown stream kind",
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("t.trace");
     std::fs::write(&bad, b"\x01\x02\x03").unwrap();
-    let (code, _, err) = run(&["model", "--synthetic", "heap=64M,pages=4k", "--trace", bad.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "model",
+        "--synthetic",
+        "heap=64M,pages=4k",
+        "--trace",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2, "{err}");
 }
 
@@ -58,16 +110,44 @@ fn model_prints_the_papers_table_without_tlbs() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
     let (code, out, err) = run(&[
-        "model", "--synthetic", "heap=64M,pages=4k", "--stream", "gups:footprint=16M,count=20k", "--designs", "all", "--tlb", "none", "--json",
+        "model",
+        "--synthetic",
+        "heap=64M,pages=4k",
+        "--stream",
+        "gups:footprint=16M,count=20k",
+        "--designs",
+        "all",
+        "--tlb",
+        "none",
+        "--json",
         json.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("nested"), "{out}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let get = |name: &str| v["designs"].as_array().unwrap().iter().find(|d| d["name"] == name).unwrap().clone();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let get = |name: &str| {
+        v["designs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(get("native")["refs_per_walk"].as_f64().unwrap(), 4.0);
     assert_eq!(get("nested")["refs_per_walk"].as_f64().unwrap(), 24.0);
-    for d in ["native", "nested", "shadow", "compromis", "dual-direct", "vmm-direct", "guest-direct", "enlarged-tdp", "dynamic-switch"] {
+    for d in [
+        "native",
+        "nested",
+        "shadow",
+        "compromis",
+        "dual-direct",
+        "vmm-direct",
+        "guest-direct",
+        "enlarged-tdp",
+        "dynamic-switch",
+    ] {
         assert!(get(d)["cycles_per_access"].as_f64().is_some(), "{d}");
     }
 }

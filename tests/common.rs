@@ -11,7 +11,11 @@ pub fn segvmm() -> Command {
 
 /// Whether /dev/kvm can be opened; prints why not.
 pub fn have_kvm() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIP: /dev/kvm is not usable here ({e}); KVM tests need it");
@@ -22,8 +26,16 @@ pub fn have_kvm() -> bool {
 
 /// Runs segvmm with `args`; returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let Output { status, stdout, stderr } = segvmm().args(args).output().expect("spawn segvmm");
-    (status.code().unwrap_or(-1), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = segvmm().args(args).output().expect("spawn segvmm");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }
 
 /// The repository root.

@@ -18,7 +18,10 @@ fn artifact(name: &str) -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    let why = format!("{} is missing: run guest-kernels/build.sh (or ./setup.sh)", p.display());
+    let why = format!(
+        "{} is missing: run guest-kernels/build.sh (or ./setup.sh)",
+        p.display()
+    );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{why}");
     }
@@ -34,31 +37,52 @@ fn boot(kernel: &str, extra: &[&str]) -> Option<(i32, String, serde_json::Value)
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
     let mut args = vec![
-        "run", "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(), "--memory", "256M", "--timeout", "2700", "--quiet",
-        "--report", report.to_str().unwrap(),
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--memory",
+        "256M",
+        "--timeout",
+        "2700",
+        "--quiet",
+        "--report",
+        report.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     let (code, _out, err) = run(&args);
     eprintln!("{err}");
-    let v = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).unwrap_or(serde_json::Value::Null);
+    let v = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+        .unwrap_or(serde_json::Value::Null);
     Some((code, err, v))
 }
 
 fn milestone_ms(v: &serde_json::Value, what: &str) -> Option<f64> {
-    v["milestones"].as_array()?.iter().find(|m| m["what"].as_str().is_some_and(|w| w.starts_with(what)))?["at_ms"].as_f64()
+    v["milestones"]
+        .as_array()?
+        .iter()
+        .find(|m| m["what"].as_str().is_some_and(|w| w.starts_with(what)))?["at_ms"]
+        .as_f64()
 }
 
 #[test]
 fn stock_kernel_starts_init() {
-    let Some((code, err, v)) = boot("stock-kernel", &[]) else { return };
-    let init = milestone_ms(&v, "Run /init").unwrap_or_else(|| panic!("the stock kernel did not reach Run /init: {err}"));
+    let Some((code, err, v)) = boot("stock-kernel", &[]) else {
+        return;
+    };
+    let init = milestone_ms(&v, "Run /init")
+        .unwrap_or_else(|| panic!("the stock kernel did not reach Run /init: {err}"));
     eprintln!("stock kernel: Run /init after {:.1} s", init / 1e3);
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         // This host does not deliver `syscall` from guest user mode: segvmm must say so,
         // having seen it in the guest's own fault report.
         assert_eq!(code, 5, "{err}");
         assert_eq!(v["exit_reason"]["kind"], "user_syscalls_unavailable");
-        assert!(err.contains("does not let guest user space make system calls"), "{err}");
+        assert!(
+            err.contains("does not let guest user space make system calls"),
+            "{err}"
+        );
     } else {
         assert_eq!(code, 0, "{err}");
         assert!(milestone_ms(&v, "SEGVMM_INIT_OK").is_some(), "{err}");
@@ -67,8 +91,11 @@ fn stock_kernel_starts_init() {
 
 #[test]
 fn small_kernel_prints_marker_and_powers_off() {
-    let Some((code, err, v)) = boot("small-kernel", &[]) else { return };
-    let t = milestone_ms(&v, "SEGVMM_INIT_OK").unwrap_or_else(|| panic!("no SEGVMM_INIT_OK marker: {err}"));
+    let Some((code, err, v)) = boot("small-kernel", &[]) else {
+        return;
+    };
+    let t = milestone_ms(&v, "SEGVMM_INIT_OK")
+        .unwrap_or_else(|| panic!("no SEGVMM_INIT_OK marker: {err}"));
     eprintln!("small kernel: marker after {:.1} s", t / 1e3);
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["exit_reason"]["kind"], "power_off");

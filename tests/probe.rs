@@ -16,11 +16,20 @@ use segvmm::probe::{native, WorkloadSpec};
 use workloads::kernels::Workload;
 
 fn opts() -> GuestOptions {
-    GuestOptions { backing: Backing::Anon4k, timeout: Duration::from_secs(60), ..GuestOptions::default() }
+    GuestOptions {
+        backing: Backing::Anon4k,
+        timeout: Duration::from_secs(60),
+        ..GuestOptions::default()
+    }
 }
 
 fn work(w: Workload, count: u64) -> WorkloadSpec {
-    WorkloadSpec { workload: w, footprint: 2 << 20, seed: 1234, count: Some(count) }
+    WorkloadSpec {
+        workload: w,
+        footprint: 2 << 20,
+        seed: 1234,
+        count: Some(count),
+    }
 }
 
 #[test]
@@ -28,19 +37,46 @@ fn every_workload_matches_its_native_twin() {
     if !have_kvm() {
         return;
     }
-    for (w, count) in [(Workload::Chase, 50_000), (Workload::Gups, 50_000), (Workload::Stream, 200_000), (Workload::Touch, 0), (Workload::PtChurn, 64)] {
+    for (w, count) in [
+        (Workload::Chase, 50_000),
+        (Workload::Gups, 50_000),
+        (Workload::Stream, 200_000),
+        (Workload::Touch, 0),
+        (Workload::PtChurn, 64),
+    ] {
         let spec = work(w, count);
-        let g = guest::run(GuestSpec { work: spec, guest_pages: PageSize::Size4K }, &opts()).unwrap();
+        let g = guest::run(
+            GuestSpec {
+                work: spec,
+                guest_pages: PageSize::Size4K,
+            },
+            &opts(),
+        )
+        .unwrap();
         let m = g.measurement.unwrap_or_else(|e| panic!("{w:?}: {e}"));
         let n = native::run(&spec, Backing::Anon4k, false, g.report.host.tsc_khz).unwrap();
-        assert_eq!((m.ops, m.checksum), (n.ops, n.checksum), "{w:?}: guest and native disagree");
+        assert_eq!(
+            (m.ops, m.checksum),
+            (n.ops, n.checksum),
+            "{w:?}: guest and native disagree"
+        );
         assert!(m.ops > 0 && m.ns_per_op > 0.0, "{w:?}: {m:?}");
         assert_eq!(m.seed, 1234);
         assert_eq!(m.data_va, workloads::protocol::DATA_VA);
         // TSC and the VMM's clock agree to within the two signal exits (and scheduling on
         // a loaded CI host).
-        assert!(m.wall_ns >= m.elapsed_ns * 0.9, "{w:?}: TSC {} ns vs VMM clock {} ns", m.elapsed_ns, m.wall_ns);
-        assert!(m.wall_ns <= m.elapsed_ns * 1.5 + 50e6, "{w:?}: TSC {} ns vs VMM clock {} ns", m.elapsed_ns, m.wall_ns);
+        assert!(
+            m.wall_ns >= m.elapsed_ns * 0.9,
+            "{w:?}: TSC {} ns vs VMM clock {} ns",
+            m.elapsed_ns,
+            m.wall_ns
+        );
+        assert!(
+            m.wall_ns <= m.elapsed_ns * 1.5 + 50e6,
+            "{w:?}: TSC {} ns vs VMM clock {} ns",
+            m.elapsed_ns,
+            m.wall_ns
+        );
         if w == Workload::Touch {
             // One shadow page fault per 4 KiB page touched, at least.
             assert!(m.shadow_page_faults.unwrap_or(0) >= 512, "{m:?}");
@@ -54,8 +90,23 @@ fn two_mib_guest_pages() {
         return;
     }
     for w in [Workload::Chase, Workload::PtChurn] {
-        let spec = WorkloadSpec { workload: w, footprint: 4 << 20, seed: 9, count: Some(64) };
-        let g = guest::run(GuestSpec { work: spec, guest_pages: PageSize::Size2M }, &GuestOptions { backing: Backing::Thp, ..opts() }).unwrap();
+        let spec = WorkloadSpec {
+            workload: w,
+            footprint: 4 << 20,
+            seed: 9,
+            count: Some(64),
+        };
+        let g = guest::run(
+            GuestSpec {
+                work: spec,
+                guest_pages: PageSize::Size2M,
+            },
+            &GuestOptions {
+                backing: Backing::Thp,
+                ..opts()
+            },
+        )
+        .unwrap();
         let m = g.measurement.unwrap_or_else(|e| panic!("{w:?}: {e}"));
         let n = native::run(&spec, Backing::Thp, false, None).unwrap();
         assert_eq!(m.checksum, n.checksum, "{w:?}");
@@ -75,8 +126,18 @@ fn snapshot_hook_sees_the_planned_page_tables() {
         s.lock().map_err(|e| e.to_string())?.push(sregs.cr3);
         Ok(())
     });
-    let spec = GuestSpec { work: work(Workload::Gups, 1000), guest_pages: PageSize::Size4K };
-    let g = guest::run(spec, &GuestOptions { snapshot: Some(hook), ..opts() }).unwrap();
+    let spec = GuestSpec {
+        work: work(Workload::Gups, 1000),
+        guest_pages: PageSize::Size4K,
+    };
+    let g = guest::run(
+        spec,
+        &GuestOptions {
+            snapshot: Some(hook),
+            ..opts()
+        },
+    )
+    .unwrap();
     assert!(g.measurement.is_ok(), "{:?}", g.measurement);
     let plan = GuestPlan::new(spec).unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![plan.tables.cr3]);
@@ -89,7 +150,15 @@ fn one_gib_guest_pages_refused_without_pdpe1gb() {
         return;
     }
     let info = segvmm::host::probe().unwrap();
-    let spec = GuestSpec { work: WorkloadSpec { workload: Workload::Chase, footprint: 1 << 30, seed: 1, count: Some(10) }, guest_pages: PageSize::Size1G };
+    let spec = GuestSpec {
+        work: WorkloadSpec {
+            workload: Workload::Chase,
+            footprint: 1 << 30,
+            seed: 1,
+            count: Some(10),
+        },
+        guest_pages: PageSize::Size1G,
+    };
     if info.guest_1g_pages {
         eprintln!("SKIP: this host offers 1 GiB guest pages");
         return;
@@ -106,23 +175,55 @@ fn segvmm_run_boots_the_measurement_guest_by_default() {
     }
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
-    let (code, out, err) = run(&["run", "--footprint", "2M", "--count", "10000", "--native", "--backing", "4k", "--report", report.to_str().unwrap()]);
+    let (code, out, err) = run(&[
+        "run",
+        "--footprint",
+        "2M",
+        "--count",
+        "10000",
+        "--native",
+        "--backing",
+        "4k",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "stdout {out}\nstderr {err}");
-    assert!(out.contains("guest chase (backing 4k, guest pages 4k, footprint 2 MiB, seed 42)"), "{out}");
+    assert!(
+        out.contains("guest chase (backing 4k, guest pages 4k, footprint 2 MiB, seed 42)"),
+        "{out}"
+    );
     assert!(out.contains("native chase"), "{out}");
     assert!(out.contains("same checksum"), "{out}");
-    assert!(err.contains("memory: ") && err.contains("kvm: exits"), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(
+        err.contains("memory: ") && err.contains("kvm: exits"),
+        "{err}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(v["measurement"]["workload"], "chase");
-    assert_eq!(v["measurement"]["data_va"].as_u64(), Some(workloads::protocol::DATA_VA));
-    assert_eq!(v["run"]["host"]["kvm_module"].as_str().map(|s| !s.is_empty()), Some(true));
+    assert_eq!(
+        v["measurement"]["data_va"].as_u64(),
+        Some(workloads::protocol::DATA_VA)
+    );
+    assert_eq!(
+        v["run"]["host"]["kvm_module"]
+            .as_str()
+            .map(|s| !s.is_empty()),
+        Some(true)
+    );
 }
 
 #[test]
 fn segvmm_run_refuses_bad_probe_input() {
     for (args, needle) in [
-        (&["run", "--workload", "nope"][..], "unknown workload 'nope'"),
-        (&["run", "--footprint", "3M", "--guest-pages", "2m"][..], "multiple of the guest page size"),
+        (
+            &["run", "--workload", "nope"][..],
+            "unknown workload 'nope'",
+        ),
+        (
+            &["run", "--footprint", "3M", "--guest-pages", "2m"][..],
+            "multiple of the guest page size",
+        ),
         (&["run", "--footprint", "0"][..], "non-zero"),
     ] {
         let (code, out, err) = run(args);

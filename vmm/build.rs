@@ -13,11 +13,23 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo")).join("..");
     let tg = root.join("guest-kernels/testguest");
-    println!("cargo:rerun-if-changed={}", tg.join("testguest.S").display());
-    println!("cargo:rerun-if-changed={}", tg.join("testguest.ld").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        tg.join("testguest.S").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        tg.join("testguest.ld").display()
+    );
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
-        .args(["-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments"])
+        .args([
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+        ])
         .arg(format!("-Wl,-T,{}", tg.join("testguest.ld").display()))
         .arg("-o")
         .arg(out.join("testguest.elf"))
@@ -26,7 +38,9 @@ fn main() {
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("assembling the test guest with {cc} failed: {s}"),
-        Err(e) => panic!("cannot run the C compiler `{cc}` to assemble the test guest: {e} (install gcc)"),
+        Err(e) => {
+            panic!("cannot run the C compiler `{cc}` to assemble the test guest: {e} (install gcc)")
+        }
     }
     build_probe(&root, &out);
 }
@@ -36,13 +50,26 @@ fn main() {
 /// flags, or run clippy on it).
 fn leaks_into_nested_cargo(key: &str) -> bool {
     const KEEP: &[&str] = &["CARGO_HOME", "CARGO"];
-    if KEEP.contains(&key) || key.starts_with("CARGO_NET_") || key.starts_with("CARGO_HTTP_") || key.starts_with("CARGO_REGISTR") {
+    if KEEP.contains(&key)
+        || key.starts_with("CARGO_NET_")
+        || key.starts_with("CARGO_HTTP_")
+        || key.starts_with("CARGO_REGISTR")
+    {
         return false;
     }
     key.starts_with("CARGO_")
         || matches!(
             key,
-            "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WORKSPACE_WRAPPER" | "TARGET" | "HOST" | "OUT_DIR" | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS"
+            "RUSTFLAGS"
+                | "RUSTDOCFLAGS"
+                | "RUSTC_WORKSPACE_WRAPPER"
+                | "TARGET"
+                | "HOST"
+                | "OUT_DIR"
+                | "PROFILE"
+                | "OPT_LEVEL"
+                | "DEBUG"
+                | "NUM_JOBS"
         )
 }
 
@@ -54,12 +81,19 @@ fn build_probe(root: &Path, out: &Path) {
         println!("cargo:rerun-if-changed={}", probe.join(p).display());
     }
     for p in ["src", "Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", root.join("workloads").join(p).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join("workloads").join(p).display()
+        );
     }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = out.join("probe-target");
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&probe).args(["build", "--release", "--offline", "--manifest-path"]).arg(probe.join("Cargo.toml")).arg("--target-dir").arg(&target_dir);
+    cmd.current_dir(&probe)
+        .args(["build", "--release", "--offline", "--manifest-path"])
+        .arg(probe.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
     for (k, _) in env::vars_os() {
         if let Some(k) = k.to_str() {
             if leaks_into_nested_cargo(k) {
@@ -71,7 +105,10 @@ fn build_probe(root: &Path, out: &Path) {
     cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Crelocation-model=static");
     match cmd.status() {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("building the measurement guest (cargo build in {}) failed: {s}", probe.display()),
+        Ok(s) => panic!(
+            "building the measurement guest (cargo build in {}) failed: {s}",
+            probe.display()
+        ),
         Err(e) => panic!("cannot run `{cargo}` to build the measurement guest: {e}"),
     }
     let elf = target_dir.join("release/probe");

@@ -35,7 +35,9 @@ pub enum Error {
 }
 
 fn handle(stream: UnixStream, svc: &SnapshotService) {
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     for line in BufReader::new(stream).lines().map_while(Result::ok) {
         let mut words = line.split_whitespace();
         let reply = match (words.next(), words.next()) {
@@ -55,7 +57,10 @@ fn handle(stream: UnixStream, svc: &SnapshotService) {
 /// Serves `path` in a background thread until the process ends.
 pub fn serve(path: &Path, svc: Arc<SnapshotService>) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|source| Error::Bind { path: path.into(), source })?;
+    let listener = UnixListener::bind(path).map_err(|source| Error::Bind {
+        path: path.into(),
+        source,
+    })?;
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
@@ -63,16 +68,28 @@ pub fn serve(path: &Path, svc: Arc<SnapshotService>) -> Result<(), Error> {
                 handle(s, &svc);
             }
         })
-        .map_err(|source| Error::Bind { path: path.into(), source })?;
+        .map_err(|source| Error::Bind {
+            path: path.into(),
+            source,
+        })?;
     Ok(())
 }
 
 /// Sends one command to a VMM's API socket and returns its answer line.
 pub fn request(path: &Path, command: &str) -> Result<String, Error> {
-    let err = |why: String| Error::Client { path: path.into(), why };
-    let mut s = UnixStream::connect(path).map_err(|e| err(format!("cannot connect ({e}); is a VMM running with --api-socket?")))?;
+    let err = |why: String| Error::Client {
+        path: path.into(),
+        why,
+    };
+    let mut s = UnixStream::connect(path).map_err(|e| {
+        err(format!(
+            "cannot connect ({e}); is a VMM running with --api-socket?"
+        ))
+    })?;
     writeln!(s, "{command}").map_err(|e| err(e.to_string()))?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).map_err(|e| err(e.to_string()))?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| err(e.to_string()))?;
     Ok(line.trim_end().to_string())
 }

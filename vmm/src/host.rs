@@ -99,11 +99,26 @@ const CAPS: &[(&str, u32)] = &[
     ("KVM_CAP_GET_TSC_KHZ", kvm_bindings::KVM_CAP_GET_TSC_KHZ),
     ("KVM_CAP_VCPU_EVENTS", kvm_bindings::KVM_CAP_VCPU_EVENTS),
     ("KVM_CAP_SYNC_REGS", kvm_bindings::KVM_CAP_SYNC_REGS),
-    ("KVM_CAP_IMMEDIATE_EXIT", kvm_bindings::KVM_CAP_IMMEDIATE_EXIT),
-    ("KVM_CAP_BINARY_STATS_FD", kvm_bindings::KVM_CAP_BINARY_STATS_FD),
-    ("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2),
-    ("KVM_CAP_DIRTY_LOG_RING", kvm_bindings::KVM_CAP_DIRTY_LOG_RING),
-    ("KVM_CAP_EXCEPTION_PAYLOAD", kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD),
+    (
+        "KVM_CAP_IMMEDIATE_EXIT",
+        kvm_bindings::KVM_CAP_IMMEDIATE_EXIT,
+    ),
+    (
+        "KVM_CAP_BINARY_STATS_FD",
+        kvm_bindings::KVM_CAP_BINARY_STATS_FD,
+    ),
+    (
+        "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
+        kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+    ),
+    (
+        "KVM_CAP_DIRTY_LOG_RING",
+        kvm_bindings::KVM_CAP_DIRTY_LOG_RING,
+    ),
+    (
+        "KVM_CAP_EXCEPTION_PAYLOAD",
+        kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD,
+    ),
     ("KVM_CAP_XSAVE", kvm_bindings::KVM_CAP_XSAVE),
 ];
 
@@ -130,21 +145,38 @@ pub fn kvm_module_and_mode() -> (String, MmuMode, String) {
             return (module.into(), mode, format!("{} = {v}", p.display()));
         }
     }
-    ("unknown".into(), MmuMode::Shadow, "no kvm_intel/kvm_amd/kvm_pvm module found in /sys/module; assuming shadow".into())
+    (
+        "unknown".into(),
+        MmuMode::Shadow,
+        "no kvm_intel/kvm_amd/kvm_pvm module found in /sys/module; assuming shadow".into(),
+    )
 }
 
 /// Reads the hugetlb pools.
 pub fn hugepage_pools() -> Vec<HugePool> {
     let mut pools = Vec::new();
-    let Ok(dir) = fs::read_dir("/sys/kernel/mm/hugepages") else { return pools };
+    let Ok(dir) = fs::read_dir("/sys/kernel/mm/hugepages") else {
+        return pools;
+    };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(kb) = name.strip_prefix("hugepages-").and_then(|s| s.strip_suffix("kB")) else {
+        let Some(kb) = name
+            .strip_prefix("hugepages-")
+            .and_then(|s| s.strip_suffix("kB"))
+        else {
             continue;
         };
         let Ok(kb) = kb.parse::<u64>() else { continue };
-        let num = |f: &str| read_trim(e.path().join(f)).and_then(|s| s.parse().ok()).unwrap_or(0);
-        pools.push(HugePool { page_size: kb * 1024, total: num("nr_hugepages"), free: num("free_hugepages") });
+        let num = |f: &str| {
+            read_trim(e.path().join(f))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        };
+        pools.push(HugePool {
+            page_size: kb * 1024,
+            total: num("nr_hugepages"),
+            free: num("free_hugepages"),
+        });
     }
     pools.sort_by_key(|p| p.page_size);
     pools
@@ -153,7 +185,11 @@ pub fn hugepage_pools() -> Vec<HugePool> {
 /// The THP mode: the bracketed word of `/sys/kernel/mm/transparent_hugepage/enabled`.
 pub fn thp_mode() -> String {
     read_trim("/sys/kernel/mm/transparent_hugepage/enabled")
-        .and_then(|s| s.split_whitespace().find(|w| w.starts_with('[')).map(|w| w.trim_matches(['[', ']']).to_string()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .find(|w| w.starts_with('['))
+                .map(|w| w.trim_matches(['[', ']']).to_string())
+        })
         .unwrap_or_else(|| "unavailable".into())
 }
 
@@ -161,10 +197,17 @@ pub fn thp_mode() -> String {
 pub fn probe() -> Result<HostInfo, Error> {
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
     let (kvm_module, mmu_mode, mmu_mode_source) = kvm_module_and_mode();
-    let capabilities = CAPS.iter().map(|(n, c)| (n.to_string(), kvm.check_extension_raw(u64::from(*c)) > 0)).collect();
+    let capabilities = CAPS
+        .iter()
+        .map(|(n, c)| (n.to_string(), kvm.check_extension_raw(u64::from(*c)) > 0))
+        .collect();
     let guest_1g_pages = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map(|c| c.as_slice().iter().any(|e| e.function == 0x8000_0001 && e.edx & (1 << 26) != 0))
+        .map(|c| {
+            c.as_slice()
+                .iter()
+                .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 26) != 0)
+        })
         .unwrap_or(false);
     let tsc_khz = tsc_khz(&kvm);
     let mut workarounds = Vec::new();
@@ -245,11 +288,16 @@ mod tests {
     fn mode_checks() {
         let pvm = info("kvm_pvm", MmuMode::Shadow);
         assert_eq!(check_mode(&pvm, MmuRequest::Auto).unwrap(), MmuMode::Shadow);
-        assert_eq!(check_mode(&pvm, MmuRequest::Shadow).unwrap(), MmuMode::Shadow);
+        assert_eq!(
+            check_mode(&pvm, MmuRequest::Shadow).unwrap(),
+            MmuMode::Shadow
+        );
         let e = check_mode(&pvm, MmuRequest::Tdp).unwrap_err().to_string();
         assert!(e.contains("kvm_pvm") && e.contains("EPT"), "{e}");
         let intel = info("kvm_intel", MmuMode::Tdp);
-        let e = check_mode(&intel, MmuRequest::Shadow).unwrap_err().to_string();
+        let e = check_mode(&intel, MmuRequest::Shadow)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ept=0"), "{e}");
     }
 

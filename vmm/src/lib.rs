@@ -1,14 +1,14 @@
 //! segvmm: a rust-vmm-style KVM virtual machine monitor whose guest RAM is one host
 //! mapping, plus the glue that feeds live guests into the `segment-mmu` models.
 
-pub mod cli;
-pub mod host;
-pub mod memory;
-pub mod snapshot;
-pub mod vstate;
 pub mod api;
 pub mod boot;
+pub mod cli;
 pub mod devices;
 pub mod dirty;
+pub mod host;
 pub mod machine;
+pub mod memory;
 pub mod probe;
+pub mod snapshot;
+pub mod vstate;

@@ -189,7 +189,10 @@ pub enum ExitReason {
 impl ExitReason {
     /// Whether the guest ended as it should.
     pub fn is_success(&self) -> bool {
-        matches!(self, ExitReason::GuestExit { status: 0 } | ExitReason::PowerOff | ExitReason::Reset)
+        matches!(
+            self,
+            ExitReason::GuestExit { status: 0 } | ExitReason::PowerOff | ExitReason::Reset
+        )
     }
 
     /// The VMM's exit code for this outcome: 0 success, the guest's status for a non-zero
@@ -306,7 +309,10 @@ fn kick_signal() -> libc::c_int {
 pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let started = cfg.started.unwrap_or_else(Instant::now);
     if cfg.vcpus == 0 || cfg.vcpus > 64 {
-        return Err(Error::Config(format!("--vcpus {}: must be between 1 and 64", cfg.vcpus)));
+        return Err(Error::Config(format!(
+            "--vcpus {}: must be between 1 and 64",
+            cfg.vcpus
+        )));
     }
     let info = host::probe()?;
     let mmu_mode = host::check_mode(&info, cfg.mmu)?;
@@ -322,19 +328,53 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     }
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
-        vcpus.push(vm_fd.create_vcpu(u64::from(id)).map_err(|source| Error::Kvm { what: "KVM_CREATE_VCPU", source })?);
+        vcpus.push(
+            vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(|source| Error::Kvm {
+                    what: "KVM_CREATE_VCPU",
+                    source,
+                })?,
+        );
     }
-    let base_sregs = vcpus[0].get_sregs().map_err(|source| Error::Kvm { what: "KVM_GET_SREGS", source })?;
+    let base_sregs = vcpus[0].get_sregs().map_err(|source| Error::Kvm {
+        what: "KVM_GET_SREGS",
+        source,
+    })?;
     let init0 = match cfg.payload {
-        Payload::Linux { kernel, initrd, cmdline, bzimage } => {
+        Payload::Linux {
+            kernel,
+            initrd,
+            cmdline,
+            bzimage,
+        } => {
             let extra = host_cmdline_additions(&info);
-            let full = if extra.is_empty() { cmdline } else { format!("{cmdline} {extra}") };
-            let loaded = boot::load_kernel(&ram, &kernel, initrd.as_deref(), &full, cfg.vcpus, bzimage.resolve(&info.kvm_module))?;
+            let full = if extra.is_empty() {
+                cmdline
+            } else {
+                format!("{cmdline} {extra}")
+            };
+            let loaded = boot::load_kernel(
+                &ram,
+                &kernel,
+                initrd.as_deref(),
+                &full,
+                cfg.vcpus,
+                bzimage.resolve(&info.kvm_module),
+            )?;
             cmdline_used = Some(full);
             VcpuInit::for_entry(loaded.entry, base_sregs)
         }
         Payload::TestGuest { mode } => {
-            let loaded = boot::load_image(&ram, std::path::Path::new("<built-in test guest>"), TEST_GUEST, None, &mode, cfg.vcpus, boot::BzImageMode::AsIs)?;
+            let loaded = boot::load_image(
+                &ram,
+                std::path::Path::new("<built-in test guest>"),
+                TEST_GUEST,
+                None,
+                &mode,
+                cfg.vcpus,
+                boot::BzImageMode::AsIs,
+            )?;
             VcpuInit::for_entry(loaded.entry, base_sregs)
         }
         Payload::Custom(f) => f(&ram, &info).map_err(Error::Config)?,
@@ -342,7 +382,10 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     // CPUID: KVM's supported set, topology per vCPU, features the host cannot run hidden.
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| Error::Kvm { what: "KVM_GET_SUPPORTED_CPUID", source })?;
+        .map_err(|source| Error::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
     let hide: &[_] = if pvm { cpuid::PVM_HIDDEN } else { &[] };
     for (id, v) in vcpus.iter().enumerate() {
         let mut c = supported.clone();
@@ -352,10 +395,14 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
 
     // Devices.
     let console = Arc::new(Console::new(cfg.echo_console, started));
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Config(format!("eventfd: {e}")))?;
+    let irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Config(format!("eventfd: {e}")))?;
     vm_fd
         .register_irqfd(&irq, crate::devices::serial::COM1_GSI)
-        .map_err(|source| Error::Kvm { what: "KVM_IRQFD", source })?;
+        .map_err(|source| Error::Kvm {
+            what: "KVM_IRQFD",
+            source,
+        })?;
     let devices = Arc::new(Devices {
         serial: Mutex::new(SerialDevice::new(irq, console.clone())),
         console: console.clone(),
@@ -385,15 +432,23 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let counters = Arc::new(emulate::Counters::default());
     let boot_ms = started.elapsed().as_secs_f64() * 1e3;
     let tracker = match cfg.track_dirty.clone() {
-        Some(d) => Some(crate::dirty::Tracker::start(vm_fd.clone(), ram.clone(), d).map_err(|e| Error::Config(e.to_string()))?),
+        Some(d) => Some(
+            crate::dirty::Tracker::start(vm_fd.clone(), ram.clone(), d)
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ),
         None => None,
     };
     let run_start = Instant::now();
     let mut threads = Vec::new();
     let last_rips = Arc::new(Mutex::new(vec![0u64; cfg.vcpus as usize]));
     for (id, mut v) in vcpus.into_iter().enumerate() {
-        let (ram, devices, ctl, counters, tx): (Arc<GuestRam>, _, _, _, Sender<Event>) =
-            (ram.clone(), devices.clone(), ctl.clone(), counters.clone(), tx.clone());
+        let (ram, devices, ctl, counters, tx): (Arc<GuestRam>, _, _, _, Sender<Event>) = (
+            ram.clone(),
+            devices.clone(),
+            ctl.clone(),
+            counters.clone(),
+            tx.clone(),
+        );
         let last_rips = last_rips.clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -440,22 +495,46 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         let ev = match deadline {
             Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                 Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => break ExitReason::Timeout { seconds: cfg.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0), rips: Vec::new() },
-                Err(RecvTimeoutError::Disconnected) => break ExitReason::UnhandledExit { vcpu: 0, what: "all vCPU threads ended".into() },
+                Err(RecvTimeoutError::Timeout) => {
+                    break ExitReason::Timeout {
+                        seconds: cfg.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0),
+                        rips: Vec::new(),
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    break ExitReason::UnhandledExit {
+                        vcpu: 0,
+                        what: "all vCPU threads ended".into(),
+                    }
+                }
             },
             None => match rx.recv() {
                 Ok(e) => e,
-                Err(_) => break ExitReason::UnhandledExit { vcpu: 0, what: "all vCPU threads ended".into() },
+                Err(_) => {
+                    break ExitReason::UnhandledExit {
+                        vcpu: 0,
+                        what: "all vCPU threads ended".into(),
+                    }
+                }
             },
         };
         match ev {
-            Event::Console(ConsoleEvent::Milestone { what, at_ms }) => milestones.push(Milestone { what: what.into(), at_ms }),
+            Event::Console(ConsoleEvent::Milestone { what, at_ms }) => milestones.push(Milestone {
+                what: what.into(),
+                at_ms,
+            }),
             Event::Console(ConsoleEvent::UserFaultAtKernelIp(l)) => user_fault = Some(l),
             Event::Console(ConsoleEvent::PowerOff) => break ExitReason::PowerOff,
             Event::Console(ConsoleEvent::Panic(line)) => {
                 let started_init = milestones.iter().any(|m| m.what.starts_with("Run /init"));
-                break match (&user_fault, started_init && line.contains("Attempted to kill init")) {
-                    (Some(fault), true) => ExitReason::UserSyscallsUnavailable { fault: fault.clone(), panic: line },
+                break match (
+                    &user_fault,
+                    started_init && line.contains("Attempted to kill init"),
+                ) {
+                    (Some(fault), true) => ExitReason::UserSyscallsUnavailable {
+                        fault: fault.clone(),
+                        panic: line,
+                    },
                     _ => ExitReason::Panic { line },
                 };
             }
@@ -465,8 +544,13 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
                     VcpuStop::Reset => ExitReason::Reset,
                     VcpuStop::TripleFault { rip } => ExitReason::TripleFault { vcpu: id, rip },
                     VcpuStop::Unhandled(what) => ExitReason::UnhandledExit { vcpu: id, what },
-                    VcpuStop::EmulationFailure(what) => ExitReason::EmulationFailure { vcpu: id, what },
-                    VcpuStop::Stopped => ExitReason::UnhandledExit { vcpu: id, what: "stopped".into() },
+                    VcpuStop::EmulationFailure(what) => {
+                        ExitReason::EmulationFailure { vcpu: id, what }
+                    }
+                    VcpuStop::Stopped => ExitReason::UnhandledExit {
+                        vcpu: id,
+                        what: "stopped".into(),
+                    },
                 }
             }
         }
@@ -510,7 +594,10 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         exit_reason,
         milestones,
         cmdline: cmdline_used,
-        vmm_emulated: (counters.int3.load(Ordering::Relaxed), counters.other.load(Ordering::Relaxed)),
+        vmm_emulated: (
+            counters.int3.load(Ordering::Relaxed),
+            counters.other.load(Ordering::Relaxed),
+        ),
         dirty,
         snapshots: service.taken(),
         vmm_rss_bytes,
@@ -522,28 +609,38 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
 fn vm_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
 /// Forwards stdin to the serial port until EOF.
 fn spawn_stdin(devices: Arc<Devices>) {
-    let _ = std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        use std::io::Read;
-        let mut buf = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let mut off = 0;
-            while off < n {
-                let put = devices.serial.lock().map(|mut s| s.input(&buf[off..n])).unwrap_or(n);
-                off += put;
-                if put == 0 {
-                    std::thread::sleep(Duration::from_millis(5));
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut off = 0;
+                while off < n {
+                    let put = devices
+                        .serial
+                        .lock()
+                        .map(|mut s| s.input(&buf[off..n]))
+                        .unwrap_or(n);
+                    off += put;
+                    if put == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
             }
-        }
-    });
+        });
 }

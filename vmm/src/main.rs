@@ -5,8 +5,14 @@ use clap::{Parser, Subcommand};
 use segvmm::cli;
 
 #[derive(Parser, Debug)]
-#[command(name = "segvmm", version, about = "A KVM VMM with one-segment guest memory, and models of MMUs for virtual machines")]
-#[command(after_help = "Without a subcommand, segvmm does what `segvmm run` does with its defaults: boot the built-in measurement guest on chase over 256 MiB and print its result.")]
+#[command(
+    name = "segvmm",
+    version,
+    about = "A KVM VMM with one-segment guest memory, and models of MMUs for virtual machines"
+)]
+#[command(
+    after_help = "Without a subcommand, segvmm does what `segvmm run` does with its defaults: boot the built-in measurement guest on chase over 256 MiB and print its result."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -37,7 +43,11 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     // No subcommand: `segvmm run` with its defaults (the measurement guest).
-    let command = cli.command.or_else(|| Cli::try_parse_from(["segvmm", "run"]).ok().and_then(|c| c.command));
+    let command = cli.command.or_else(|| {
+        Cli::try_parse_from(["segvmm", "run"])
+            .ok()
+            .and_then(|c| c.command)
+    });
     let Some(command) = command else {
         eprintln!("segvmm: error: no subcommand (see segvmm --help)");
         std::process::exit(2);

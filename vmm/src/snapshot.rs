@@ -107,7 +107,11 @@ pub fn ram_ranges(ram: &GuestRam, report: &MemoryReport, runs: &[VmmRun]) -> Vec
             let inside: Vec<HostRun> = runs
                 .iter()
                 .filter(|x| x.gpa >= r.gpa && x.gpa < r.end())
-                .map(|x| HostRun { gpa_start: x.gpa, len: x.len.min(r.end() - x.gpa), hpa_start: x.hpa })
+                .map(|x| HostRun {
+                    gpa_start: x.gpa,
+                    len: x.len.min(r.end() - x.gpa),
+                    hpa_start: x.hpa,
+                })
                 .collect();
             RamRange {
                 gpa_start: r.gpa,
@@ -121,28 +125,54 @@ pub fn ram_ranges(ram: &GuestRam, report: &MemoryReport, runs: &[VmmRun]) -> Vec
 }
 
 /// Captures the tables of every distinct CR3 in `states` and returns the snapshot.
-pub fn capture(ram: &GuestRam, report: &MemoryReport, runs: &[VmmRun], states: &[VcpuState]) -> Result<Snapshot, Error> {
+pub fn capture(
+    ram: &GuestRam,
+    report: &MemoryReport,
+    runs: &[VmmRun],
+    states: &[VcpuState],
+) -> Result<Snapshot, Error> {
     let first = states.first().ok_or(Error::NoVcpus)?;
     let (cr0, cr4, efer) = (first.sregs.cr0, first.sregs.cr4, first.sregs.efer);
     if cr0 & (1 << 31) == 0 || efer & (1 << 10) == 0 {
         return Err(Error::NoLongModePaging { cr0, cr4, efer });
     }
-    let mode = if cr4 & (1 << 12) != 0 { PagingMode::Level5 } else { PagingMode::Level4 };
+    let mode = if cr4 & (1 << 12) != 0 {
+        PagingMode::Level5
+    } else {
+        PagingMode::Level4
+    };
     let mut spaces: Vec<AddressSpace> = Vec::new();
     for (i, s) in states.iter().enumerate() {
         let cr3 = s.sregs.cr3 & 0x000f_ffff_ffff_f000;
         if !spaces.iter().any(|a| a.cr3 == cr3) {
-            spaces.push(AddressSpace { cr3, label: format!("vcpu{i}") });
+            spaces.push(AddressSpace {
+                cr3,
+                label: format!("vcpu{i}"),
+            });
         }
     }
-    Ok(Snapshot::capture(ram, spaces, CpuState { mode, cr4, efer }, ram_ranges(ram, report, runs))?)
+    Ok(Snapshot::capture(
+        ram,
+        spaces,
+        CpuState { mode, cr4, efer },
+        ram_ranges(ram, report, runs),
+    )?)
 }
 
 /// Captures and writes `path`; `started` is when the request arrived (for timing).
-pub fn capture_to_file(ram: &GuestRam, report: &MemoryReport, states: &[VcpuState], path: &Path, started: Instant) -> Result<SnapshotInfo, Error> {
+pub fn capture_to_file(
+    ram: &GuestRam,
+    report: &MemoryReport,
+    states: &[VcpuState],
+    path: &Path,
+    started: Instant,
+) -> Result<SnapshotInfo, Error> {
     let snap = capture(ram, report, &report.runs, states)?;
     let bytes = snap.to_bytes();
-    let werr = |e: std::io::Error| Error::Write { path: path.display().to_string(), why: e.to_string() };
+    let werr = |e: std::io::Error| Error::Write {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    };
     std::fs::write(path, &bytes).map_err(werr)?;
     Ok(SnapshotInfo {
         path: path.display().to_string(),
@@ -167,7 +197,9 @@ pub struct SnapshotService {
 
 impl std::fmt::Debug for SnapshotService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotService").field("vcpus", &self.vcpus).finish()
+        f.debug_struct("SnapshotService")
+            .field("vcpus", &self.vcpus)
+            .finish()
     }
 }
 
@@ -182,7 +214,14 @@ impl SnapshotService {
         vcpus: usize,
         kick: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
-        SnapshotService { ram, ctl, vcpus, kick, report: std::sync::OnceLock::new(), taken: Default::default() }
+        SnapshotService {
+            ram,
+            ctl,
+            vcpus,
+            kick,
+            report: std::sync::OnceLock::new(),
+            taken: Default::default(),
+        }
     }
 
     fn report(&self) -> &MemoryReport {
@@ -200,14 +239,24 @@ impl SnapshotService {
     pub fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, Error> {
         let started = Instant::now();
         let report = self.report();
-        let states = self.ctl.pause_all(self.vcpus, PAUSE_TIMEOUT, &self.kick).map_err(|why| Error::Write { path: path.display().to_string(), why })?;
+        let states = self
+            .ctl
+            .pause_all(self.vcpus, PAUSE_TIMEOUT, &self.kick)
+            .map_err(|why| Error::Write {
+                path: path.display().to_string(),
+                why,
+            })?;
         let r = capture_to_file(&self.ram, report, &states, path, started);
         self.ctl.resume_all();
         self.record(r)
     }
 
     /// From a vCPU thread (the guest asked): pause the others, capture, resume.
-    pub fn snapshot_from_vcpu(&self, vcpu: &kvm_ioctls::VcpuFd, path: &Path) -> Result<SnapshotInfo, Error> {
+    pub fn snapshot_from_vcpu(
+        &self,
+        vcpu: &kvm_ioctls::VcpuFd,
+        path: &Path,
+    ) -> Result<SnapshotInfo, Error> {
         let started = Instant::now();
         let report = self.report();
         let own = match (vcpu.get_regs(), vcpu.get_sregs()) {
@@ -216,7 +265,13 @@ impl SnapshotService {
         };
         let mut states = vec![own];
         if self.vcpus > 1 {
-            let others = self.ctl.pause_all(self.vcpus - 1, PAUSE_TIMEOUT, &self.kick).map_err(|why| Error::Write { path: path.display().to_string(), why })?;
+            let others = self
+                .ctl
+                .pause_all(self.vcpus - 1, PAUSE_TIMEOUT, &self.kick)
+                .map_err(|why| Error::Write {
+                    path: path.display().to_string(),
+                    why,
+                })?;
             states.extend(others);
         }
         let r = capture_to_file(&self.ram, report, &states, path, started);

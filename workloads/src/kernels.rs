@@ -37,7 +37,13 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 5] = [Workload::Chase, Workload::Gups, Workload::Stream, Workload::Touch, Workload::PtChurn];
+    pub const ALL: [Workload; 5] = [
+        Workload::Chase,
+        Workload::Gups,
+        Workload::Stream,
+        Workload::Touch,
+        Workload::PtChurn,
+    ];
 
     /// The protocol code.
     pub const fn code(self) -> u64 {
@@ -97,7 +103,9 @@ pub fn chase_init(buf: &mut [u64], seed: u64) {
     for k in 0..n {
         buf[k * CHASE_ELEM_WORDS] = k as u64;
     }
-    sattolo_swaps(n, seed, |i, j| buf.swap(i * CHASE_ELEM_WORDS, j * CHASE_ELEM_WORDS));
+    sattolo_swaps(n, seed, |i, j| {
+        buf.swap(i * CHASE_ELEM_WORDS, j * CHASE_ELEM_WORDS)
+    });
 }
 
 /// Follows the cycle for `steps` dependent loads starting at element 0; returns the
@@ -176,7 +184,9 @@ pub fn stream_run(buf: &mut [u64], passes: u64) -> u64 {
 
 /// Wrapping sum of the `a` array (outside the timed part).
 pub fn stream_checksum(buf: &[u64]) -> u64 {
-    buf[..stream_elems(buf.len())].iter().fold(0u64, |s, &x| s.wrapping_add(x))
+    buf[..stream_elems(buf.len())]
+        .iter()
+        .fold(0u64, |s, &x| s.wrapping_add(x))
 }
 
 /// Writes `p + 1` into the first word of every 4 KiB page `p`; returns the pages touched.
@@ -193,7 +203,9 @@ pub fn touch_run(buf: &mut [u64]) -> u64 {
 
 /// Wrapping sum of the first word of every 4 KiB page (outside the timed part).
 pub fn touch_checksum(buf: &[u64]) -> u64 {
-    buf.iter().step_by(TOUCH_PAGE_BYTES / 8).fold(0u64, |s, &x| s.wrapping_add(x))
+    buf.iter()
+        .step_by(TOUCH_PAGE_BYTES / 8)
+        .fold(0u64, |s, &x| s.wrapping_add(x))
 }
 
 /// How `ptchurn` maps and unmaps pages: in the guest a request to the ring-0 stub that
@@ -288,7 +300,10 @@ mod tests {
         for i in 0..10u64 {
             assert_eq!(buf[i as usize], i + 3 * (7 * i + 1));
         }
-        assert_eq!(stream_checksum(&buf), (0..10u64).map(|i| i + 3 * (7 * i + 1)).sum());
+        assert_eq!(
+            stream_checksum(&buf),
+            (0..10u64).map(|i| i + 3 * (7 * i + 1)).sum()
+        );
     }
 
     #[test]
@@ -326,7 +341,11 @@ mod tests {
 
     #[test]
     fn ptchurn_cycles() {
-        let mut c = FakeChurn { mapped: [false; 3], mem: [0; 3], maps: 0 };
+        let mut c = FakeChurn {
+            mapped: [false; 3],
+            mem: [0; 3],
+            maps: 0,
+        };
         assert_eq!(ptchurn_run(&mut c, 10), (10, 45));
         assert_eq!(c.maps, 10);
     }

@@ -24,7 +24,11 @@ impl XorShift64 {
 
     /// Creates a generator from `seed`.
     pub const fn new(seed: u64) -> Self {
-        let state = if seed == 0 { Self::ZERO_SEED_REPLACEMENT } else { seed };
+        let state = if seed == 0 {
+            Self::ZERO_SEED_REPLACEMENT
+        } else {
+            seed
+        };
         Self { state }
     }
 
@@ -87,7 +91,11 @@ pub struct GupsIndices {
 impl GupsIndices {
     /// A stream of `count` indices over `elems` 8-byte elements, from `seed`.
     pub const fn new(seed: u64, elems: u64, count: u64) -> Self {
-        Self { rng: XorShift64::new(seed), elems, left: count }
+        Self {
+            rng: XorShift64::new(seed),
+            elems,
+            left: count,
+        }
     }
 }
 

@@ -46,7 +46,11 @@ pub fn compression(payload: &[u8]) -> Option<&'static str> {
 
 /// Returns the decompressed vmlinux (ELF) inside bzImage `image`.
 pub fn extract_vmlinux(image: &[u8]) -> Result<Vec<u8>, Error> {
-    let u32_at = |off: usize| image.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let u32_at = |off: usize| {
+        image
+            .get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
     let setup_sects = match image.get(0x1f1).copied().ok_or(Error::Truncated)? {
         0 => 4,
         n => n as usize,
@@ -61,29 +65,37 @@ pub fn extract_vmlinux(image: &[u8]) -> Result<Vec<u8>, Error> {
     // Every kernel compressor appends the decompressed size as a little-endian u32.
     let (body, trailer) = payload.split_at(payload.len() - 4);
     let size = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
-    let format = compression(payload).ok_or_else(|| Error::UnknownCompression(payload[..4].iter().map(|b| format!("{b:02x}")).collect()))?;
+    let format = compression(payload).ok_or_else(|| {
+        Error::UnknownCompression(payload[..4].iter().map(|b| format!("{b:02x}")).collect())
+    })?;
     let corrupt = |why: String| Error::Corrupt { format, why };
     let out = match format {
         "lz4" => lz4_legacy(body, size).map_err(corrupt)?,
         "gzip" => {
             let deflate = gzip_body(body).ok_or_else(|| corrupt("bad gzip header".into()))?;
-            miniz_oxide::inflate::decompress_to_vec(deflate).map_err(|e| corrupt(format!("{e:?}")))?
+            miniz_oxide::inflate::decompress_to_vec(deflate)
+                .map_err(|e| corrupt(format!("{e:?}")))?
         }
         "zstd" => {
-            let mut d = ruzstd::decoding::StreamingDecoder::new(body).map_err(|e| corrupt(e.to_string()))?;
+            let mut d = ruzstd::decoding::StreamingDecoder::new(body)
+                .map_err(|e| corrupt(e.to_string()))?;
             let mut v = Vec::with_capacity(size);
             d.read_to_end(&mut v).map_err(|e| corrupt(e.to_string()))?;
             v
         }
         "xz" => {
             let mut v = Vec::with_capacity(size);
-            lzma_rs::xz_decompress(&mut std::io::BufReader::new(body), &mut v).map_err(|e| corrupt(e.to_string()))?;
+            lzma_rs::xz_decompress(&mut std::io::BufReader::new(body), &mut v)
+                .map_err(|e| corrupt(e.to_string()))?;
             v
         }
         _ => payload.to_vec(),
     };
     if format != "none" && out.len() != size {
-        return Err(corrupt(format!("decompressed {} bytes, the trailer says {size}", out.len())));
+        return Err(corrupt(format!(
+            "decompressed {} bytes, the trailer says {size}",
+            out.len()
+        )));
     }
     if out.get(..4) != Some(b"\x7fELF") {
         return Err(Error::NotElf);
@@ -107,7 +119,8 @@ fn lz4_legacy(mut data: &[u8], size: usize) -> Result<Vec<u8>, String> {
         let block = data.get(..n).ok_or("block runs past the end")?;
         data = &data[n..];
         let end = (pos + (8 << 20)).min(size);
-        pos += lz4_flex::block::decompress_into(block, &mut out[pos..end]).map_err(|e| e.to_string())?;
+        pos += lz4_flex::block::decompress_into(block, &mut out[pos..end])
+            .map_err(|e| e.to_string())?;
         if pos == size {
             break;
         }
@@ -168,14 +181,23 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_errors() {
-        assert!(matches!(extract_vmlinux(&[0u8; 100]), Err(Error::Truncated)));
+        assert!(matches!(
+            extract_vmlinux(&[0u8; 100]),
+            Err(Error::Truncated)
+        ));
         let mut p = b"????".to_vec();
         p.extend([0u8; 8]);
-        assert!(matches!(extract_vmlinux(&fake_bzimage(&p)), Err(Error::UnknownCompression(_))));
+        assert!(matches!(
+            extract_vmlinux(&fake_bzimage(&p)),
+            Err(Error::UnknownCompression(_))
+        ));
         let mut p = 0x184c_2102u32.to_le_bytes().to_vec();
         p.extend(50u32.to_le_bytes());
         p.extend([0xffu8; 8]);
         p.extend(1000u32.to_le_bytes());
-        assert!(matches!(extract_vmlinux(&fake_bzimage(&p)), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            extract_vmlinux(&fake_bzimage(&p)),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

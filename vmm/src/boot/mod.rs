@@ -120,17 +120,26 @@ fn mem_err(e: impl std::fmt::Display) -> Error {
 /// 64-bit boot protocol requires (Linux maps itself before touching anything else).
 pub fn write_long_mode_tables(mem: &GuestMemoryMmap) -> Result<()> {
     // null, 64-bit code (0x8), data (0x10), 32-bit code (0x18) for PVH-style guests.
-    let gdt: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff];
+    let gdt: [u64; 4] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00cf_9b00_0000_ffff,
+    ];
     for (i, e) in gdt.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(GDT + 8 * i as u64)).map_err(mem_err)?;
+        mem.write_obj(*e, GuestAddress(GDT + 8 * i as u64))
+            .map_err(mem_err)?;
     }
     mem.write_obj(0u64, GuestAddress(IDT)).map_err(mem_err)?;
-    mem.write_obj(PDPT | 0x3, GuestAddress(PML4)).map_err(mem_err)?;
+    mem.write_obj(PDPT | 0x3, GuestAddress(PML4))
+        .map_err(mem_err)?;
     for d in 0..4u64 {
-        mem.write_obj((PD + d * 0x1000) | 0x3, GuestAddress(PDPT + d * 8)).map_err(mem_err)?;
+        mem.write_obj((PD + d * 0x1000) | 0x3, GuestAddress(PDPT + d * 8))
+            .map_err(mem_err)?;
         for i in 0..512u64 {
             let addr = (d << 30) | (i << 21);
-            mem.write_obj(addr | 0x83, GuestAddress(PD + d * 0x1000 + i * 8)).map_err(mem_err)?;
+            mem.write_obj(addr | 0x83, GuestAddress(PD + d * 0x1000 + i * 8))
+                .map_err(mem_err)?;
         }
     }
     Ok(())
@@ -141,7 +150,10 @@ pub fn write_long_mode_tables(mem: &GuestMemoryMmap) -> Result<()> {
 pub fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
     const RAM: u32 = 1;
     const RESERVED: u32 = 2;
-    let mut v = vec![(0, EBDA_START, RAM), (EBDA_START, 0x10_0000 - EBDA_START, RESERVED)];
+    let mut v = vec![
+        (0, EBDA_START, RAM),
+        (EBDA_START, 0x10_0000 - EBDA_START, RESERVED),
+    ];
     for r in ram.ranges() {
         if r.gpa == 0 {
             v.push((HIMEM, r.len - HIMEM, RAM));
@@ -154,13 +166,15 @@ pub fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
 
 /// Checks that `path` is a readable, non-empty file.
 fn open_kernel(path: &Path) -> Result<()> {
-    let f = File::open(path).map_err(|source| Error::KernelFile { path: path.into(), source })?;
+    let f = File::open(path).map_err(|source| Error::KernelFile {
+        path: path.into(),
+        source,
+    })?;
     match f.metadata() {
         Ok(m) if m.len() > 0 => Ok(()),
         _ => Err(Error::NotAKernel(path.into())),
     }
 }
-
 
 /// How to treat a bzImage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -187,14 +201,32 @@ impl BzImageMode {
 
 /// Loads a kernel image (bzImage or ELF; ELF with a PVH note boots through PVH), an
 /// optional initrd and the command line, and writes the boot structures.
-pub fn load_kernel(ram: &GuestRam, kernel: &Path, initrd: Option<&Path>, cmdline: &str, cpus: u8, mode: BzImageMode) -> Result<Loaded> {
+pub fn load_kernel(
+    ram: &GuestRam,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &str,
+    cpus: u8,
+    mode: BzImageMode,
+) -> Result<Loaded> {
     open_kernel(kernel)?;
-    let image = std::fs::read(kernel).map_err(|source| Error::KernelFile { path: kernel.into(), source })?;
+    let image = std::fs::read(kernel).map_err(|source| Error::KernelFile {
+        path: kernel.into(),
+        source,
+    })?;
     load_image(ram, kernel, &image, initrd, cmdline, cpus, mode)
 }
 
 /// As [`load_kernel`], from the image's bytes; `kernel` names it in errors.
-pub fn load_image(ram: &GuestRam, kernel: &Path, image: &[u8], initrd: Option<&Path>, cmdline: &str, cpus: u8, mode: BzImageMode) -> Result<Loaded> {
+pub fn load_image(
+    ram: &GuestRam,
+    kernel: &Path,
+    image: &[u8],
+    initrd: Option<&Path>,
+    cmdline: &str,
+    cpus: u8,
+    mode: BzImageMode,
+) -> Result<Loaded> {
     let mem = ram.memory();
     let low_end = ram.ranges().first().map(|r| r.len).unwrap_or(0);
     if low_end < MIN_MEMORY.max(HIMEM * 2) {
@@ -205,36 +237,82 @@ pub fn load_image(ram: &GuestRam, kernel: &Path, image: &[u8], initrd: Option<&P
     }
     let is_elf = image.len() >= 4 && image[..4] == *b"\x7fELF";
     let is_bz = image.len() >= 0x208 && &image[0x202..0x206] == b"HdrS";
-    let load_err = |e: linux_loader::loader::Error| Error::Load { path: kernel.into(), what: e.to_string() };
+    let load_err = |e: linux_loader::loader::Error| Error::Load {
+        path: kernel.into(),
+        what: e.to_string(),
+    };
     let (res, kind, vmlinux_entry): (KernelLoaderResult, ImageKind, Option<u64>) = if is_elf {
-        (Elf::load(mem, None, &mut Cursor::new(image), Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::Elf, None)
+        (
+            Elf::load(
+                mem,
+                None,
+                &mut Cursor::new(image),
+                Some(GuestAddress(HIMEM)),
+            )
+            .map_err(load_err)?,
+            ImageKind::Elf,
+            None,
+        )
     } else if is_bz && mode == BzImageMode::HostDecompress {
-        let vmlinux = bzimage::extract_vmlinux(image).map_err(|e| Error::Load { path: kernel.into(), what: e.to_string() })?;
-        let mut res = Elf::load(mem, None, &mut Cursor::new(&vmlinux[..]), Some(GuestAddress(HIMEM))).map_err(load_err)?;
+        let vmlinux = bzimage::extract_vmlinux(image).map_err(|e| Error::Load {
+            path: kernel.into(),
+            what: e.to_string(),
+        })?;
+        let mut res = Elf::load(
+            mem,
+            None,
+            &mut Cursor::new(&vmlinux[..]),
+            Some(GuestAddress(HIMEM)),
+        )
+        .map_err(load_err)?;
         // Keep the bzImage's own setup header (boot protocol version, initrd limit...).
         let mut hdr = linux_loader::loader::bootparam::setup_header::default();
         let n = std::mem::size_of_val(&hdr).min(image.len() - 0x1f1);
-        vm_memory::ByteValued::as_mut_slice(&mut hdr)[..n].copy_from_slice(&image[0x1f1..0x1f1 + n]);
+        vm_memory::ByteValued::as_mut_slice(&mut hdr)[..n]
+            .copy_from_slice(&image[0x1f1..0x1f1 + n]);
         res.setup_header = Some(hdr);
-        let entry = elf_entry(&vmlinux).ok_or_else(|| Error::Load { path: kernel.into(), what: "vmlinux inside the bzImage is not a 64-bit ELF".into() })?;
+        let entry = elf_entry(&vmlinux).ok_or_else(|| Error::Load {
+            path: kernel.into(),
+            what: "vmlinux inside the bzImage is not a 64-bit ELF".into(),
+        })?;
         res.pvh_boot_cap = PvhBootCapability::PvhEntryNotPresent;
         (res, ImageKind::BzImage, Some(entry))
     } else if is_bz {
-        (BzImage::load(mem, None, &mut Cursor::new(image), Some(GuestAddress(HIMEM))).map_err(load_err)?, ImageKind::BzImage, None)
+        (
+            BzImage::load(
+                mem,
+                None,
+                &mut Cursor::new(image),
+                Some(GuestAddress(HIMEM)),
+            )
+            .map_err(load_err)?,
+            ImageKind::BzImage,
+            None,
+        )
     } else {
         return Err(Error::NotAKernel(kernel.into()));
     };
     let kernel_end = res.kernel_load.0 + res.kernel_end;
-    mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE)).map_err(mem_err)?;
-    mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64)).map_err(mem_err)?;
-    mem.write_slice(&mptable::build(cpus), GuestAddress(MPTABLE)).map_err(mem_err)?;
+    mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE))
+        .map_err(mem_err)?;
+    mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64))
+        .map_err(mem_err)?;
+    mem.write_slice(&mptable::build(cpus), GuestAddress(MPTABLE))
+        .map_err(mem_err)?;
     write_long_mode_tables(mem)?;
 
     // The initrd goes as high as it may, below the kernel's limit and the end of low RAM.
     let mut initrd_at = None;
     if let Some(p) = initrd {
-        let data = std::fs::read(p).map_err(|source| Error::InitrdFile { path: p.into(), source })?;
-        let max = res.setup_header.map(|h| h.initrd_addr_max as u64).filter(|&m| m != 0).unwrap_or(0x37ff_ffff);
+        let data = std::fs::read(p).map_err(|source| Error::InitrdFile {
+            path: p.into(),
+            source,
+        })?;
+        let max = res
+            .setup_header
+            .map(|h| h.initrd_addr_max as u64)
+            .filter(|&m| m != 0)
+            .unwrap_or(0x37ff_ffff);
         let limit = low_end.min(max + 1);
         let size = data.len() as u64;
         let addr = limit.checked_sub(size).map(|a| a & !0xfff);
@@ -243,7 +321,14 @@ pub fn load_image(ram: &GuestRam, kernel: &Path, image: &[u8], initrd: Option<&P
                 mem.write_slice(&data, GuestAddress(a)).map_err(mem_err)?;
                 initrd_at = Some((a, size));
             }
-            _ => return Err(Error::InitrdTooLarge { path: p.into(), size, limit, kernel_end }),
+            _ => {
+                return Err(Error::InitrdTooLarge {
+                    path: p.into(),
+                    size,
+                    limit,
+                    kernel_end,
+                })
+            }
         }
     }
 
@@ -251,7 +336,11 @@ pub fn load_image(ram: &GuestRam, kernel: &Path, image: &[u8], initrd: Option<&P
     if kind == ImageKind::Elf {
         if let PvhBootCapability::PvhEntryPresent(entry) = res.pvh_boot_cap {
             write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty())?;
-            return Ok(Loaded { entry: Entry::Pvh { rip: entry.0 }, kind, kernel_end });
+            return Ok(Loaded {
+                entry: Entry::Pvh { rip: entry.0 },
+                kind,
+                kernel_end,
+            });
         }
     }
     let mut params = boot_params::default();
@@ -271,9 +360,14 @@ pub fn load_image(ram: &GuestRam, kernel: &Path, image: &[u8], initrd: Option<&P
     }
     params.e820_entries = e820.len() as u8;
     for (i, (addr, size, type_)) in e820.iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: *type_ };
+        params.e820_table[i] = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *type_,
+        };
     }
-    mem.write_obj(params, GuestAddress(ZERO_PAGE)).map_err(mem_err)?;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE))
+        .map_err(mem_err)?;
     let rip = match (kind, vmlinux_entry) {
         // A vmlinux taken out of the bzImage: its ELF entry is startup_64's physical address.
         (_, Some(entry)) => entry,
@@ -281,7 +375,11 @@ pub fn load_image(ram: &GuestRam, kernel: &Path, image: &[u8], initrd: Option<&P
         (ImageKind::BzImage, None) => res.kernel_load.0 + 0x200,
         (ImageKind::Elf, None) => elf_entry(image).unwrap_or(res.kernel_load.0),
     };
-    Ok(Loaded { entry: Entry::Linux64 { rip }, kind, kernel_end })
+    Ok(Loaded {
+        entry: Entry::Linux64 { rip },
+        kind,
+        kernel_end,
+    })
 }
 
 /// e_entry of a 64-bit ELF header.
@@ -291,7 +389,12 @@ fn elf_entry(head: &[u8]) -> Option<u64> {
 }
 
 /// Writes the PVH `hvm_start_info` (version 1), its memory map and module list.
-fn write_pvh_info(mem: &GuestMemoryMmap, e820: &[(u64, u64, u32)], initrd: Option<(u64, u64)>, no_cmdline: bool) -> Result<()> {
+fn write_pvh_info(
+    mem: &GuestMemoryMmap,
+    e820: &[(u64, u64, u32)],
+    initrd: Option<(u64, u64)>,
+    no_cmdline: bool,
+) -> Result<()> {
     const MAGIC: u32 = 0x336e_c578;
     let memmap = PVH_INFO + 0x40;
     let modlist = memmap + 24 * e820.len() as u64;
@@ -306,7 +409,8 @@ fn write_pvh_info(mem: &GuestMemoryMmap, e820: &[(u64, u64, u32)], initrd: Optio
     info.extend_from_slice(&memmap.to_le_bytes());
     info.extend_from_slice(&(e820.len() as u32).to_le_bytes());
     info.extend_from_slice(&0u32.to_le_bytes());
-    mem.write_slice(&info, GuestAddress(PVH_INFO)).map_err(mem_err)?;
+    mem.write_slice(&info, GuestAddress(PVH_INFO))
+        .map_err(mem_err)?;
     let mut mm = Vec::new();
     for (addr, size, t) in e820 {
         mm.extend_from_slice(&addr.to_le_bytes());
@@ -314,14 +418,16 @@ fn write_pvh_info(mem: &GuestMemoryMmap, e820: &[(u64, u64, u32)], initrd: Optio
         mm.extend_from_slice(&t.to_le_bytes());
         mm.extend_from_slice(&0u32.to_le_bytes());
     }
-    mem.write_slice(&mm, GuestAddress(memmap)).map_err(mem_err)?;
+    mem.write_slice(&mm, GuestAddress(memmap))
+        .map_err(mem_err)?;
     if let Some((a, s)) = initrd {
         let mut m = Vec::new();
         m.extend_from_slice(&a.to_le_bytes());
         m.extend_from_slice(&s.to_le_bytes());
         m.extend_from_slice(&0u64.to_le_bytes());
         m.extend_from_slice(&0u64.to_le_bytes());
-        mem.write_slice(&m, GuestAddress(modlist)).map_err(mem_err)?;
+        mem.write_slice(&m, GuestAddress(modlist))
+            .map_err(mem_err)?;
     }
     Ok(())
 }
@@ -335,7 +441,11 @@ pub fn load_flat(ram: &GuestRam, image: &[u8], at: u64) -> Result<Loaded> {
     }
     mem.write_slice(image, GuestAddress(at)).map_err(mem_err)?;
     write_long_mode_tables(mem)?;
-    Ok(Loaded { entry: Entry::Linux64 { rip: at }, kind: ImageKind::Elf, kernel_end: at + image.len() as u64 })
+    Ok(Loaded {
+        entry: Entry::Linux64 { rip: at },
+        kind: ImageKind::Elf,
+        kernel_end: at + image.len() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -344,7 +454,12 @@ mod tests {
     use crate::memory::{Backing, MemoryConfig};
 
     fn ram(size: u64) -> GuestRam {
-        GuestRam::new(&MemoryConfig { size, backing: Backing::Anon4k, grow_pool: false }).unwrap()
+        GuestRam::new(&MemoryConfig {
+            size,
+            backing: Backing::Anon4k,
+            grow_pool: false,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -358,8 +473,14 @@ mod tests {
         assert_eq!(rd(12) as u32, 1, "nr_modules");
         assert_eq!(rd(24), CMDLINE, "cmdline_paddr at offset 24");
         let memmap = rd(40);
-        assert_eq!(rd(48) as u32, e820.len() as u32, "memmap_entries at offset 48");
-        let last: u64 = m.read_obj(GuestAddress(memmap + 24 * (e820.len() as u64 - 1) + 8)).unwrap();
+        assert_eq!(
+            rd(48) as u32,
+            e820.len() as u32,
+            "memmap_entries at offset 48"
+        );
+        let last: u64 = m
+            .read_obj(GuestAddress(memmap + 24 * (e820.len() as u64 - 1) + 8))
+            .unwrap();
         assert_eq!(last, (16 << 20) - HIMEM, "last RAM entry's size");
         let modlist = rd(16);
         assert_eq!(m.read_obj::<u64>(GuestAddress(modlist)).unwrap(), 0x80_0000);
@@ -389,8 +510,25 @@ mod tests {
     fn non_kernels_are_refused() {
         let r = ram(8 << 20);
         let p = Path::new("x");
-        assert!(matches!(load_image(&r, p, b"hello world", None, "", 1, BzImageMode::AsIs), Err(Error::NotAKernel(_))));
-        assert!(matches!(load_image(&r, p, b"\x7fELF\x02\x01", None, "", 1, BzImageMode::AsIs), Err(Error::Load { .. })));
-        assert!(matches!(load_image(&r, p, &[0u8; 10], None, &"x".repeat(CMDLINE_MAX), 1, BzImageMode::AsIs), Err(Error::CmdlineTooLong(_))));
+        assert!(matches!(
+            load_image(&r, p, b"hello world", None, "", 1, BzImageMode::AsIs),
+            Err(Error::NotAKernel(_))
+        ));
+        assert!(matches!(
+            load_image(&r, p, b"\x7fELF\x02\x01", None, "", 1, BzImageMode::AsIs),
+            Err(Error::Load { .. })
+        ));
+        assert!(matches!(
+            load_image(
+                &r,
+                p,
+                &[0u8; 10],
+                None,
+                &"x".repeat(CMDLINE_MAX),
+                1,
+                BzImageMode::AsIs
+            ),
+            Err(Error::CmdlineTooLong(_))
+        ));
     }
 }

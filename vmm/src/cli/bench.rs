@@ -72,7 +72,10 @@ pub fn run(args: Args) -> CliResult {
         return Err(CliError::bad_input("--repeat must be at least 1"));
     }
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(CliError::bad_input(format!("--timeout {}: must be a positive number of seconds", args.timeout)));
+        return Err(CliError::bad_input(format!(
+            "--timeout {}: must be a positive number of seconds",
+            args.timeout
+        )));
     }
     let linux = match args.linux.as_deref() {
         None => None,
@@ -93,22 +96,38 @@ pub fn run(args: Args) -> CliResult {
         timeout: Duration::from_secs_f64(args.timeout),
     };
     let host = crate::host::probe().map_err(CliError::failed)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| CliError::failed(format!("creating {}: {e}", args.out.display())))?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| CliError::failed(format!("creating {}: {e}", args.out.display())))?;
     let cells = bench::expand(&spec);
     if cells.is_empty() {
         return Err(CliError::bad_input("the matrix is empty"));
     }
     let load_before = output::load_average();
     let bar = ProgressBar::new(cells.len() as u64);
-    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}")
+    {
         bar.set_style(style);
     }
     let mut rows = Vec::with_capacity(cells.len());
     for cell in &cells {
-        bar.set_message(format!("{} {} backing {} {} MiB #{}", cell.workload.name(), cell.environment, cell.backing, cell.footprint >> 20, cell.repeat + 1));
+        bar.set_message(format!(
+            "{} {} backing {} {} MiB #{}",
+            cell.workload.name(),
+            cell.environment,
+            cell.backing,
+            cell.footprint >> 20,
+            cell.repeat + 1
+        ));
         let row = bench::run_cell(cell, &spec, &host);
         if let Some(why) = &row.reason {
-            bar.println(format!("segvmm: {} {} backing {}: {}: {why}", row.workload, row.environment, row.backing, row.status.as_str()));
+            bar.println(format!(
+                "segvmm: {} {} backing {}: {}: {why}",
+                row.workload,
+                row.environment,
+                row.backing,
+                row.status.as_str()
+            ));
         }
         rows.push(row);
         bar.inc(1);
@@ -120,7 +139,13 @@ pub fn run(args: Args) -> CliResult {
     if let [Some(a), Some(b)] = &load_average {
         eprintln!("segvmm: host load average (1/5/15 min) {a} before, {b} after the matrix");
     }
-    let results = output::Results { host: &host, command, load_average, rows: &rows, summary: &summary };
+    let results = output::Results {
+        host: &host,
+        command,
+        load_average,
+        rows: &rows,
+        summary: &summary,
+    };
     let out = |f: &str| args.out.join(f);
     output::write_json(&out("results.json"), &results).map_err(CliError::failed)?;
     output::write_csv(&out("results.csv"), &rows, &host).map_err(CliError::failed)?;
@@ -134,14 +159,20 @@ pub fn run(args: Args) -> CliResult {
     }
     print!("{}", output::markdown(&summary, &host));
     if let Some(t) = args.track_dirty {
-        let mut intervals: Vec<Duration> = std::iter::once(t).chain(args.dirty_intervals.iter().copied()).collect();
+        let mut intervals: Vec<Duration> = std::iter::once(t)
+            .chain(args.dirty_intervals.iter().copied())
+            .collect();
         intervals.sort();
         intervals.dedup();
         let pass = crate::dirty::overhead::PassSpec {
             workloads: args.workloads.clone(),
             footprints: args.footprint.clone(),
             backing: args.backing.first().copied().unwrap_or(Backing::Thp),
-            guest_pages: args.guest_pages.first().copied().unwrap_or(PageSize::Size4K),
+            guest_pages: args
+                .guest_pages
+                .first()
+                .copied()
+                .unwrap_or(PageSize::Size4K),
             seed: args.seed,
             count: args.count,
             grow_pool: !args.no_grow_pool,
@@ -154,8 +185,14 @@ pub fn run(args: Args) -> CliResult {
         print!("{}", crate::dirty::overhead::markdown(&rows));
         written.extend(["hotness/", "dirty-overhead.md", "dirty-overhead.json"]);
     }
-    let failed = rows.iter().filter(|r| r.status == output::Status::Failed).count();
-    let unavailable = rows.iter().filter(|r| r.status == output::Status::Unavailable).count();
+    let failed = rows
+        .iter()
+        .filter(|r| r.status == output::Status::Failed)
+        .count();
+    let unavailable = rows
+        .iter()
+        .filter(|r| r.status == output::Status::Unavailable)
+        .count();
     eprintln!(
         "segvmm: {} runs: {} measured, {failed} failed, {unavailable} unavailable; wrote {} in {}",
         rows.len(),

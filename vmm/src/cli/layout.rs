@@ -87,7 +87,10 @@ fn mib(b: u64) -> f64 {
 }
 
 /// Computes the layout of `snap`; also returns the largest ranges per space for printing.
-pub fn layout(snap: &Snapshot, top: usize) -> Result<(Layout, Vec<Vec<segment_mmu::enumerate::MappingRange>>), String> {
+pub fn layout(
+    snap: &Snapshot,
+    top: usize,
+) -> Result<(Layout, Vec<Vec<segment_mmu::enumerate::MappingRange>>), String> {
     let ram: Vec<RamLayout> = snap
         .ram
         .iter()
@@ -107,7 +110,8 @@ pub fn layout(snap: &Snapshot, top: usize) -> Result<(Layout, Vec<Vec<segment_mm
     let mut spaces = Vec::new();
     let mut tops = Vec::new();
     for s in &snap.spaces {
-        let ranges = enumerate(snap, &cfg, s.cr3).map_err(|e| format!("address space {}: {e}", s.label))?;
+        let ranges =
+            enumerate(snap, &cfg, s.cr3).map_err(|e| format!("address space {}: {e}", s.label))?;
         let mb = mapped_bytes(&ranges);
         let lin = linear_regions(&ranges).into_iter().max_by_key(|l| l.len);
         let total = mb.total();
@@ -134,8 +138,14 @@ pub fn layout(snap: &Snapshot, top: usize) -> Result<(Layout, Vec<Vec<segment_mm
             levels: cfg.mode.levels(),
             ram_bytes,
             ram,
-            vm_segment_coverage: (known && ram_bytes > 0).then(|| largest.unwrap_or(0) as f64 / ram_bytes as f64),
-            vm_segments_needed: known.then(|| snap.ram.iter().map(|r| r.runs.as_ref().map_or(0, |v| v.len())).sum()),
+            vm_segment_coverage: (known && ram_bytes > 0)
+                .then(|| largest.unwrap_or(0) as f64 / ram_bytes as f64),
+            vm_segments_needed: known.then(|| {
+                snap.ram
+                    .iter()
+                    .map(|r| r.runs.as_ref().map_or(0, |v| v.len()))
+                    .sum()
+            }),
             spaces,
         },
         tops,
@@ -144,17 +154,35 @@ pub fn layout(snap: &Snapshot, top: usize) -> Result<(Layout, Vec<Vec<segment_mm
 
 /// Runs `segvmm layout`.
 pub fn run(args: Args) -> CliResult {
-    let bytes = std::fs::read(&args.snapshot).map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
-    let snap = Snapshot::from_bytes(&bytes).map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
-    let (l, tops) = layout(&snap, args.top).map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
-    println!("{}: {}-level paging, {:.0} MiB of guest RAM, {} address space(s)", args.snapshot.display(), l.levels, mib(l.ram_bytes), l.spaces.len());
+    let bytes = std::fs::read(&args.snapshot)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
+    let snap = Snapshot::from_bytes(&bytes)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
+    let (l, tops) = layout(&snap, args.top)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
+    println!(
+        "{}: {}-level paging, {:.0} MiB of guest RAM, {} address space(s)",
+        args.snapshot.display(),
+        l.levels,
+        mib(l.ram_bytes),
+        l.spaces.len()
+    );
     println!("guest RAM (one host mapping: hva = base + gpa)");
     for r in &l.ram {
         let runs = match (r.runs, r.largest_run) {
-            (Some(n), Some(big)) => format!("{n} host-contiguous runs, largest {:.0} MiB", mib(big)),
+            (Some(n), Some(big)) => {
+                format!("{n} host-contiguous runs, largest {:.0} MiB", mib(big))
+            }
             _ => "host-physical runs unknown".into(),
         };
-        println!("  gpa {:#012x}-{:#012x} {:>8.0} MiB  hva {:#x}  host pages {} KiB  {runs}", r.gpa, r.gpa + r.len, mib(r.len), r.host_va, r.host_page_size / 1024);
+        println!(
+            "  gpa {:#012x}-{:#012x} {:>8.0} MiB  hva {:#x}  host pages {} KiB  {runs}",
+            r.gpa,
+            r.gpa + r.len,
+            mib(r.len),
+            r.host_va,
+            r.host_page_size / 1024
+        );
     }
     match (l.vm_segment_coverage, l.vm_segments_needed) {
         (Some(c), Some(n)) => println!("one VM segment (Compromis / VMM direct) covers {:.1}% of guest RAM; {n} segment(s) cover all of it", c * 100.0),
@@ -188,7 +216,8 @@ pub fn run(args: Args) -> CliResult {
     }
     if let Some(p) = &args.json {
         let s = serde_json::to_string_pretty(&l).map_err(CliError::failed)?;
-        std::fs::write(p, s).map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
+        std::fs::write(p, s)
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
     }
     Ok(0)
 }

@@ -23,11 +23,17 @@ pub struct CliError {
 impl CliError {
     /// Bad input: a malformed spec, file or option. Exit code 2.
     pub fn bad_input(e: impl std::fmt::Display) -> Self {
-        Self { exit_code: 2, message: e.to_string() }
+        Self {
+            exit_code: 2,
+            message: e.to_string(),
+        }
     }
     /// A failure while running (the guest died, the host refused). Exit code 1.
     pub fn failed(e: impl std::fmt::Display) -> Self {
-        Self { exit_code: 1, message: e.to_string() }
+        Self {
+            exit_code: 1,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -51,8 +57,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => (t, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("size '{s}': not a number"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}': too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("size '{s}': not a number"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}': too large"))
 }
 
 #[cfg(test)]

@@ -1143,6 +1143,8 @@ mod tests {
         assert_eq!(get("native").refs_per_walk, 4.0);
         // 4 KiB guest pages over 2 MiB host pages: (4+1)(3+1)-1 = 19.
         assert_eq!(get("nested").refs_per_walk, 19.0);
-        assert!(r.iter().all(|x| x.faults == 0 && x.accesses == warm_up(8 << 20, 5_000) + 5_000));
+        assert!(r
+            .iter()
+            .all(|x| x.faults == 0 && x.accesses == warm_up(8 << 20, 5_000) + 5_000));
     }
 }

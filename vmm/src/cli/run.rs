@@ -126,12 +126,16 @@ pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
         eprintln!("segvmm: {d}");
     }
     if report.vmm_emulated != (0, 0) {
-        eprintln!("segvmm: completed by the VMM: {} int3 (#BP injected), {} other instructions", report.vmm_emulated.0, report.vmm_emulated.1);
+        eprintln!(
+            "segvmm: completed by the VMM: {} int3 (#BP injected), {} other instructions",
+            report.vmm_emulated.0, report.vmm_emulated.1
+        );
     }
     eprintln!("segvmm: {}", report.exit_message);
     if let Some(p) = json {
         let s = serde_json::to_string_pretty(report).map_err(CliError::failed)?;
-        std::fs::write(p, s).map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
+        std::fs::write(p, s)
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
     }
     Ok(report.exit_reason.exit_code())
 }
@@ -140,10 +144,18 @@ pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
 pub fn run(args: Args) -> CliResult {
     let started = Instant::now();
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(CliError::bad_input(format!("--timeout {}: must be a positive number of seconds", args.timeout)));
+        return Err(CliError::bad_input(format!(
+            "--timeout {}: must be a positive number of seconds",
+            args.timeout
+        )));
     }
     let payload = match &args.kernel {
-        Some(k) => Payload::Linux { kernel: k.clone(), initrd: args.initrd.clone(), cmdline: args.cmdline.clone(), bzimage: args.bzimage },
+        Some(k) => Payload::Linux {
+            kernel: k.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            bzimage: args.bzimage,
+        },
         None => {
             if args.initrd.is_some() {
                 return Err(CliError::bad_input("--initrd needs --kernel"));
@@ -158,7 +170,11 @@ pub fn run(args: Args) -> CliResult {
         }
     };
     let cfg = VmConfig {
-        memory: MemoryConfig { size: args.memory, backing: args.backing, grow_pool: args.grow_pool },
+        memory: MemoryConfig {
+            size: args.memory,
+            backing: args.backing,
+            grow_pool: args.grow_pool,
+        },
         vcpus: args.vcpus,
         mmu: args.mmu,
         timeout: Some(Duration::from_secs_f64(args.timeout)),
@@ -168,7 +184,9 @@ pub fn run(args: Args) -> CliResult {
         mmio: None,
         started: Some(started),
         api_socket: args.api_socket.clone(),
-        track_dirty: args.track_dirty.map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
+        track_dirty: args
+            .track_dirty
+            .map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
     };
     let report = machine::run(cfg).map_err(CliError::bad_input)?;
     finish(&report, args.report.as_ref())
@@ -178,7 +196,12 @@ pub fn run(args: Args) -> CliResult {
 /// memory report and KVM counters (stderr).
 fn run_probe(args: &Args) -> CliResult {
     let spec = guest::GuestSpec {
-        work: WorkloadSpec { workload: args.workload, footprint: args.footprint, seed: args.seed, count: args.count },
+        work: WorkloadSpec {
+            workload: args.workload,
+            footprint: args.footprint,
+            seed: args.seed,
+            count: args.count,
+        },
         guest_pages: args.guest_pages,
     };
     let opts = guest::GuestOptions {
@@ -186,7 +209,9 @@ fn run_probe(args: &Args) -> CliResult {
         grow_pool: args.grow_pool,
         timeout: Duration::from_secs_f64(args.timeout),
         snapshot: None,
-        track_dirty: args.track_dirty.map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
+        track_dirty: args
+            .track_dirty
+            .map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
     };
     let run = guest::run(spec, &opts).map_err(|e| match e {
         guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),
@@ -197,10 +222,20 @@ fn run_probe(args: &Args) -> CliResult {
         Err(e) => eprintln!("segvmm: measurement guest failed: {e}"),
     }
     if args.native {
-        let n = probe::native::run(&spec.work, args.backing, args.grow_pool, run.report.host.tsc_khz).map_err(CliError::failed)?;
+        let n = probe::native::run(
+            &spec.work,
+            args.backing,
+            args.grow_pool,
+            run.report.host.tsc_khz,
+        )
+        .map_err(CliError::failed)?;
         println!("{n}");
         if let Ok(m) = &run.measurement {
-            let same = if m.checksum == n.checksum { "same checksum" } else { "CHECKSUMS DIFFER" };
+            let same = if m.checksum == n.checksum {
+                "same checksum"
+            } else {
+                "CHECKSUMS DIFFER"
+            };
             println!("guest/native: {:.2}x ({same})", m.ns_per_op / n.ns_per_op);
         }
     }
@@ -208,7 +243,12 @@ fn run_probe(args: &Args) -> CliResult {
     if let Some(p) = &args.report {
         let json = serde_json::json!({ "measurement": run.measurement.as_ref().ok(), "error": run.measurement.as_ref().err(), "run": run.report });
         let s = serde_json::to_string_pretty(&json).map_err(CliError::failed)?;
-        std::fs::write(p, s).map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
+        std::fs::write(p, s)
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
     }
-    Ok(if run.measurement.is_err() && code == 0 { 3 } else { code })
+    Ok(if run.measurement.is_err() && code == 0 {
+        3
+    } else {
+        code
+    })
 }

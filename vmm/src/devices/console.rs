@@ -64,7 +64,15 @@ const LOG_LIMIT: usize = 4 << 20;
 impl Console {
     /// A console that echoes to stdout when `echo`.
     pub fn new(echo: bool, start: Instant) -> Self {
-        Console { echo, start, state: Mutex::new(State { line: Vec::new(), log: Vec::new(), events: None }) }
+        Console {
+            echo,
+            start,
+            state: Mutex::new(State {
+                line: Vec::new(),
+                log: Vec::new(),
+                events: None,
+            }),
+        }
     }
 
     /// Where to send events.
@@ -107,20 +115,30 @@ impl Console {
         if line.contains("Kernel panic - not syncing") {
             return Some(ConsoleEvent::Panic(line.trim().to_string()));
         }
-        if let Some(ip) = line.split(" ip ").nth(1).and_then(|r| r.split_whitespace().next()) {
+        if let Some(ip) = line
+            .split(" ip ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
             if line.contains("segfault at") && ip.len() >= 16 && ip.starts_with("ffff") {
                 return Some(ConsoleEvent::UserFaultAtKernelIp(line.trim().to_string()));
             }
         }
-        MILESTONES.iter().find(|m| line.contains(*m)).map(|m| ConsoleEvent::Milestone {
-            what: m,
-            at_ms: self.start.elapsed().as_secs_f64() * 1e3,
-        })
+        MILESTONES
+            .iter()
+            .find(|m| line.contains(*m))
+            .map(|m| ConsoleEvent::Milestone {
+                what: m,
+                at_ms: self.start.elapsed().as_secs_f64() * 1e3,
+            })
     }
 
     /// The whole log so far, as text.
     pub fn log(&self) -> String {
-        self.state.lock().map(|s| String::from_utf8_lossy(&s.log).into_owned()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| String::from_utf8_lossy(&s.log).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -137,7 +155,13 @@ mod tests {
         c.output(b"it as init process\n[ 2.0] reboot: Pow");
         c.output(b"er down\r\n");
         let evs: Vec<_> = rx.try_iter().collect();
-        assert!(matches!(evs[0], ConsoleEvent::Milestone { what: "Run /init as init process", .. }));
+        assert!(matches!(
+            evs[0],
+            ConsoleEvent::Milestone {
+                what: "Run /init as init process",
+                ..
+            }
+        ));
         assert_eq!(evs[1], ConsoleEvent::PowerOff);
         assert!(c.log().contains("Power down"));
     }
@@ -147,9 +171,16 @@ mod tests {
         let c = Console::new(false, Instant::now());
         let (tx, rx) = std::sync::mpsc::channel();
         c.set_events(Box::new(move |e| tx.send(e).unwrap()));
-        c.output(b"init[1]: segfault at ffffffff81a00080 ip ffffffff81a00080 sp 00007ffd4a0 error 15\n");
-        assert!(matches!(rx.try_recv().unwrap(), ConsoleEvent::UserFaultAtKernelIp(_)));
+        c.output(
+            b"init[1]: segfault at ffffffff81a00080 ip ffffffff81a00080 sp 00007ffd4a0 error 15\n",
+        );
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            ConsoleEvent::UserFaultAtKernelIp(_)
+        ));
         c.output(b"Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n");
-        assert!(matches!(rx.try_recv().unwrap(), ConsoleEvent::Panic(l) if l.contains("kill init")));
+        assert!(
+            matches!(rx.try_recv().unwrap(), ConsoleEvent::Panic(l) if l.contains("kill init"))
+        );
     }
 }

@@ -56,7 +56,9 @@ pub struct Devices {
 
 impl std::fmt::Debug for Devices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Devices").field("mmio", &self.mmio.is_some()).finish()
+        f.debug_struct("Devices")
+            .field("mmio", &self.mmio.is_some())
+            .finish()
     }
 }
 
@@ -86,7 +88,11 @@ impl Devices {
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
         match port {
             serial::COM1..=serial::COM1_END => {
-                let v = self.serial.lock().map(|mut s| s.read(port - serial::COM1)).unwrap_or(0xff);
+                let v = self
+                    .serial
+                    .lock()
+                    .map(|mut s| s.read(port - serial::COM1))
+                    .unwrap_or(0xff);
                 data.fill(0);
                 if let Some(b) = data.first_mut() {
                     *b = v;

@@ -55,7 +55,9 @@ impl std::fmt::Debug for SerialDevice {
 impl SerialDevice {
     /// A UART raising `irq` and writing to `console`.
     pub fn new(irq: EventFd, console: Arc<Console>) -> Self {
-        SerialDevice { uart: Serial::new(IrqTrigger(irq), ConsoleWriter(console)) }
+        SerialDevice {
+            uart: Serial::new(IrqTrigger(irq), ConsoleWriter(console)),
+        }
     }
 
     /// Register write.
@@ -72,6 +74,8 @@ impl SerialDevice {
     /// Input from the host (stdin) to the guest.
     pub fn input(&mut self, bytes: &[u8]) -> usize {
         let room = self.uart.fifo_capacity();
-        self.uart.enqueue_raw_bytes(&bytes[..bytes.len().min(room)]).unwrap_or(0)
+        self.uart
+            .enqueue_raw_bytes(&bytes[..bytes.len().min(room)])
+            .unwrap_or(0)
     }
 }

@@ -173,8 +173,14 @@ pub fn ram_layout(size: u64) -> Vec<RamRange> {
         vec![RamRange { gpa: 0, len: size }]
     } else {
         vec![
-            RamRange { gpa: 0, len: MMIO_HOLE_START },
-            RamRange { gpa: MMIO_HOLE_END, len: size - MMIO_HOLE_START },
+            RamRange {
+                gpa: 0,
+                len: MMIO_HOLE_START,
+            },
+            RamRange {
+                gpa: MMIO_HOLE_END,
+                len: size - MMIO_HOLE_START,
+            },
         ]
     }
 }
@@ -235,14 +241,21 @@ pub fn hugetlb_free(page: u64) -> u64 {
 pub fn grow_hugetlb_pool(page: u64, free_wanted: u64) -> Result<u64, Error> {
     let dir = hugetlb_pool_path(page);
     let read = |f: &str| -> u64 {
-        std::fs::read_to_string(format!("{dir}/{f}")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
     };
     let free = read("free_hugepages");
     if free >= free_wanted {
         return Ok(free);
     }
     let want = read("nr_hugepages") + (free_wanted - free);
-    let err = |reason: String| Error::GrowPool { page_kib: page / KIB, want, reason };
+    let err = |reason: String| Error::GrowPool {
+        page_kib: page / KIB,
+        want,
+        reason,
+    };
     std::fs::write(format!("{dir}/nr_hugepages"), want.to_string())
         .map_err(|e| err(format!("writing {dir}/nr_hugepages: {e}")))?;
     let got = read("free_hugepages");
@@ -253,7 +266,10 @@ pub fn grow_hugetlb_pool(page: u64, free_wanted: u64) -> Result<u64, Error> {
 }
 
 fn os_err(what: &'static str) -> Error {
-    Error::Os { what, source: io::Error::last_os_error() }
+    Error::Os {
+        what,
+        source: io::Error::last_os_error(),
+    }
 }
 
 impl GuestRam {
@@ -266,11 +282,18 @@ impl GuestRam {
         }
         let page = cfg.backing.page_size();
         if size % page != 0 {
-            return Err(Error::Unaligned { size, backing: cfg.backing, page });
+            return Err(Error::Unaligned {
+                size,
+                backing: cfg.backing,
+                page,
+            });
         }
         if let Some(avail) = host_available_bytes() {
             if size > avail {
-                return Err(Error::TooLarge { size, available: avail });
+                return Err(Error::TooLarge {
+                    size,
+                    available: avail,
+                });
             }
         }
         if cfg.backing.hugetlb_flags().is_some() {
@@ -280,10 +303,11 @@ impl GuestRam {
                 free = grow_hugetlb_pool(page, need)?;
             }
             if free < need {
-                let total: u64 = std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0);
+                let total: u64 =
+                    std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(0);
                 return Err(Error::PoolTooSmall {
                     backing: cfg.backing,
                     size,
@@ -355,7 +379,8 @@ impl GuestRam {
             );
         }
         ram.prefault_ns = t0.elapsed().as_nanos() as u64;
-        ram.mem = GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Regions(e.to_string()))?;
+        ram.mem =
+            GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Regions(e.to_string()))?;
         Ok(ram)
     }
 
@@ -446,13 +471,16 @@ impl GuestRam {
 
     /// Whether `gpa..gpa+len` lies inside RAM.
     pub fn contains(&self, gpa: u64, len: u64) -> bool {
-        self.ranges.iter().any(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|e| e <= r.end()))
+        self.ranges
+            .iter()
+            .any(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|e| e <= r.end()))
     }
 
     /// A host pointer to `len` bytes of RAM at `gpa`, if they lie inside one RAM range.
     pub fn host_ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {
         // SAFETY: the offset stays inside the reservation because the range was checked.
-        self.contains(gpa, len).then(|| unsafe { self.base.add(gpa as usize) })
+        self.contains(gpa, len)
+            .then(|| unsafe { self.base.add(gpa as usize) })
     }
 }
 
@@ -471,25 +499,66 @@ mod tests {
 
     #[test]
     fn layout_splits_around_hole() {
-        assert_eq!(ram_layout(256 * MIB), vec![RamRange { gpa: 0, len: 256 * MIB }]);
+        assert_eq!(
+            ram_layout(256 * MIB),
+            vec![RamRange {
+                gpa: 0,
+                len: 256 * MIB
+            }]
+        );
         let l = ram_layout(4 * GIB);
-        assert_eq!(l[0], RamRange { gpa: 0, len: MMIO_HOLE_START });
-        assert_eq!(l[1], RamRange { gpa: MMIO_HOLE_END, len: GIB });
+        assert_eq!(
+            l[0],
+            RamRange {
+                gpa: 0,
+                len: MMIO_HOLE_START
+            }
+        );
+        assert_eq!(
+            l[1],
+            RamRange {
+                gpa: MMIO_HOLE_END,
+                len: GIB
+            }
+        );
     }
 
     #[test]
     fn bad_sizes_are_refused() {
-        let cfg = |size, backing| MemoryConfig { size, backing, grow_pool: false };
-        assert!(matches!(GuestRam::new(&cfg(0, Backing::Thp)), Err(Error::ZeroSize)));
-        assert!(matches!(GuestRam::new(&cfg(4097, Backing::Anon4k)), Err(Error::Unaligned { .. })));
-        assert!(matches!(GuestRam::new(&cfg(3 * MIB, Backing::Huge2m)), Err(Error::Unaligned { .. })));
-        assert!(matches!(GuestRam::new(&cfg(1 << 50, Backing::Anon4k)), Err(Error::TooLarge { .. })));
+        let cfg = |size, backing| MemoryConfig {
+            size,
+            backing,
+            grow_pool: false,
+        };
+        assert!(matches!(
+            GuestRam::new(&cfg(0, Backing::Thp)),
+            Err(Error::ZeroSize)
+        ));
+        assert!(matches!(
+            GuestRam::new(&cfg(4097, Backing::Anon4k)),
+            Err(Error::Unaligned { .. })
+        ));
+        assert!(matches!(
+            GuestRam::new(&cfg(3 * MIB, Backing::Huge2m)),
+            Err(Error::Unaligned { .. })
+        ));
+        assert!(matches!(
+            GuestRam::new(&cfg(1 << 50, Backing::Anon4k)),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn one_mapping_hva_is_base_plus_gpa() {
-        let ram = GuestRam::new(&MemoryConfig { size: 8 * MIB, backing: Backing::Anon4k, grow_pool: false }).unwrap();
-        ram.memory().write_obj(0xdead_beef_u64, GuestAddress(0x1000)).unwrap();
+        let ram = GuestRam::new(&MemoryConfig {
+            size: 8 * MIB,
+            backing: Backing::Anon4k,
+            grow_pool: false,
+        })
+        .unwrap();
+        ram.memory()
+            .write_obj(0xdead_beef_u64, GuestAddress(0x1000))
+            .unwrap();
         // SAFETY: 0x1000..0x1008 is inside the 8 MiB of RAM just mapped.
         let v = unsafe { std::ptr::read_volatile(ram.hva(0x1000) as *const u64) };
         assert_eq!(v, 0xdead_beef);

@@ -61,7 +61,9 @@ fn size_key(bytes: u64) -> String {
 /// Sums smaps fields over every VMA inside [start, end).
 fn smaps_bytes(start: u64, end: u64) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
-    let Ok(f) = File::open("/proc/self/smaps") else { return out };
+    let Ok(f) = File::open("/proc/self/smaps") else {
+        return out;
+    };
     let mut inside = false;
     let mut kernel_page = 4096u64;
     for line in BufReader::new(f).lines().map_while(Result::ok) {
@@ -69,8 +71,14 @@ fn smaps_bytes(start: u64, end: u64) -> BTreeMap<String, u64> {
         if first.contains('-') && !first.ends_with(':') {
             // A VMA header: "start-end perms offset dev inode [path]".
             let mut it = first.split('-');
-            let a = it.next().and_then(|x| u64::from_str_radix(x, 16).ok()).unwrap_or(0);
-            let b = it.next().and_then(|x| u64::from_str_radix(x, 16).ok()).unwrap_or(0);
+            let a = it
+                .next()
+                .and_then(|x| u64::from_str_radix(x, 16).ok())
+                .unwrap_or(0);
+            let b = it
+                .next()
+                .and_then(|x| u64::from_str_radix(x, 16).ok())
+                .unwrap_or(0);
             inside = a >= start && b <= end;
             kernel_page = 4096;
             continue;
@@ -86,7 +94,9 @@ fn smaps_bytes(start: u64, end: u64) -> BTreeMap<String, u64> {
             "KernelPageSize:" => kernel_page = bytes,
             "Rss:" => *out.entry("rss".into()).or_default() += bytes,
             "AnonHugePages:" => *out.entry("thp".into()).or_default() += bytes,
-            "Private_Hugetlb:" | "Shared_Hugetlb:" if bytes > 0 => *out.entry(size_key(kernel_page)).or_default() += bytes,
+            "Private_Hugetlb:" | "Shared_Hugetlb:" if bytes > 0 => {
+                *out.entry(size_key(kernel_page)).or_default() += bytes
+            }
             _ => {}
         }
     }
@@ -104,7 +114,8 @@ fn smaps_bytes(start: u64, end: u64) -> BTreeMap<String, u64> {
 
 /// Reads frame numbers for every 4 KiB page of RAM and coalesces them into runs.
 fn pagemap_runs(ram: &GuestRam) -> Result<Vec<HostRun>, String> {
-    let f = File::open("/proc/self/pagemap").map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
+    let f = File::open("/proc/self/pagemap")
+        .map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
     let mut runs: Vec<HostRun> = Vec::new();
     const CHUNK: usize = 64 * 1024; // entries per read (512 KiB of pagemap)
     let mut buf = vec![0u8; CHUNK * 8];
@@ -115,21 +126,33 @@ fn pagemap_runs(ram: &GuestRam) -> Result<Vec<HostRun>, String> {
             let n = ((pages - done) as usize).min(CHUNK);
             let vpn = (ram.hva(r.gpa) >> 12) + done;
             let bytes = &mut buf[..n * 8];
-            f.read_exact_at(bytes, vpn * 8).map_err(|e| format!("reading /proc/self/pagemap: {e}"))?;
+            f.read_exact_at(bytes, vpn * 8)
+                .map_err(|e| format!("reading /proc/self/pagemap: {e}"))?;
             for (i, e) in bytes.chunks_exact(8).enumerate() {
                 let entry = u64::from_le_bytes(e.try_into().unwrap_or_default());
                 let gpa = r.gpa + (done + i as u64) * 4096;
                 if entry >> 63 == 0 {
-                    return Err(format!("guest page at gpa {gpa:#x} is not resident (prefault failed?)"));
+                    return Err(format!(
+                        "guest page at gpa {gpa:#x} is not resident (prefault failed?)"
+                    ));
                 }
                 let pfn = entry & ((1 << 55) - 1);
                 if pfn == 0 {
-                    return Err("frame numbers read as zero: reading them needs root (CAP_SYS_ADMIN)".into());
+                    return Err(
+                        "frame numbers read as zero: reading them needs root (CAP_SYS_ADMIN)"
+                            .into(),
+                    );
                 }
                 let hpa = pfn << 12;
                 match runs.last_mut() {
-                    Some(last) if last.gpa + last.len == gpa && last.hpa + last.len == hpa => last.len += 4096,
-                    _ => runs.push(HostRun { gpa, len: 4096, hpa }),
+                    Some(last) if last.gpa + last.len == gpa && last.hpa + last.len == hpa => {
+                        last.len += 4096
+                    }
+                    _ => runs.push(HostRun {
+                        gpa,
+                        len: 4096,
+                        hpa,
+                    }),
                 }
             }
             done += n as u64;
@@ -140,7 +163,10 @@ fn pagemap_runs(ram: &GuestRam) -> Result<Vec<HostRun>, String> {
 
 /// Measures the report for `ram`.
 pub fn measure(ram: &GuestRam) -> MemoryReport {
-    let mut bytes_by_page_size = smaps_bytes(ram.base(), ram.base() + ram.ranges().last().map(|r| r.end()).unwrap_or(0));
+    let mut bytes_by_page_size = smaps_bytes(
+        ram.base(),
+        ram.base() + ram.ranges().last().map(|r| r.end()).unwrap_or(0),
+    );
     let rss_bytes = bytes_by_page_size.remove("rss").unwrap_or(0);
     let (runs, why) = match pagemap_runs(ram) {
         Ok(r) => (r, None),
@@ -162,10 +188,25 @@ pub fn measure(ram: &GuestRam) -> MemoryReport {
 
 impl std::fmt::Display for MemoryReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pages: Vec<String> = self.bytes_by_page_size.iter().map(|(k, v)| format!("{k}: {} MiB", v >> 20)).collect();
-        write!(f, "memory: {} MiB, backing {} -> {} (set-up {:.1} ms); ", self.size >> 20, self.requested_backing, pages.join(", "), self.setup_ms)?;
+        let pages: Vec<String> = self
+            .bytes_by_page_size
+            .iter()
+            .map(|(k, v)| format!("{k}: {} MiB", v >> 20))
+            .collect();
+        write!(
+            f,
+            "memory: {} MiB, backing {} -> {} (set-up {:.1} ms); ",
+            self.size >> 20,
+            self.requested_backing,
+            pages.join(", "),
+            self.setup_ms
+        )?;
         match (self.contiguous_runs, &self.runs_unavailable) {
-            (Some(n), _) => write!(f, "{n} host-physically contiguous runs, largest {} MiB", self.largest_run_bytes.unwrap_or(0) >> 20),
+            (Some(n), _) => write!(
+                f,
+                "{n} host-physically contiguous runs, largest {} MiB",
+                self.largest_run_bytes.unwrap_or(0) >> 20
+            ),
             (None, Some(why)) => write!(f, "contiguous runs unavailable: {why}"),
             (None, None) => write!(f, "contiguous runs unavailable"),
         }

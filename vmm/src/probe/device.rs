@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use workloads::protocol::{MMIO_FAULT, MMIO_RESULT, MMIO_SNAPSHOT, MMIO_START, MMIO_STOP, RESULTS_VA};
+use workloads::protocol::{
+    MMIO_FAULT, MMIO_RESULT, MMIO_SNAPSHOT, MMIO_START, MMIO_STOP, RESULTS_VA,
+};
 
 use crate::devices::{DeviceAction, MmioHandler};
 use crate::vstate::stats::StatsFd;
@@ -58,14 +60,23 @@ struct State {
 
 impl std::fmt::Debug for ProbeDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProbeDevice").field("snapshot_hook", &self.snapshot.is_some()).finish()
+        f.debug_struct("ProbeDevice")
+            .field("snapshot_hook", &self.snapshot.is_some())
+            .finish()
     }
 }
 
 impl ProbeDevice {
     /// A device with an optional snapshot hook.
     pub fn new(snapshot: Option<SnapshotHook>) -> Self {
-        ProbeDevice { state: Mutex::new(State { mem: None, stats: None, outcome: Outcome::default() }), snapshot }
+        ProbeDevice {
+            state: Mutex::new(State {
+                mem: None,
+                stats: None,
+                outcome: Outcome::default(),
+            }),
+            snapshot,
+        }
     }
 
     /// Gives the device the guest memory to read the results page from.
@@ -90,7 +101,11 @@ impl ProbeDevice {
         if state.stats.is_none() {
             state.stats = StatsFd::open(vcpu).ok();
         }
-        state.stats.as_ref().and_then(|s| s.read().ok()).unwrap_or_default()
+        state
+            .stats
+            .as_ref()
+            .and_then(|s| s.read().ok())
+            .unwrap_or_default()
     }
 
     fn copy_results(state: &mut State) {
@@ -111,7 +126,9 @@ impl ProbeDevice {
 
 impl MmioHandler for ProbeDevice {
     fn write(&self, vcpu: &VcpuFd, offset: u64, data: &[u8]) -> DeviceAction {
-        let Ok(mut s) = self.state.lock() else { return DeviceAction::Exit(FAULT_EXIT_STATUS) };
+        let Ok(mut s) = self.state.lock() else {
+            return DeviceAction::Exit(FAULT_EXIT_STATUS);
+        };
         match offset {
             MMIO_START => {
                 s.outcome.stats_start = Self::read_stats(&mut s, vcpu);

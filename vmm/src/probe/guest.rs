@@ -84,13 +84,23 @@ pub struct GuestOptions {
 impl Default for GuestOptions {
     /// THP backing, no pool growth, 10 minutes, no hooks.
     fn default() -> Self {
-        GuestOptions { backing: Backing::Thp, grow_pool: false, timeout: Duration::from_secs(600), snapshot: None, track_dirty: None }
+        GuestOptions {
+            backing: Backing::Thp,
+            grow_pool: false,
+            timeout: Duration::from_secs(600),
+            snapshot: None,
+            track_dirty: None,
+        }
     }
 }
 
 impl std::fmt::Debug for GuestOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestOptions").field("backing", &self.backing).field("grow_pool", &self.grow_pool).field("timeout", &self.timeout).finish()
+        f.debug_struct("GuestOptions")
+            .field("backing", &self.backing)
+            .field("grow_pool", &self.grow_pool)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -117,8 +127,26 @@ const fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
-fn mapping(name: &str, va: u64, gpa: u64, len: u64, page: PageSize, user: bool, writable: bool) -> Mapping {
-    Mapping { name: name.into(), va, gpa, len, page, user, writable, uncached: false, present: true }
+fn mapping(
+    name: &str,
+    va: u64,
+    gpa: u64,
+    len: u64,
+    page: PageSize,
+    user: bool,
+    writable: bool,
+) -> Mapping {
+    Mapping {
+        name: name.into(),
+        va,
+        gpa,
+        len,
+        page,
+        user,
+        writable,
+        uncached: false,
+        present: true,
+    }
 }
 
 impl GuestPlan {
@@ -135,18 +163,78 @@ impl GuestPlan {
             return Err(Error::BadSpec(format!("footprint {footprint} bytes: must be a non-zero multiple of the guest page size ({})", spec.guest_pages)));
         }
         if footprint > MAX_FOOTPRINT {
-            return Err(Error::BadSpec(format!("footprint {} MiB: at most {} GiB", footprint >> 20, MAX_FOOTPRINT >> 30)));
+            return Err(Error::BadSpec(format!(
+                "footprint {} MiB: at most {} GiB",
+                footprint >> 20,
+                MAX_FOOTPRINT >> 30
+            )));
         }
         let image_end = align_up(img.end(), 4096);
-        let mut mmio = mapping("signal-mmio", MMIO_VA, SIGNAL_MMIO_BASE, 4096, PageSize::Size4K, true, true);
+        let mut mmio = mapping(
+            "signal-mmio",
+            MMIO_VA,
+            SIGNAL_MMIO_BASE,
+            4096,
+            PageSize::Size4K,
+            true,
+            true,
+        );
         mmio.uncached = true;
         let mut base = vec![
-            mapping("gdt-tss-idt", GDT_VA, GDT_VA, PARAMS_VA - GDT_VA, PageSize::Size4K, false, true),
-            mapping("params", PARAMS_VA, PARAMS_VA, 4096, PageSize::Size4K, true, false),
-            mapping("results", RESULTS_VA, RESULTS_VA, 4096, PageSize::Size4K, true, true),
-            mapping("ring0-stack", KSTACK_BOTTOM, KSTACK_BOTTOM, KSTACK_TOP - KSTACK_BOTTOM, PageSize::Size4K, false, true),
-            mapping("user-stack", USTACK_BOTTOM, USTACK_BOTTOM, USTACK_TOP - USTACK_BOTTOM, PageSize::Size4K, true, true),
-            mapping("image", IMAGE_BASE, IMAGE_BASE, image_end - IMAGE_BASE, PageSize::Size4K, true, true),
+            mapping(
+                "gdt-tss-idt",
+                GDT_VA,
+                GDT_VA,
+                PARAMS_VA - GDT_VA,
+                PageSize::Size4K,
+                false,
+                true,
+            ),
+            mapping(
+                "params",
+                PARAMS_VA,
+                PARAMS_VA,
+                4096,
+                PageSize::Size4K,
+                true,
+                false,
+            ),
+            mapping(
+                "results",
+                RESULTS_VA,
+                RESULTS_VA,
+                4096,
+                PageSize::Size4K,
+                true,
+                true,
+            ),
+            mapping(
+                "ring0-stack",
+                KSTACK_BOTTOM,
+                KSTACK_BOTTOM,
+                KSTACK_TOP - KSTACK_BOTTOM,
+                PageSize::Size4K,
+                false,
+                true,
+            ),
+            mapping(
+                "user-stack",
+                USTACK_BOTTOM,
+                USTACK_BOTTOM,
+                USTACK_TOP - USTACK_BOTTOM,
+                PageSize::Size4K,
+                true,
+                true,
+            ),
+            mapping(
+                "image",
+                IMAGE_BASE,
+                IMAGE_BASE,
+                image_end - IMAGE_BASE,
+                PageSize::Size4K,
+                true,
+                true,
+            ),
             mmio,
         ];
         // The table count depends only on virtual coverage, so size the table region
@@ -154,16 +242,34 @@ impl GuestPlan {
         let data_probe = mapping("data", DATA_VA, 0, footprint, spec.guest_pages, true, true);
         let mut pt_len = 4096;
         loop {
-            let mut l = Layout { mappings: base.clone() };
+            let mut l = Layout {
+                mappings: base.clone(),
+            };
             l.mappings.push(data_probe.clone());
-            l.mappings.push(mapping("page-tables", PAGE_TABLES_GPA, PAGE_TABLES_GPA, pt_len, PageSize::Size4K, false, true));
+            l.mappings.push(mapping(
+                "page-tables",
+                PAGE_TABLES_GPA,
+                PAGE_TABLES_GPA,
+                pt_len,
+                PageSize::Size4K,
+                false,
+                true,
+            ));
             let need = l.table_bytes();
             if need <= pt_len {
                 break;
             }
             pt_len = need;
         }
-        base.push(mapping("page-tables", PAGE_TABLES_GPA, PAGE_TABLES_GPA, pt_len, PageSize::Size4K, false, true));
+        base.push(mapping(
+            "page-tables",
+            PAGE_TABLES_GPA,
+            PAGE_TABLES_GPA,
+            pt_len,
+            PageSize::Size4K,
+            false,
+            true,
+        ));
         let data_gpa = align_up(PAGE_TABLES_GPA + pt_len, page.max(2 << 20));
         let present = spec.work.workload != Workload::PtChurn;
         let mut data = |name: &str, va, gpa, len| {
@@ -172,7 +278,16 @@ impl GuestPlan {
             base.push(m);
         };
         let ram_end = if data_gpa + footprint <= MMIO_HOLE_START {
-            data(if present { "data" } else { "data (unmapped: ptchurn)" }, DATA_VA, data_gpa, footprint);
+            data(
+                if present {
+                    "data"
+                } else {
+                    "data (unmapped: ptchurn)"
+                },
+                DATA_VA,
+                data_gpa,
+                footprint,
+            );
             data_gpa + footprint
         } else {
             // Split around the MMIO hole: virtually contiguous, physically in two pieces.
@@ -190,12 +305,28 @@ impl GuestPlan {
         let last = tables.leaf_entry(DATA_VA + footprint - page).map(|e| e.0);
         let entries_va = match (first, last) {
             (Some(f), Some(l)) if l == f + 8 * (pages - 1) => f,
-            _ => return Err(Error::Load("the buffer's leaf entries are not contiguous".into())),
+            _ => {
+                return Err(Error::Load(
+                    "the buffer's leaf entries are not contiguous".into(),
+                ))
+            }
         };
         // RAM below the hole ends at a 2 MiB boundary so every backing fits.
-        let ram_size = if ram_end > MMIO_HOLE_START { ram_end - (MMIO_HOLE_END - MMIO_HOLE_START) } else { ram_end };
+        let ram_size = if ram_end > MMIO_HOLE_START {
+            ram_end - (MMIO_HOLE_END - MMIO_HOLE_START)
+        } else {
+            ram_end
+        };
         let ram_size = align_up(ram_size, 2 << 20);
-        Ok(GuestPlan { spec, layout, tables, ram_size, data_gpa, entries_va, entry: img.entry })
+        Ok(GuestPlan {
+            spec,
+            layout,
+            tables,
+            ram_size,
+            data_gpa,
+            entries_va,
+            entry: img.entry,
+        })
     }
 
     /// The params page.
@@ -216,10 +347,16 @@ impl GuestPlan {
     /// state: 64-bit ring 3 at the entry point.
     pub fn load(&self, ram: &GuestRam, img: &Image) -> Result<VcpuInit, Error> {
         let mem = ram.memory();
-        let put = |gpa: u64, bytes: &[u8]| mem.write_slice(bytes, GuestAddress(gpa)).map_err(|e| Error::Load(format!("at {gpa:#x}: {e}")));
+        let put = |gpa: u64, bytes: &[u8]| {
+            mem.write_slice(bytes, GuestAddress(gpa))
+                .map_err(|e| Error::Load(format!("at {gpa:#x}: {e}")))
+        };
         for s in &img.segments {
             put(s.paddr, img.data(s))?;
-            put(s.paddr + s.filesz as u64, &vec![0u8; (s.memsz - s.filesz as u64) as usize])?;
+            put(
+                s.paddr + s.filesz as u64,
+                &vec![0u8; (s.memsz - s.filesz as u64) as usize],
+            )?;
         }
         for t in &self.tables.tables {
             put(t.gpa, &words_to_bytes(&t.entries[..]))?;
@@ -243,12 +380,26 @@ fn words_to_bytes(words: &[u64]) -> Vec<u8> {
 /// The GDT: null, kernel code/data, user code32/data/code64, then the TSS descriptor.
 pub fn gdt() -> [u64; 8] {
     let (lo, hi) = tss_descriptor(TSS_VA, TSS_BYTES - 1);
-    [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_fb00_0000_ffff, 0x00cf_f300_0000_ffff, 0x00af_fb00_0000_ffff, lo, hi]
+    [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00cf_fb00_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+        lo,
+        hi,
+    ]
 }
 
 /// A busy 64-bit TSS descriptor (TR is loaded with it by KVM_SET_SREGS).
 fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
-    let lo = (limit & 0xffff) | ((base & 0xff_ffff) << 16) | (0xb << 40) | (1 << 47) | (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+    let lo = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0xb << 40)
+        | (1 << 47)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
     (lo, base >> 32)
 }
 
@@ -266,7 +417,11 @@ pub fn idt() -> Vec<u64> {
     let mut idt = vec![0u64; 512];
     for v in 0..VECTORS {
         let off = IMAGE_BASE + VECTOR_STUB_BYTES * v;
-        idt[2 * v as usize] = (off & 0xffff) | (u64::from(KERNEL_CS) << 16) | (0xe << 40) | (1 << 47) | (((off >> 16) & 0xffff) << 48);
+        idt[2 * v as usize] = (off & 0xffff)
+            | (u64::from(KERNEL_CS) << 16)
+            | (0xe << 40)
+            | (1 << 47)
+            | (((off >> 16) & 0xffff) << 48);
         idt[2 * v as usize + 1] = off >> 32;
     }
     idt
@@ -307,8 +462,16 @@ pub fn vcpu_init(cr3: u64, entry: u64) -> VcpuInit {
         ss: data,
         tr,
         ldt,
-        gdt: kvm_dtable { base: GDT_VA, limit: 8 * 8 - 1, ..Default::default() },
-        idt: kvm_dtable { base: IDT_VA, limit: 256 * 16 - 1, ..Default::default() },
+        gdt: kvm_dtable {
+            base: GDT_VA,
+            limit: 8 * 8 - 1,
+            ..Default::default()
+        },
+        idt: kvm_dtable {
+            base: IDT_VA,
+            limit: 256 * 16 - 1,
+            ..Default::default()
+        },
         cr0: 0x8001_0033, // PG | WP | NE | ET | MP | PE
         cr3,
         cr4: (1 << 5) | (1 << 9) | (1 << 10), // PAE | OSFXSR | OSXMMEXCPT
@@ -316,7 +479,12 @@ pub fn vcpu_init(cr3: u64, entry: u64) -> VcpuInit {
         apic_base: 0xfee0_0900,
         ..Default::default()
     };
-    let regs = kvm_regs { rip: entry, rsp: USTACK_TOP, rflags: 0x2, ..Default::default() };
+    let regs = kvm_regs {
+        rip: entry,
+        rsp: USTACK_TOP,
+        rflags: 0x2,
+        ..Default::default()
+    };
     VcpuInit { regs, sregs }
 }
 
@@ -338,7 +506,9 @@ pub struct GuestRun {
 pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
     let info = host::probe()?;
     if spec.guest_pages == PageSize::Size1G && !info.guest_1g_pages {
-        return Err(Error::Unavailable("1 GiB guest pages: this host's KVM does not offer pdpe1gb to guests".into()));
+        return Err(Error::Unavailable(
+            "1 GiB guest pages: this host's KVM does not offer pdpe1gb to guests".into(),
+        ));
     }
     let plan = Arc::new(GuestPlan::new(spec)?);
     let device = Arc::new(ProbeDevice::new(opts.snapshot.clone()));
@@ -350,7 +520,11 @@ pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
     }));
     let cfg = VmConfig {
         // Hugetlb backings need whole host pages: round RAM up (the rest stays unused).
-        memory: MemoryConfig { size: align_up(plan.ram_size, opts.backing.page_size()), backing: opts.backing, grow_pool: opts.grow_pool },
+        memory: MemoryConfig {
+            size: align_up(plan.ram_size, opts.backing.page_size()),
+            backing: opts.backing,
+            grow_pool: opts.grow_pool,
+        },
         vcpus: 1,
         mmu: MmuRequest::Auto,
         timeout: Some(opts.timeout),
@@ -365,17 +539,32 @@ pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
     let report = machine::run(cfg)?;
     let outcome = device.outcome();
     let measurement = measurement(&spec, opts.backing, &report, &outcome, info.tsc_khz);
-    Ok(GuestRun { report, measurement, outcome, plan })
+    Ok(GuestRun {
+        report,
+        measurement,
+        outcome,
+        plan,
+    })
 }
 
 /// Turns the guest's results page and the device's timestamps into a measurement.
-pub fn measurement(spec: &GuestSpec, backing: Backing, report: &RunReport, o: &Outcome, tsc_khz: Option<u32>) -> Result<Measurement, String> {
+pub fn measurement(
+    spec: &GuestSpec,
+    backing: Backing,
+    report: &RunReport,
+    o: &Outcome,
+    tsc_khz: Option<u32>,
+) -> Result<Measurement, String> {
     let Some(r) = o.results else {
         return Err(format!("the guest gave no result: {}", report.exit_message));
     };
     if o.fault {
         let v = r[RES_FAULT_VECTOR];
-        let what = if v == 255 { "the guest panicked".to_string() } else { format!("exception vector {v}") };
+        let what = if v == 255 {
+            "the guest panicked".to_string()
+        } else {
+            format!("exception vector {v}")
+        };
         return Err(format!(
             "{what} in the measurement guest: error code {:#x}, rip {:#x}, cr2 {:#x}, cs {:#x}, rsp {:#x}",
             r[RES_FAULT_ERROR], r[RES_FAULT_RIP], r[RES_FAULT_CR2], r[RES_FAULT_CS], r[RES_FAULT_RSP]
@@ -385,15 +574,26 @@ pub fn measurement(spec: &GuestSpec, backing: Backing, report: &RunReport, o: &O
         return Err("the results page carries no result".into());
     }
     if r[RES_STATUS] != STATUS_OK {
-        return Err(format!("the guest reported status {}: {}", r[RES_STATUS], status_text(r[RES_STATUS])));
+        return Err(format!(
+            "the guest reported status {}: {}",
+            r[RES_STATUS],
+            status_text(r[RES_STATUS])
+        ));
     }
     let (Some(start), Some(stop)) = (o.start, o.stop) else {
         return Err("the guest never signalled start and stop".into());
     };
     let wall_ns = stop.duration_since(start).as_secs_f64() * 1e9;
     let ops = r[RES_OPS];
-    let (elapsed_ns, ns_per_op) = Measurement::timing(r[RES_TSC_END].wrapping_sub(r[RES_TSC_START]), wall_ns, tsc_khz, ops);
-    let delta = |k: &str| -> Option<u64> { Some(o.stats_stop.get(k)?.wrapping_sub(*o.stats_start.get(k)?)) };
+    let (elapsed_ns, ns_per_op) = Measurement::timing(
+        r[RES_TSC_END].wrapping_sub(r[RES_TSC_START]),
+        wall_ns,
+        tsc_khz,
+        ops,
+    );
+    let delta = |k: &str| -> Option<u64> {
+        Some(o.stats_stop.get(k)?.wrapping_sub(*o.stats_start.get(k)?))
+    };
     let init_ns = Measurement::timing(r[RES_INIT_TSC], 0.0, tsc_khz, 1).0;
     Ok(Measurement {
         workload: spec.work.workload.name().into(),
@@ -422,7 +622,15 @@ mod tests {
     use crate::probe::layout::{PTE_P, PTE_PS, PTE_RW, PTE_US};
 
     fn spec(w: Workload, footprint: u64, pages: PageSize) -> GuestSpec {
-        GuestSpec { work: WorkloadSpec { workload: w, footprint, seed: 1, count: None }, guest_pages: pages }
+        GuestSpec {
+            work: WorkloadSpec {
+                workload: w,
+                footprint,
+                seed: 1,
+                count: None,
+            },
+            guest_pages: pages,
+        }
     }
 
     #[test]
@@ -430,14 +638,29 @@ mod tests {
         let plan = GuestPlan::new(spec(Workload::Chase, 8 << 20, PageSize::Size4K)).unwrap();
         let t = &plan.tables;
         // Identity-mapped system pages with their rights.
-        let rights = |va| t.translate(va).map(|(pa, e)| (pa, e & (PTE_P | PTE_RW | PTE_US)));
+        let rights = |va| {
+            t.translate(va)
+                .map(|(pa, e)| (pa, e & (PTE_P | PTE_RW | PTE_US)))
+        };
         assert_eq!(rights(GDT_VA), Some((GDT_VA, PTE_P | PTE_RW)));
         assert_eq!(rights(IDT_VA + 8), Some((IDT_VA + 8, PTE_P | PTE_RW)));
         assert_eq!(rights(PARAMS_VA), Some((PARAMS_VA, PTE_P | PTE_US)));
-        assert_eq!(rights(RESULTS_VA), Some((RESULTS_VA, PTE_P | PTE_RW | PTE_US)));
-        assert_eq!(rights(KSTACK_TOP - 8), Some((KSTACK_TOP - 8, PTE_P | PTE_RW)));
-        assert_eq!(rights(USTACK_TOP - 8), Some((USTACK_TOP - 8, PTE_P | PTE_RW | PTE_US)));
-        assert_eq!(rights(plan.entry), Some((plan.entry, PTE_P | PTE_RW | PTE_US)));
+        assert_eq!(
+            rights(RESULTS_VA),
+            Some((RESULTS_VA, PTE_P | PTE_RW | PTE_US))
+        );
+        assert_eq!(
+            rights(KSTACK_TOP - 8),
+            Some((KSTACK_TOP - 8, PTE_P | PTE_RW))
+        );
+        assert_eq!(
+            rights(USTACK_TOP - 8),
+            Some((USTACK_TOP - 8, PTE_P | PTE_RW | PTE_US))
+        );
+        assert_eq!(
+            rights(plan.entry),
+            Some((plan.entry, PTE_P | PTE_RW | PTE_US))
+        );
         assert_eq!(t.translate(0), None, "page 0 stays unmapped");
         assert_eq!(t.translate(MMIO_VA).map(|x| x.0), Some(SIGNAL_MMIO_BASE));
         // Every page of the buffer, 4 KiB leaves, contiguous physical backing.
@@ -445,11 +668,17 @@ mod tests {
             let (pa, e) = t.translate(DATA_VA + p * 4096 + 24).unwrap();
             assert_eq!(pa, plan.data_gpa + p * 4096 + 24);
             assert_eq!(e & PTE_PS, 0);
-            assert_eq!(t.leaf_entry(DATA_VA + p * 4096).unwrap().0, plan.entries_va + 8 * p);
+            assert_eq!(
+                t.leaf_entry(DATA_VA + p * 4096).unwrap().0,
+                plan.entries_va + 8 * p
+            );
         }
         assert_eq!(t.translate(DATA_VA + (8 << 20)), None);
         // The page tables themselves are mapped (supervisor) so the stub can edit them.
-        assert_eq!(rights(plan.entries_va), Some((plan.entries_va, PTE_P | PTE_RW)));
+        assert_eq!(
+            rights(plan.entries_va),
+            Some((plan.entries_va, PTE_P | PTE_RW))
+        );
         assert!(plan.ram_size >= plan.data_gpa + (8 << 20));
         assert_eq!(plan.ram_size % (2 << 20), 0);
     }
@@ -471,16 +700,31 @@ mod tests {
     fn plan_splits_around_the_hole() {
         let plan = GuestPlan::new(spec(Workload::Chase, 4 << 30, PageSize::Size2M)).unwrap();
         let below = MMIO_HOLE_START - plan.data_gpa;
-        assert_eq!(plan.tables.translate(DATA_VA + below - 1).map(|x| x.0), Some(MMIO_HOLE_START - 1));
-        assert_eq!(plan.tables.translate(DATA_VA + below).map(|x| x.0), Some(MMIO_HOLE_END));
+        assert_eq!(
+            plan.tables.translate(DATA_VA + below - 1).map(|x| x.0),
+            Some(MMIO_HOLE_START - 1)
+        );
+        assert_eq!(
+            plan.tables.translate(DATA_VA + below).map(|x| x.0),
+            Some(MMIO_HOLE_END)
+        );
         assert_eq!(plan.ram_size, align_up(plan.data_gpa + (4 << 30), 2 << 20));
     }
 
     #[test]
     fn bad_specs_are_refused() {
-        assert!(matches!(GuestPlan::new(spec(Workload::Chase, 3 << 20, PageSize::Size2M)), Err(Error::BadSpec(_))));
-        assert!(matches!(GuestPlan::new(spec(Workload::Chase, 0, PageSize::Size4K)), Err(Error::BadSpec(_))));
-        assert!(matches!(GuestPlan::new(spec(Workload::Chase, 128 << 30, PageSize::Size4K)), Err(Error::BadSpec(_))));
+        assert!(matches!(
+            GuestPlan::new(spec(Workload::Chase, 3 << 20, PageSize::Size2M)),
+            Err(Error::BadSpec(_))
+        ));
+        assert!(matches!(
+            GuestPlan::new(spec(Workload::Chase, 0, PageSize::Size4K)),
+            Err(Error::BadSpec(_))
+        ));
+        assert!(matches!(
+            GuestPlan::new(spec(Workload::Chase, 128 << 30, PageSize::Size4K)),
+            Err(Error::BadSpec(_))
+        ));
     }
 
     #[test]
@@ -498,7 +742,10 @@ mod tests {
         let t = tss();
         assert_eq!(u64::from_le_bytes(t[4..12].try_into().unwrap()), KSTACK_TOP);
         let init = vcpu_init(0x60_0000, 0x40_0100);
-        assert_eq!((init.sregs.cs.dpl, init.sregs.ss.dpl, init.sregs.cs.l), (3, 3, 1));
+        assert_eq!(
+            (init.sregs.cs.dpl, init.sregs.ss.dpl, init.sregs.cs.l),
+            (3, 3, 1)
+        );
         assert_eq!(init.regs.rsp, USTACK_TOP);
     }
 }

@@ -61,7 +61,10 @@ impl<'a> Image<'a> {
     /// Parses `bytes` and checks every segment lies in the image window.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
         const PT_LOAD: u32 = 1;
-        if bytes.get(0..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        if bytes.get(0..4) != Some(b"\x7fELF")
+            || bytes.get(4) != Some(&2)
+            || bytes.get(5) != Some(&1)
+        {
             return Err(Error::Format("not an ELF64 little-endian file"));
         }
         if u16_at(bytes, 18) != Some(62) {
@@ -80,23 +83,40 @@ impl<'a> Image<'a> {
             }
             let field = |o| u64_at(bytes, ph + o).ok_or(Error::Format("truncated program header"));
             let (offset, paddr, filesz, memsz) = (field(8)?, field(24)?, field(32)?, field(40)?);
-            if filesz > memsz || offset.checked_add(filesz).is_none_or(|e| e > bytes.len() as u64) {
+            if filesz > memsz
+                || offset
+                    .checked_add(filesz)
+                    .is_none_or(|e| e > bytes.len() as u64)
+            {
                 return Err(Error::Format("segment exceeds the file"));
             }
             if paddr < IMAGE_BASE || paddr.checked_add(memsz).is_none_or(|e| e > IMAGE_LIMIT) {
                 return Err(Error::OutOfWindow { paddr, memsz });
             }
-            segments.push(Segment { paddr, offset: offset as usize, filesz: filesz as usize, memsz });
+            segments.push(Segment {
+                paddr,
+                offset: offset as usize,
+                filesz: filesz as usize,
+                memsz,
+            });
         }
         if segments.is_empty() {
             return Err(Error::Format("no loadable segment"));
         }
-        Ok(Image { bytes, entry, segments })
+        Ok(Image {
+            bytes,
+            entry,
+            segments,
+        })
     }
 
     /// One past the last byte any segment occupies.
     pub fn end(&self) -> u64 {
-        self.segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(IMAGE_BASE)
+        self.segments
+            .iter()
+            .map(|s| s.paddr + s.memsz)
+            .max()
+            .unwrap_or(IMAGE_BASE)
     }
 
     /// The file bytes of a segment.

@@ -201,9 +201,18 @@ impl Layout {
     pub fn validate(&self) -> Result<(), Error> {
         for m in &self.mappings {
             let page = m.page.bytes();
-            for (what, value) in [("virtual address", m.va), ("physical address", m.gpa), ("length", m.len)] {
+            for (what, value) in [
+                ("virtual address", m.va),
+                ("physical address", m.gpa),
+                ("length", m.len),
+            ] {
                 if value % page != 0 {
-                    return Err(Error::Misaligned { name: m.name.clone(), what, value, page });
+                    return Err(Error::Misaligned {
+                        name: m.name.clone(),
+                        what,
+                        value,
+                        page,
+                    });
                 }
             }
             if m.len == 0 {
@@ -236,7 +245,9 @@ impl Layout {
                 }
             }
         }
-        std::iter::once((4, 0)).chain(keys.into_iter().map(|(l, k)| (3 - l, k))).collect()
+        std::iter::once((4, 0))
+            .chain(keys.into_iter().map(|(l, k)| (3 - l, k)))
+            .collect()
     }
 
     /// Bytes of page tables this layout needs.
@@ -256,13 +267,21 @@ impl Layout {
         let mut tables = Vec::with_capacity(keys.len());
         for (i, &(level, key)) in keys.iter().enumerate() {
             index.insert((level, key), i);
-            tables.push(Table { gpa: gpa + 4096 * i as u64, level, entries: Box::new([0; 512]) });
+            tables.push(Table {
+                gpa: gpa + 4096 * i as u64,
+                level,
+                entries: Box::new([0; 512]),
+            });
         }
         // Link every non-root table into its parent (non-leaf entries are permissive: the
         // leaves carry the rights).
         for &(level, key) in &keys[1..] {
             let child = tables[index[&(level, key)]].gpa;
-            let parent = if level == 3 { index[&(4, 0)] } else { index[&(level + 1, key >> 9)] };
+            let parent = if level == 3 {
+                index[&(4, 0)]
+            } else {
+                index[&(level + 1, key >> 9)]
+            };
             tables[parent].entries[(key & 511) as usize] = child | PTE_P | PTE_RW | PTE_US;
         }
         for m in &self.mappings {
@@ -276,7 +295,11 @@ impl Layout {
                 off += page;
             }
         }
-        Ok(PageTables { cr3: gpa, tables, index })
+        Ok(PageTables {
+            cr3: gpa,
+            tables,
+            index,
+        })
     }
 }
 
@@ -289,13 +312,28 @@ impl PageTables {
     /// Every non-zero entry as (guest-physical address of the entry, value): what a
     /// snapshot of the guest's tables must show, entry by entry.
     pub fn entries(&self) -> Vec<(u64, u64)> {
-        self.tables.iter().flat_map(|t| t.entries.iter().enumerate().filter(|(_, &e)| e != 0).map(move |(i, &e)| (t.gpa + 8 * i as u64, e))).collect()
+        self.tables
+            .iter()
+            .flat_map(|t| {
+                t.entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &e)| e != 0)
+                    .map(move |(i, &e)| (t.gpa + 8 * i as u64, e))
+            })
+            .collect()
     }
 
     /// The guest-physical address of the leaf entry mapping `va`, and the page size.
     pub fn leaf_entry(&self, va: u64) -> Option<(u64, PageSize)> {
-        for (level, page) in [(1u8, PageSize::Size4K), (2, PageSize::Size2M), (3, PageSize::Size1G)] {
-            let Some(&t) = self.index.get(&(level, va >> table_shift(level))) else { continue };
+        for (level, page) in [
+            (1u8, PageSize::Size4K),
+            (2, PageSize::Size2M),
+            (3, PageSize::Size1G),
+        ] {
+            let Some(&t) = self.index.get(&(level, va >> table_shift(level))) else {
+                continue;
+            };
             let i = ((va >> table_shift(level - 1)) & 511) as usize;
             let e = self.tables[t].entries[i];
             if level == 1 || e & PTE_PS != 0 {
@@ -329,22 +367,72 @@ impl PageTables {
 mod tests {
     use super::*;
 
-    fn map(name: &str, va: u64, gpa: u64, len: u64, page: PageSize, user: bool, present: bool) -> Mapping {
-        Mapping { name: name.into(), va, gpa, len, page, user, writable: true, uncached: false, present }
+    fn map(
+        name: &str,
+        va: u64,
+        gpa: u64,
+        len: u64,
+        page: PageSize,
+        user: bool,
+        present: bool,
+    ) -> Mapping {
+        Mapping {
+            name: name.into(),
+            va,
+            gpa,
+            len,
+            page,
+            user,
+            writable: true,
+            uncached: false,
+            present,
+        }
     }
 
     /// A small layout with every kind of leaf: 4K supervisor pages, 4K user pages, a 2 MiB
     /// range, an uncached page high up, and a non-present range.
     fn sample() -> Layout {
-        let mut mmio = map("mmio", 0x30_0000_0000, 0xd000_0000, 4096, PageSize::Size4K, true, true);
+        let mut mmio = map(
+            "mmio",
+            0x30_0000_0000,
+            0xd000_0000,
+            4096,
+            PageSize::Size4K,
+            true,
+            true,
+        );
         mmio.uncached = true;
         Layout {
             mappings: vec![
                 map("sys", 0x1000, 0x1000, 0x3000, PageSize::Size4K, false, true),
-                map("image", 0x40_0000, 0x40_0000, 0x2000, PageSize::Size4K, true, true),
+                map(
+                    "image",
+                    0x40_0000,
+                    0x40_0000,
+                    0x2000,
+                    PageSize::Size4K,
+                    true,
+                    true,
+                ),
                 mmio,
-                map("data", 0x40_0000_0000, 0x80_0000, 0x60_0000, PageSize::Size2M, true, true),
-                map("churn", 0x40_4000_0000, 0x100_0000, 0x3000, PageSize::Size4K, true, false),
+                map(
+                    "data",
+                    0x40_0000_0000,
+                    0x80_0000,
+                    0x60_0000,
+                    PageSize::Size2M,
+                    true,
+                    true,
+                ),
+                map(
+                    "churn",
+                    0x40_4000_0000,
+                    0x100_0000,
+                    0x3000,
+                    PageSize::Size4K,
+                    true,
+                    false,
+                ),
             ],
         }
     }
@@ -374,11 +462,20 @@ mod tests {
             want.push((t(6) + 8 * p, (p << 12) | PTE_P | PTE_RW));
         }
         for p in 0..2u64 {
-            want.push((t(7) + 8 * p, (0x40_0000 + (p << 12)) | PTE_P | PTE_RW | PTE_US));
+            want.push((
+                t(7) + 8 * p,
+                (0x40_0000 + (p << 12)) | PTE_P | PTE_RW | PTE_US,
+            ));
         }
-        want.push((t(8), 0xd000_0000 | PTE_P | PTE_RW | PTE_US | PTE_PCD | PTE_PWT));
+        want.push((
+            t(8),
+            0xd000_0000 | PTE_P | PTE_RW | PTE_US | PTE_PCD | PTE_PWT,
+        ));
         for p in 0..3u64 {
-            want.push((t(4) + 8 * p, (0x80_0000 + (p << 21)) | PTE_P | PTE_RW | PTE_US | PTE_PS));
+            want.push((
+                t(4) + 8 * p,
+                (0x80_0000 + (p << 21)) | PTE_P | PTE_RW | PTE_US | PTE_PS,
+            ));
         }
         for p in 0..3u64 {
             want.push((t(9) + 8 * p, (0x100_0000 + (p << 12)) | PTE_RW | PTE_US));
@@ -393,15 +490,25 @@ mod tests {
     fn translate_and_leaf_entries() {
         let pt = sample().build(0x60_0000, 1 << 20).unwrap();
         assert_eq!(pt.translate(0x1234).map(|x| x.0), Some(0x1234));
-        assert_eq!(pt.translate(0x40_0000_0000 + 0x20_1234).map(|x| x.0), Some(0x80_0000 + 0x20_1234));
+        assert_eq!(
+            pt.translate(0x40_0000_0000 + 0x20_1234).map(|x| x.0),
+            Some(0x80_0000 + 0x20_1234)
+        );
         assert_eq!(pt.translate(0x30_0000_0008).map(|x| x.0), Some(0xd000_0008));
-        assert_eq!(pt.translate(0x40_4000_0000), None, "churn range starts unmapped");
+        assert_eq!(
+            pt.translate(0x40_4000_0000),
+            None,
+            "churn range starts unmapped"
+        );
         assert_eq!(pt.translate(0x0), None);
         // Leaf entries of a contiguous range are contiguous.
         let (e0, p0) = pt.leaf_entry(0x40_4000_0000).unwrap();
         let (e2, _) = pt.leaf_entry(0x40_4000_2000).unwrap();
         assert_eq!((e2 - e0, p0), (16, PageSize::Size4K));
-        assert_eq!(pt.leaf_entry(0x40_0020_0000).map(|x| x.1), Some(PageSize::Size2M));
+        assert_eq!(
+            pt.leaf_entry(0x40_0020_0000).map(|x| x.1),
+            Some(PageSize::Size2M)
+        );
     }
 
     #[test]
@@ -424,6 +531,9 @@ mod tests {
     #[test]
     fn table_bytes_matches_build() {
         let l = sample();
-        assert_eq!(l.table_bytes(), l.build(0x60_0000, 1 << 20).unwrap().bytes());
+        assert_eq!(
+            l.table_bytes(),
+            l.build(0x60_0000, 1 << 20).unwrap().bytes()
+        );
     }
 }

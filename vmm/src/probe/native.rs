@@ -43,15 +43,25 @@ pub struct HostBuffer {
 }
 
 fn os(what: &'static str) -> Error {
-    Error::Os { what, source: std::io::Error::last_os_error() }
+    Error::Os {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 impl HostBuffer {
     /// Maps `bytes` with `backing`; `populate` faults every page in first (so that only
     /// `touch`, which measures first touch, sees the host's page faults).
-    pub fn new(bytes: u64, backing: Backing, populate: bool, grow_pool: bool) -> Result<Self, Error> {
+    pub fn new(
+        bytes: u64,
+        backing: Backing,
+        populate: bool,
+        grow_pool: bool,
+    ) -> Result<Self, Error> {
         if bytes == 0 || bytes % 4096 != 0 {
-            return Err(Error::BadSpec(format!("footprint {bytes}: must be a non-zero multiple of 4096")));
+            return Err(Error::BadSpec(format!(
+                "footprint {bytes}: must be a non-zero multiple of 4096"
+            )));
         }
         let (page, huge_flags) = match backing {
             Backing::Anon4k => (4096, 0),
@@ -70,26 +80,52 @@ impl HostBuffer {
                         memory::hugetlb_free(page)
                     )));
                 }
-                memory::grow_hugetlb_pool(page, want).map_err(|e| Error::Unavailable(e.to_string()))?;
+                memory::grow_hugetlb_pool(page, want)
+                    .map_err(|e| Error::Unavailable(e.to_string()))?;
             }
         }
         // THP wants 2 MiB alignment: over-map and align inside.
-        let map_len = if backing == Backing::Thp { len + MIB2 } else { len } as usize;
+        let map_len = if backing == Backing::Thp {
+            len + MIB2
+        } else {
+            len
+        } as usize;
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | huge_flags;
         if populate && huge_flags != 0 {
             flags |= libc::MAP_POPULATE;
         }
         // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let map = unsafe { libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
         if map == libc::MAP_FAILED {
             return Err(if huge_flags != 0 {
-                Error::Unavailable(format!("mmap of {len} bytes of {backing} hugetlb memory failed: {}", std::io::Error::last_os_error()))
+                Error::Unavailable(format!(
+                    "mmap of {len} bytes of {backing} hugetlb memory failed: {}",
+                    std::io::Error::last_os_error()
+                ))
             } else {
                 os("mmap")
             });
         }
-        let start = if backing == Backing::Thp { (map as u64).div_ceil(MIB2) * MIB2 } else { map as u64 };
-        let buf = HostBuffer { map, map_len, data: start as *mut u64, len: (bytes / 8) as usize };
+        let start = if backing == Backing::Thp {
+            (map as u64).div_ceil(MIB2) * MIB2
+        } else {
+            map as u64
+        };
+        let buf = HostBuffer {
+            map,
+            map_len,
+            data: start as *mut u64,
+            len: (bytes / 8) as usize,
+        };
         let advice = match backing {
             Backing::Anon4k => Some(libc::MADV_NOHUGEPAGE),
             Backing::Thp => Some(libc::MADV_HUGEPAGE),
@@ -103,7 +139,14 @@ impl HostBuffer {
         }
         if populate && huge_flags == 0 {
             // SAFETY: populating our own writable mapping.
-            if unsafe { libc::madvise(start as *mut libc::c_void, len as usize, libc::MADV_POPULATE_WRITE) } != 0 {
+            if unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    len as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            } != 0
+            {
                 return Err(os("madvise(MADV_POPULATE_WRITE)"));
             }
         }
@@ -176,7 +219,16 @@ impl PageChurn for NativeChurn {
     }
     fn map(&mut self, slot: usize) -> bool {
         // SAFETY: a fresh private anonymous mapping.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), self.page, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return false;
         }
@@ -199,14 +251,23 @@ impl PageChurn for NativeChurn {
 }
 
 /// Runs `spec` natively over a buffer with `backing`; `tsc_khz` is KVM's TSC frequency.
-pub fn run(spec: &WorkloadSpec, backing: Backing, grow_pool: bool, tsc_khz: Option<u32>) -> Result<Measurement, Error> {
+pub fn run(
+    spec: &WorkloadSpec,
+    backing: Backing,
+    grow_pool: bool,
+    tsc_khz: Option<u32>,
+) -> Result<Measurement, Error> {
     let w = spec.workload;
     let count = spec.count();
     let (ops, checksum, t0, t1, w0, w1, init_ticks, data_va, runs);
     let begin = tsc();
     if w == Workload::PtChurn {
         // Slots are 4 KiB pages (the kernel picks the backing of each fresh mapping).
-        let mut churn = NativeChurn { page: 4096, slots: (spec.footprint / 4096).max(1) as usize, mapped: Vec::new() };
+        let mut churn = NativeChurn {
+            page: 4096,
+            slots: (spec.footprint / 4096).max(1) as usize,
+            mapped: Vec::new(),
+        };
         churn.mapped = vec![std::ptr::null_mut(); churn.slots];
         (w0, t0) = (Instant::now(), tsc());
         let (done, sum) = kernels::ptchurn_run(&mut churn, count);
@@ -284,7 +345,12 @@ mod tests {
     use super::*;
 
     fn spec(w: Workload) -> WorkloadSpec {
-        WorkloadSpec { workload: w, footprint: 1 << 20, seed: 7, count: Some(5000) }
+        WorkloadSpec {
+            workload: w,
+            footprint: 1 << 20,
+            seed: 7,
+            count: Some(5000),
+        }
     }
 
     #[test]
@@ -310,7 +376,13 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(matches!(HostBuffer::new(0, Backing::Anon4k, true, false), Err(Error::BadSpec(_))));
-        assert!(matches!(HostBuffer::new(100, Backing::Anon4k, true, false), Err(Error::BadSpec(_))));
+        assert!(matches!(
+            HostBuffer::new(0, Backing::Anon4k, true, false),
+            Err(Error::BadSpec(_))
+        ));
+        assert!(matches!(
+            HostBuffer::new(100, Backing::Anon4k, true, false),
+            Err(Error::BadSpec(_))
+        ));
     }
 }

@@ -81,7 +81,10 @@ pub fn translate(ram: &GuestRam, sregs: &kvm_sregs, va: u64) -> std::result::Res
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level - 1);
         let idx = (va >> shift) & 0x1ff;
-        let e: u64 = ram.memory().read_obj(GuestAddress(table + idx * 8)).map_err(|e| format!("reading page table at {:#x}: {e}", table + idx * 8))?;
+        let e: u64 = ram
+            .memory()
+            .read_obj(GuestAddress(table + idx * 8))
+            .map_err(|e| format!("reading page table at {:#x}: {e}", table + idx * 8))?;
         if e & 1 == 0 {
             return Err(format!("not present (level {level} entry {e:#x})"));
         }
@@ -128,7 +131,13 @@ fn reg_value(regs: &kvm_regs, sregs: &kvm_sregs, r: Register) -> Option<u64> {
         },
     };
     let size = r.size();
-    Some(if size >= 8 || r.is_segment_register() { v } else if r == AH || r == BH || r == CH || r == DH { (v >> 8) & 0xff } else { v & ((1u64 << (size * 8)) - 1) })
+    Some(if size >= 8 || r.is_segment_register() {
+        v
+    } else if r == AH || r == BH || r == CH || r == DH {
+        (v >> 8) & 0xff
+    } else {
+        v & ((1u64 << (size * 8)) - 1)
+    })
 }
 
 fn set_reg(regs: &mut kvm_regs, r: Register, val: u64) {
@@ -176,10 +185,17 @@ fn fetch(vcpu: &mut VcpuFd, ram: &GuestRam, regs: &kvm_regs, sregs: &kvm_sregs) 
         return Ok(bytes[..size].to_vec());
     }
     let va = sregs.cs.base.wrapping_add(regs.rip);
-    let gpa = translate(ram, sregs, va).map_err(|why| Error::Access { rip: regs.rip, va, why })?;
+    let gpa = translate(ram, sregs, va).map_err(|why| Error::Access {
+        rip: regs.rip,
+        va,
+        why,
+    })?;
     let mut buf = vec![0u8; 15];
     for (i, b) in buf.iter_mut().enumerate() {
-        *b = ram.memory().read_obj(GuestAddress(gpa + i as u64)).unwrap_or(0);
+        *b = ram
+            .memory()
+            .read_obj(GuestAddress(gpa + i as u64))
+            .unwrap_or(0);
     }
     Ok(buf)
 }
@@ -191,9 +207,17 @@ fn mem_addr(ins: &Instruction, regs: &kvm_regs, sregs: &kvm_sregs, op: u32) -> O
 fn guest_ptr(ram: &GuestRam, sregs: &kvm_sregs, rip: u64, va: u64, len: u64) -> Result<*mut u8> {
     let gpa = translate(ram, sregs, va).map_err(|why| Error::Access { rip, va, why })?;
     if (gpa & 0xfff) + len > 0x1000 {
-        return Err(Error::Access { rip, va, why: "operand crosses a page boundary".into() });
+        return Err(Error::Access {
+            rip,
+            va,
+            why: "operand crosses a page boundary".into(),
+        });
     }
-    ram.host_ptr(gpa, len).ok_or_else(|| Error::Access { rip, va, why: format!("gpa {gpa:#x} is not RAM") })
+    ram.host_ptr(gpa, len).ok_or_else(|| Error::Access {
+        rip,
+        va,
+        why: format!("gpa {gpa:#x} is not RAM"),
+    })
 }
 
 /// Completes the instruction at RIP after an emulation failure. Returns true for int3
@@ -202,20 +226,36 @@ pub fn complete(vcpu: &mut VcpuFd, ram: &GuestRam, counters: &Counters) -> Resul
     let mut regs = vcpu.get_regs()?;
     let sregs = vcpu.get_sregs()?;
     let bytes = fetch(vcpu, ram, &regs, &sregs)?;
-    let bitness = if sregs.cs.l != 0 { 64 } else if sregs.cs.db != 0 { 32 } else { 16 };
+    let bitness = if sregs.cs.l != 0 {
+        64
+    } else if sregs.cs.db != 0 {
+        32
+    } else {
+        16
+    };
     let mut dec = Decoder::with_ip(bitness, &bytes, regs.rip, DecoderOptions::NONE);
     let ins = dec.decode();
     let unsupported = |ins: &Instruction| Error::Unsupported {
         rip: regs.rip,
-        text: if ins.is_invalid() { "(undecodable)".into() } else { format!("{ins}") },
-        bytes: bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+        text: if ins.is_invalid() {
+            "(undecodable)".into()
+        } else {
+            format!("{ins}")
+        },
+        bytes: bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     if ins.is_invalid() {
         return Err(unsupported(&ins));
     }
     let next = regs.rip.wrapping_add(ins.len() as u64);
     match ins.mnemonic() {
-        Mnemonic::Int3 | Mnemonic::Int if ins.mnemonic() == Mnemonic::Int3 || ins.immediate8() == 3 => {
+        Mnemonic::Int3 | Mnemonic::Int
+            if ins.mnemonic() == Mnemonic::Int3 || ins.immediate8() == 3 =>
+        {
             regs.rip = next;
             vcpu.set_regs(&regs)?;
             let mut ev = vcpu.get_vcpu_events()?;
@@ -242,21 +282,37 @@ pub fn complete(vcpu: &mut VcpuFd, ram: &GuestRam, counters: &Counters) -> Resul
                 _ => return Err(unsupported(&ins)),
             };
             let bits = size as u32 * 8;
-            let masked = if bits == 64 { src } else { src & ((1u64 << bits) - 1) };
+            let masked = if bits == 64 {
+                src
+            } else {
+                src & ((1u64 << bits) - 1)
+            };
             let (res, cf) = match ins.mnemonic() {
                 Mnemonic::Popcnt => (masked.count_ones() as u64, false),
                 Mnemonic::Lzcnt => {
-                    let lz = if masked == 0 { bits } else { masked.leading_zeros() - (64 - bits) };
+                    let lz = if masked == 0 {
+                        bits
+                    } else {
+                        masked.leading_zeros() - (64 - bits)
+                    };
                     (lz as u64, masked == 0)
                 }
                 _ => {
-                    let tz = if masked == 0 { bits } else { masked.trailing_zeros() };
+                    let tz = if masked == 0 {
+                        bits
+                    } else {
+                        masked.trailing_zeros()
+                    };
                     (tz as u64, masked == 0)
                 }
             };
             set_reg(&mut regs, ins.op0_register(), res);
             // OF SF AF PF cleared; ZF per result (popcnt: src==0; lzcnt/tzcnt: res==0); CF.
-            let zf = if ins.mnemonic() == Mnemonic::Popcnt { masked == 0 } else { res == 0 };
+            let zf = if ins.mnemonic() == Mnemonic::Popcnt {
+                masked == 0
+            } else {
+                res == 0
+            };
             regs.rflags &= !(0x8d5u64);
             if zf {
                 regs.rflags |= 1 << 6;
@@ -267,7 +323,12 @@ pub fn complete(vcpu: &mut VcpuFd, ram: &GuestRam, counters: &Counters) -> Resul
         }
         Mnemonic::Clac => regs.rflags &= !(1 << 18),
         Mnemonic::Stac => regs.rflags |= 1 << 18,
-        Mnemonic::Wait | Mnemonic::Emms | Mnemonic::Lfence | Mnemonic::Mfence | Mnemonic::Sfence | Mnemonic::Pause => {}
+        Mnemonic::Wait
+        | Mnemonic::Emms
+        | Mnemonic::Lfence
+        | Mnemonic::Mfence
+        | Mnemonic::Sfence
+        | Mnemonic::Pause => {}
         Mnemonic::Fnclex | Mnemonic::Fninit => {
             let mut fpu = vcpu.get_fpu()?;
             if ins.mnemonic() == Mnemonic::Fnclex {
@@ -299,7 +360,11 @@ pub fn complete(vcpu: &mut VcpuFd, ram: &GuestRam, counters: &Counters) -> Resul
             let va = mem_addr(&ins, &regs, &sregs, 0).ok_or_else(|| unsupported(&ins))?;
             let p = guest_ptr(ram, &sregs, regs.rip, va, 16)?;
             if p as usize % 16 != 0 {
-                return Err(Error::Access { rip: regs.rip, va, why: "cmpxchg16b operand not 16-byte aligned (#GP)".into() });
+                return Err(Error::Access {
+                    rip: regs.rip,
+                    va,
+                    why: "cmpxchg16b operand not 16-byte aligned (#GP)".into(),
+                });
             }
             let (ok, lo, hi) = cmpxchg16b(p, regs.rax, regs.rdx, regs.rbx, regs.rcx);
             if ok {
@@ -362,7 +427,10 @@ mod tests {
 
     #[test]
     fn register_widths() {
-        let mut r = kvm_regs { rax: u64::MAX, ..Default::default() };
+        let mut r = kvm_regs {
+            rax: u64::MAX,
+            ..Default::default()
+        };
         set_reg(&mut r, Register::EAX, 5);
         assert_eq!(r.rax, 5);
         r.rbx = 0xffff;

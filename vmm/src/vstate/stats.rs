@@ -55,28 +55,43 @@ impl StatsFd {
         // SAFETY: `r` is a fresh descriptor we own from here on.
         let file = unsafe { File::from_raw_fd(r) };
         let mut hdr = [0u8; 24];
-        file.read_exact_at(&mut hdr, 0).map_err(|e| Error::Read(e.to_string()))?;
+        file.read_exact_at(&mut hdr, 0)
+            .map_err(|e| Error::Read(e.to_string()))?;
         let name_size = u32_at(&hdr, 4)? as usize;
         let num_desc = u32_at(&hdr, 8)? as usize;
         let desc_offset = u32_at(&hdr, 16)? as u64;
         let data_offset = u32_at(&hdr, 20)? as u64;
         if num_desc > 10_000 || name_size > 4096 {
-            return Err(Error::Read(format!("implausible header: {num_desc} descriptors, names of {name_size} bytes")));
+            return Err(Error::Read(format!(
+                "implausible header: {num_desc} descriptors, names of {name_size} bytes"
+            )));
         }
         let desc_size = 16 + name_size;
         let mut raw = vec![0u8; desc_size * num_desc];
-        file.read_exact_at(&mut raw, desc_offset).map_err(|e| Error::Read(e.to_string()))?;
+        file.read_exact_at(&mut raw, desc_offset)
+            .map_err(|e| Error::Read(e.to_string()))?;
         let descs = raw
             .chunks_exact(desc_size)
             .map(|d| {
                 let size = u16::from_le_bytes([d[6], d[7]]);
                 let offset = u32::from_le_bytes([d[8], d[9], d[10], d[11]]) as u64;
                 let name_bytes = &d[16..];
-                let end = name_bytes.iter().position(|&c| c == 0).unwrap_or(name_bytes.len());
-                Desc { name: String::from_utf8_lossy(&name_bytes[..end]).into_owned(), offset, size }
+                let end = name_bytes
+                    .iter()
+                    .position(|&c| c == 0)
+                    .unwrap_or(name_bytes.len());
+                Desc {
+                    name: String::from_utf8_lossy(&name_bytes[..end]).into_owned(),
+                    offset,
+                    size,
+                }
             })
             .collect();
-        Ok(StatsFd { file, data_offset, descs })
+        Ok(StatsFd {
+            file,
+            data_offset,
+            descs,
+        })
     }
 
     /// Reads every counter now. Histograms are summed into one value.
@@ -87,7 +102,10 @@ impl StatsFd {
             self.file
                 .read_exact_at(&mut buf, self.data_offset + d.offset)
                 .map_err(|e| Error::Read(format!("{}: {e}", d.name)))?;
-            let v = buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).fold(0u64, u64::wrapping_add);
+            let v = buf
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .fold(0u64, u64::wrapping_add);
             out.insert(d.name.clone(), v);
         }
         Ok(out)
@@ -114,24 +132,40 @@ impl KvmStats {
                 *vcpu_total.entry(k.clone()).or_default() += v;
             }
         }
-        KvmStats { vm, vcpus, vcpu_total }
+        KvmStats {
+            vm,
+            vcpus,
+            vcpu_total,
+        }
     }
 
     /// A counter summed over vCPUs, else from the VM, else 0.
     pub fn get(&self, name: &str) -> u64 {
-        self.vcpu_total.get(name).or_else(|| self.vm.get(name)).copied().unwrap_or(0)
+        self.vcpu_total
+            .get(name)
+            .or_else(|| self.vm.get(name))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Counter-wise difference `self - before` (for measuring one interval).
     pub fn delta(&self, before: &KvmStats) -> KvmStats {
         let sub = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
-            a.iter().map(|(k, v)| (k.clone(), v.wrapping_sub(b.get(k).copied().unwrap_or(0)))).collect()
+            a.iter()
+                .map(|(k, v)| (k.clone(), v.wrapping_sub(b.get(k).copied().unwrap_or(0))))
+                .collect()
         };
         let vcpus = self
             .vcpus
             .iter()
             .enumerate()
-            .map(|(i, c)| before.vcpus.get(i).map(|b| sub(c, b)).unwrap_or_else(|| c.clone()))
+            .map(|(i, c)| {
+                before
+                    .vcpus
+                    .get(i)
+                    .map(|b| sub(c, b))
+                    .unwrap_or_else(|| c.clone())
+            })
             .collect();
         KvmStats::new(sub(&self.vm, &before.vm), vcpus)
     }
@@ -167,9 +201,19 @@ mod tests {
 
     #[test]
     fn delta_and_totals() {
-        let m = |p: &[(&str, u64)]| p.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>();
-        let a = KvmStats::new(m(&[("pages_4k", 5)]), vec![m(&[("exits", 10)]), m(&[("exits", 5)])]);
-        let b = KvmStats::new(m(&[("pages_4k", 2)]), vec![m(&[("exits", 3)]), m(&[("exits", 1)])]);
+        let m = |p: &[(&str, u64)]| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let a = KvmStats::new(
+            m(&[("pages_4k", 5)]),
+            vec![m(&[("exits", 10)]), m(&[("exits", 5)])],
+        );
+        let b = KvmStats::new(
+            m(&[("pages_4k", 2)]),
+            vec![m(&[("exits", 3)]), m(&[("exits", 1)])],
+        );
         assert_eq!(a.get("exits"), 15);
         let d = a.delta(&b);
         assert_eq!(d.get("exits"), 11);

@@ -60,7 +60,10 @@ impl VcpuInit {
     /// The state a boot protocol expects at the first instruction.
     pub fn for_entry(entry: Entry, base: kvm_sregs) -> Self {
         let mut sregs = base;
-        let mut regs = kvm_regs { rflags: 2, ..Default::default() };
+        let mut regs = kvm_regs {
+            rflags: 2,
+            ..Default::default()
+        };
         sregs.gdt.base = GDT;
         sregs.gdt.limit = 4 * 8 - 1;
         sregs.idt.base = IDT;
@@ -101,14 +104,28 @@ impl VcpuInit {
 }
 
 /// Programs CPUID, FPU, LAPIC (LINT0 ExtINT, LINT1 NMI) and registers.
-pub fn configure(vcpu: &VcpuFd, id: u8, cpuid: &CpuId, init: Option<&VcpuInit>) -> Result<(), Error> {
+pub fn configure(
+    vcpu: &VcpuFd,
+    id: u8,
+    cpuid: &CpuId,
+    init: Option<&VcpuInit>,
+) -> Result<(), Error> {
     let e = |what| move |source| Error::Kvm { id, what, source };
     vcpu.set_cpuid2(cpuid).map_err(e("KVM_SET_CPUID2"))?;
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(e("KVM_SET_FPU"))?;
     let mut lapic = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;
     let set = |l: &mut kvm_bindings::kvm_lapic_state, off: usize, mode: u32| {
-        let mut v = u32::from_le_bytes([l.regs[off] as u8, l.regs[off + 1] as u8, l.regs[off + 2] as u8, l.regs[off + 3] as u8]);
+        let mut v = u32::from_le_bytes([
+            l.regs[off] as u8,
+            l.regs[off + 1] as u8,
+            l.regs[off + 2] as u8,
+            l.regs[off + 3] as u8,
+        ]);
         v = (v & !0x700) | (mode << 8);
         for (i, b) in v.to_le_bytes().iter().enumerate() {
             l.regs[off + i] = *b as _;
@@ -173,7 +190,13 @@ pub struct VcpuControl {
 impl VcpuControl {
     /// A control for `n` vCPUs.
     pub fn new(n: usize) -> Self {
-        VcpuControl { state: Mutex::new(PauseState { paused: 0, states: vec![None; n] }), ..Default::default() }
+        VcpuControl {
+            state: Mutex::new(PauseState {
+                paused: 0,
+                states: vec![None; n],
+            }),
+            ..Default::default()
+        }
     }
 
     /// Asks every vCPU to stop for good.
@@ -185,12 +208,20 @@ impl VcpuControl {
 
     /// Asks every vCPU to pause; `kick` is called repeatedly until all `n` are paused or
     /// `timeout` passes. Returns each vCPU's registers.
-    pub fn pause_all(&self, n: usize, timeout: Duration, kick: impl Fn()) -> Result<Vec<VcpuState>, String> {
+    pub fn pause_all(
+        &self,
+        n: usize,
+        timeout: Duration,
+        kick: impl Fn(),
+    ) -> Result<Vec<VcpuState>, String> {
         self.pause.store(true, Ordering::Release);
         let deadline = Instant::now() + timeout;
         loop {
             {
-                let st = self.state.lock().map_err(|_| "vCPU control lock poisoned".to_string())?;
+                let st = self
+                    .state
+                    .lock()
+                    .map_err(|_| "vCPU control lock poisoned".to_string())?;
                 if st.paused >= n {
                     return Ok(st.states.iter().flatten().copied().collect());
                 }
@@ -219,7 +250,9 @@ impl VcpuControl {
             (Ok(regs), Ok(sregs)) => Some(VcpuState { regs, sregs }),
             _ => None,
         };
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         if let Some(slot) = st.states.get_mut(id) {
             *slot = state;
         }
@@ -236,7 +269,14 @@ impl VcpuControl {
 
 /// The vCPU loop: runs until the guest ends, fails, or a stop is requested (the VMM then
 /// kicks the thread out of KVM_RUN with a signal); parks while a pause is requested.
-pub fn run_loop(id: usize, vcpu: &mut VcpuFd, ram: &GuestRam, devices: &Devices, ctl: &VcpuControl, counters: &Arc<emulate::Counters>) -> VcpuStop {
+pub fn run_loop(
+    id: usize,
+    vcpu: &mut VcpuFd,
+    ram: &GuestRam,
+    devices: &Devices,
+    ctl: &VcpuControl,
+    counters: &Arc<emulate::Counters>,
+) -> VcpuStop {
     loop {
         ctl.park_if_asked(id, vcpu);
         if ctl.stop.load(Ordering::Acquire) {
@@ -273,10 +313,20 @@ pub fn run_loop(id: usize, vcpu: &mut VcpuFd, ram: &GuestRam, devices: &Devices,
                 }
             }
             Ok(VcpuExit::Intr) => DeviceAction::Continue,
-            Ok(VcpuExit::Hlt) => return VcpuStop::Unhandled("guest halted with no interrupt controller to wake it".into()),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => return VcpuStop::Unhandled(format!("KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on cpu {cpu}")),
+            Ok(VcpuExit::Hlt) => {
+                return VcpuStop::Unhandled(
+                    "guest halted with no interrupt controller to wake it".into(),
+                )
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return VcpuStop::Unhandled(format!(
+                    "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on cpu {cpu}"
+                ))
+            }
             Ok(other) => return VcpuStop::Unhandled(format!("unhandled KVM exit {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => DeviceAction::Continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                DeviceAction::Continue
+            }
             Err(e) => return VcpuStop::Unhandled(format!("KVM_RUN failed: {e}")),
         };
         match action {
@@ -285,11 +335,17 @@ pub fn run_loop(id: usize, vcpu: &mut VcpuFd, ram: &GuestRam, devices: &Devices,
             DeviceAction::Reset => return VcpuStop::Reset,
             DeviceAction::Snapshot(path) => {
                 let r = match devices.snapshots.get() {
-                    Some(svc) => svc.snapshot_from_vcpu(vcpu, &path).map(|_| ()).map_err(|e| e.to_string()),
+                    Some(svc) => svc
+                        .snapshot_from_vcpu(vcpu, &path)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                     None => Err("this VM has no snapshot service".to_string()),
                 };
                 if let Err(e) = r {
-                    return VcpuStop::Unhandled(format!("guest-requested snapshot to {}: {e}", path.display()));
+                    return VcpuStop::Unhandled(format!(
+                        "guest-requested snapshot to {}: {e}",
+                        path.display()
+                    ));
                 }
             }
         }

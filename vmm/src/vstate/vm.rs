@@ -33,7 +33,11 @@ pub fn create(kvm: &Kvm, ram: &GuestRam, log_dirty: bool) -> Result<VmFd, Error>
     for (slot, r) in ram.ranges().iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
-            flags: if log_dirty { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if log_dirty {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: r.gpa,
             memory_size: r.len,
             userspace_addr: ram.hva(r.gpa),
@@ -41,10 +45,15 @@ pub fn create(kvm: &Kvm, ram: &GuestRam, log_dirty: bool) -> Result<VmFd, Error>
         // SAFETY: the host range [hva(gpa), hva(gpa)+len) is mapped read-write by GuestRam,
         // which outlives the VM (the caller keeps both in the same Machine and drops the VM
         // first).
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     Ok(vm)
 }

@@ -48,8 +48,16 @@ fn hex(v: &str) -> Option<u64> {
 
 /// Finds and parses the result line in a console log.
 pub fn parse_result(log: &str) -> Option<ResultLine> {
-    let line = log.lines().find_map(|l| l.find(RESULT_PREFIX).map(|i| &l[i + RESULT_PREFIX.len()..]))?;
-    let mut r = ResultLine { workload: String::new(), ops: 0, ns_per_op: f64::NAN, checksum: 0, data_va: 0 };
+    let line = log
+        .lines()
+        .find_map(|l| l.find(RESULT_PREFIX).map(|i| &l[i + RESULT_PREFIX.len()..]))?;
+    let mut r = ResultLine {
+        workload: String::new(),
+        ops: 0,
+        ns_per_op: f64::NAN,
+        checksum: 0,
+        data_va: 0,
+    };
     for kv in line.split_whitespace() {
         let (k, v) = kv.split_once('=')?;
         match k {
@@ -65,7 +73,13 @@ pub fn parse_result(log: &str) -> Option<ResultLine> {
 }
 
 /// Boots `kernel` + `initrd` with the workload on the command line and reads its result.
-pub fn run(work: &WorkloadSpec, backing: Backing, kernel: &Path, initrd: &Path, spec: &MatrixSpec) -> Result<Measurement, (Status, String)> {
+pub fn run(
+    work: &WorkloadSpec,
+    backing: Backing,
+    kernel: &Path,
+    initrd: &Path,
+    spec: &MatrixSpec,
+) -> Result<Measurement, (Status, String)> {
     let cmdline = format!(
         "console=ttyS0 reboot=k panic=-1 segvmm.workload={} segvmm.footprint={} segvmm.seed={} segvmm.count={}",
         work.workload.name(),
@@ -74,13 +88,22 @@ pub fn run(work: &WorkloadSpec, backing: Backing, kernel: &Path, initrd: &Path, 
         work.count()
     );
     let cfg = VmConfig {
-        memory: MemoryConfig { size: work.footprint + LINUX_OVERHEAD, backing, grow_pool: spec.grow_pool },
+        memory: MemoryConfig {
+            size: work.footprint + LINUX_OVERHEAD,
+            backing,
+            grow_pool: spec.grow_pool,
+        },
         vcpus: 1,
         mmu: MmuRequest::Auto,
         timeout: Some(spec.timeout),
         echo_console: false,
         stdin: false,
-        payload: Payload::Linux { kernel: kernel.into(), initrd: Some(initrd.into()), cmdline, bzimage: BzImageMode::Auto },
+        payload: Payload::Linux {
+            kernel: kernel.into(),
+            initrd: Some(initrd.into()),
+            cmdline,
+            bzimage: BzImageMode::Auto,
+        },
         mmio: None,
         started: Some(Instant::now()),
         api_socket: None,
@@ -101,7 +124,13 @@ pub fn run(work: &WorkloadSpec, backing: Backing, kernel: &Path, initrd: &Path, 
                 format!("the guest booted and powered off, but its /init printed no {RESULT_PREFIX} line: this initrd does not carry the workloads (see docs/measurement.md)"),
             ));
         }
-        return Err((Status::Failed, format!("no {RESULT_PREFIX} line on the console; {}", report.exit_message)));
+        return Err((
+            Status::Failed,
+            format!(
+                "no {RESULT_PREFIX} line on the console; {}",
+                report.exit_message
+            ),
+        ));
     };
     Ok(Measurement {
         workload: r.workload,
@@ -132,7 +161,16 @@ mod tests {
     fn result_line() {
         let log = "[    1.0] Run /init\nfoo SEGVMM-RESULT workload=gups ops=100 ns_per_op=12.5 checksum=0xff data_va=0x7f00\nreboot: Power down\n";
         let r = parse_result(log).unwrap();
-        assert_eq!(r, ResultLine { workload: "gups".into(), ops: 100, ns_per_op: 12.5, checksum: 255, data_va: 0x7f00 });
+        assert_eq!(
+            r,
+            ResultLine {
+                workload: "gups".into(),
+                ops: 100,
+                ns_per_op: 12.5,
+                checksum: 255,
+                data_va: 0x7f00
+            }
+        );
         assert_eq!(parse_result("nothing here"), None);
         assert_eq!(parse_result("SEGVMM-RESULT ops=x"), None);
         assert_eq!(parse_result("SEGVMM-RESULT ops=1"), None);

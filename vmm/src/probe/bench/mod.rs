@@ -104,7 +104,13 @@ pub fn expand(spec: &MatrixSpec) -> Vec<Cell> {
             for &backing in &spec.backings {
                 for repeat in 0..spec.repeat {
                     for &environment in &envs {
-                        cells.push(Cell { workload, environment, backing, footprint, repeat });
+                        cells.push(Cell {
+                            workload,
+                            environment,
+                            backing,
+                            footprint,
+                            repeat,
+                        });
                     }
                 }
             }
@@ -116,25 +122,45 @@ pub fn expand(spec: &MatrixSpec) -> Vec<Cell> {
 /// Why a cell cannot run on this host at all, known before trying.
 pub fn unavailable_reason(cell: &Cell, host: &HostInfo) -> Option<String> {
     match cell.environment {
-        Environment::Guest(PageSize::Size1G) if !host.guest_1g_pages => Some("1 GiB guest pages: this host's KVM does not offer pdpe1gb to guests".into()),
+        Environment::Guest(PageSize::Size1G) if !host.guest_1g_pages => {
+            Some("1 GiB guest pages: this host's KVM does not offer pdpe1gb to guests".into())
+        }
         _ => None,
     }
 }
 
 /// Runs one cell.
 pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
-    let work = WorkloadSpec { workload: cell.workload, footprint: cell.footprint, seed: spec.seed, count: spec.count };
+    let work = WorkloadSpec {
+        workload: cell.workload,
+        footprint: cell.footprint,
+        seed: spec.seed,
+        count: spec.count,
+    };
     if let Some(why) = unavailable_reason(cell, host) {
         return Row::new(cell, Status::Unavailable, None, Some(why));
     }
     let result: Result<Measurement, (Status, String)> = match cell.environment {
-        Environment::Native => native::run(&work, cell.backing, spec.grow_pool, host.tsc_khz).map_err(|e| match e {
-            native::Error::Unavailable(_) => (Status::Unavailable, e.to_string()),
-            e => (Status::Failed, e.to_string()),
-        }),
+        Environment::Native => native::run(&work, cell.backing, spec.grow_pool, host.tsc_khz)
+            .map_err(|e| match e {
+                native::Error::Unavailable(_) => (Status::Unavailable, e.to_string()),
+                e => (Status::Failed, e.to_string()),
+            }),
         Environment::Guest(pages) => {
-            let opts = GuestOptions { backing: cell.backing, grow_pool: spec.grow_pool, timeout: spec.timeout, snapshot: None, track_dirty: None };
-            match guest::run(GuestSpec { work, guest_pages: pages }, &opts) {
+            let opts = GuestOptions {
+                backing: cell.backing,
+                grow_pool: spec.grow_pool,
+                timeout: spec.timeout,
+                snapshot: None,
+                track_dirty: None,
+            };
+            match guest::run(
+                GuestSpec {
+                    work,
+                    guest_pages: pages,
+                },
+                &opts,
+            ) {
                 Ok(run) => run.measurement.map_err(|e| (Status::Failed, e)),
                 Err(e) => Err((classify(&e), e.to_string())),
             }
@@ -154,7 +180,9 @@ pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
 /// everything else "failed".
 fn classify(e: &guest::Error) -> Status {
     match e {
-        guest::Error::Unavailable(_) | guest::Error::Machine(machine::Error::Memory(_)) | guest::Error::Machine(machine::Error::Host(_)) => Status::Unavailable,
+        guest::Error::Unavailable(_)
+        | guest::Error::Machine(machine::Error::Memory(_))
+        | guest::Error::Machine(machine::Error::Host(_)) => Status::Unavailable,
         _ => Status::Failed,
     }
 }
@@ -184,7 +212,18 @@ mod tests {
         let s = spec();
         let cells = expand(&s);
         assert_eq!(cells.len(), 2 * 3 * 3 * 2 * 3);
-        let mut keys: Vec<_> = cells.iter().map(|c| (c.workload, c.environment, c.backing.to_string(), c.footprint, c.repeat)).collect();
+        let mut keys: Vec<_> = cells
+            .iter()
+            .map(|c| {
+                (
+                    c.workload,
+                    c.environment,
+                    c.backing.to_string(),
+                    c.footprint,
+                    c.repeat,
+                )
+            })
+            .collect();
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), cells.len());

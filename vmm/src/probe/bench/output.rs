@@ -79,7 +79,12 @@ pub struct Row {
 
 impl Row {
     /// A row for `cell`.
-    pub fn new(cell: &Cell, status: Status, measurement: Option<Measurement>, reason: Option<String>) -> Self {
+    pub fn new(
+        cell: &Cell,
+        status: Status,
+        measurement: Option<Measurement>,
+        reason: Option<String>,
+    ) -> Self {
         Row {
             workload: cell.workload.name().into(),
             environment: cell.environment.to_string(),
@@ -153,7 +158,12 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
     let mut order: Vec<Key> = Vec::new();
     let mut groups: BTreeMap<Key, Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        let k = (r.workload.clone(), r.environment.clone(), r.backing.to_string(), r.footprint);
+        let k = (
+            r.workload.clone(),
+            r.environment.clone(),
+            r.backing.to_string(),
+            r.footprint,
+        );
         if !groups.contains_key(&k) {
             order.push(k.clone());
         }
@@ -163,7 +173,11 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
         .iter()
         .map(|k| {
             let g = &groups[k];
-            let ok: Vec<&Measurement> = g.iter().filter(|r| r.status == Status::Ok).filter_map(|r| r.measurement.as_ref()).collect();
+            let ok: Vec<&Measurement> = g
+                .iter()
+                .filter(|r| r.status == Status::Ok)
+                .filter_map(|r| r.measurement.as_ref())
+                .collect();
             let mut v: Vec<f64> = ok.iter().map(|m| m.ns_per_op).collect();
             v.sort_by(f64::total_cmp);
             Summary {
@@ -171,7 +185,14 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
                 environment: k.1.clone(),
                 backing: g[0].backing,
                 footprint: k.3,
-                status: if v.is_empty() { g.iter().map(|r| r.status).find(|s| *s != Status::Ok).unwrap_or(Status::Failed) } else { Status::Ok },
+                status: if v.is_empty() {
+                    g.iter()
+                        .map(|r| r.status)
+                        .find(|s| *s != Status::Ok)
+                        .unwrap_or(Status::Failed)
+                } else {
+                    Status::Ok
+                },
                 n: v.len(),
                 tried: g.len(),
                 median_ns_per_op: median(&v),
@@ -179,18 +200,32 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
                 max_ns_per_op: v.last().copied(),
                 slowdown_vs_native: None,
                 median_kvm_exits: median_u64(ok.iter().filter_map(|m| m.kvm_exits).collect()),
-                median_shadow_page_faults: median_u64(ok.iter().filter_map(|m| m.shadow_page_faults).collect()),
-                reason: if v.is_empty() { g.iter().find_map(|r| r.reason.clone()) } else { None },
+                median_shadow_page_faults: median_u64(
+                    ok.iter().filter_map(|m| m.shadow_page_faults).collect(),
+                ),
+                reason: if v.is_empty() {
+                    g.iter().find_map(|r| r.reason.clone())
+                } else {
+                    None
+                },
             }
         })
         .collect();
     let native: BTreeMap<(String, String, u64), f64> = out
         .iter()
         .filter(|s| s.environment == "native")
-        .filter_map(|s| Some(((s.workload.clone(), s.backing.to_string(), s.footprint), s.median_ns_per_op?)))
+        .filter_map(|s| {
+            Some((
+                (s.workload.clone(), s.backing.to_string(), s.footprint),
+                s.median_ns_per_op?,
+            ))
+        })
         .collect();
     for s in &mut out {
-        if let (Some(m), Some(n)) = (s.median_ns_per_op, native.get(&(s.workload.clone(), s.backing.to_string(), s.footprint))) {
+        if let (Some(m), Some(n)) = (
+            s.median_ns_per_op,
+            native.get(&(s.workload.clone(), s.backing.to_string(), s.footprint)),
+        ) {
             if *n > 0.0 {
                 s.slowdown_vs_native = Some(m / n);
             }
@@ -216,7 +251,10 @@ pub struct Results<'a> {
 }
 
 fn write(path: &Path, s: &str) -> Result<(), Error> {
-    std::fs::write(path, s).map_err(|source| Error::Io { path: path.display().to_string(), source })
+    std::fs::write(path, s).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The host's load averages (1, 5, 15 min), as `/proc/loadavg` gives them.
@@ -324,18 +362,29 @@ pub fn markdown(summary: &[Summary], host: &HostInfo) -> String {
             seen.push(k.clone());
             let cells: Vec<String> = envs
                 .iter()
-                .map(|e| match summary.iter().find(|x| x.footprint == fp && x.workload == k.0 && x.backing == k.1 && &x.environment == e) {
-                    None => "–".into(),
-                    Some(x) => match (x.median_ns_per_op, x.min_ns_per_op, x.max_ns_per_op) {
-                        (Some(m), Some(lo), Some(hi)) => {
-                            let slow = match x.slowdown_vs_native {
-                                Some(r) if x.environment != "native" => format!(" ×{r:.2}"),
-                                _ => String::new(),
-                            };
-                            format!("{} [{}–{}]{slow}", ns(m), ns(lo), ns(hi))
-                        }
-                        _ => format!("{}: {}", x.status.as_str(), x.reason.clone().unwrap_or_default().replace('|', "/")),
-                    },
+                .map(|e| {
+                    match summary.iter().find(|x| {
+                        x.footprint == fp
+                            && x.workload == k.0
+                            && x.backing == k.1
+                            && &x.environment == e
+                    }) {
+                        None => "–".into(),
+                        Some(x) => match (x.median_ns_per_op, x.min_ns_per_op, x.max_ns_per_op) {
+                            (Some(m), Some(lo), Some(hi)) => {
+                                let slow = match x.slowdown_vs_native {
+                                    Some(r) if x.environment != "native" => format!(" ×{r:.2}"),
+                                    _ => String::new(),
+                                };
+                                format!("{} [{}–{}]{slow}", ns(m), ns(lo), ns(hi))
+                            }
+                            _ => format!(
+                                "{}: {}",
+                                x.status.as_str(),
+                                x.reason.clone().unwrap_or_default().replace('|', "/")
+                            ),
+                        },
+                    }
                 })
                 .collect();
             let _ = writeln!(out, "| {} | {} | {} |", k.0, k.1, cells.join(" | "));
@@ -371,12 +420,23 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn row(env: Environment, backing: Backing, repeat: u32, ns: Option<f64>) -> Row {
-        let cell = Cell { workload: Workload::Chase, environment: env, backing, footprint: 64 << 20, repeat };
+        let cell = Cell {
+            workload: Workload::Chase,
+            environment: env,
+            backing,
+            footprint: 64 << 20,
+            repeat,
+        };
         match ns {
             Some(v) => {
                 let m = Measurement {
                     workload: "chase".into(),
-                    environment: if env == Environment::Native { "native" } else { "guest" }.into(),
+                    environment: if env == Environment::Native {
+                        "native"
+                    } else {
+                        "guest"
+                    }
+                    .into(),
                     backing,
                     guest_pages: None,
                     footprint: 64 << 20,
@@ -395,7 +455,12 @@ pub(crate) mod tests {
                 };
                 Row::new(&cell, Status::Ok, Some(m), None)
             }
-            None => Row::new(&cell, Status::Unavailable, None, Some("unavailable on this host: no pool, really".into())),
+            None => Row::new(
+                &cell,
+                Status::Unavailable,
+                None,
+                Some("unavailable on this host: no pool, really".into()),
+            ),
         }
     }
 
@@ -424,11 +489,23 @@ pub(crate) mod tests {
         let s = summarize(&rows());
         assert_eq!(s.len(), 3);
         let n = &s[0];
-        assert_eq!((n.environment.as_str(), n.n, n.median_ns_per_op, n.min_ns_per_op, n.max_ns_per_op), ("native", 3, Some(110.0), Some(100.0), Some(120.0)));
+        assert_eq!(
+            (
+                n.environment.as_str(),
+                n.n,
+                n.median_ns_per_op,
+                n.min_ns_per_op,
+                n.max_ns_per_op
+            ),
+            ("native", 3, Some(110.0), Some(100.0), Some(120.0))
+        );
         let g = &s[1];
         assert_eq!(g.median_ns_per_op, Some(250.0));
         assert!((g.slowdown_vs_native.unwrap_or(0.0) - 250.0 / 110.0).abs() < 1e-9);
-        assert_eq!((g.median_kvm_exits, g.median_shadow_page_faults), (Some(3), Some(1)));
+        assert_eq!(
+            (g.median_kvm_exits, g.median_shadow_page_faults),
+            (Some(3), Some(1))
+        );
         let u = &s[2];
         assert_eq!((u.n, u.tried, u.median_ns_per_op), (0, 1, None));
         assert!(u.reason.as_deref().unwrap_or("").contains("no pool"));
@@ -440,7 +517,8 @@ pub(crate) mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1 + 7);
         assert_eq!(lines[0], CSV_HEADER);
-        assert!(lines[1].starts_with("chase,native,thp,,67108864,0,ok,100.000,100,3,1,2,0x7,1,0x4000000000,"));
+        assert!(lines[1]
+            .starts_with("chase,native,thp,,67108864,0,ok,100.000,100,3,1,2,0x7,1,0x4000000000,"));
         assert!(lines[7].contains(",unavailable,"));
         assert!(lines[7].ends_with("\"unavailable on this host: no pool, really\""));
         assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
@@ -463,11 +541,25 @@ pub(crate) mod tests {
         let h = host();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("results.json");
-        write_json(&p, &Results { host: &h, command: "segvmm bench".into(), load_average: [None, None], rows: &r, summary: &s }).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        write_json(
+            &p,
+            &Results {
+                host: &h,
+                command: "segvmm bench".into(),
+                load_average: [None, None],
+                rows: &r,
+                summary: &s,
+            },
+        )
+        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(v["rows"].as_array().map(|a| a.len()), Some(7));
         assert_eq!(v["host"]["kvm_module"], "kvm_pvm");
         assert_eq!(v["rows"][1]["measurement"]["ns_per_op"], 300.0);
-        assert_eq!(v["summary"][2]["reason"], "unavailable on this host: no pool, really");
+        assert_eq!(
+            v["summary"][2]["reason"],
+            "unavailable on this host: no pool, really"
+        );
     }
 }

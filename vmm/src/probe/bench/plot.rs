@@ -73,7 +73,10 @@ struct Bars<'a> {
     reference_line: Option<f64>,
 }
 
-fn draw_bars<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, b: &Bars) -> Result<(), String>
+fn draw_bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    b: &Bars,
+) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -116,11 +119,24 @@ where
                 Some(Ok((m, lo, hi))) => {
                     rects.push(Rectangle::new([(x0, 0.0), (x0 + w * 0.9, m)], c.filled()));
                     let xc = x0 + w * 0.45;
-                    whiskers.push(PathElement::new(vec![(xc, lo), (xc, hi)], BLACK.stroke_width(1)));
-                    whiskers.push(PathElement::new(vec![(xc - w * 0.2, lo), (xc + w * 0.2, lo)], BLACK.stroke_width(1)));
-                    whiskers.push(PathElement::new(vec![(xc - w * 0.2, hi), (xc + w * 0.2, hi)], BLACK.stroke_width(1)));
+                    whiskers.push(PathElement::new(
+                        vec![(xc, lo), (xc, hi)],
+                        BLACK.stroke_width(1),
+                    ));
+                    whiskers.push(PathElement::new(
+                        vec![(xc - w * 0.2, lo), (xc + w * 0.2, lo)],
+                        BLACK.stroke_width(1),
+                    ));
+                    whiskers.push(PathElement::new(
+                        vec![(xc - w * 0.2, hi), (xc + w * 0.2, hi)],
+                        BLACK.stroke_width(1),
+                    ));
                 }
-                Some(Err(note)) => notes.push(Text::new(note, (x0, ymax * 0.02), ("sans-serif", 10).into_font().color(&c))),
+                Some(Err(note)) => notes.push(Text::new(
+                    note,
+                    (x0, ymax * 0.02),
+                    ("sans-serif", 10).into_font().color(&c),
+                )),
                 None => {}
             }
         }
@@ -133,7 +149,12 @@ where
         chart.draw_series(notes).map_err(|e| e.to_string())?;
     }
     if let Some(r) = b.reference_line {
-        chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, r), (ng as f64, r)], BLACK.stroke_width(1)))).map_err(|e| e.to_string())?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, r), (ng as f64, r)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(|e| e.to_string())?;
     }
     chart
         .configure_series_labels()
@@ -156,7 +177,10 @@ pub fn write_ns_per_op(path: &Path, summary: &[Summary]) -> Result<(), Error> {
     if summary.is_empty() {
         return Err(Error::Empty);
     }
-    let d = |msg: String| Error::Draw { path: path.display().to_string(), msg };
+    let d = |msg: String| Error::Draw {
+        path: path.display().to_string(),
+        msg,
+    };
     let panels = ordered(summary.iter().map(|s| (s.workload.clone(), s.footprint)));
     let envs = ordered(summary.iter().map(|s| s.environment.clone()));
     let backings: Vec<Backing> = ordered(summary.iter().map(|s| s.backing));
@@ -165,12 +189,19 @@ pub fn write_ns_per_op(path: &Path, summary: &[Summary]) -> Result<(), Error> {
     root.fill(&WHITE).map_err(|e| d(e.to_string()))?;
     for (area, (workload, fp)) in root.split_evenly((rows, cols)).iter().zip(&panels) {
         let value = |g: usize, s: usize| -> BarValue {
-            let x = summary.iter().find(|x| &x.workload == workload && x.footprint == *fp && x.backing == backings[g] && x.environment == envs[s])?;
-            Some(match (x.median_ns_per_op, x.min_ns_per_op, x.max_ns_per_op) {
-                (Some(m), Some(lo), Some(hi)) => Ok((m, lo, hi)),
-                _ if x.status == Status::Unavailable => Err("n/a"),
-                _ => Err("failed"),
-            })
+            let x = summary.iter().find(|x| {
+                &x.workload == workload
+                    && x.footprint == *fp
+                    && x.backing == backings[g]
+                    && x.environment == envs[s]
+            })?;
+            Some(
+                match (x.median_ns_per_op, x.min_ns_per_op, x.max_ns_per_op) {
+                    (Some(m), Some(lo), Some(hi)) => Ok((m, lo, hi)),
+                    _ if x.status == Status::Unavailable => Err("n/a"),
+                    _ => Err("failed"),
+                },
+            )
         };
         let bars = Bars {
             title: format!("{workload}, {} MiB: ns/op (median, min–max)", fp >> 20),
@@ -189,24 +220,51 @@ pub fn write_ns_per_op(path: &Path, summary: &[Summary]) -> Result<(), Error> {
 /// `slowdown.svg`: for every workload × backing (× footprint), the guest environments'
 /// median over the native median; the line marks 1 (native speed).
 pub fn write_slowdown(path: &Path, summary: &[Summary]) -> Result<(), Error> {
-    let guests: Vec<String> = ordered(summary.iter().filter(|s| s.environment != "native").map(|s| s.environment.clone()));
-    let groups = ordered(summary.iter().map(|s| (s.workload.clone(), s.backing, s.footprint)));
-    if guests.is_empty() || groups.is_empty() || !summary.iter().any(|s| s.slowdown_vs_native.is_some()) {
+    let guests: Vec<String> = ordered(
+        summary
+            .iter()
+            .filter(|s| s.environment != "native")
+            .map(|s| s.environment.clone()),
+    );
+    let groups = ordered(
+        summary
+            .iter()
+            .map(|s| (s.workload.clone(), s.backing, s.footprint)),
+    );
+    if guests.is_empty()
+        || groups.is_empty()
+        || !summary.iter().any(|s| s.slowdown_vs_native.is_some())
+    {
         return Err(Error::Empty);
     }
-    let d = |msg: String| Error::Draw { path: path.display().to_string(), msg };
+    let d = |msg: String| Error::Draw {
+        path: path.display().to_string(),
+        msg,
+    };
     let multi_fp = ordered(groups.iter().map(|g| g.2)).len() > 1;
-    let root = SVGBackend::new(path, ((110 * groups.len() as u32).max(600), 420)).into_drawing_area();
+    let root =
+        SVGBackend::new(path, ((110 * groups.len() as u32).max(600), 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| d(e.to_string()))?;
     let value = |g: usize, s: usize| -> BarValue {
         let (w, b, fp) = &groups[g];
-        let x = summary.iter().find(|x| &x.workload == w && x.backing == *b && x.footprint == *fp && x.environment == guests[s])?;
-        let native = summary.iter().find(|x| &x.workload == w && x.backing == *b && x.footprint == *fp && x.environment == "native")?;
-        Some(match (x.slowdown_vs_native, x.min_ns_per_op, x.max_ns_per_op, native.median_ns_per_op) {
-            (Some(r), Some(lo), Some(hi), Some(n)) => Ok((r, lo / n, hi / n)),
-            _ if x.status == Status::Unavailable => Err("n/a"),
-            _ => Err("failed"),
-        })
+        let x = summary.iter().find(|x| {
+            &x.workload == w && x.backing == *b && x.footprint == *fp && x.environment == guests[s]
+        })?;
+        let native = summary.iter().find(|x| {
+            &x.workload == w && x.backing == *b && x.footprint == *fp && x.environment == "native"
+        })?;
+        Some(
+            match (
+                x.slowdown_vs_native,
+                x.min_ns_per_op,
+                x.max_ns_per_op,
+                native.median_ns_per_op,
+            ) {
+                (Some(r), Some(lo), Some(hi), Some(n)) => Ok((r, lo / n, hi / n)),
+                _ if x.status == Status::Unavailable => Err("n/a"),
+                _ => Err("failed"),
+            },
+        )
     };
     let bars = Bars {
         title: "Slowdown of the measurement guest against native (median; whisker: min–max over the native median)".into(),
@@ -246,7 +304,12 @@ mod tests {
         write_ns_per_op(&a, &s).unwrap();
         write_slowdown(&b, &s).unwrap();
         let svg = std::fs::read_to_string(&a).unwrap();
-        assert!(svg.contains("<svg") && svg.contains("guest-4k") && svg.contains("backing thp") && svg.contains("n/a"));
+        assert!(
+            svg.contains("<svg")
+                && svg.contains("guest-4k")
+                && svg.contains("backing thp")
+                && svg.contains("n/a")
+        );
         assert!(std::fs::read_to_string(&b).unwrap().contains("chase/thp"));
         assert!(matches!(write_ns_per_op(&a, &[]), Err(Error::Empty)));
     }
