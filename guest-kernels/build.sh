@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the segvmm guest kernels and initramfs into guest-kernels/out/.
 #
-#   guest-kernels/build.sh [--stock] [--small] [--initramfs] [--all]
-#                          [--pvm-fixup | --no-pvm-fixup] [--force]
+#   guest-kernels/build.sh [--stock] [--small] [--initramfs] [--bench-initramfs]
+#                          [--all] [--pvm-fixup | --no-pvm-fixup] [--force]
 #
 #   --stock       out/stock-kernel: /boot/vmlinuz from the pinned Debian cloud
 #                 kernel package (apt-get download + dpkg-deb -x).
@@ -10,7 +10,11 @@
 #                 note), out/small-kernel.config, out/small-kernel.info: built
 #                 from the pinned linux-source-6.1 with small.config.
 #   --initramfs   out/initramfs.cpio (uncompressed newc): /init from init/init.c.
-#   --all         all three (also the default with no target flags).
+#   --bench-initramfs
+#                 out/initramfs-bench.cpio (uncompressed newc): /init is the
+#                 workload runner linux-bench/ (static no_std Rust, cargo
+#                 --offline) for `segvmm bench --linux KERNEL,INITRD`.
+#   --all         all four (also the default with no target flags).
 #   --pvm-fixup / --no-pvm-fixup
 #                 force the kvm_pvm syscall fixup patch (patches/) on or off
 #                 for --small.  Default: on iff /sys/module/kvm_pvm exists.
@@ -208,6 +212,38 @@ build_initramfs() {
 	log "out/initramfs.cpio ($(stat -c %s "$OUT/initramfs.cpio") bytes)"
 }
 
+# ------------------------------------------------------- bench initramfs ----
+BENCH_TARGET="$WORK/linux-bench-target"
+
+build_bench_initramfs() {
+	local stamp stage bin cargo="${CARGO:-cargo}"
+	ensure_deps cpio binutils
+	command -v "$cargo" >/dev/null || die "cargo not found (needed for --bench-initramfs)"
+	stamp="src=$(cd "$HERE/.." && find guest-kernels/linux-bench workloads -type f \( -name '*.rs' -o -name '*.toml' -o -name Cargo.lock \) | LC_ALL=C sort | xargs sha256sum | sha -) rustc=$(rustc --version) cpio=$(cpio --version | head -n1)"
+	if stamp_ok bench-initramfs "$stamp" "$OUT/initramfs-bench.cpio"; then
+		log "initramfs-bench.cpio up to date"
+		return 0
+	fi
+	(cd "$HERE/linux-bench" && "$cargo" build --release --offline --target-dir "$BENCH_TARGET") ||
+		die "building linux-bench/ failed"
+	bin="$BENCH_TARGET/release/linux-bench"
+	stage="$WORK/initramfs-bench-root"
+	rm -rf "$stage"
+	mkdir -p "$stage/dev" "$stage/proc"
+	install -m 0755 "$bin" "$stage/init"
+	strip "$stage/init"
+	mknod -m 600 "$stage/dev/console" c 5 1 || die "mknod dev/console failed (needs root)"
+	chmod 0755 "$stage/dev" "$stage/proc" "$stage"
+	# Reproducible: fixed mtimes, owner root, sorted names.
+	find "$stage" -exec touch -h -d @0 {} +
+	(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+		cpio --quiet -o -H newc -R 0:0 --reproducible >"$OUT/initramfs-bench.cpio.tmp") ||
+		die "cpio failed"
+	mv "$OUT/initramfs-bench.cpio.tmp" "$OUT/initramfs-bench.cpio"
+	stamp_write bench-initramfs "$stamp"
+	log "out/initramfs-bench.cpio ($(stat -c %s "$OUT/initramfs-bench.cpio") bytes)"
+}
+
 # ----------------------------------------------------------------- small ----
 want_pvm_fixup() {
 	case "$PVM_FIXUP" in
@@ -331,13 +367,14 @@ make_small_config() {
 }
 
 # ------------------------------------------------------------------ main ----
-DO_STOCK=0 DO_SMALL=0 DO_INITRAMFS=0 PVM_FIXUP=auto FORCE=0
+DO_STOCK=0 DO_SMALL=0 DO_INITRAMFS=0 DO_BENCH=0 PVM_FIXUP=auto FORCE=0
 for arg in "$@"; do
 	case "$arg" in
 	--stock) DO_STOCK=1 ;;
 	--small) DO_SMALL=1 ;;
 	--initramfs) DO_INITRAMFS=1 ;;
-	--all) DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 ;;
+	--bench-initramfs) DO_BENCH=1 ;;
+	--all) DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 DO_BENCH=1 ;;
 	--pvm-fixup) PVM_FIXUP=yes ;;
 	--no-pvm-fixup) PVM_FIXUP=no ;;
 	--force) FORCE=1 ;;
@@ -348,13 +385,14 @@ for arg in "$@"; do
 	*) die "unknown argument '$arg' (try --help)" ;;
 	esac
 done
-if [[ $((DO_STOCK + DO_SMALL + DO_INITRAMFS)) == 0 ]]; then
-	DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1
+if [[ $((DO_STOCK + DO_SMALL + DO_INITRAMFS + DO_BENCH)) == 0 ]]; then
+	DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 DO_BENCH=1
 fi
 
 mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)
 if [[ "$DO_STOCK" == 1 ]]; then step "stock kernel" build_stock; fi
 if [[ "$DO_INITRAMFS" == 1 ]]; then step "initramfs" build_initramfs; fi
+if [[ "$DO_BENCH" == 1 ]]; then step "bench initramfs" build_bench_initramfs; fi
 if [[ "$DO_SMALL" == 1 ]]; then step "small kernel" build_small; fi
 log "all requested targets done in $(($(date +%s) - T0)) s"

@@ -124,7 +124,7 @@ fn snapshot_hook_sees_the_planned_page_tables() {
     let hook: segvmm::probe::device::SnapshotHook = Arc::new(move |vcpu| {
         let sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
         s.lock().map_err(|e| e.to_string())?.push(sregs.cr3);
-        Ok(())
+        Ok(None)
     });
     let spec = GuestSpec {
         work: work(Workload::Gups, 1000),

@@ -306,3 +306,93 @@ fn bad_snapshot_and_results_files_give_clear_errors() {
     ]);
     one_line(code, &err, "chase-guest-4k-thp-64M.ptsnap");
 }
+
+#[test]
+fn measurement_guest_snapshot_is_the_planned_tables_bit_for_bit() {
+    if !have_kvm() {
+        return;
+    }
+    use segvmm::memory::Backing;
+    use segvmm::probe::guest::{self, GuestOptions, GuestPlan, GuestSpec};
+    use segvmm::probe::layout::PageSize;
+    use segvmm::probe::WorkloadSpec;
+    use workloads::kernels::Workload;
+    /// Accessed and dirty: the only bits the CPU (here KVM's shadow MMU, on the guest's
+    /// behalf) may set in the guest's entries while the guest runs.
+    const AD: u64 = (1 << 5) | (1 << 6);
+    let d = tempfile::tempdir().unwrap();
+    for (w, pages, backing) in [
+        (Workload::Gups, PageSize::Size4K, Backing::Anon4k),
+        (Workload::Chase, PageSize::Size2M, Backing::Thp),
+    ] {
+        let spec = GuestSpec {
+            work: WorkloadSpec {
+                workload: w,
+                footprint: 16 << 20,
+                seed: 3,
+                count: Some(1000),
+            },
+            guest_pages: pages,
+        };
+        let file = d.path().join(format!("{}-{pages}.ptsnap", w.name()));
+        let f = file.clone();
+        let hook: segvmm::probe::device::SnapshotHook =
+            std::sync::Arc::new(move |_| Ok(Some(f.clone())));
+        let opts = GuestOptions {
+            backing,
+            timeout: Duration::from_secs(60),
+            snapshot: Some(hook),
+            ..GuestOptions::default()
+        };
+        let g = guest::run(spec, &opts).unwrap();
+        assert!(g.measurement.is_ok(), "{:?}", g.measurement);
+        assert_eq!(g.report.snapshots.len(), 1, "{:?}", g.report.snapshots);
+        eprintln!(
+            "{} {pages}: snapshot of {} table pages in {:.2} ms",
+            w.name(),
+            g.report.snapshots[0].table_pages,
+            g.report.snapshots[0].ms
+        );
+        let snap = Snapshot::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+        let plan = GuestPlan::new(spec).unwrap();
+        assert_eq!(snap.spaces.len(), 1);
+        assert_eq!(snap.spaces[0].cr3, plan.tables.cr3);
+        assert_eq!(snap.mode.levels(), 4);
+        assert!(snap.ram_bytes() >= plan.ram_size);
+        // Exactly the planned tables, every entry equal but for A/D bits.
+        assert_eq!(snap.pages.len(), plan.tables.tables.len());
+        let mut ad_only = 0usize;
+        for t in &plan.tables.tables {
+            let got = snap
+                .pages
+                .page(t.gpa)
+                .unwrap_or_else(|| panic!("table {:#x} (level {}) missing", t.gpa, t.level));
+            for (i, (&g, &want)) in got.iter().zip(t.entries.iter()).enumerate() {
+                assert_eq!(
+                    g & !AD,
+                    want & !AD,
+                    "table {:#x} level {} entry {i}: {g:#x} vs planned {want:#x}",
+                    t.gpa,
+                    t.level
+                );
+                ad_only += usize::from(g != want);
+            }
+        }
+        eprintln!(
+            "{} {pages}: {} tables, every entry as planned ({ad_only} differ only in A/D bits)",
+            w.name(),
+            plan.tables.tables.len()
+        );
+        // The snapshot maps the buffer where the plan put it.
+        let buf = workloads::protocol::DATA_VA;
+        let w0 = segment_mmu::walker::walk(
+            &snap,
+            &snap.walk_config(),
+            snap.spaces[0].cr3,
+            buf + 4096 + 8,
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(w0.pa, plan.data_gpa + 4096 + 8);
+    }
+}

@@ -265,6 +265,9 @@ pub struct RunReport {
     pub cmdline: Option<String>,
     /// The VMM's own resident memory beside guest RAM (VmRSS minus guest RAM resident), bytes.
     pub vmm_rss_bytes: u64,
+    /// Of that, anonymous memory (heap, stacks: RssAnon minus guest RAM); the rest is the
+    /// file-backed code and data of the binary and libc (RssFile), shared between VMMs.
+    pub vmm_anon_bytes: u64,
     /// Instructions the VMM completed after emulation failures: int3 and others.
     pub vmm_emulated: (u64, u64),
     /// Page-table snapshots taken during the run.
@@ -284,18 +287,23 @@ enum Event {
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
-pub fn host_cmdline_additions(info: &HostInfo) -> &'static str {
-    if info.kvm_module == "kvm_pvm" {
-        concat!(
-            "noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup ",
-            "sysctl.kernel.hung_task_timeout_secs=0 ",
-            // Tracing-only initcalls that take many minutes when every ring-0 instruction is
-            // emulated (measured on the Debian 6.1 kernel: ~14 min of a 25-min boot).
-            "initcall_blacklist=ftrace_check_for_weak_functions,tracer_init_tracefs,init_kprobe_trace,kprobe_trace_self_tests_init"
-        )
-    } else {
-        ""
+pub fn host_cmdline_additions(info: &HostInfo) -> String {
+    if info.kvm_module != "kvm_pvm" {
+        return String::new();
     }
+    let mut s = String::from(concat!(
+        "noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup ",
+        "sysctl.kernel.hung_task_timeout_secs=0 ",
+        // Tracing-only initcalls that take many minutes when every ring-0 instruction is
+        // emulated (measured on the Debian 6.1 kernel: ~14 min of a 25-min boot).
+        "initcall_blacklist=ftrace_check_for_weak_functions,tracer_init_tracefs,init_kprobe_trace,kprobe_trace_self_tests_init"
+    ));
+    // The guest cannot calibrate its TSC here (it then marks it unstable and falls back to
+    // jiffies); KVM knows the frequency.
+    if let Some(khz) = info.tsc_khz {
+        s.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    s
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -405,6 +413,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         })?;
     let devices = Arc::new(Devices {
         serial: Mutex::new(SerialDevice::new(irq, console.clone())),
+        rtc: Mutex::new(crate::devices::rtc::Rtc::default()),
         console: console.clone(),
         mmio: cfg.mmio.clone(),
         snapshots: std::sync::OnceLock::new(),
@@ -559,7 +568,8 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let read = |s: &Option<StatsFd>| s.as_ref().and_then(|s| s.read().ok()).unwrap_or_default();
     let kvm_stats = KvmStats::new(read(&vm_stats), vcpu_stats.iter().map(read).collect());
     let memory = ram.report();
-    let vmm_rss_bytes = vm_rss().saturating_sub(memory.rss_bytes);
+    let vmm_rss_bytes = proc_status_kb("VmRSS:").saturating_sub(memory.rss_bytes);
+    let vmm_anon_bytes = proc_status_kb("RssAnon:").saturating_sub(memory.rss_bytes);
     let dirty = match tracker {
         Some(t) => Some(t.finish().map_err(|e| Error::Config(e.to_string()))?),
         None => None,
@@ -601,19 +611,16 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         dirty,
         snapshots: service.taken(),
         vmm_rss_bytes,
+        vmm_anon_bytes,
         console_log: console.log(),
     })
 }
 
-/// This process's resident set (VmRSS), bytes.
-fn vm_rss() -> u64 {
+/// A `/proc/self/status` field given in kB, in bytes (0 when unreadable).
+fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
         .map_or(0, |kb| kb * 1024)
 }
 

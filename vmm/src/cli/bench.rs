@@ -55,6 +55,11 @@ pub struct Args {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Page-table snapshots (issue #6): the first repeat of every guest run asks for one
+    /// once its data is touched, written to OUT/snapshots/ and named in results.json, for
+    /// `segvmm project`.
+    #[arg(long)]
+    pub snapshot: bool,
     /// Dirty tracking (issue #8): after the matrix, run each workload on the first backing
     /// and guest page size with tracking off, every INTERVAL (e.g. 100ms) and every
     /// --dirty-intervals; writes hotness files and heat maps to OUT/hotness/ and the
@@ -98,6 +103,11 @@ pub fn run(args: Args) -> CliResult {
     let host = crate::host::probe().map_err(CliError::failed)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| CliError::failed(format!("creating {}: {e}", args.out.display())))?;
+    if args.snapshot {
+        let d = args.out.join("snapshots");
+        std::fs::create_dir_all(&d)
+            .map_err(|e| CliError::failed(format!("creating {}: {e}", d.display())))?;
+    }
     let cells = bench::expand(&spec);
     if cells.is_empty() {
         return Err(CliError::bad_input("the matrix is empty"));
@@ -119,7 +129,28 @@ pub fn run(args: Args) -> CliResult {
             cell.footprint >> 20,
             cell.repeat + 1
         ));
-        let row = bench::run_cell(cell, &spec, &host);
+        let snap_name = match cell.environment {
+            bench::Environment::Guest(_) if args.snapshot && cell.repeat == 0 => Some(format!(
+                "snapshots/{}",
+                super::project::snapshot_file_name(
+                    cell.workload.name(),
+                    &cell.environment.to_string(),
+                    &cell.backing.to_string(),
+                    cell.footprint
+                )
+            )),
+            _ => None,
+        };
+        let snap_file = snap_name.as_ref().map(|n| args.out.join(n));
+        let row = bench::run_cell_with_snapshot(
+            cell,
+            &spec,
+            &host,
+            snap_file.as_deref().zip(snap_name.as_deref()),
+        );
+        if let (Some(ms), Some(name)) = (row.snapshot_ms, &row.snapshot) {
+            bar.println(format!("segvmm: snapshot {name}: {ms:.1} ms with the guest paused"));
+        }
         if let Some(why) = &row.reason {
             bar.println(format!(
                 "segvmm: {} {} backing {}: {}: {why}",

@@ -111,12 +111,13 @@ pub fn parse_workload(s: &str) -> Result<Workload, String> {
 pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
     eprintln!("segvmm: {}", report.memory);
     eprintln!(
-        "segvmm: host {} ({} paging); VMM set-up {:.1} ms, guest ran {:.1} ms, VMM resident memory beside guest RAM {:.1} MiB",
+        "segvmm: host {} ({} paging); VMM set-up {:.1} ms, guest ran {:.1} ms, VMM resident memory beside guest RAM {:.1} MiB ({:.1} MiB anonymous, the rest file-backed code: the binary and libc)",
         report.host.kvm_module,
         report.mmu_mode,
         report.boot_ms,
         report.run_ms,
-        report.vmm_rss_bytes as f64 / (1 << 20) as f64
+        report.vmm_rss_bytes as f64 / (1 << 20) as f64,
+        report.vmm_anon_bytes as f64 / (1 << 20) as f64
     );
     for m in &report.milestones {
         eprintln!("segvmm: {:>10.1} ms  {}", m.at_ms, m.what);

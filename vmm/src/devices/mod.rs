@@ -3,6 +3,7 @@
 //! also works from guest ring 3 on hosts that drop IOPL).
 
 pub mod console;
+pub mod rtc;
 pub mod serial;
 
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,8 @@ pub trait MmioHandler: Send + Sync {
 pub struct Devices {
     /// The serial console.
     pub serial: Mutex<SerialDevice>,
+    /// The CMOS real-time clock.
+    pub rtc: Mutex<rtc::Rtc>,
     /// The console's line watcher and log.
     pub console: Arc<Console>,
     /// The MMIO signal window's handler, if any.
@@ -72,6 +75,12 @@ impl Devices {
                 }
                 DeviceAction::Continue
             }
+            rtc::INDEX_PORT | rtc::DATA_PORT => {
+                if let (Ok(mut r), Some(v)) = (self.rtc.lock(), data.first()) {
+                    r.write(port, *v);
+                }
+                DeviceAction::Continue
+            }
             // i8042 command port: 0xfe pulses the CPU reset line.
             0x64 if data.first() == Some(&0xfe) => DeviceAction::Reset,
             SIGNAL_PORT => {
@@ -93,6 +102,13 @@ impl Devices {
                     .lock()
                     .map(|mut s| s.read(port - serial::COM1))
                     .unwrap_or(0xff);
+                data.fill(0);
+                if let Some(b) = data.first_mut() {
+                    *b = v;
+                }
+            }
+            rtc::INDEX_PORT | rtc::DATA_PORT => {
+                let v = self.rtc.lock().map(|r| r.read(port)).unwrap_or(0xff);
                 data.fill(0);
                 if let Some(b) = data.first_mut() {
                     *b = v;

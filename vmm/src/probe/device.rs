@@ -17,8 +17,11 @@ use crate::devices::{DeviceAction, MmioHandler};
 use crate::vstate::stats::StatsFd;
 
 /// Called when the guest signals that its data is allocated and touched (issue #6 takes a
-/// page-table snapshot there). Gets the vCPU so it can read CR3/CR4/EFER.
-pub type SnapshotHook = Arc<dyn Fn(&VcpuFd) -> Result<(), String> + Send + Sync>;
+/// page-table snapshot there). Gets the vCPU so it can read CR3/CR4/EFER. Returning a
+/// file asks the VMM for a page-table snapshot there (`DeviceAction::Snapshot`: the vCPU
+/// loop pauses the other vCPUs, captures and resumes); `None` asks for nothing.
+pub type SnapshotHook =
+    Arc<dyn Fn(&VcpuFd) -> Result<Option<std::path::PathBuf>, String> + Send + Sync>;
 
 /// Exit status the device gives the VM when the guest's ring-0 stub reports a fault.
 pub const FAULT_EXIT_STATUS: i32 = 70;
@@ -141,7 +144,10 @@ impl MmioHandler for ProbeDevice {
             MMIO_SNAPSHOT => {
                 if let Some(hook) = &self.snapshot {
                     let r = hook(vcpu);
-                    s.outcome.snapshots.push(r);
+                    s.outcome.snapshots.push(r.as_ref().map(|_| ()).map_err(Clone::clone));
+                    if let Ok(Some(path)) = r {
+                        return DeviceAction::Snapshot(path);
+                    }
                 }
             }
             MMIO_RESULT => {

@@ -5,7 +5,9 @@
 //! `segvmm.seed=` and `segvmm.count=` from the kernel command line, runs the workload, and
 //! prints one console line
 //! `SEGVMM-RESULT workload=<name> ops=<n> ns_per_op=<x> checksum=<hex> data_va=<hex>`
-//! before powering off. On kvm_pvm hosts a Linux guest's user space can make system calls
+//! before powering off (or `SEGVMM-ERROR <why>` when it cannot run the request). It may time
+//! with the TSC: `segvmm.tsc_khz=` carries KVM's TSC frequency when the host reports it.
+//! `guest-kernels/build.sh --bench-initramfs` builds such an initrd (`linux-bench/`). On kvm_pvm hosts a Linux guest's user space can make system calls
 //! only through the small kernel's fix-up (guest-kernels/), and every guest page fault
 //! costs milliseconds: the run is still attempted, and recorded as unavailable with the
 //! reason when the host cannot run guest user space.
@@ -23,6 +25,9 @@ use crate::probe::{Measurement, WorkloadSpec};
 
 /// Prefix of the result line on the console.
 pub const RESULT_PREFIX: &str = "SEGVMM-RESULT";
+
+/// Prefix of the line the initrd prints instead when it cannot run the request.
+pub const ERROR_PREFIX: &str = "SEGVMM-ERROR";
 
 /// Guest RAM beside the footprint: kernel, initrd, page tables.
 const LINUX_OVERHEAD: u64 = 256 << 20;
@@ -72,21 +77,27 @@ pub fn parse_result(log: &str) -> Option<ResultLine> {
     (!r.workload.is_empty() && r.ns_per_op.is_finite()).then_some(r)
 }
 
-/// Boots `kernel` + `initrd` with the workload on the command line and reads its result.
+/// Boots `kernel` + `initrd` with the workload on the command line and reads its result;
+/// `tsc_khz` (KVM's TSC frequency) lets the guest time with user-mode `rdtsc` instead of
+/// a clock system call, which costs milliseconds on kvm_pvm hosts.
 pub fn run(
     work: &WorkloadSpec,
     backing: Backing,
     kernel: &Path,
     initrd: &Path,
     spec: &MatrixSpec,
+    tsc_khz: Option<u32>,
 ) -> Result<Measurement, (Status, String)> {
-    let cmdline = format!(
+    let mut cmdline = format!(
         "console=ttyS0 reboot=k panic=-1 segvmm.workload={} segvmm.footprint={} segvmm.seed={} segvmm.count={}",
         work.workload.name(),
         work.footprint,
         work.seed,
         work.count()
     );
+    if let Some(khz) = tsc_khz {
+        cmdline.push_str(&format!(" segvmm.tsc_khz={khz}"));
+    }
     let cfg = VmConfig {
         memory: MemoryConfig {
             size: work.footprint + LINUX_OVERHEAD,
@@ -117,6 +128,12 @@ pub fn run(
         return Err((Status::Unavailable, report.exit_message));
     }
     let Some(r) = parse_result(&report.console_log) else {
+        if let Some(why) = report.console_log.lines().find_map(|l| {
+            l.find(ERROR_PREFIX)
+                .map(|i| l[i + ERROR_PREFIX.len()..].trim())
+        }) {
+            return Err((Status::Failed, format!("the guest's /init: {why}")));
+        }
         // A clean power-off without a result: the initrd does not carry the workloads.
         if report.exit_reason.is_success() {
             return Err((

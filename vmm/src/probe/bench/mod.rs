@@ -131,6 +131,19 @@ pub fn unavailable_reason(cell: &Cell, host: &HostInfo) -> Option<String> {
 
 /// Runs one cell.
 pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
+    run_cell_with_snapshot(cell, spec, host, None)
+}
+
+/// Runs one cell; with `snapshot = Some((file, name))` a guest run also writes a
+/// page-table snapshot to `file` when its workload signals that its data is touched
+/// (issue #6), and the row records `name` (the file relative to the output directory)
+/// and the time the snapshot took.
+pub fn run_cell_with_snapshot(
+    cell: &Cell,
+    spec: &MatrixSpec,
+    host: &HostInfo,
+    snapshot: Option<(&std::path::Path, &str)>,
+) -> Row {
     let work = WorkloadSpec {
         workload: cell.workload,
         footprint: cell.footprint,
@@ -140,6 +153,7 @@ pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
     if let Some(why) = unavailable_reason(cell, host) {
         return Row::new(cell, Status::Unavailable, None, Some(why));
     }
+    let mut taken: Option<f64> = None;
     let result: Result<Measurement, (Status, String)> = match cell.environment {
         Environment::Native => native::run(&work, cell.backing, spec.grow_pool, host.tsc_khz)
             .map_err(|e| match e {
@@ -147,11 +161,17 @@ pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
                 e => (Status::Failed, e.to_string()),
             }),
         Environment::Guest(pages) => {
+            let hook = snapshot.map(|(file, _)| {
+                let file = file.to_path_buf();
+                let h: super::device::SnapshotHook =
+                    std::sync::Arc::new(move |_| Ok(Some(file.clone())));
+                h
+            });
             let opts = GuestOptions {
                 backing: cell.backing,
                 grow_pool: spec.grow_pool,
                 timeout: spec.timeout,
-                snapshot: None,
+                snapshot: hook,
                 track_dirty: None,
             };
             match guest::run(
@@ -161,19 +181,29 @@ pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
                 },
                 &opts,
             ) {
-                Ok(run) => run.measurement.map_err(|e| (Status::Failed, e)),
+                Ok(run) => {
+                    taken = run.report.snapshots.first().map(|s| s.ms);
+                    run.measurement.map_err(|e| (Status::Failed, e))
+                }
                 Err(e) => Err((classify(&e), e.to_string())),
             }
         }
         Environment::Linux => match &spec.linux {
-            Some((kernel, initrd)) => linux::run(&work, cell.backing, kernel, initrd, spec),
+            Some((kernel, initrd)) => {
+                linux::run(&work, cell.backing, kernel, initrd, spec, host.tsc_khz)
+            }
             None => Err((Status::Failed, "no Linux kernel given".into())),
         },
     };
-    match result {
+    let mut row = match result {
         Ok(m) => Row::new(cell, Status::Ok, Some(m), None),
         Err((status, why)) => Row::new(cell, status, None, Some(why)),
+    };
+    if let (Some(ms), Some((_, name))) = (taken, snapshot) {
+        row.snapshot = Some(name.to_string());
+        row.snapshot_ms = Some(ms);
     }
+    row
 }
 
 /// Host refusals (memory the host cannot give, features it lacks) are "unavailable";

@@ -75,6 +75,13 @@ pub struct Row {
     pub reason: Option<String>,
     /// The measurement, when there is one.
     pub measurement: Option<Measurement>,
+    /// Page-table snapshot the guest asked for (`--snapshot`, issue #6), relative to the
+    /// output directory; `segvmm project` replays over it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Time the snapshot took, ms (vCPUs paused meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_ms: Option<f64>,
 }
 
 impl Row {
@@ -98,6 +105,8 @@ impl Row {
             status,
             reason,
             measurement,
+            snapshot: None,
+            snapshot_ms: None,
         }
     }
 }

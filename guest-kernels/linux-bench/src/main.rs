@@ -1,0 +1,492 @@
+//! `/init` of the bench initramfs: runs one workload in a Linux guest's user space and
+//! prints its result on the console (the contract of `vmm/src/probe/bench/linux.rs`).
+//!
+//! Freestanding and libc-free because every guest system call costs milliseconds on the
+//! kvm_pvm host (each is emulated ring-0 code), so the happy path makes seven: mount /proc,
+//! open + read /proc/cmdline (the `segvmm.*` parameters contain a dot, so the kernel keeps
+//! them from init's argv and environment), mmap the buffer with MAP_POPULATE (every page
+//! faulted in by the kernel in one call, so that only `touch` sees first-touch faults),
+//! write the result line, and power off. The workload code is `workloads::kernels`, the
+//! same source the measurement guest and the native twin run (see
+//! `vmm/src/probe/native.rs`, which this mirrors step for step so the checksums match for
+//! the same seed, footprint and count). Timing is the TSC (user-mode `rdtsc` runs
+//! natively) converted with `segvmm.tsc_khz=`, KVM's TSC frequency; without it,
+//! `clock_gettime(CLOCK_MONOTONIC)` around the timed part.
+#![no_std]
+#![no_main]
+
+use core::arch::{asm, global_asm};
+use core::fmt::Write;
+
+use workloads::kernels::{self, PageChurn, Workload};
+
+const SYS_READ: usize = 0;
+const SYS_WRITE: usize = 1;
+const SYS_OPEN: usize = 2;
+const SYS_MMAP: usize = 9;
+const SYS_MUNMAP: usize = 11;
+const SYS_EXIT: usize = 60;
+const SYS_MOUNT: usize = 165;
+const SYS_REBOOT: usize = 169;
+const SYS_CLOCK_GETTIME: usize = 228;
+
+const PROT_READ: usize = 1;
+const PROT_WRITE: usize = 2;
+const MAP_PRIVATE: usize = 0x02;
+const MAP_ANONYMOUS: usize = 0x20;
+const MAP_POPULATE: usize = 0x8000;
+const CLOCK_MONOTONIC: usize = 1;
+const LINUX_REBOOT_MAGIC1: usize = 0xfee1_dead;
+const LINUX_REBOOT_MAGIC2: usize = 672_274_793;
+const LINUX_REBOOT_CMD_POWER_OFF: usize = 0x4321_fedc;
+
+// The kernel enters with the stack pointer at argc; align it for the Rust ABI and call
+// `start`, which never returns.
+global_asm!(
+    r#"
+    .global _start
+_start:
+    xor ebp, ebp
+    and rsp, -16
+    call {start}
+    ud2
+"#,
+    start = sym start,
+);
+
+/// A raw system call with up to six arguments; returns the kernel's value (negative errno
+/// on failure).
+///
+/// # Safety
+/// The arguments must be valid for system call `nr` (pointers to live memory of the sizes
+/// the call reads or writes).
+unsafe fn syscall6(nr: usize, a: [usize; 6]) -> isize {
+    let ret: isize;
+    // SAFETY: the caller vouches for the arguments; `syscall` clobbers only rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+            in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Writes all of `bytes` to the console (fd 1, /dev/console opened by the kernel).
+fn write_console(bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is live readable memory of the length passed.
+        let n = unsafe { syscall6(SYS_WRITE, [1, rest.as_ptr() as usize, rest.len(), 0, 0, 0]) };
+        if n <= 0 {
+            return;
+        }
+        rest = &rest[(n as usize).min(rest.len())..];
+    }
+}
+
+/// Powers the machine off; if that fails, exits, which panics the kernel (and with
+/// `panic=-1` reboots it), so the VMM sees the run end either way.
+fn power_off() -> ! {
+    // SAFETY: reboot takes no pointers with these arguments; exit takes none.
+    unsafe {
+        syscall6(
+            SYS_REBOOT,
+            [
+                LINUX_REBOOT_MAGIC1,
+                LINUX_REBOOT_MAGIC2,
+                LINUX_REBOOT_CMD_POWER_OFF,
+                0,
+                0,
+                0,
+            ],
+        );
+        syscall6(SYS_EXIT, [1, 0, 0, 0, 0, 0]);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// A line assembled on the stack (no allocator); overlong text is cut, not a failure.
+struct Line {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl Line {
+    const fn new() -> Self {
+        Line {
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Prints `SEGVMM-ERROR <why>` and powers off: a bad request never panics.
+fn fail(why: core::fmt::Arguments<'_>) -> ! {
+    let mut l = Line::new();
+    let _ = writeln!(l, "SEGVMM-ERROR {why}");
+    write_console(l.bytes());
+    power_off()
+}
+
+/// The `segvmm.*` parameters of the kernel command line.
+struct Params {
+    workload: Workload,
+    footprint: u64,
+    seed: u64,
+    count: u64,
+    tsc_khz: Option<u64>,
+}
+
+fn parse_u64(key: &str, v: &str) -> u64 {
+    match v.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => fail(format_args!("bad value for segvmm.{key}: '{v}'")),
+    }
+}
+
+fn parse_params(cmdline: &str) -> Params {
+    let (mut workload, mut footprint, mut seed, mut count, mut tsc_khz) =
+        (None, None, None, None, None);
+    for kv in cmdline.split_ascii_whitespace() {
+        let Some((k, v)) = kv.strip_prefix("segvmm.").and_then(|s| s.split_once('=')) else {
+            continue;
+        };
+        match k {
+            "workload" => match Workload::from_name(v) {
+                Some(w) => workload = Some(w),
+                None => fail(format_args!("unknown segvmm.workload '{v}'")),
+            },
+            "footprint" => footprint = Some(parse_u64(k, v)),
+            "seed" => seed = Some(parse_u64(k, v)),
+            "count" => count = Some(parse_u64(k, v)),
+            "tsc_khz" => tsc_khz = Some(parse_u64(k, v)).filter(|&k| k > 0),
+            _ => {}
+        }
+    }
+    let Some(workload) = workload else {
+        fail(format_args!(
+            "no segvmm.workload= on the kernel command line"
+        ))
+    };
+    let Some(footprint) = footprint else {
+        fail(format_args!(
+            "no segvmm.footprint= on the kernel command line"
+        ))
+    };
+    if footprint == 0 || footprint % 4096 != 0 || footprint > usize::MAX as u64 / 2 {
+        fail(format_args!(
+            "segvmm.footprint={footprint}: must be a non-zero multiple of 4096"
+        ));
+    }
+    Params {
+        workload,
+        footprint,
+        seed: seed.unwrap_or(0),
+        count: count.unwrap_or(0),
+        tsc_khz,
+    }
+}
+
+/// Reads the kernel command line through /proc (mounted here: nothing else mounts it).
+fn read_cmdline(buf: &mut [u8]) -> &str {
+    // SAFETY: the strings are NUL-terminated literals; mount takes no data here.
+    let m = unsafe {
+        syscall6(
+            SYS_MOUNT,
+            [
+                c"proc".as_ptr() as usize,
+                c"/proc".as_ptr() as usize,
+                c"proc".as_ptr() as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if m < 0 && m != -16 {
+        // -EBUSY: already mounted, fine.
+        fail(format_args!("mount /proc failed: errno {}", -m));
+    }
+    // SAFETY: a NUL-terminated path; O_RDONLY.
+    let fd = unsafe {
+        syscall6(
+            SYS_OPEN,
+            [c"/proc/cmdline".as_ptr() as usize, 0, 0, 0, 0, 0],
+        )
+    };
+    if fd < 0 {
+        fail(format_args!("open /proc/cmdline failed: errno {}", -fd));
+    }
+    // SAFETY: `buf` is live writable memory of the length passed.
+    let n = unsafe {
+        syscall6(
+            SYS_READ,
+            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        )
+    };
+    if n < 0 {
+        fail(format_args!("read /proc/cmdline failed: errno {}", -n));
+    }
+    match core::str::from_utf8(&buf[..n as usize]) {
+        Ok(s) => s,
+        Err(_) => fail(format_args!("/proc/cmdline is not UTF-8")),
+    }
+}
+
+/// An anonymous read-write mapping of `bytes`; `populate` faults every page in inside the
+/// one mmap call (the guest has no THP, so these are 4 KiB pages).
+fn map(bytes: usize, populate: bool) -> Option<*mut u64> {
+    let flags = MAP_PRIVATE | MAP_ANONYMOUS | if populate { MAP_POPULATE } else { 0 };
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        syscall6(
+            SYS_MMAP,
+            [0, bytes, PROT_READ | PROT_WRITE, flags, usize::MAX, 0],
+        )
+    };
+    // Errors are -4095..-1.
+    (!(-4095..0).contains(&p)).then_some(p as *mut u64)
+}
+
+/// The TSC, ordered after earlier instructions (as the native twin reads it).
+fn tsc() -> u64 {
+    // SAFETY: lfence and rdtsc have no memory effects and run in user mode.
+    unsafe {
+        core::arch::x86_64::_mm_lfence();
+        core::arch::x86_64::_rdtsc()
+    }
+}
+
+/// CLOCK_MONOTONIC in ns (a system call: used only without `segvmm.tsc_khz`).
+fn monotonic_ns() -> u64 {
+    let mut ts = [0i64; 2];
+    // SAFETY: `ts` is a live, writable `struct timespec`.
+    let r = unsafe {
+        syscall6(
+            SYS_CLOCK_GETTIME,
+            [CLOCK_MONOTONIC, ts.as_mut_ptr() as usize, 0, 0, 0, 0],
+        )
+    };
+    if r < 0 {
+        fail(format_args!("clock_gettime failed: errno {}", -r));
+    }
+    (ts[0] as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts[1] as u64)
+}
+
+/// The timer of the run: TSC ticks when the frequency is known, else the monotonic clock.
+#[derive(Clone, Copy)]
+struct Clock(Option<u64>);
+
+impl Clock {
+    fn now(self) -> u64 {
+        match self.0 {
+            Some(_) => tsc(),
+            None => monotonic_ns(),
+        }
+    }
+    fn ns(self, from: u64, to: u64) -> f64 {
+        let d = to.wrapping_sub(from) as f64;
+        match self.0 {
+            Some(khz) => d * 1e6 / khz as f64,
+            None => d,
+        }
+    }
+}
+
+/// ptchurn in the guest: mmap, touch (a guest page fault), munmap of one 4 KiB page per
+/// cycle, as the native twin does on the host.
+struct LinuxChurn {
+    slots: usize,
+    mapped: *mut u64,
+}
+
+impl PageChurn for LinuxChurn {
+    fn slots(&self) -> usize {
+        self.slots
+    }
+    fn map(&mut self, _slot: usize) -> bool {
+        match map(4096, false) {
+            Some(p) => {
+                self.mapped = p;
+                true
+            }
+            None => false,
+        }
+    }
+    fn touch(&mut self, _slot: usize, value: u64) -> u64 {
+        // SAFETY: `mapped` is the page just mapped read-write by `map`.
+        unsafe {
+            core::ptr::write_volatile(self.mapped, value);
+            core::ptr::read_volatile(self.mapped)
+        }
+    }
+    fn unmap(&mut self, _slot: usize) {
+        // SAFETY: unmapping the page `map` created, exactly once.
+        unsafe { syscall6(SYS_MUNMAP, [self.mapped as usize, 4096, 0, 0, 0, 0]) };
+        self.mapped = core::ptr::null_mut();
+    }
+}
+
+extern "C" fn start() -> ! {
+    let mut cmd = [0u8; 4096];
+    let p = parse_params(read_cmdline(&mut cmd));
+    let clock = Clock(p.tsc_khz);
+    let (ops, checksum, t0, t1, data_va);
+    if p.workload == Workload::PtChurn {
+        let mut churn = LinuxChurn {
+            slots: (p.footprint / 4096).max(1) as usize,
+            mapped: core::ptr::null_mut(),
+        };
+        t0 = clock.now();
+        let (done, sum) = kernels::ptchurn_run(&mut churn, p.count);
+        t1 = clock.now();
+        (ops, checksum, data_va) = (done, sum, 0);
+    } else {
+        let bytes = p.footprint as usize;
+        let Some(base) = map(bytes, p.workload != Workload::Touch) else {
+            fail(format_args!("mmap of {bytes} bytes failed"))
+        };
+        // SAFETY: `base` is a fresh private read-write mapping of `bytes` bytes, used only
+        // through this slice until power-off.
+        let words = unsafe { core::slice::from_raw_parts_mut(base, bytes / 8) };
+        match p.workload {
+            Workload::Chase => {
+                if kernels::chase_elems(words.len()) == 0 {
+                    fail(format_args!("footprint too small for chase"));
+                }
+                kernels::chase_init(words, p.seed);
+                t0 = clock.now();
+                checksum = kernels::chase_run(words, p.count);
+                t1 = clock.now();
+                ops = p.count;
+            }
+            Workload::Gups => {
+                kernels::gups_init(words);
+                t0 = clock.now();
+                checksum = kernels::gups_run(words, p.seed, p.count);
+                t1 = clock.now();
+                ops = p.count;
+            }
+            Workload::Stream => {
+                let n = kernels::stream_elems(words.len()) as u64;
+                if n == 0 {
+                    fail(format_args!("footprint too small for stream"));
+                }
+                kernels::stream_init(words);
+                let passes = p.count.div_ceil(n).max(1);
+                t0 = clock.now();
+                ops = kernels::stream_run(words, passes);
+                t1 = clock.now();
+                checksum = kernels::stream_checksum(words);
+            }
+            _ => {
+                t0 = clock.now();
+                ops = kernels::touch_run(words);
+                t1 = clock.now();
+                checksum = kernels::touch_checksum(words);
+            }
+        }
+        data_va = base as u64;
+    }
+    let elapsed = clock.ns(t0, t1);
+    let ns_per_op = if ops == 0 { 0.0 } else { elapsed / ops as f64 };
+    let mut l = Line::new();
+    let _ = writeln!(
+        l,
+        "SEGVMM-RESULT workload={} ops={ops} ns_per_op={ns_per_op:.4} checksum={checksum:#x} data_va={data_va:#x}",
+        p.workload.name()
+    );
+    write_console(l.bytes());
+    power_off()
+}
+
+/// A panic (a bounds check the workload should never fail) is reported, then power-off.
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    fail(format_args!("panic in the workload runner"))
+}
+
+// The compiler lowers copies and fills to these; there is no libc here. `rep movsb` /
+// `rep stosb` are used so that the implementations cannot be lowered back into calls.
+
+/// `memcpy`.
+#[no_mangle]
+unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees [src, src+n) and [dst, dst+n) are valid and disjoint.
+    unsafe {
+        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _, options(nostack, preserves_flags))
+    };
+    dst
+}
+
+/// `memmove`: forward when the destination is below the source, else backward.
+#[no_mangle]
+unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize).wrapping_add(n) {
+        // SAFETY: as memcpy; a forward copy is correct when dst is below src.
+        unsafe { memcpy(dst, src, n) }
+    } else {
+        // SAFETY: the caller guarantees both ranges are valid; copying backward from the
+        // last byte is correct for an overlapping destination above the source.
+        unsafe {
+            asm!("std", "rep movsb", "cld", inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _, options(nostack));
+        }
+        dst
+    }
+}
+
+/// `memset`.
+#[no_mangle]
+unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees [dst, dst+n) is valid.
+    unsafe {
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8, options(nostack, preserves_flags))
+    };
+    dst
+}
+
+/// `memcmp`.
+#[no_mangle]
+unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: the caller guarantees both ranges hold n bytes.
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// `bcmp`.
+#[no_mangle]
+unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}
