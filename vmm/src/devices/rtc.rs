@@ -71,7 +71,10 @@ impl Rtc {
         if port != DATA_PORT {
             return 0xff;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Self::register(self.index, now)
     }
 }
@@ -91,7 +94,11 @@ mod tests {
         assert_eq!(Rtc::register(0x04, t), 0x18);
         assert_eq!(Rtc::register(0x02, t), 0x07);
         assert_eq!(Rtc::register(0x00, t), 0x09);
-        assert_eq!(Rtc::register(0x06, t), 0x04, "a Wednesday is day 4 (Sunday = 1)");
+        assert_eq!(
+            Rtc::register(0x06, t),
+            0x04,
+            "a Wednesday is day 4 (Sunday = 1)"
+        );
         assert_eq!(Rtc::register(0x0a, t) & 0x80, 0, "never update-in-progress");
     }
 
