@@ -11,7 +11,9 @@
 //! `vmm/src/probe/native.rs`, which this mirrors step for step so the checksums match for
 //! the same seed, footprint and count). Timing is the TSC (user-mode `rdtsc` runs
 //! natively) converted with `segvmm.tsc_khz=`, KVM's TSC frequency; without it,
-//! `clock_gettime(CLOCK_MONOTONIC)` around the timed part.
+//! `clock_gettime(CLOCK_MONOTONIC)` around the timed part. Beside the contract's fields the
+//! line carries `init_ns=` (mapping + workload init, like the native twin's) and `mmap_ns=`
+//! (the mmap call alone: with MAP_POPULATE, the guest kernel's per-page fault path).
 #![no_std]
 #![no_main]
 
@@ -353,6 +355,10 @@ extern "C" fn start() -> ! {
     let p = parse_params(read_cmdline(&mut cmd));
     let clock = Clock(p.tsc_khz);
     let (ops, checksum, t0, t1, data_va);
+    // Set-up cost, as the native twin's `init_ns`: mapping (with MAP_POPULATE: the guest
+    // kernel's fault path once per 4 KiB page) plus the workload's init.
+    let begin = clock.now();
+    let mut mapped = begin;
     if p.workload == Workload::PtChurn {
         let mut churn = LinuxChurn {
             slots: (p.footprint / 4096).max(1) as usize,
@@ -367,6 +373,7 @@ extern "C" fn start() -> ! {
         let Some(base) = map(bytes, p.workload != Workload::Touch) else {
             fail(format_args!("mmap of {bytes} bytes failed"))
         };
+        mapped = clock.now();
         // SAFETY: `base` is a fresh private read-write mapping of `bytes` bytes, used only
         // through this slice until power-off.
         let words = unsafe { core::slice::from_raw_parts_mut(base, bytes / 8) };
@@ -409,12 +416,13 @@ extern "C" fn start() -> ! {
         }
         data_va = base as u64;
     }
+    let (init_ns, map_ns) = (clock.ns(begin, t0), clock.ns(begin, mapped));
     let elapsed = clock.ns(t0, t1);
     let ns_per_op = if ops == 0 { 0.0 } else { elapsed / ops as f64 };
     let mut l = Line::new();
     let _ = writeln!(
         l,
-        "SEGVMM-RESULT workload={} ops={ops} ns_per_op={ns_per_op:.4} checksum={checksum:#x} data_va={data_va:#x}",
+        "SEGVMM-RESULT workload={} ops={ops} ns_per_op={ns_per_op:.4} checksum={checksum:#x} data_va={data_va:#x} init_ns={init_ns:.0} mmap_ns={map_ns:.0}",
         p.workload.name()
     );
     write_console(l.bytes());

@@ -149,7 +149,9 @@ pub fn run(args: Args) -> CliResult {
             snap_file.as_deref().zip(snap_name.as_deref()),
         );
         if let (Some(ms), Some(name)) = (row.snapshot_ms, &row.snapshot) {
-            bar.println(format!("segvmm: snapshot {name}: {ms:.1} ms with the guest paused"));
+            bar.println(format!(
+                "segvmm: snapshot {name}: {ms:.1} ms with the guest paused"
+            ));
         }
         if let Some(why) = &row.reason {
             bar.println(format!(

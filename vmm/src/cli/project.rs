@@ -978,7 +978,7 @@ fn plot(path: &Path, out: &ProjOut, columns: &[String]) -> Result<(), String> {
                 ymax = ymax.max(*v);
             }
         }
-        let ymax = if ymax > 0.0 { ymax * 1.5 } else { 1.0 };
+        let ymax = if ymax > 0.0 { ymax * 2.0 } else { 1.0 };
         let labels: Vec<String> = runs
             .iter()
             .map(|r| {
@@ -986,7 +986,8 @@ fn plot(path: &Path, out: &ProjOut, columns: &[String]) -> Result<(), String> {
                     "{} / {} (err {})",
                     r.environment,
                     r.backing,
-                    pct(r.model_error)
+                    r.model_error
+                        .map_or("unchecked".to_string(), |e| format!("{:+.1}%", 100.0 * e))
                 )
             })
             .collect();

@@ -144,7 +144,9 @@ impl MmioHandler for ProbeDevice {
             MMIO_SNAPSHOT => {
                 if let Some(hook) = &self.snapshot {
                     let r = hook(vcpu);
-                    s.outcome.snapshots.push(r.as_ref().map(|_| ()).map_err(Clone::clone));
+                    s.outcome
+                        .snapshots
+                        .push(r.as_ref().map(|_| ()).map_err(Clone::clone));
                     if let Ok(Some(path)) = r {
                         return DeviceAction::Snapshot(path);
                     }

@@ -5,12 +5,15 @@
 //! `segvmm.seed=` and `segvmm.count=` from the kernel command line, runs the workload, and
 //! prints one console line
 //! `SEGVMM-RESULT workload=<name> ops=<n> ns_per_op=<x> checksum=<hex> data_va=<hex>`
+//! (optionally more fields, such as `init_ns=<x>`, the set-up before the timed part)
 //! before powering off (or `SEGVMM-ERROR <why>` when it cannot run the request). It may time
 //! with the TSC: `segvmm.tsc_khz=` carries KVM's TSC frequency when the host reports it.
-//! `guest-kernels/build.sh --bench-initramfs` builds such an initrd (`linux-bench/`). On kvm_pvm hosts a Linux guest's user space can make system calls
-//! only through the small kernel's fix-up (guest-kernels/), and every guest page fault
-//! costs milliseconds: the run is still attempted, and recorded as unavailable with the
-//! reason when the host cannot run guest user space.
+//! `guest-kernels/build.sh --bench-initramfs` builds such an initrd (`linux-bench/`).
+//!
+//! On kvm_pvm hosts a Linux guest's user space can make system calls only through the small
+//! kernel's fix-up (guest-kernels/), and every guest page fault costs milliseconds: the run
+//! is still attempted, and recorded as unavailable with the reason when the host cannot run
+//! guest user space.
 
 use std::path::Path;
 use std::time::Instant;
@@ -45,6 +48,8 @@ pub struct ResultLine {
     pub checksum: u64,
     /// Buffer address in the guest process.
     pub data_va: u64,
+    /// Set-up before the timed part (mapping and init), when the initrd reports it.
+    pub init_ns: f64,
 }
 
 fn hex(v: &str) -> Option<u64> {
@@ -62,6 +67,7 @@ pub fn parse_result(log: &str) -> Option<ResultLine> {
         ns_per_op: f64::NAN,
         checksum: 0,
         data_va: 0,
+        init_ns: 0.0,
     };
     for kv in line.split_whitespace() {
         let (k, v) = kv.split_once('=')?;
@@ -71,6 +77,7 @@ pub fn parse_result(log: &str) -> Option<ResultLine> {
             "ns_per_op" => r.ns_per_op = v.parse().ok()?,
             "checksum" => r.checksum = hex(v)?,
             "data_va" => r.data_va = hex(v)?,
+            "init_ns" => r.init_ns = v.parse().ok()?,
             _ => {}
         }
     }
@@ -163,7 +170,7 @@ pub fn run(
         tsc_khz: report.host.tsc_khz,
         ns_per_op: r.ns_per_op,
         checksum: r.checksum,
-        init_ns: 0.0,
+        init_ns: r.init_ns,
         kvm_exits: Some(report.kvm_stats.get("exits")),
         shadow_page_faults: Some(report.kvm_stats.get("pf_fixed")),
         contiguous_runs: report.memory.contiguous_runs,
@@ -185,9 +192,12 @@ mod tests {
                 ops: 100,
                 ns_per_op: 12.5,
                 checksum: 255,
-                data_va: 0x7f00
+                data_va: 0x7f00,
+                init_ns: 0.0,
             }
         );
+        let r = parse_result("SEGVMM-RESULT workload=chase ops=1 ns_per_op=2 checksum=0 data_va=0 init_ns=1500 mmap_ns=9").unwrap();
+        assert_eq!(r.init_ns, 1500.0);
         assert_eq!(parse_result("nothing here"), None);
         assert_eq!(parse_result("SEGVMM-RESULT ops=x"), None);
         assert_eq!(parse_result("SEGVMM-RESULT ops=1"), None);
