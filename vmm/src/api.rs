@@ -2,7 +2,7 @@
 //! command per line, as a small, dependency-free cousin of Firecracker's API. Commands:
 //!
 //! * `snapshot <file>`: pause every vCPU, write a `.ptsnap` page-table snapshot, resume.
-//!   Answers `ok <file> <bytes> <table-pages> <ms>` or `error <message>`.
+//!   Answers `ok <file> <bytes> <table-pages> <ms> <paused-ms>` or `error <message>`.
 //! * `ping`: answers `ok`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -43,7 +43,10 @@ fn handle(stream: UnixStream, svc: &SnapshotService) {
         let reply = match (words.next(), words.next()) {
             (Some("ping"), None) => "ok".to_string(),
             (Some("snapshot"), Some(file)) => match svc.snapshot(Path::new(file)) {
-                Ok(i) => format!("ok {} {} {} {:.3}", i.path, i.bytes, i.table_pages, i.ms),
+                Ok(i) => format!(
+                    "ok {} {} {} {:.3} {:.3}",
+                    i.path, i.bytes, i.table_pages, i.ms, i.paused_ms
+                ),
                 Err(e) => format!("error {e}"),
             },
             _ => format!("error unknown command '{line}' (commands: ping, snapshot <file>)"),

@@ -57,8 +57,12 @@ pub struct SnapshotInfo {
     pub table_pages: usize,
     /// File size in bytes.
     pub bytes: u64,
-    /// Time from the request to the file being written, ms (vCPUs paused meanwhile).
+    /// Time from the request to the file being written, ms.
     pub ms: f64,
+    /// Of that, how long the guest was stopped, ms: only the table copy happens with the
+    /// vCPUs paused; the host-physical runs (pagemap), encoding and writing come after
+    /// the guest has resumed.
+    pub paused_ms: f64,
 }
 
 impl GuestPhysMemory for GuestRam {
@@ -98,9 +102,8 @@ fn host_page_size(report: &MemoryReport) -> u64 {
     }
 }
 
-/// The snapshot's RAM ranges: layout, host mapping, page size and contiguous runs.
-pub fn ram_ranges(ram: &GuestRam, report: &MemoryReport, runs: &[VmmRun]) -> Vec<RamRange> {
-    let page = host_page_size(report);
+/// The snapshot's RAM ranges: layout, host mapping, host page size and contiguous runs.
+pub fn ram_ranges(ram: &GuestRam, page: u64, runs: &[VmmRun]) -> Vec<RamRange> {
     ram.ranges()
         .iter()
         .map(|r| {
@@ -125,12 +128,10 @@ pub fn ram_ranges(ram: &GuestRam, report: &MemoryReport, runs: &[VmmRun]) -> Vec
 }
 
 /// Captures the tables of every distinct CR3 in `states` and returns the snapshot.
-pub fn capture(
-    ram: &GuestRam,
-    report: &MemoryReport,
-    runs: &[VmmRun],
-    states: &[VcpuState],
-) -> Result<Snapshot, Error> {
+///
+/// This is the part done with the guest stopped: the RAM ranges carry the host mapping but
+/// not yet the host page size and runs, which [`finish_file`] adds from the memory report.
+pub fn capture(ram: &GuestRam, states: &[VcpuState]) -> Result<Snapshot, Error> {
     let first = states.first().ok_or(Error::NoVcpus)?;
     let (cr0, cr4, efer) = (first.sregs.cr0, first.sregs.cr4, first.sregs.efer);
     if cr0 & (1 << 31) == 0 || efer & (1 << 10) == 0 {
@@ -155,19 +156,34 @@ pub fn capture(
         ram,
         spaces,
         CpuState { mode, cr4, efer },
-        ram_ranges(ram, report, runs),
+        ram_ranges(ram, 4096, &[]),
     )?)
 }
 
-/// Captures and writes `path`; `started` is when the request arrived (for timing).
-pub fn capture_to_file(
-    ram: &GuestRam,
+/// Adds the host-physical runs to a snapshot captured without them, encodes it and writes
+/// `path`. `started` is when the request arrived, `paused_ms` how long the guest was stopped.
+pub fn finish_file(
+    mut snap: Snapshot,
     report: &MemoryReport,
-    states: &[VcpuState],
     path: &Path,
     started: Instant,
+    paused_ms: f64,
 ) -> Result<SnapshotInfo, Error> {
-    let snap = capture(ram, report, &report.runs, states)?;
+    let page = host_page_size(report);
+    for r in &mut snap.ram {
+        let inside: Vec<HostRun> = report
+            .runs
+            .iter()
+            .filter(|x| x.gpa >= r.gpa_start && x.gpa < r.end())
+            .map(|x| HostRun {
+                gpa_start: x.gpa,
+                len: x.len.min(r.end() - x.gpa),
+                hpa_start: x.hpa,
+            })
+            .collect();
+        r.runs = (!inside.is_empty()).then_some(inside);
+        r.host_page_size = page;
+    }
     let bytes = snap.to_bytes();
     let werr = |e: std::io::Error| Error::Write {
         path: path.display().to_string(),
@@ -180,7 +196,22 @@ pub fn capture_to_file(
         table_pages: snap.pages.len(),
         bytes: bytes.len() as u64,
         ms: started.elapsed().as_secs_f64() * 1e3,
+        paused_ms,
     })
+}
+
+/// Captures and writes `path` in one go (everything while the caller keeps the guest
+/// stopped); `started` is when the request arrived.
+pub fn capture_to_file(
+    ram: &GuestRam,
+    report: &MemoryReport,
+    states: &[VcpuState],
+    path: &Path,
+    started: Instant,
+) -> Result<SnapshotInfo, Error> {
+    let snap = capture(ram, states)?;
+    let paused_ms = started.elapsed().as_secs_f64() * 1e3;
+    finish_file(snap, report, path, started, paused_ms)
 }
 
 /// Takes snapshots of one running VM on request: holds what a capture needs and pauses
@@ -191,8 +222,10 @@ pub struct SnapshotService {
     vcpus: usize,
     kick: Box<dyn Fn() + Send + Sync>,
     /// Measured lazily on the first request (reading pagemap takes time).
-    report: std::sync::OnceLock<MemoryReport>,
-    taken: std::sync::Mutex<Vec<SnapshotInfo>>,
+    report: std::sync::Arc<std::sync::OnceLock<MemoryReport>>,
+    taken: std::sync::Arc<std::sync::Mutex<Vec<SnapshotInfo>>>,
+    /// Snapshots whose files are still being finished after the guest resumed.
+    pending: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SnapshotService {
@@ -219,8 +252,9 @@ impl SnapshotService {
             ctl,
             vcpus,
             kick,
-            report: std::sync::OnceLock::new(),
+            report: Default::default(),
             taken: Default::default(),
+            pending: Default::default(),
         }
     }
 
@@ -235,10 +269,40 @@ impl SnapshotService {
         r
     }
 
+    /// Finishes `snap` (runs, encoding, file) in the background so the guest can go on.
+    fn finish_in_background(&self, snap: Snapshot, path: &Path, started: Instant, paused_ms: f64) {
+        let (ram, report, taken, file) = (
+            self.ram.clone(),
+            self.report.clone(),
+            self.taken.clone(),
+            path.to_path_buf(),
+        );
+        let job = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let report = report.get_or_init(|| ram.report());
+                match finish_file(snap, report, &file, started, paused_ms) {
+                    Ok(info) => {
+                        if let Ok(mut t) = taken.lock() {
+                            t.push(info);
+                        }
+                    }
+                    Err(e) => eprintln!("segvmm: snapshot {}: {e}", file.display()),
+                }
+            });
+        match (job, self.pending.lock()) {
+            (Ok(h), Ok(mut p)) => p.push(h),
+            (Err(e), _) => eprintln!(
+                "segvmm: snapshot {}: cannot start the writer thread: {e}",
+                path.display()
+            ),
+            _ => {}
+        }
+    }
+
     /// From outside the vCPUs (API socket): pause all, capture, resume.
     pub fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, Error> {
         let started = Instant::now();
-        let report = self.report();
         let states = self
             .ctl
             .pause_all(self.vcpus, PAUSE_TIMEOUT, &self.kick)
@@ -246,8 +310,10 @@ impl SnapshotService {
                 path: path.display().to_string(),
                 why,
             })?;
-        let r = capture_to_file(&self.ram, report, &states, path, started);
+        let snap = capture(&self.ram, &states);
         self.ctl.resume_all();
+        let paused_ms = started.elapsed().as_secs_f64() * 1e3;
+        let r = snap.and_then(|snap| finish_file(snap, self.report(), path, started, paused_ms));
         self.record(r)
     }
 
@@ -258,7 +324,6 @@ impl SnapshotService {
         path: &Path,
     ) -> Result<SnapshotInfo, Error> {
         let started = Instant::now();
-        let report = self.report();
         let own = match (vcpu.get_regs(), vcpu.get_sregs()) {
             (Ok(regs), Ok(sregs)) => VcpuState { regs, sregs },
             _ => return Err(Error::NoVcpus),
@@ -274,15 +339,34 @@ impl SnapshotService {
                 })?;
             states.extend(others);
         }
-        let r = capture_to_file(&self.ram, report, &states, path, started);
+        let snap = capture(&self.ram, &states);
         if self.vcpus > 1 {
             self.ctl.resume_all();
         }
-        self.record(r)
+        // The guest goes on once this returns; the file is finished in the background and
+        // recorded in `taken` (which waits for it).
+        self.finish_in_background(snap?, path, started, started.elapsed().as_secs_f64() * 1e3);
+        Ok(SnapshotInfo {
+            path: path.display().to_string(),
+            spaces: 0,
+            table_pages: 0,
+            bytes: 0,
+            ms: 0.0,
+            paused_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
     /// Snapshots taken so far.
+    /// Waits for snapshots still being written.
     pub fn taken(&self) -> Vec<SnapshotInfo> {
+        let jobs: Vec<_> = self
+            .pending
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        for j in jobs {
+            let _ = j.join();
+        }
         self.taken.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }

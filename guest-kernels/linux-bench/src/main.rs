@@ -2,7 +2,7 @@
 //! prints its result on the console (the contract of `vmm/src/probe/bench/linux.rs`).
 //!
 //! Freestanding and libc-free because every guest system call costs milliseconds on the
-//! kvm_pvm host (each is emulated ring-0 code), so the happy path makes seven: mount /proc,
+//! kvm_pvm host (each is emulated ring-0 code), so the happy path makes six: mount /proc,
 //! open + read /proc/cmdline (the `segvmm.*` parameters contain a dot, so the kernel keeps
 //! them from init's argv and environment), mmap the buffer with MAP_POPULATE (every page
 //! faulted in by the kernel in one call, so that only `touch` sees first-touch faults),

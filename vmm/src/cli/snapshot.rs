@@ -27,11 +27,12 @@ pub fn run(args: Args) -> CliResult {
         Some(rest) => {
             let f: Vec<&str> = rest.split_whitespace().collect();
             println!(
-                "snapshot {} : {} bytes, {} page-table pages, {} ms with the guest paused",
+                "snapshot {}: {} bytes, {} page-table pages, {} ms ({} ms with the guest paused)",
                 f.first().unwrap_or(&""),
                 f.get(1).unwrap_or(&"?"),
                 f.get(2).unwrap_or(&"?"),
-                f.get(3).unwrap_or(&"?")
+                f.get(3).unwrap_or(&"?"),
+                f.get(4).unwrap_or(&"?")
             );
             Ok(0)
         }
