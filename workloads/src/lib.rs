@@ -7,6 +7,9 @@
 //! stream the workload ran (same algorithm, same seed).
 #![no_std]
 
+#[cfg(feature = "rt")]
+mod rt;
+
 pub mod kernels;
 pub mod protocol;
 
