@@ -337,6 +337,24 @@ impl Core {
         })
     }
 
+    /// The front every paging design shares: a faulting translation is counted as an
+    /// access and a fault; otherwise the TLBs are looked up. Returns the guest walk only
+    /// when a page walk is needed (a TLB miss).
+    #[inline]
+    pub fn miss_walk<'t>(
+        &mut self,
+        env: &Env,
+        va: u64,
+        t: &'t super::Translation,
+    ) -> Option<&'t crate::walker::Walk> {
+        let Ok(w) = t else {
+            self.c.accesses += 1;
+            self.c.faults += 1;
+            return None;
+        };
+        (!self.front(va, env.asid)).then_some(w)
+    }
+
     /// Counts the access and looks the TLBs up: true on a hit (zero references).
     #[inline]
     pub fn front(&mut self, va: u64, asid: u16) -> bool {

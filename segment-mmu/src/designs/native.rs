@@ -25,14 +25,9 @@ impl Design for Native {
 
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let Ok(w) = t else {
-            self.core.c.accesses += 1;
-            self.core.c.faults += 1;
+        let Some(w) = self.core.miss_walk(env, va, t) else {
             return;
         };
-        if self.core.front(va, env.asid) {
-            return;
-        }
         if let Some((refs, bb)) = self.core.guest_walk(env, va, w, |_, _, _| Some((0, 0))) {
             self.core.c.walk(refs, bb);
             self.core.tlb.fill(va, w.size, env.asid);

@@ -51,12 +51,7 @@ impl Design for Nested {
 
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let Ok(w) = t else {
-            self.core.c.accesses += 1;
-            self.core.c.faults += 1;
-            return;
-        };
-        if !self.core.front(va, env.asid) {
+        if let Some(w) = self.core.miss_walk(env, va, t) {
             Self::miss(&mut self.core, env, va, w);
         }
     }
@@ -94,14 +89,9 @@ impl Design for EnlargedTdp {
 
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let Ok(w) = t else {
-            self.core.c.accesses += 1;
-            self.core.c.faults += 1;
+        let Some(w) = self.core.miss_walk(env, va, t) else {
             return;
         };
-        if self.core.front(va, env.asid) {
-            return;
-        }
         // Host dimension: nested TLB, then the L-level table (no host page-walk cache:
         // with 2 levels the cacheable upper level is a single 1 GiB-granular entry).
         let host = |c: &mut Core, e: &Env, gpa: u64| {

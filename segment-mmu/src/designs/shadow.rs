@@ -91,14 +91,9 @@ impl Design for Shadow {
 
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let Ok(w) = t else {
-            self.core.c.accesses += 1;
-            self.core.c.faults += 1;
+        let Some(w) = self.core.miss_walk(env, va, t) else {
             return;
         };
-        if self.core.front(va, env.asid) {
-            return;
-        }
         let Some(hp) = env.host.page_size(w.pa) else {
             self.core.c.faults += 1;
             return;
