@@ -87,19 +87,6 @@ fn segment_miss(core: &mut Core, segs: &mut VmmSegments, env: &Env, va: u64, w: 
     }
 }
 
-macro_rules! fault_or {
-    ($core:expr, $t:expr) => {
-        match $t {
-            Ok(w) => w,
-            Err(_) => {
-                $core.c.accesses += 1;
-                $core.c.faults += 1;
-                return;
-            }
-        }
-    };
-}
-
 macro_rules! common_impl {
     () => {
         fn pt_write(&mut self, env: &Env, va: u64) {
@@ -133,8 +120,7 @@ impl Design for Compromis {
     }
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let w = fault_or!(self.core, t);
-        if !self.core.front(va, env.asid) {
+        if let Some(w) = self.core.miss_walk(env, va, t) {
             segment_miss(&mut self.core, &mut self.segs, env, va, w);
         }
     }
@@ -168,8 +154,7 @@ impl Design for VmmDirect {
     }
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let w = fault_or!(self.core, t);
-        if !self.core.front(va, env.asid) {
+        if let Some(w) = self.core.miss_walk(env, va, t) {
             segment_miss(&mut self.core, &mut self.segs, env, va, w);
         }
     }
@@ -216,10 +201,9 @@ impl Design for GuestDirect {
     }
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let w = fault_or!(self.core, t);
-        if self.core.front(va, env.asid) {
+        let Some(w) = self.core.miss_walk(env, va, t) else {
             return;
-        }
+        };
         if env.guest_segment.is_some_and(|g| g.contains(va)) {
             guest_direct_miss(&mut self.core, env, va, w);
         } else {
@@ -255,12 +239,11 @@ impl Design for DualDirect {
     }
     #[inline]
     fn access(&mut self, env: &Env, va: u64, _write: bool, t: &Translation) {
-        let w = fault_or!(self.core, t);
         // The segment check runs beside the L1 lookup; segment translations are not
         // inserted into the TLBs (Basu et al., ISCA'13), so they never evict entries.
-        if self.core.front(va, env.asid) {
+        let Some(w) = self.core.miss_walk(env, va, t) else {
             return;
-        }
+        };
         if env.guest_segment.is_some_and(|g| g.contains(va)) {
             if self.segs.covers(w.pa) {
                 self.core.c.walk(0, 1);
