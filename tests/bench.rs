@@ -1,6 +1,7 @@
 //! End-to-end test of `segvmm bench` on a tiny matrix: every output is written, rows are
 //! complete, guest and native agree on checksums, and an impossible combination is
-//! recorded as unavailable while the others go on.
+//! recorded as unavailable while the others go on; with `--track-dirty` every guest run
+//! writes its own hotness file and heat map, which `segvmm tier` replays.
 
 mod common;
 
@@ -94,6 +95,91 @@ fn tiny_matrix_end_to_end() {
     assert!(svg.contains("guest-4k") && svg.contains("native"));
 }
 
+/// `--track-dirty`: every measurement-guest run of the matrix (both workloads × both guest
+/// page sizes) is tracked itself; its hotness file parses, its heat map exists, both are
+/// named in results.json and summary.md, and `segvmm tier` runs on one of them.
+#[test]
+fn tracked_matrix_writes_hotness_per_run() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("res");
+    let (code, stdout, err) = run(&[
+        "bench",
+        "--workloads",
+        "gups,chase",
+        "--backing",
+        "thp",
+        "--guest-pages",
+        "4k,2m",
+        "--footprint",
+        "2M",
+        "--repeat",
+        "1",
+        "--count",
+        "20000",
+        "--native",
+        "--no-grow-pool",
+        "--timeout",
+        "120",
+        "--track-dirty",
+        "10ms",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stdout {stdout}\nstderr {err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 3);
+    let summary_md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    let mut files = Vec::new();
+    for r in rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        if r["environment"] == "native" {
+            assert!(r.get("dirty").is_none(), "native runs are not tracked: {r}");
+            continue;
+        }
+        let d = &r["dirty"];
+        let hot = d["hotness"].as_str().expect("a hotness file per guest run");
+        let svg = d["heatmap"].as_str().unwrap();
+        let want = format!(
+            "hotness/{}-{}-thp-2M-r0.hot",
+            r["workload"].as_str().unwrap(),
+            r["environment"].as_str().unwrap()
+        );
+        assert_eq!(hot, want);
+        assert!(out.join(svg).exists(), "{svg} missing");
+        assert!(summary_md.contains(hot), "{hot} not in summary.md");
+        let log = segment_mmu::hotness::HotnessLog::read(&out.join(hot)).unwrap();
+        assert_eq!(log.method, d["method"].as_str().unwrap());
+        // The 2 MiB buffer (512 pages) is written during initialisation.
+        let pages = log.footprint().len() as u64;
+        assert!(pages >= 512, "{hot}: {pages} pages");
+        assert_eq!(d["pages_written"].as_u64(), Some(pages));
+        files.push(out.join(hot));
+    }
+    assert_eq!(files.len(), 4);
+    let gups = files
+        .iter()
+        .find(|f| f.to_string_lossy().contains("gups-guest-4k"))
+        .unwrap();
+    let (code, tier, err) = run(&[
+        "tier",
+        "--hotness",
+        gups.to_str().unwrap(),
+        "--fast",
+        "25%",
+        "--latency-ratio",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for p in ["none", "temperature", "oracle"] {
+        assert!(tier.contains(p), "{p} missing: {tier}");
+    }
+}
+
 #[test]
 fn bench_refuses_bad_input() {
     for (args, needle) in [
@@ -108,6 +194,10 @@ fn bench_refuses_bad_input() {
         (
             &["bench", "--linux", "onlyone", "--out", "/tmp/x"][..],
             "KERNEL,INITRD",
+        ),
+        (
+            &["bench", "--dirty-overhead", "--out", "/tmp/x"][..],
+            "--track-dirty",
         ),
     ] {
         let (code, _, err) = run(args);

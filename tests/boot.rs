@@ -413,3 +413,49 @@ fn too_many_vcpus_is_refused() {
         "--vcpus 0",
     );
 }
+
+/// `segvmm snapshot --shutdown` ends a run that would otherwise wait for its timeout: the
+/// VMM exits promptly with code 0 and reports the exit reason `shutdown`.
+#[test]
+fn api_shutdown_ends_a_hanging_guest_cleanly() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (sock, report) = (d.path().join("api.sock"), d.path().join("r.json"));
+    let mut child = common::segvmm()
+        .args(["run", "--guest", "test-hang", "--memory", "64M", "--quiet"])
+        .args(["--timeout", "60", "--api-socket"])
+        .arg(&sock)
+        .arg("--report")
+        .arg(&report)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn segvmm run");
+    let t = std::time::Instant::now();
+    while !sock.exists() && t.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, out, err) = run(&[
+        "snapshot",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--shutdown",
+    ]);
+    if code != 0 {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("shut down"), "{out}");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t.elapsed().as_secs() < 30,
+        "the VMM must end the run promptly"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["exit_reason"]["kind"], "shutdown");
+    assert_eq!(v["exit_message"], "shut down over the API socket");
+}

@@ -7,6 +7,8 @@
 //!
 //! * [`mem`] / [`walker`] / [`enumerate`]: x86-64 4- and 5-level page walks over a
 //!   guest-physical memory trait, and a lister of all mappings;
+//! * [`census`]: a snapshot in a kernel's own terms (direct map per page size, table
+//!   pages per half and level), to check it against what the guest reports;
 //! * [`snapshot`]: the versioned `.ptsnap` format (see its module docs), capture from a
 //!   live guest, and a synthetic builder;
 //! * [`tlb`]: set-associative LRU TLBs, page-walk caches and a nested TLB, with presets;
@@ -20,6 +22,7 @@
 pub mod placement;
 
 pub mod bloom;
+pub mod census;
 pub mod designs;
 pub mod enumerate;
 pub mod host;

@@ -108,6 +108,24 @@ impl PageStore {
         Self::default()
     }
 
+    /// An empty store whose pages go into `buf` (emptied first, its capacity kept), with
+    /// room for that many pages in its index too. A capture of a paused guest copies into
+    /// memory its caller prepared (reserved, on huge pages) instead of growing and
+    /// faulting fresh memory in page by page while the guest waits.
+    pub fn with_buffer(mut buf: Vec<[u64; 512]>) -> Self {
+        buf.clear();
+        let n = buf.capacity();
+        let mut index = PfnMap::default();
+        index.reserve(n);
+        PageStore {
+            index,
+            pages: buf,
+            gpas: Vec::with_capacity(n),
+            dense: Vec::new(),
+            dense_base: 0,
+        }
+    }
+
     /// Number of pages held.
     pub fn len(&self) -> usize {
         self.pages.len()
@@ -216,6 +234,10 @@ mod tests {
         assert_eq!(s.len(), 1);
         s.insert(0x9000, [1; 512]);
         s.optimize();
+        let mut b = PageStore::with_buffer(vec![[9; 512]; 3]);
+        assert!(b.is_empty());
+        b.insert(0x2000, [4; 512]);
+        assert_eq!(b.read_u64(0x2008), Ok(4));
         assert_eq!(s.read_u64(0x5018), Ok(0xdead));
         assert_eq!(s.read_u64(0x9000), Ok(1));
         assert_eq!(s.read_u64(0x7000), Err(MemError::Unreadable(0x7000)));

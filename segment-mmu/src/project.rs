@@ -12,43 +12,60 @@
 //!
 //! # The model
 //!
-//! For a run `r` of workload group `g` (same workload, footprint and operation count)
-//! whose stream, replayed through design `d` over the run's page tables, spends per
-//! operation `R` walk memory references, `X` VM exits, `L` L2-TLB hits and `B` base-bound
-//! computations:
+//! For a run `r` of workload group `g` (same workload and footprint; see below) whose
+//! stream, replayed through design `d` over the run's page tables, spends per
+//! operation `R` walk memory references, `X` VM exits, `L` L2-TLB hits and `B`
+//! base-bound computations:
 //!
 //! ```text
-//! t(r, d) = I_g + (c_ref,g · R + c_exit · X + c_l2 · L + c_bb · B) / f      [ns/op]
+//! t(r, d) = I_g + a_g·R + b·X + (c_l2·L + c_bb·B) / f      [ns/op]
 //! ```
 //!
-//! * `I_g`: ideal ns/op of the workload with free translation (one per group);
-//! * `c_ref,g`: cycles per walk reference, per workload (a dependent pointer chase pays
-//!   each reference in full; GUPS overlaps walks of independent updates, so one shared
-//!   value would misfit both);
-//! * `c_exit`: cycles per VM exit (shared);
+//! * `I_g`: ns/op of the workload when translation and exits are free (one per group);
+//! * `a_g = c_ref,g / f`: ns per walk reference. A group with [`Slope::Own`] fits its own
+//!   (a dependent pointer chase pays each reference in full, GUPS overlaps the walks of
+//!   independent updates, so one shared value would misfit both); a group with
+//!   [`Slope::Pooled`] takes the pooled slope of the own-slope groups: its translation
+//!   part is below its noise (`stream`: one walk per 512 elements per array) or moves
+//!   together with its exits (`touch`: every 4 KiB guest page is both a walk and a
+//!   shadow fault), so its own data cannot separate the two;
+//! * `b = c_exit / f`: ns per VM exit, shared by every group;
 //! * `c_l2`, `c_bb`: cycles per L2-TLB hit and per base-bound computation: fixed at the
 //!   model's latencies ([`crate::tlb::Costs`]), being too small to calibrate;
 //! * `f`: cycles per nanosecond (the host's TSC frequency in GHz).
 //!
+//! `X` of a measured run is best taken from the run itself (KVM's exit counter over the
+//! timed part, per operation); `X` of a projected design comes from its replay. The
+//! caller decides; this module only fits numbers.
+//!
 //! # Calibration
 //!
-//! With `y_r` the measured ns/op and `y'_r = y_r − (c_l2·L_r + c_bb·B_r)/f`:
+//! With `y_r` the measured ns/op and `y'_r = y_r − (c_l2·L_r + c_bb·B_r)/f`, and bars
+//! denoting group means:
 //!
-//! 1. `b = c_exit/f` minimises `Σ_r (y'_r − I_g − a_g·R_r − b·X_r)²` (one `I_g` and one
-//!    `a_g` per group: the within-group, "fixed effects", least-squares estimator),
-//!    computed by partialling out (Frisch–Waugh): inside each group whose `R` varies,
-//!    `X` and `y'` are demeaned and regressed on `R`; `b` is the slope of the `y'`
-//!    residuals on the `X` residuals. When `X` has no residual variation, or varies by
-//!    less than [`MIN_EXIT_SPREAD`] inside every group (no run exercises exits, or
-//!    exits move with `R`), `b` cannot be learnt: it is set to the
-//!    prior (`prior_exit_cycles`, 2000 cycles) and reported as assumed; a negative fit
-//!    is replaced by the prior likewise. The pooled slope `a = Σ_g (S_ry − b·S_rx) /
-//!    Σ_g S_rr` over the same groups serves groups that cannot determine their own.
-//! 2. per group, `a_g = Σ (R−R̄_g)(y''−ȳ''_g) / Σ (R−R̄_g)²` with `y'' = y' − b·X`; a group
-//!    whose calibration runs span less than [`MIN_REF_SPREAD`] references per operation
-//!    takes the pooled `a` (only groups with that spread enter steps 1 and 2). A negative slope
-//!    (noise larger than the effect) is clamped to 0 and flagged.
-//! 3. `I_g = ȳ''_g − a_g·R̄_g`.
+//! 1. Own-slope groups (policy [`Slope::Own`] and references spanning at least
+//!    [`MIN_REF_SPREAD`] per operation over two or more runs): per group the centred
+//!    sums `S_rr = Σ(R−R̄)²`, `S_rx = Σ(R−R̄)(X−X̄)`, `S_ry = Σ(R−R̄)(y'−ȳ')`; pooled over
+//!    them `α = ΣS_ry / ΣS_rr`, `β = ΣS_rx / ΣS_rr`, so that the pooled slope given `b`
+//!    is `a(b) = α − β·b`. No own-slope group: [`Error::Unidentifiable`].
+//! 2. `b` minimises the squared residuals of the runs of the groups whose exits span at
+//!    least [`MIN_EXIT_SPREAD`] per operation (the others' exit differences are
+//!    counting jitter, which would only let their noise into `b`), with every group's
+//!    intercept and slope partialled out (Frisch–Waugh): for own-slope groups `x̃ = X−X̄ −
+//!    (S_rx/S_rr)(R−R̄)`, `ỹ = y'−ȳ' − (S_ry/S_rr)(R−R̄)`; for the other groups
+//!    `x̃ = X−X̄ − β(R−R̄)`, `ỹ = y'−ȳ' − α(R−R̄)`; `b = Σx̃ỹ / Σx̃²`. When no group's exits
+//!    span [`MIN_EXIT_SPREAD`] per operation (no run exercises exits differently from
+//!    its group's others), or the fit is negative, `b` cannot be learnt: it is set to
+//!    the prior (`prior_exit_cycles`) and reported as [`Source::Assumed`]. Its standard
+//!    error is `σ/√Σx̃²` with `σ²` the residual variance of the runs of the groups whose
+//!    exits vary (degrees of freedom: those runs − their groups − 1).
+//! 3. The pooled slope `a = max(0, α − β·b)`.
+//! 4. Per group, with `y'' = y' − b·X`: own-slope groups `a_g = Σ(R−R̄)(y''−ȳ'') /
+//!    Σ(R−R̄)²` (negative: clamped to 0 and flagged), the others `a_g = a`; then
+//!    `I_g = ȳ'' − a_g·R̄`.
+//!
+//! Synthetic rows generated from known `I_g`, `a_g` and `b` are recovered exactly
+//! (`tests::recovers_a_known_exit_cost_next_to_known_walk_costs`).
 //!
 //! # Error
 //!
@@ -60,6 +77,8 @@
 use serde::Serialize;
 
 use crate::designs::DesignReport;
+
+pub mod workload;
 
 /// Default cycles per VM exit used when the measured runs cannot determine it (the
 /// model's documented default, [`crate::tlb::Costs`]).
@@ -133,15 +152,54 @@ impl Features {
     }
 }
 
+impl Features {
+    /// Steady-state counts per *operation*: like [`Features::steady`], but divided by
+    /// `ops`, the operations the W..W+N window holds, instead of by its accesses. The
+    /// bench reports ns per operation, and an operation is not always one access (a
+    /// triad element is three, a ptchurn cycle two accesses and two page-table writes).
+    /// `None` when `ops` is zero, the reports are of different designs, or `full` did
+    /// not replay past `warm`.
+    pub fn per_op(warm: &DesignReport, full: &DesignReport, ops: u64) -> Option<Self> {
+        if warm.name != full.name || ops == 0 {
+            return None;
+        }
+        let d = |a: u64, b: u64| b.checked_sub(a).map(|x| x as f64 / ops as f64);
+        if full.accesses <= warm.accesses {
+            return None;
+        }
+        Some(Self {
+            refs: d(warm.refs, full.refs)?,
+            exits: d(warm.vm_exits, full.vm_exits)?,
+            l2_hits: d(warm.l2_hits, full.l2_hits)?,
+            base_bound: d(warm.base_bound_ops, full.base_bound_ops)?,
+        })
+    }
+}
+
+/// How a group's cycles per walk reference are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Slope {
+    /// Fitted from the group's own runs (when their references vary enough): for
+    /// translation-bound workloads.
+    #[default]
+    Own,
+    /// The pooled slope of the own-slope groups: for workloads whose translation part
+    /// is below their noise or moves with their exits.
+    Pooled,
+}
+
 /// One measured run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Observation {
     /// Group sharing the ideal runtime (e.g. `chase/256M`).
     pub group: String,
     /// Measured ns per operation.
     pub measured_ns: f64,
-    /// What the model says this run's translation spent.
+    /// What the model says this run's translation spent (exits: best the measured ones).
     pub features: Features,
+    /// How its group's walk cost is obtained (the first run of a group decides).
+    pub slope: Slope,
 }
 
 /// Fixed parameters of a calibration.
@@ -201,6 +259,8 @@ pub struct GroupFit {
     pub cycles_per_ref: f64,
     /// How `ns_per_ref` was obtained.
     pub ref_cost: Source,
+    /// The group's slope policy.
+    pub slope: Slope,
     /// Calibration runs in the group.
     pub runs: usize,
 }
@@ -220,6 +280,13 @@ pub struct Calibration {
     pub cycles_per_exit: f64,
     /// How the exit cost was obtained.
     pub exit_cost: Source,
+    /// Standard error of the fitted exit cost, cycles (`None` when assumed or when
+    /// there are no degrees of freedom left).
+    pub exit_stderr_cycles: Option<f64>,
+    /// Runs in the groups whose exits vary (the runs that determine the exit cost).
+    pub exit_fit_runs: usize,
+    /// Root-mean-square residual of those runs, ns/op (`None` when there are none).
+    pub exit_fit_rms_ns: Option<f64>,
     /// Root-mean-square residual over the calibration runs, ns/op.
     pub rms_residual_ns: f64,
     /// Calibration runs.
@@ -282,6 +349,16 @@ fn mean(idx: &[usize], f: impl Fn(usize) -> f64) -> f64 {
     idx.iter().map(|&i| f(i)).sum::<f64>() / idx.len() as f64
 }
 
+fn spread(obs: &[Observation], idx: &[usize], f: impl Fn(&Features) -> f64) -> f64 {
+    let (lo, hi) = idx
+        .iter()
+        .map(|&i| f(&obs[i].features))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    hi - lo
+}
+
 /// Calibrates the model on `obs` (see the module docs for the equations).
 pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error> {
     check(obs, cfg)?;
@@ -290,78 +367,81 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
         .map(|o| o.measured_ns - cfg.fixed_ns(&o.features))
         .collect();
     let gs = groups(obs);
-    // Step 1: the exit cost b, with every group's own reference slope partialled out
-    // (Frisch–Waugh): within each group whose R varies, regress X and y' on R and keep
-    // the residuals; b is the slope of the y' residuals on the X residuals.
-    let varies = |idx: &[usize]| {
-        let lo = idx
-            .iter()
-            .map(|&i| obs[i].features.refs)
-            .fold(f64::INFINITY, f64::min);
-        let hi = idx
-            .iter()
-            .map(|&i| obs[i].features.refs)
-            .fold(f64::NEG_INFINITY, f64::max);
-        idx.len() >= 2 && hi - lo >= MIN_REF_SPREAD
+    // A group fits its own slope when it asks to and its references vary enough.
+    let own = |idx: &[usize]| {
+        obs[idx[0]].slope == Slope::Own
+            && idx.len() >= 2
+            && spread(obs, idx, |f| f.refs) >= MIN_REF_SPREAD
     };
-    let (mut sxx, mut sxy, mut pooled_rr, mut pooled_ry, mut pooled_rx) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    let mut xscale: f64 = 0.0;
-    for (_, idx) in &gs {
-        let rm = mean(idx, |i| obs[i].features.refs);
-        let xm = mean(idx, |i| obs[i].features.exits);
-        let ym = mean(idx, |i| y1[i]);
-        let (mut s_rr, mut s_rx, mut s_ry) = (0.0, 0.0, 0.0);
-        for &i in idx {
-            let (r, x, y) = (
-                obs[i].features.refs - rm,
-                obs[i].features.exits - xm,
-                y1[i] - ym,
-            );
-            s_rr += r * r;
-            s_rx += r * x;
-            s_ry += r * y;
+    // Centred sums per group: (R̄, X̄, ȳ', S_rr, S_rx, S_ry).
+    let sums: Vec<(f64, f64, f64, f64, f64, f64)> = gs
+        .iter()
+        .map(|(_, idx)| {
+            let rm = mean(idx, |i| obs[i].features.refs);
+            let xm = mean(idx, |i| obs[i].features.exits);
+            let ym = mean(idx, |i| y1[i]);
+            let (mut s_rr, mut s_rx, mut s_ry) = (0.0, 0.0, 0.0);
+            for &i in idx {
+                let r = obs[i].features.refs - rm;
+                s_rr += r * r;
+                s_rx += r * (obs[i].features.exits - xm);
+                s_ry += r * (y1[i] - ym);
+            }
+            (rm, xm, ym, s_rr, s_rx, s_ry)
+        })
+        .collect();
+    // Step 1: the pooled slope as a function of b, a(b) = α − β·b.
+    let (mut p_rr, mut p_rx, mut p_ry) = (0.0, 0.0, 0.0);
+    for ((_, idx), s) in gs.iter().zip(&sums) {
+        if own(idx) {
+            p_rr += s.3;
+            p_rx += s.4;
+            p_ry += s.5;
         }
-        if !varies(idx) {
+    }
+    if p_rr == 0.0 {
+        return Err(Error::Unidentifiable);
+    }
+    let (alpha, beta) = (p_ry / p_rr, p_rx / p_rr);
+    // Step 2: b from the within-group exit variation of the groups whose exits vary,
+    // slopes partialled out. Groups whose exits differ by less than MIN_EXIT_SPREAD per
+    // operation are left out: their differences are counting jitter (a few exits in
+    // thousands of operations) and would only let their noise leak into b.
+    let (mut sxx, mut sxy, mut xscale) = (0.0, 0.0, 0.0f64);
+    let mut exit_runs: Vec<usize> = Vec::new();
+    let mut exit_groups = 0usize;
+    for ((_, idx), &(rm, xm, ym, s_rr, s_rx, s_ry)) in gs.iter().zip(&sums) {
+        if idx.len() < 2 || spread(obs, idx, |f| f.exits) < MIN_EXIT_SPREAD {
             continue;
         }
-        pooled_rr += s_rr;
-        pooled_rx += s_rx;
-        pooled_ry += s_ry;
+        exit_groups += 1;
+        exit_runs.extend(idx);
+        let (kx, ky) = if own(idx) {
+            (s_rx / s_rr, s_ry / s_rr)
+        } else {
+            (beta, alpha)
+        };
         for &i in idx {
             let r = obs[i].features.refs - rm;
-            let xt = obs[i].features.exits - xm - s_rx / s_rr * r;
-            let yt = y1[i] - ym - s_ry / s_rr * r;
+            let xt = obs[i].features.exits - xm - kx * r;
+            let yt = y1[i] - ym - ky * r;
             sxx += xt * xt;
             sxy += xt * yt;
             xscale = xscale.max(obs[i].features.exits.abs());
         }
     }
-    if pooled_rr == 0.0 {
-        return Err(Error::Unidentifiable);
-    }
     let prior_b = cfg.prior_exit_cycles / cfg.ghz;
     let (mut b, mut exit_cost) = (prior_b, Source::Assumed);
-    let exits_vary = gs.iter().any(|(_, idx)| {
-        let lo = idx
-            .iter()
-            .map(|&i| obs[i].features.exits)
-            .fold(f64::INFINITY, f64::min);
-        let hi = idx
-            .iter()
-            .map(|&i| obs[i].features.exits)
-            .fold(f64::NEG_INFINITY, f64::max);
-        hi - lo >= MIN_EXIT_SPREAD
-    });
-    if exits_vary && xscale > 0.0 && sxx > 1e-9 * xscale * xscale {
+    if !exit_runs.is_empty() && xscale > 0.0 && sxx > 1e-9 * xscale * xscale {
         let fitted = sxy / sxx;
         if fitted >= 0.0 {
             b = fitted;
             exit_cost = Source::Calibrated;
         }
     }
-    // With b known, the shared slope of the groups that determine one.
-    let pooled = ((pooled_ry - b * pooled_rx) / pooled_rr).max(0.0);
-    // Steps 2 and 3: per-group slope and intercept.
+    // Step 3: the pooled slope at that b.
+    let pooled = (alpha - beta * b).max(0.0);
+    // Step 4: per-group slope and intercept.
     let y2: Vec<f64> = obs
         .iter()
         .zip(&y1)
@@ -371,13 +451,13 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
     for (name, idx) in &gs {
         let rm = mean(idx, |i| obs[i].features.refs);
         let ym = mean(idx, |i| y2[i]);
-        let (mut s_rr, mut s_ry) = (0.0, 0.0);
-        for &i in idx {
-            let r = obs[i].features.refs - rm;
-            s_rr += r * r;
-            s_ry += r * (y2[i] - ym);
-        }
-        let (a, src) = if varies(idx) {
+        let (a, src) = if own(idx) {
+            let (mut s_rr, mut s_ry) = (0.0, 0.0);
+            for &i in idx {
+                let r = obs[i].features.refs - rm;
+                s_rr += r * r;
+                s_ry += r * (y2[i] - ym);
+            }
             let a = s_ry / s_rr;
             if a >= 0.0 {
                 (a, Source::Calibrated)
@@ -393,6 +473,7 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
             ns_per_ref: a,
             cycles_per_ref: a * cfg.ghz,
             ref_cost: src,
+            slope: obs[idx[0]].slope,
             runs: idx.len(),
         });
     }
@@ -403,17 +484,32 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
         ns_per_exit: b,
         cycles_per_exit: b * cfg.ghz,
         exit_cost,
+        exit_stderr_cycles: None,
+        exit_fit_runs: exit_runs.len(),
+        exit_fit_rms_ns: None,
         rms_residual_ns: 0.0,
         runs: obs.len(),
     };
-    let ss: f64 = obs
+    let resid: Vec<f64> = obs
         .iter()
-        .filter_map(|o| {
+        .map(|o| {
             cal.predict(&o.group, &o.features)
-                .map(|p| (p - o.measured_ns).powi(2))
+                .map_or(0.0, |p| p - o.measured_ns)
         })
-        .sum();
+        .collect();
+    let ss: f64 = resid.iter().map(|r| r * r).sum();
     cal.rms_residual_ns = (ss / obs.len() as f64).sqrt();
+    if !exit_runs.is_empty() {
+        let se: f64 = exit_runs.iter().map(|&i| resid[i] * resid[i]).sum();
+        cal.exit_fit_rms_ns = Some((se / exit_runs.len() as f64).sqrt());
+        // Standard error from the runs that determine b: their residual variance over
+        // their degrees of freedom (runs − their groups' intercepts − b; their slopes
+        // are own-slope partials or the pooled one, counted as known).
+        let dof = exit_runs.len().saturating_sub(exit_groups + 1);
+        if exit_cost == Source::Calibrated && dof > 0 {
+            cal.exit_stderr_cycles = Some((se / dof as f64 / sxx).sqrt() * cfg.ghz);
+        }
+    }
     Ok(cal)
 }
 
@@ -466,8 +562,8 @@ pub struct Checked {
 /// `in_calibration[i] == false` are predicted from the calibration on the runs with
 /// `true` (held out); runs in the calibration split are checked leave-one-out within
 /// that split. `None` where the run cannot be checked (its group has no other run in
-/// the calibration, cannot determine its own cycles per reference without it, or that
-/// calibration is not identifiable).
+/// the calibration, cannot determine its own cycles per reference without it, the exit
+/// cost is no longer determined without it, or that calibration is not identifiable).
 pub fn checked_errors(
     obs: &[Observation],
     in_calibration: &[bool],
@@ -497,9 +593,17 @@ pub fn checked_errors(
                 (main.clone(), Check::HeldOut)
             };
             let cal = cal?;
-            // A group that could not fit its own slope borrowed the pooled one (other
-            // workloads' cost): not a check of this workload's model.
-            if cal.group(&o.group)?.ref_cost == Source::Pooled {
+            // A group that should fit its own slope but could not without this run
+            // borrowed the pooled one (other workloads' cost): not a check of this
+            // workload's model. Likewise a run without which the exit cost is no
+            // longer determined (it would be checked against the prior, not the fit).
+            if o.slope == Slope::Own && cal.group(&o.group)?.ref_cost == Source::Pooled {
+                return None;
+            }
+            if check == Check::LeaveOneOut
+                && main.as_ref().map(|m| m.exit_cost) == Some(Source::Calibrated)
+                && cal.exit_cost != Source::Calibrated
+            {
                 return None;
             }
             let p = cal.predict(&o.group, &o.features)?;
@@ -540,7 +644,133 @@ mod tests {
                 l2_hits: 0.0,
                 base_bound: 0.0,
             },
+            slope: Slope::Own,
         }
+    }
+
+    fn pooled(g: &str, refs: f64, exits: f64, y: f64) -> Observation {
+        Observation {
+            slope: Slope::Pooled,
+            ..obs(g, refs, exits, y)
+        }
+    }
+
+    fn rel(a: f64, b: f64) -> f64 {
+        ((a - b) / b).abs()
+    }
+
+    #[test]
+    fn recovers_a_known_exit_cost_next_to_known_walk_costs() {
+        // Truth at 2.5 GHz: chase ideal 150 ns, 40 cycles/ref; GUPS ideal 15 ns, 10
+        // cycles/ref; every exit 7000 cycles. Chase and GUPS barely exit (as measured:
+        // a few hundred exits in millions of operations); touch exits once per 4 KiB
+        // guest page and takes the pooled walk cost; ptchurn exits 5 times per cycle in
+        // every run (no variation: it cannot inform b, only its own intercept).
+        let cfg = Config {
+            ghz: 2.5,
+            l2_hit_cycles: 8.0,
+            base_bound_cycles: 1.0,
+            prior_exit_cycles: 2000.0,
+        };
+        let b_true = 7000.0 / 2.5;
+        let chase = [(2.1, 1e-5), (0.4, 2e-5), (0.05, 0.0), (2.3, 4e-5)];
+        let gups = [(3.2, 1e-5), (0.9, 0.0), (0.02, 3e-5), (3.0, 0.0)];
+        let (mut rr, mut ry) = (0.0, 0.0);
+        for (pts, a) in [(&chase, 40.0 / 2.5), (&gups, 10.0 / 2.5)] {
+            let m = pts.iter().map(|p| p.0).sum::<f64>() / pts.len() as f64;
+            for p in pts.iter() {
+                rr += (p.0 - m) * (p.0 - m);
+                ry += (p.0 - m) * (p.0 - m) * a;
+            }
+        }
+        // The pooled slope is the S_rr-weighted mean of the own slopes.
+        let a_pool = ry / rr;
+        let mut o = Vec::new();
+        let truth = |i: f64, a: f64, f: &Features| {
+            i + a * f.refs + b_true * f.exits + (8.0 * f.l2_hits + f.base_bound) / 2.5
+        };
+        let mut push = |g: &str, slope: Slope, i: f64, a: f64, refs: f64, exits: f64, l2: f64| {
+            let features = Features {
+                refs,
+                exits,
+                l2_hits: l2,
+                base_bound: 0.1 * l2,
+            };
+            o.push(Observation {
+                group: g.into(),
+                measured_ns: truth(i, a, &features),
+                features,
+                slope,
+            });
+        };
+        for &(r, x) in &chase {
+            push("chase", Slope::Own, 150.0, 16.0, r, x, 0.3 * r);
+        }
+        for &(r, x) in &gups {
+            push("gups", Slope::Own, 15.0, 4.0, r, x, 0.1);
+        }
+        for &(r, x) in &[
+            (1.9, 1.0),
+            (0.004, 1.0 / 512.0),
+            (2.0, 1.0),
+            (0.01, 1.0 / 8.0),
+        ] {
+            push("touch", Slope::Pooled, 11.0, a_pool, r, x, 0.0);
+        }
+        for &(r, x) in &[(1.0, 5.0), (1.2, 5.0)] {
+            push("ptchurn", Slope::Pooled, 30_000.0, a_pool, r, x, 0.0);
+        }
+        let c = calibrate(&o, &cfg).unwrap();
+        assert_eq!(c.exit_cost, Source::Calibrated);
+        assert!(rel(c.cycles_per_exit, 7000.0) < 1e-6, "{c:?}");
+        assert!(rel(c.pooled_ns_per_ref, a_pool) < 1e-6, "{c:?}");
+        for (g, i, cyc) in [
+            ("chase", 150.0, 40.0),
+            ("gups", 15.0, 10.0),
+            ("touch", 11.0, a_pool * 2.5),
+            ("ptchurn", 30_000.0, a_pool * 2.5),
+        ] {
+            let f = c.group(g).unwrap();
+            assert!(
+                rel(f.ideal_ns_per_op, i) < 1e-6 && rel(f.cycles_per_ref, cyc) < 1e-6,
+                "{f:?}"
+            );
+        }
+        assert_eq!(c.group("touch").unwrap().ref_cost, Source::Pooled);
+        // Noise-free: no residual, and the fit is exact to rounding.
+        assert!(c.rms_residual_ns < 1e-6 && c.exit_fit_runs == 4, "{c:?}");
+        assert!(c.exit_stderr_cycles.unwrap() < 1e-6, "{c:?}");
+        // Every run checks nearly exactly: leaving a chase or GUPS run out moves the
+        // pooled slope (an S_rr-weighted mean) that touch borrows, hence b, a little.
+        for e in checked_errors(&o, &vec![true; o.len()], &cfg)
+            .iter()
+            .flatten()
+        {
+            assert!(e.relative_error.abs() < 1e-4, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn noisy_exit_fit_reports_its_error() {
+        // Touch-like runs with ±2% noise around 3000 ns per exit.
+        let o = vec![
+            obs("chase", 0.1, 0.0, 100.0),
+            obs("chase", 2.0, 0.0, 120.0),
+            pooled("touch", 2.0, 1.0, 3060.0 + 10.0),
+            pooled("touch", 2.0, 1.0, 2940.0 + 10.0),
+            pooled("touch", 0.0, 0.002, 16.0),
+        ];
+        let c = calibrate(&o, &cfg()).unwrap();
+        assert_eq!(c.exit_cost, Source::Calibrated);
+        assert!(rel(c.ns_per_exit, 3000.0) < 0.01, "{c:?}");
+        assert!(
+            c.exit_fit_rms_ns.unwrap() > 10.0 && c.exit_fit_runs == 3,
+            "{c:?}"
+        );
+        assert!(c.exit_stderr_cycles.is_some(), "{c:?}");
+        // Leaving out the only low-exit touch run leaves b undetermined: unchecked.
+        let e = checked_errors(&o, &[true; 5], &cfg());
+        assert!(e[4].is_none() && e[2].is_some(), "{e:?}");
     }
 
     fn cfg() -> Config {

@@ -81,11 +81,13 @@ fn without_tlbs_the_projection_is_the_textbook_walk_count() {
             group: "gups".into(),
             measured_ns: t(get(&small, "native")),
             features: get(&small, "native"),
+            ..Observation::default()
         },
         Observation {
             group: "gups".into(),
             measured_ns: t(get(&big, "native")),
             features: get(&big, "native"),
+            ..Observation::default()
         },
     ];
     let cal = project::calibrate(&obs, &cfg).unwrap();
@@ -139,6 +141,7 @@ fn with_tlbs_the_projection_predicts_a_held_out_run_exactly() {
         group: "chase".into(),
         measured_ns: truth(&f),
         features: f,
+        ..Observation::default()
     };
     let obs = vec![
         mk(get(&f2, "shadow")),
@@ -170,4 +173,77 @@ fn with_tlbs_the_projection_predicts_a_held_out_run_exactly() {
     assert!(p("native") < p("nested"));
     assert!(p("dual-direct") <= p("native"));
     assert!(p("vmm-direct") < p("nested"));
+}
+
+/// Per-operation features of a workload's stream (prelude, warm-up, then `n` counted
+/// operations) over a synthetic space, as `segvmm project` computes them.
+fn workload_features(
+    synth: &str,
+    workload: workloads::kernels::Workload,
+    n: u64,
+    d: DesignKind,
+) -> Features {
+    use segment_mmu::project::workload::WorkloadStream;
+    let snap = synth.parse::<SyntheticSpec>().unwrap().build().unwrap();
+    let env = Env::new(&snap, 0, ModelConfig::default()).unwrap();
+    let ws = WorkloadStream {
+        workload,
+        footprint: 16 << 20,
+        seed: 9,
+        base: env.guest_segment.unwrap().base,
+        slot_bytes: 4096,
+    };
+    let w = ws.warm_ops(n);
+    let run = |ops: u64| replay(&env, &mut ws.build(ops), &[d], None).unwrap();
+    Features::per_op(&run(w)[0], &run(w + n)[0], n).unwrap()
+}
+
+#[test]
+fn the_exit_cost_is_recovered_from_replayed_touch_runs() {
+    use workloads::kernels::Workload;
+    // Truth at 2.6 GHz: chase ideal 150 ns and 30 cycles per reference; touch ideal
+    // 12 ns, the same walk cost (pooled), and 7000 cycles per VM exit. The features are
+    // the model's own replays of the workloads over 4 KiB and 2 MiB pages (shadow: one
+    // hidden-fault exit per fresh page), the "measurements" the truth evaluated on them.
+    let cfg = Config::new(2.6);
+    let (a, b) = (30.0 / 2.6, 7000.0 / 2.6);
+    let truth = |i: f64, f: &Features| {
+        i + a * f.refs
+            + b * f.exits
+            + (cfg.l2_hit_cycles * f.l2_hits + cfg.base_bound_cycles * f.base_bound) / 2.6
+    };
+    let mut obs = Vec::new();
+    for synth in [
+        "heap=16M,pages=4k,host=4k",
+        "heap=16M,pages=2m,host=2m",
+        "heap=16M,pages=2m:0.5,host=2m",
+    ] {
+        let c = workload_features(synth, Workload::Chase, 50_000, DesignKind::Shadow);
+        obs.push(Observation {
+            group: "chase".into(),
+            measured_ns: truth(150.0, &c),
+            features: c,
+            slope: project::Slope::Own,
+        });
+        let t = workload_features(synth, Workload::Touch, 4096, DesignKind::Shadow);
+        obs.push(Observation {
+            group: "touch".into(),
+            measured_ns: truth(12.0, &t),
+            features: t,
+            slope: project::Slope::Pooled,
+        });
+    }
+    assert_eq!(obs[1].features.exits, 1.0, "{:?}", obs[1]);
+    assert_eq!(obs[3].features.exits, 1.0 / 512.0, "{:?}", obs[3]);
+    let cal = project::calibrate(&obs, &cfg).unwrap();
+    let rel = |x: f64, y: f64| ((x - y) / y).abs();
+    assert_eq!(cal.exit_cost, Source::Calibrated);
+    assert!(rel(cal.cycles_per_exit, 7000.0) < 1e-6, "{cal:?}");
+    for (g, i) in [("chase", 150.0), ("touch", 12.0)] {
+        let f = cal.group(g).unwrap();
+        assert!(
+            rel(f.cycles_per_ref, 30.0) < 1e-6 && rel(f.ideal_ns_per_op, i) < 1e-6,
+            "{f:?}"
+        );
+    }
 }

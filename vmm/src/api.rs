@@ -3,6 +3,10 @@
 //!
 //! * `snapshot <file>`: pause every vCPU, write a `.ptsnap` page-table snapshot, resume.
 //!   Answers `ok <file> <bytes> <table-pages> <ms> <paused-ms>` or `error <message>`.
+//! * `shutdown`: ends the run as if the guest had powered off (Cloud Hypervisor's
+//!   `vm.shutdown`): answers `ok`, then the VMM stops every vCPU and reports the exit reason
+//!   `shutdown` (exit code 0). For guests that wait to be snapshotted and would otherwise
+//!   run on until their own end or the timeout.
 //! * `ping`: answers `ok`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -34,7 +38,23 @@ pub enum Error {
     },
 }
 
-fn handle(stream: UnixStream, svc: &SnapshotService) {
+/// What the API socket acts on: the VM's snapshot service and a way to end its run.
+pub struct Api {
+    /// Takes the snapshots.
+    pub snapshots: Arc<SnapshotService>,
+    /// Asks the VMM's run loop to end the run (`shutdown`); it returns at once.
+    pub shutdown: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("snapshots", &self.snapshots)
+            .finish_non_exhaustive()
+    }
+}
+
+fn handle(stream: UnixStream, api: &Api) {
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
@@ -42,14 +62,20 @@ fn handle(stream: UnixStream, svc: &SnapshotService) {
         let mut words = line.split_whitespace();
         let reply = match (words.next(), words.next()) {
             (Some("ping"), None) => "ok".to_string(),
-            (Some("snapshot"), Some(file)) => match svc.snapshot(Path::new(file)) {
+            (Some("shutdown"), None) => {
+                (api.shutdown)();
+                "ok".to_string()
+            }
+            (Some("snapshot"), Some(file)) => match api.snapshots.snapshot(Path::new(file)) {
                 Ok(i) => format!(
                     "ok {} {} {} {:.3} {:.3}",
                     i.path, i.bytes, i.table_pages, i.ms, i.paused_ms
                 ),
                 Err(e) => format!("error {e}"),
             },
-            _ => format!("error unknown command '{line}' (commands: ping, snapshot <file>)"),
+            _ => format!(
+                "error unknown command '{line}' (commands: ping, snapshot <file>, shutdown)"
+            ),
         };
         if writeln!(out, "{reply}").is_err() {
             return;
@@ -58,7 +84,7 @@ fn handle(stream: UnixStream, svc: &SnapshotService) {
 }
 
 /// Serves `path` in a background thread until the process ends.
-pub fn serve(path: &Path, svc: Arc<SnapshotService>) -> Result<(), Error> {
+pub fn serve(path: &Path, api: Api) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| Error::Bind {
         path: path.into(),
@@ -68,7 +94,7 @@ pub fn serve(path: &Path, svc: Arc<SnapshotService>) -> Result<(), Error> {
         .name("api".into())
         .spawn(move || {
             for s in listener.incoming().map_while(Result::ok) {
-                handle(s, &svc);
+                handle(s, &api);
             }
         })
         .map_err(|source| Error::Bind {

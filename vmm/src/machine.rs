@@ -177,6 +177,8 @@ pub enum ExitReason {
         /// What.
         what: String,
     },
+    /// Ended from the API socket (`shutdown`) while the guest still ran.
+    Shutdown,
     /// No end within the timeout.
     Timeout {
         /// Seconds waited.
@@ -191,7 +193,10 @@ impl ExitReason {
     pub fn is_success(&self) -> bool {
         matches!(
             self,
-            ExitReason::GuestExit { status: 0 } | ExitReason::PowerOff | ExitReason::Reset
+            ExitReason::GuestExit { status: 0 }
+                | ExitReason::PowerOff
+                | ExitReason::Reset
+                | ExitReason::Shutdown
         )
     }
 
@@ -200,7 +205,7 @@ impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::GuestExit { status } => (*status).clamp(0, 125),
-            ExitReason::PowerOff | ExitReason::Reset => 0,
+            ExitReason::PowerOff | ExitReason::Reset | ExitReason::Shutdown => 0,
             ExitReason::Timeout { .. } => 4,
             ExitReason::UserSyscallsUnavailable { .. } => 5,
             _ => 3,
@@ -214,6 +219,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::GuestExit { status } => write!(f, "guest exited with status {status}"),
             ExitReason::PowerOff => write!(f, "guest powered off"),
             ExitReason::Reset => write!(f, "guest requested a reset"),
+            ExitReason::Shutdown => write!(f, "shut down over the API socket"),
             ExitReason::Panic { line } => write!(f, "guest kernel panicked: {line}"),
             ExitReason::UserSyscallsUnavailable { fault, .. } => write!(
                 f,
@@ -284,6 +290,8 @@ pub struct RunReport {
 enum Event {
     Vcpu(u8, VcpuStop),
     Console(ConsoleEvent),
+    /// The API socket's `shutdown`.
+    Shutdown,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -330,10 +338,16 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     // Load the guest.
     let mut cmdline_used = None;
     let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
-    let vm_fd = Arc::new(vm::create(&kvm, &ram, cfg.track_dirty.is_some())?);
-    if let Some(d) = &cfg.track_dirty {
-        crate::dirty::prepare(&vm_fd, d).map_err(|e| Error::Config(e.to_string()))?;
-    }
+    let vm_fd = Arc::new(vm::create_empty(&kvm)?);
+    // Dirty logging is chosen and enabled before memory slots and vCPUs exist: KVM accepts
+    // the dirty ring only before the first vCPU.
+    let dirty_prep = match &cfg.track_dirty {
+        Some(d) => {
+            Some(crate::dirty::prepare(&vm_fd, d).map_err(|e| Error::Config(e.to_string()))?)
+        }
+        None => None,
+    };
+    vm::add_ram_and_devices(&vm_fd, &ram, cfg.track_dirty.is_some())?;
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
         vcpus.push(
@@ -440,13 +454,37 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let ctl = Arc::new(VcpuControl::new(cfg.vcpus as usize));
     let counters = Arc::new(emulate::Counters::default());
     let boot_ms = started.elapsed().as_secs_f64() * 1e3;
-    let tracker = match cfg.track_dirty.clone() {
-        Some(d) => Some(
-            crate::dirty::Tracker::start(vm_fd.clone(), ram.clone(), d)
-                .map_err(|e| Error::Config(e.to_string()))?,
-        ),
-        None => None,
+    // Dirty rings are mapped from the vCPU fds, before the fds move into their threads.
+    let (tracker, rings) = match dirty_prep {
+        Some(p) => {
+            let rings = p
+                .map_rings(&vm_fd, &vcpus, &ram)
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let t = crate::dirty::Tracker::start(vm_fd.clone(), ram.clone(), p, rings.clone())
+                .map_err(|e| Error::Config(e.to_string()))?;
+            (Some(t), rings)
+        }
+        None => (None, None),
     };
+    // The snapshot service exists before any vCPU runs: a guest may ask for a snapshot
+    // at its very first instructions. Its kick reaches the vCPU threads through their
+    // ids, filled in once they are spawned (a kick before that has nobody to interrupt).
+    let pthread_ids: Arc<std::sync::OnceLock<Vec<libc::pthread_t>>> = Arc::default();
+    let ids = pthread_ids.clone();
+    let service = Arc::new(crate::snapshot::SnapshotService::new(
+        ram.clone(),
+        ctl.clone(),
+        cfg.vcpus as usize,
+        Box::new(move || {
+            for t in ids.get().into_iter().flatten() {
+                // SAFETY: signalling our own vCPU threads with the kick signal, whose
+                // handler does nothing; a thread that already ended is not signalled
+                // because the service is only used while the VM runs.
+                unsafe { libc::pthread_kill(*t, kick_signal()) };
+            }
+        }),
+    ));
+    let _ = devices.snapshots.set(service.clone());
     let run_start = Instant::now();
     let mut threads = Vec::new();
     let last_rips = Arc::new(Mutex::new(vec![0u64; cfg.vcpus as usize]));
@@ -459,41 +497,48 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
             tx.clone(),
         );
         let last_rips = last_rips.clone();
+        let rings = rings.clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let why = vcpu::run_loop(id, &mut v, &ram, &devices, &ctl, &counters);
+                let why = vcpu::run_loop(
+                    id,
+                    &mut v,
+                    &ram,
+                    &devices,
+                    &ctl,
+                    &counters,
+                    rings.as_deref(),
+                );
                 if why != VcpuStop::Stopped {
                     let _ = tx.send(Event::Vcpu(id as u8, why));
                 }
                 if let (Ok(r), Ok(mut l)) = (v.get_regs(), last_rips.lock()) {
                     l[id] = r.rip;
                 }
-                drop(v);
+                // The fd goes back to the VMM, which closes it after the tracker has
+                // unmapped its dirty ring; this thread's hold on the rings ends here.
+                drop(rings);
+                v
             })
             .map_err(|e| Error::Config(format!("spawning vCPU thread: {e}")))?;
         threads.push(h);
     }
-    drop(tx);
-    let pthreads: Vec<libc::pthread_t> = threads.iter().map(|h| h.as_pthread_t()).collect();
-    let kick_ctl = ctl.clone();
-    let service = Arc::new(crate::snapshot::SnapshotService::new(
-        ram.clone(),
-        ctl.clone(),
-        cfg.vcpus as usize,
-        Box::new(move || {
-            let _ = &kick_ctl;
-            for t in &pthreads {
-                // SAFETY: signalling our own vCPU threads with the kick signal, whose
-                // handler does nothing; a thread that already ended is not signalled
-                // because the service is only used while the VM runs.
-                unsafe { libc::pthread_kill(*t, kick_signal()) };
-            }
-        }),
-    ));
-    let _ = devices.snapshots.set(service.clone());
-    if let Some(p) = &cfg.api_socket {
-        crate::api::serve(p, service.clone()).map_err(|e| Error::Config(e.to_string()))?;
+    // The API socket's end of the channel, kept only when it is served (the run loop's
+    // "all vCPU threads ended" check needs every other sender gone).
+    let api_tx = cfg.api_socket.as_ref().map(|_| tx);
+    let _ = pthread_ids.set(threads.iter().map(|h| h.as_pthread_t()).collect());
+    if let (Some(p), Some(tx)) = (&cfg.api_socket, api_tx) {
+        let tx = Mutex::new(tx);
+        let api = crate::api::Api {
+            snapshots: service.clone(),
+            shutdown: Box::new(move || {
+                if let Ok(t) = tx.lock() {
+                    let _ = t.send(Event::Shutdown);
+                }
+            }),
+        };
+        crate::api::serve(p, api).map_err(|e| Error::Config(e.to_string()))?;
     }
 
     // Wait for the end.
@@ -534,6 +579,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
             }),
             Event::Console(ConsoleEvent::UserFaultAtKernelIp(l)) => user_fault = Some(l),
             Event::Console(ConsoleEvent::PowerOff) => break ExitReason::PowerOff,
+            Event::Shutdown => break ExitReason::Shutdown,
             Event::Console(ConsoleEvent::Panic(line)) => {
                 let started_init = milestones.iter().any(|m| m.what.starts_with("Run /init"));
                 break match (
@@ -570,14 +616,11 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     let memory = ram.report();
     let vmm_rss_bytes = proc_status_kb("VmRSS:").saturating_sub(memory.rss_bytes);
     let vmm_anon_bytes = proc_status_kb("RssAnon:").saturating_sub(memory.rss_bytes);
-    let dirty = match tracker {
-        Some(t) => Some(t.finish().map_err(|e| Error::Config(e.to_string()))?),
-        None => None,
-    };
 
     // Stop the vCPUs: raise the flag, kick each thread until it leaves KVM_RUN.
     ctl.request_stop();
     let give_up = Instant::now() + Duration::from_secs(5);
+    let mut vcpu_fds = Vec::new();
     for h in threads {
         while !h.is_finished() && Instant::now() < give_up {
             // SAFETY: signalling a live thread of ours with the kick signal, whose handler
@@ -586,9 +629,19 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
             std::thread::sleep(Duration::from_millis(2));
         }
         if h.is_finished() {
-            let _ = h.join();
+            if let Ok(v) = h.join() {
+                vcpu_fds.push(v);
+            }
         }
     }
+    // The last collection sees everything the stopped vCPUs wrote; then the rings are
+    // unmapped (tracker and our copy dropped) before their vCPU fds close.
+    drop(rings);
+    let dirty = match tracker {
+        Some(t) => Some(t.finish().map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
+    drop(vcpu_fds);
     let mut exit_reason = exit_reason;
     if let ExitReason::Timeout { rips, .. } = &mut exit_reason {
         *rips = last_rips.lock().map(|l| l.clone()).unwrap_or_default();

@@ -28,7 +28,8 @@ enum Command {
     Bench(cli::bench::Args),
     /// Replay an address stream through every MMU design model.
     Model(cli::model::Args),
-    /// Ask a running VMM (--api-socket) for a page-table snapshot of its guest.
+    /// Ask a running VMM (--api-socket) for a page-table snapshot of its guest (--shutdown:
+    /// then end its run).
     Snapshot(cli::snapshot::Args),
     /// Show a guest's memory layout from a page-table snapshot.
     Layout(cli::layout::Args),
@@ -38,6 +39,18 @@ enum Command {
     Place(cli::place::Args),
     /// Replay a hotness file through a two-tier memory model.
     Tier(cli::tier::Args),
+}
+
+/// Report-printing commands end quietly when their reader goes away (`segvmm tier | head`),
+/// as Unix tools do, instead of panicking in `println!` on EPIPE: Rust ignores SIGPIPE by
+/// default. Commands that run a guest keep ignoring it, so that a closed console pipe
+/// cannot kill the VMM before it writes its report.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler code; it is
+    // done on the main thread before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn main() {
@@ -52,6 +65,17 @@ fn main() {
         eprintln!("segvmm: error: no subcommand (see segvmm --help)");
         std::process::exit(2);
     };
+    if matches!(
+        command,
+        Command::Host(_)
+            | Command::Model(_)
+            | Command::Layout(_)
+            | Command::Project(_)
+            | Command::Place(_)
+            | Command::Tier(_)
+    ) {
+        restore_sigpipe();
+    }
     let result = match command {
         Command::Run(a) => cli::run::run(a),
         Command::Host(a) => cli::host::run(a),

@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use segment_mmu::mem::{GuestPhysMemory, MemError};
+use segment_mmu::mem::{GuestPhysMemory, MemError, PageStore};
 use segment_mmu::paging::PagingMode;
-use segment_mmu::snapshot::{AddressSpace, CpuState, HostRun, RamRange, Snapshot};
+use segment_mmu::snapshot::{AddressSpace, Capture, CpuState, HostRun, RamRange, Snapshot};
 use serde::Serialize;
 
 use crate::memory::report::HostRun as VmmRun;
@@ -127,11 +127,46 @@ pub fn ram_ranges(ram: &GuestRam, page: u64, runs: &[VmmRun]) -> Vec<RamRange> {
         .collect()
 }
 
-/// Captures the tables of every distinct CR3 in `states` and returns the snapshot.
+/// Table pages expected in a snapshot of `ram_bytes` of guest RAM when nothing better is
+/// known: one last-level table per 2 MiB maps all of it once with 4 KiB pages (the worst
+/// case of one address space), plus room for the upper levels and a few more spaces.
+pub fn expected_table_pages(ram_bytes: u64) -> usize {
+    usize::try_from(ram_bytes / (2 << 20)).unwrap_or(usize::MAX / 2) + 64
+}
+
+/// Room for `pages` table pages, on transparent huge pages where the host gives them.
 ///
-/// This is the part done with the guest stopped: the RAM ranges carry the host mapping but
-/// not yet the host page size and runs, which [`finish_file`] adds from the memory report.
-pub fn capture(ram: &GuestRam, states: &[VcpuState]) -> Result<Snapshot, Error> {
+/// The copy is what keeps the guest paused, and on hosts that back fresh memory slowly
+/// (this project's: a 4 KiB fault costs microseconds) faulting 8 KiB per 4 MiB of guest
+/// RAM in page by page, and regrowing the store, was most of it. Only address space is
+/// reserved here: what the copy does not reach is never faulted in. A larger snapshot
+/// than reserved still works (the store grows).
+pub fn table_buffer(pages: usize) -> Vec<[u64; 512]> {
+    const HUGE: usize = 2 << 20;
+    let buf: Vec<[u64; 512]> = Vec::with_capacity(pages);
+    let start = buf.as_ptr() as usize;
+    let end = start + buf.capacity() * std::mem::size_of::<[u64; 512]>();
+    let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    if b > a {
+        // SAFETY: advice on whole 2 MiB pages inside the allocation `buf` owns and nobody
+        // uses yet; MADV_HUGEPAGE only picks the page size that will back them, never
+        // their contents. Failing (THP off) leaves 4 KiB pages, which is fine.
+        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE) };
+    }
+    buf
+}
+
+/// Captures the tables of every distinct CR3 in `states` into `buf` (see
+/// [`table_buffer`]).
+///
+/// This is the part done with the guest stopped, and it only copies: the RAM ranges carry
+/// the host mapping but not yet the host page size and runs, which [`finish_file`] adds
+/// from the memory report before validating the copy, after the guest has resumed.
+pub fn capture(
+    ram: &GuestRam,
+    states: &[VcpuState],
+    buf: Vec<[u64; 512]>,
+) -> Result<Capture, Error> {
     let first = states.first().ok_or(Error::NoVcpus)?;
     let (cr0, cr4, efer) = (first.sregs.cr0, first.sregs.cr4, first.sregs.efer);
     if cr0 & (1 << 31) == 0 || efer & (1 << 10) == 0 {
@@ -152,25 +187,27 @@ pub fn capture(ram: &GuestRam, states: &[VcpuState]) -> Result<Snapshot, Error> 
             });
         }
     }
-    Ok(Snapshot::capture(
+    Ok(Snapshot::capture_tables(
         ram,
         spaces,
         CpuState { mode, cr4, efer },
         ram_ranges(ram, 4096, &[]),
+        PageStore::with_buffer(buf),
     )?)
 }
 
-/// Adds the host-physical runs to a snapshot captured without them, encodes it and writes
-/// `path`. `started` is when the request arrived, `paused_ms` how long the guest was stopped.
+/// Adds the host-physical runs to a capture made without them, validates it, encodes it
+/// and writes `path`. `started` is when the request arrived, `paused_ms` how long the
+/// guest was stopped.
 pub fn finish_file(
-    mut snap: Snapshot,
+    mut capture: Capture,
     report: &MemoryReport,
     path: &Path,
     started: Instant,
     paused_ms: f64,
 ) -> Result<SnapshotInfo, Error> {
     let page = host_page_size(report);
-    for r in &mut snap.ram {
+    for r in capture.ram_mut() {
         let inside: Vec<HostRun> = report
             .runs
             .iter()
@@ -184,6 +221,7 @@ pub fn finish_file(
         r.runs = (!inside.is_empty()).then_some(inside);
         r.host_page_size = page;
     }
+    let snap = capture.finish()?;
     let bytes = snap.to_bytes();
     let werr = |e: std::io::Error| Error::Write {
         path: path.display().to_string(),
@@ -209,7 +247,8 @@ pub fn capture_to_file(
     path: &Path,
     started: Instant,
 ) -> Result<SnapshotInfo, Error> {
-    let snap = capture(ram, states)?;
+    let buf = table_buffer(expected_table_pages(ram.size()));
+    let snap = capture(ram, states, buf)?;
     let paused_ms = started.elapsed().as_secs_f64() * 1e3;
     finish_file(snap, report, path, started, paused_ms)
 }
@@ -226,6 +265,8 @@ pub struct SnapshotService {
     taken: std::sync::Arc<std::sync::Mutex<Vec<SnapshotInfo>>>,
     /// Snapshots whose files are still being finished after the guest resumed.
     pending: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Table pages of the last capture: the next one reserves room for as many.
+    last_pages: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for SnapshotService {
@@ -255,7 +296,22 @@ impl SnapshotService {
             report: Default::default(),
             taken: Default::default(),
             pending: Default::default(),
+            last_pages: Default::default(),
         }
+    }
+
+    /// Room for the next capture (made before the guest is paused).
+    fn buffer(&self) -> Vec<[u64; 512]> {
+        let last = self.last_pages.load(std::sync::atomic::Ordering::Relaxed);
+        table_buffer(expected_table_pages(self.ram.size()).max(last + last / 8))
+    }
+
+    /// Copies the tables (the guest is paused) and remembers how many there were.
+    fn capture(&self, states: &[VcpuState], buf: Vec<[u64; 512]>) -> Result<Capture, Error> {
+        let c = capture(&self.ram, states, buf)?;
+        self.last_pages
+            .store(c.table_pages(), std::sync::atomic::Ordering::Relaxed);
+        Ok(c)
     }
 
     fn report(&self) -> &MemoryReport {
@@ -270,7 +326,7 @@ impl SnapshotService {
     }
 
     /// Finishes `snap` (runs, encoding, file) in the background so the guest can go on.
-    fn finish_in_background(&self, snap: Snapshot, path: &Path, started: Instant, paused_ms: f64) {
+    fn finish_in_background(&self, snap: Capture, path: &Path, started: Instant, paused_ms: f64) {
         let (ram, report, taken, file) = (
             self.ram.clone(),
             self.report.clone(),
@@ -303,6 +359,9 @@ impl SnapshotService {
     /// From outside the vCPUs (API socket): pause all, capture, resume.
     pub fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, Error> {
         let started = Instant::now();
+        // Reserved before the guest stops: that time is not part of the pause.
+        let buf = self.buffer();
+        let pause = Instant::now();
         let states = self
             .ctl
             .pause_all(self.vcpus, PAUSE_TIMEOUT, &self.kick)
@@ -310,9 +369,9 @@ impl SnapshotService {
                 path: path.display().to_string(),
                 why,
             })?;
-        let snap = capture(&self.ram, &states);
+        let snap = self.capture(&states, buf);
         self.ctl.resume_all();
-        let paused_ms = started.elapsed().as_secs_f64() * 1e3;
+        let paused_ms = pause.elapsed().as_secs_f64() * 1e3;
         let r = snap.and_then(|snap| finish_file(snap, self.report(), path, started, paused_ms));
         self.record(r)
     }
@@ -324,6 +383,7 @@ impl SnapshotService {
         path: &Path,
     ) -> Result<SnapshotInfo, Error> {
         let started = Instant::now();
+        let buf = self.buffer();
         let own = match (vcpu.get_regs(), vcpu.get_sregs()) {
             (Ok(regs), Ok(sregs)) => VcpuState { regs, sregs },
             _ => return Err(Error::NoVcpus),
@@ -339,7 +399,7 @@ impl SnapshotService {
                 })?;
             states.extend(others);
         }
-        let snap = capture(&self.ram, &states);
+        let snap = self.capture(&states, buf);
         if self.vcpus > 1 {
             self.ctl.resume_all();
         }

@@ -201,6 +201,18 @@ pub fn touch_run(buf: &mut [u64]) -> u64 {
     pages
 }
 
+/// The first `pages` 4 KiB pages of `buf` (all of it when `pages` covers it): what
+/// `touch` runs over when asked for fewer operations than the buffer has pages. The rest
+/// stays untouched, so a large buffer whose tables map it all costs the host only the
+/// pages touched (the snapshot scale benchmark relies on that).
+pub fn touch_prefix(buf: &mut [u64], pages: u64) -> &mut [u64] {
+    let words = usize::try_from(pages)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(TOUCH_PAGE_BYTES / 8)
+        .min(buf.len());
+    &mut buf[..words]
+}
+
 /// Wrapping sum of the first word of every 4 KiB page (outside the timed part).
 pub fn touch_checksum(buf: &[u64]) -> u64 {
     buf.iter()
@@ -311,6 +323,11 @@ mod tests {
         let mut buf = [0u64; 512 * 3 + 1];
         assert_eq!(touch_run(&mut buf), 4);
         assert_eq!(touch_checksum(&buf), 1 + 2 + 3 + 4);
+        let mut buf = [0u64; 512 * 3 + 1];
+        assert_eq!(touch_run(touch_prefix(&mut buf, 2)), 2);
+        assert_eq!(touch_checksum(&buf), 1 + 2);
+        assert_eq!(buf[512 * 2], 0);
+        assert_eq!(touch_prefix(&mut buf, u64::MAX).len(), 512 * 3 + 1);
     }
 
     struct FakeChurn {

@@ -14,6 +14,24 @@
 //! `clock_gettime(CLOCK_MONOTONIC)` around the timed part. Beside the contract's fields the
 //! line carries `init_ns=` (mapping + workload init, like the native twin's) and `mmap_ns=`
 //! (the mmap call alone: with MAP_POPULATE, the guest kernel's per-page fault path).
+//!
+//! Two optional steps run after the workload (its buffer mapped and populated), before the
+//! result line, so they never touch the timed part; both exist for page-table snapshots of
+//! this process taken over the VMM's API socket (`tests/linux_snapshot.rs`):
+//! * `segvmm.meminfo=1`: read /proc/sys/vm/stat_refresh, then /proc/meminfo (open + read
+//!   each: four more system calls) and print `SEGVMM-MEMINFO MemTotal=<kB> PageTables=<kB>
+//!   DirectMap4k=<kB> DirectMap2M=<kB> DirectMap1G=<kB> refreshed=<0|1> data_va=<hex>
+//!   data_bytes=<n>` (a field the kernel does not print, such as DirectMap1G on a CPU
+//!   without 1 GiB pages, is left out), the guest kernel's own page-table figures to check
+//!   a snapshot against. Reading stat_refresh folds every CPU's pending vmstat deltas into
+//!   the global counters; without it `PageTables` may lag the truth by up to the per-CPU
+//!   threshold (a few pages) until the kernel's next periodic fold. `refreshed=1` says it
+//!   worked;
+//! * `segvmm.hold_ms=N`: then stay in ring 3 for N ms, busy-spinning on `rdtsc` (which
+//!   runs natively; a system call or fault would cost milliseconds and leave ring 3), so
+//!   a snapshot taken meanwhile finds this process's CR3 loaded and its tables exactly as
+//!   they were when /proc/meminfo was read. The VMM may end the run during the hold (API
+//!   `shutdown`); otherwise the runner goes on as usual.
 #![no_std]
 #![no_main]
 
@@ -156,6 +174,8 @@ struct Params {
     seed: u64,
     count: u64,
     tsc_khz: Option<u64>,
+    meminfo: bool,
+    hold_ms: u64,
 }
 
 fn parse_u64(key: &str, v: &str) -> u64 {
@@ -168,6 +188,7 @@ fn parse_u64(key: &str, v: &str) -> u64 {
 fn parse_params(cmdline: &str) -> Params {
     let (mut workload, mut footprint, mut seed, mut count, mut tsc_khz) =
         (None, None, None, None, None);
+    let (mut meminfo, mut hold_ms) = (false, 0);
     for kv in cmdline.split_ascii_whitespace() {
         let Some((k, v)) = kv.strip_prefix("segvmm.").and_then(|s| s.split_once('=')) else {
             continue;
@@ -181,6 +202,8 @@ fn parse_params(cmdline: &str) -> Params {
             "seed" => seed = Some(parse_u64(k, v)),
             "count" => count = Some(parse_u64(k, v)),
             "tsc_khz" => tsc_khz = Some(parse_u64(k, v)).filter(|&k| k > 0),
+            "meminfo" => meminfo = parse_u64(k, v) != 0,
+            "hold_ms" => hold_ms = parse_u64(k, v),
             _ => {}
         }
     }
@@ -205,6 +228,8 @@ fn parse_params(cmdline: &str) -> Params {
         seed: seed.unwrap_or(0),
         count: count.unwrap_or(0),
         tsc_khz,
+        meminfo,
+        hold_ms,
     }
 }
 
@@ -251,6 +276,110 @@ fn read_cmdline(buf: &mut [u8]) -> &str {
     match core::str::from_utf8(&buf[..n as usize]) {
         Ok(s) => s,
         Err(_) => fail(format_args!("/proc/cmdline is not UTF-8")),
+    }
+}
+
+/// The /proc/meminfo fields `SEGVMM-MEMINFO` reports, in this order.
+const MEMINFO_FIELDS: [&str; 5] = [
+    "MemTotal",
+    "PageTables",
+    "DirectMap4k",
+    "DirectMap2M",
+    "DirectMap1G",
+];
+
+/// Reads /proc/meminfo (mounted by `read_cmdline`) and prints the `SEGVMM-MEMINFO` line
+/// for the buffer at `data_va` of `data_bytes`. Four system calls plus the console write.
+fn report_meminfo(data_va: u64, data_bytes: u64) {
+    // Zeroed before the read so that no page of it faults inside the kernel's copy: the
+    // figures must describe the tables as they stay afterwards (all of /proc/meminfo is
+    // about 1.5 KiB and comes back in one read).
+    let mut buf = [0u8; 4096];
+    // SAFETY: a NUL-terminated path; O_RDONLY.
+    let fd = unsafe {
+        syscall6(
+            SYS_OPEN,
+            [
+                c"/proc/sys/vm/stat_refresh".as_ptr() as usize,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    // The read itself does the refresh (and returns no bytes).
+    let refreshed = fd >= 0 && {
+        // SAFETY: `buf` is live writable memory of the length passed.
+        let n = unsafe {
+            syscall6(
+                SYS_READ,
+                [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+            )
+        };
+        n >= 0
+    };
+    // SAFETY: a NUL-terminated path; O_RDONLY.
+    let fd = unsafe {
+        syscall6(
+            SYS_OPEN,
+            [c"/proc/meminfo".as_ptr() as usize, 0, 0, 0, 0, 0],
+        )
+    };
+    if fd < 0 {
+        fail(format_args!("open /proc/meminfo failed: errno {}", -fd));
+    }
+    // SAFETY: `buf` is live writable memory of the length passed.
+    let n = unsafe {
+        syscall6(
+            SYS_READ,
+            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        )
+    };
+    if n < 0 {
+        fail(format_args!("read /proc/meminfo failed: errno {}", -n));
+    }
+    let text = core::str::from_utf8(&buf[..n as usize]).unwrap_or("");
+    let mut l = Line::new();
+    let _ = write!(l, "SEGVMM-MEMINFO");
+    for field in MEMINFO_FIELDS {
+        // Lines look like `PageTables:         1234 kB`.
+        let kb = text.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k == field).then(|| v.trim().trim_end_matches("kB").trim())
+        });
+        if let Some(kb) = kb {
+            let _ = write!(l, " {field}={kb}");
+        }
+    }
+    let _ = writeln!(
+        l,
+        " refreshed={} data_va={data_va:#x} data_bytes={data_bytes}",
+        refreshed as u8
+    );
+    write_console(l.bytes());
+}
+
+/// Stays in ring 3 for `ms` milliseconds: `rdtsc` only when the TSC frequency is known,
+/// else a clock system call every 2^28 TSC ticks (~0.1 s) to see how long it has been.
+fn hold(ms: u64, tsc_khz: Option<u64>) {
+    match tsc_khz {
+        Some(khz) => {
+            let end = tsc().wrapping_add(ms.saturating_mul(khz));
+            while (end.wrapping_sub(tsc()) as i64) > 0 {
+                core::hint::spin_loop();
+            }
+        }
+        None => {
+            let start = monotonic_ns();
+            while monotonic_ns().wrapping_sub(start) < ms.saturating_mul(1_000_000) {
+                let t = tsc();
+                while tsc().wrapping_sub(t) < 1 << 28 {
+                    core::hint::spin_loop();
+                }
+            }
+        }
     }
 }
 
@@ -408,6 +537,7 @@ extern "C" fn start() -> ! {
                 checksum = kernels::stream_checksum(words);
             }
             _ => {
+                let words = kernels::touch_prefix(words, p.count);
                 t0 = clock.now();
                 ops = kernels::touch_run(words);
                 t1 = clock.now();
@@ -415,6 +545,13 @@ extern "C" fn start() -> ! {
             }
         }
         data_va = base as u64;
+    }
+    if p.meminfo {
+        let bytes = if data_va == 0 { 0 } else { p.footprint };
+        report_meminfo(data_va, bytes);
+    }
+    if p.hold_ms > 0 {
+        hold(p.hold_ms, p.tsc_khz);
     }
     let (init_ns, map_ns) = (clock.ns(begin, t0), clock.ns(begin, mapped));
     let elapsed = clock.ns(t0, t1);

@@ -352,7 +352,9 @@ extern "C" fn probe_main() -> ! {
             checksum = kernels::stream_checksum(buf);
         }
         Workload::Touch => {
-            let buf = buffer();
+            // The first `count` pages (the VMM's default count is every page); untouched
+            // pages stay mapped but cost the host nothing.
+            let buf = kernels::touch_prefix(buffer(), count);
             signal(MMIO_START, w.code());
             t0 = tsc();
             ops = kernels::touch_run(buf);

@@ -35,6 +35,37 @@ impl CpuState {
     }
 }
 
+/// Table pages copied out of a guest, not yet checked: what a VMM holds between the copy
+/// (done with the guest paused, so it does nothing else) and [`Capture::finish`] (after
+/// the guest resumed). The walk already refused cycles, level conflicts and tables
+/// outside RAM; `finish` runs the full [`Snapshot::validate`] and builds the fast index,
+/// so a [`Snapshot`] in hand is still always consistent.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    snap: Snapshot,
+}
+
+impl Capture {
+    /// Page-table pages copied.
+    pub fn table_pages(&self) -> usize {
+        self.snap.pages.len()
+    }
+
+    /// The RAM ranges, for the caller to add what it learns after the copy (host page
+    /// size, host-physical runs); `finish` checks them.
+    pub fn ram_mut(&mut self) -> &mut [RamRange] {
+        &mut self.snap.ram
+    }
+
+    /// Validates and indexes the copy.
+    pub fn finish(self) -> Result<Snapshot, Error> {
+        let mut snap = self.snap;
+        snap.validate()?;
+        snap.optimize();
+        Ok(snap)
+    }
+}
+
 impl Snapshot {
     /// Captures the tables reachable from each address space's CR3 out of `mem`.
     ///
@@ -44,8 +75,21 @@ impl Snapshot {
         mem: &M,
         spaces: Vec<AddressSpace>,
         cpu: CpuState,
-        mut ram: Vec<RamRange>,
+        ram: Vec<RamRange>,
     ) -> Result<Snapshot, Error> {
+        Self::capture_tables(mem, spaces, cpu, ram, PageStore::new())?.finish()
+    }
+
+    /// The copying half of [`Snapshot::capture`]: follows the tables and copies every
+    /// table page reachable into `store` (empty; see [`PageStore::with_buffer`]), and
+    /// nothing else, so that a VMM keeps its guest paused only for this.
+    pub fn capture_tables<M: GuestPhysMemory + ?Sized>(
+        mem: &M,
+        spaces: Vec<AddressSpace>,
+        cpu: CpuState,
+        mut ram: Vec<RamRange>,
+        store: PageStore,
+    ) -> Result<Capture, Error> {
         ram.sort_by_key(|r| r.gpa_start);
         let mut snap = Snapshot {
             mode: cpu.mode,
@@ -56,7 +100,7 @@ impl Snapshot {
             pages: PageStore::new(),
         };
         let roots: Vec<u64> = snap.spaces.iter().map(|s| s.cr3).collect();
-        let mut pages = PageStore::new();
+        let mut pages = store;
         traverse_tables(cpu.mode, &roots, |gpa| {
             if snap.ram_range_of(gpa).is_none() {
                 return Err(Error::TableOutsideRam(gpa));
@@ -67,9 +111,7 @@ impl Snapshot {
             Ok(page)
         })?;
         snap.pages = pages;
-        snap.validate()?;
-        snap.optimize();
-        Ok(snap)
+        Ok(Capture { snap })
     }
 }
 
@@ -109,6 +151,26 @@ mod tests {
         assert!(!s.pages.contains(0x9000));
         let back = Snapshot::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
+        // The two halves give the same snapshot, into a caller's buffer too.
+        let spaces = s.spaces.clone();
+        let store = PageStore::with_buffer(Vec::with_capacity(8));
+        let c = Snapshot::capture_tables(
+            &mem,
+            spaces,
+            CpuState::long_mode(PagingMode::Level4),
+            ram(),
+            store,
+        )
+        .unwrap();
+        assert_eq!(c.table_pages(), 3);
+        let mut bad = c.clone();
+        assert_eq!(c.finish().unwrap(), s);
+        // What the caller adds after the copy is checked by `finish`.
+        bad.ram_mut()[0].host_page_size = 3;
+        assert!(matches!(
+            bad.finish(),
+            Err(Error::BadRange { index: 0, .. })
+        ));
     }
 
     #[test]

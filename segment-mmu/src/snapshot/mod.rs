@@ -32,7 +32,7 @@ mod capture;
 mod format;
 mod synth;
 
-pub use capture::CpuState;
+pub use capture::{Capture, CpuState};
 pub use synth::{SynthError, SyntheticSpec};
 
 use serde::Serialize;

@@ -458,6 +458,7 @@ mod tests {
             size,
             backing: Backing::Anon4k,
             grow_pool: false,
+            prefault: true,
         })
         .unwrap()
     }

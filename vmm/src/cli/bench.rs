@@ -60,13 +60,24 @@ pub struct Args {
     /// `segvmm project`.
     #[arg(long)]
     pub snapshot: bool,
-    /// Dirty tracking (issue #8): after the matrix, run each workload on the first backing
-    /// and guest page size with tracking off, every INTERVAL (e.g. 100ms) and every
-    /// --dirty-intervals; writes hotness files and heat maps to OUT/hotness/ and the
-    /// overhead table to OUT/dirty-overhead.md.
+    /// Dirty tracking (issue #8): track every measurement-guest run of the matrix every
+    /// INTERVAL (e.g. 100ms); each writes OUT/hotness/<run>.hot and a heat map (.svg),
+    /// named in results.json (`dirty`) and summary.md. Their ns/op include the tracking.
     #[arg(long, value_parser = crate::dirty::parse_interval)]
     pub track_dirty: Option<Duration>,
-    /// With --track-dirty: more intervals for the overhead comparison.
+    /// With --track-dirty: dirty ring or bitmap (auto: the ring where the host has it).
+    #[arg(long, value_enum, default_value_t = crate::dirty::DirtyMode::Auto)]
+    pub dirty_mode: crate::dirty::DirtyMode,
+    /// With the dirty ring: bytes per vCPU ring (default: the host's largest, ≤ 1 MiB).
+    #[arg(long)]
+    pub dirty_ring_bytes: Option<u32>,
+    /// With --track-dirty: after the matrix, measure what tracking costs: each workload on
+    /// the first backing and guest page size with tracking off, every INTERVAL and every
+    /// --dirty-intervals, with the ring and the bitmap side by side where the host has the
+    /// ring; writes OUT/dirty-overhead.{md,json} and OUT/hotness/<footprint>/.
+    #[arg(long)]
+    pub dirty_overhead: bool,
+    /// With --dirty-overhead: more intervals for the comparison.
     #[arg(long, value_delimiter = ',', value_parser = crate::dirty::parse_interval, default_value = "10ms,1s")]
     pub dirty_intervals: Vec<Duration>,
 }
@@ -99,10 +110,24 @@ pub fn run(args: Args) -> CliResult {
         count: args.count,
         grow_pool: !args.no_grow_pool,
         timeout: Duration::from_secs_f64(args.timeout),
+        track_dirty: args.track_dirty.map(|interval| bench::MatrixDirty {
+            interval,
+            mode: args.dirty_mode,
+            ring_bytes: args.dirty_ring_bytes,
+            out: args.out.clone(),
+        }),
     };
+    if args.track_dirty.is_none() && args.dirty_overhead {
+        return Err(CliError::bad_input("--dirty-overhead needs --track-dirty"));
+    }
     let host = crate::host::probe().map_err(CliError::failed)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| CliError::failed(format!("creating {}: {e}", args.out.display())))?;
+    if args.track_dirty.is_some() {
+        let d = args.out.join("hotness");
+        std::fs::create_dir_all(&d)
+            .map_err(|e| CliError::failed(format!("creating {}: {e}", d.display())))?;
+    }
     if args.snapshot {
         let d = args.out.join("snapshots");
         std::fs::create_dir_all(&d)
@@ -150,7 +175,8 @@ pub fn run(args: Args) -> CliResult {
         );
         if let (Some(ms), Some(name)) = (row.snapshot_ms, &row.snapshot) {
             bar.println(format!(
-                "segvmm: snapshot {name}: {ms:.1} ms with the guest paused"
+                "segvmm: snapshot {name}: guest paused {:.1} ms, file written after {ms:.1} ms",
+                row.snapshot_paused_ms.unwrap_or(f64::NAN)
             ));
         }
         if let Some(why) = &row.reason {
@@ -183,6 +209,16 @@ pub fn run(args: Args) -> CliResult {
     output::write_json(&out("results.json"), &results).map_err(CliError::failed)?;
     output::write_csv(&out("results.csv"), &rows, &host).map_err(CliError::failed)?;
     output::write_markdown(&out("summary.md"), &summary, &host).map_err(CliError::failed)?;
+    let dirty_md = output::dirty_markdown(&rows);
+    if let Some(md) = &dirty_md {
+        use std::io::Write as _;
+        let p = out("summary.md");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(md.as_bytes()))
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
+    }
     plot::write_ns_per_op(&out("ns_per_op.svg"), &summary).map_err(CliError::failed)?;
     let mut written = vec!["results.json", "results.csv", "summary.md", "ns_per_op.svg"];
     match plot::write_slowdown(&out("slowdown.svg"), &summary) {
@@ -191,7 +227,11 @@ pub fn run(args: Args) -> CliResult {
         Err(e) => return Err(CliError::failed(e)),
     }
     print!("{}", output::markdown(&summary, &host));
-    if let Some(t) = args.track_dirty {
+    if let Some(md) = &dirty_md {
+        print!("{md}");
+        written.push("hotness/");
+    }
+    if let (Some(t), true) = (args.track_dirty, args.dirty_overhead) {
         let mut intervals: Vec<Duration> = std::iter::once(t)
             .chain(args.dirty_intervals.iter().copied())
             .collect();
@@ -211,12 +251,14 @@ pub fn run(args: Args) -> CliResult {
             grow_pool: !args.no_grow_pool,
             timeout: Duration::from_secs_f64(args.timeout),
             intervals,
+            modes: crate::dirty::overhead::modes_for(args.dirty_mode),
+            ring_bytes: args.dirty_ring_bytes,
             repeats: args.repeat as usize,
             out: args.out.clone(),
         };
         let rows = crate::dirty::overhead::run_pass(&pass).map_err(CliError::failed)?;
         print!("{}", crate::dirty::overhead::markdown(&rows));
-        written.extend(["hotness/", "dirty-overhead.md", "dirty-overhead.json"]);
+        written.extend(["dirty-overhead.md", "dirty-overhead.json"]);
     }
     let failed = rows
         .iter()

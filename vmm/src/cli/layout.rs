@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use segment_mmu::census::{direct_map, table_pages, DirectMap, TablePages};
 use segment_mmu::enumerate::{enumerate, linear_regions, mapped_bytes};
 use segment_mmu::snapshot::Snapshot;
 use serde::Serialize;
@@ -63,6 +64,11 @@ pub struct SpaceLayout {
     pub largest_linear: Option<(u64, u64, u64)>,
     /// Fraction of mapped bytes that segment covers.
     pub guest_segment_coverage: f64,
+    /// The kernel's direct map (the kernel-half offset va - pa with the most bytes), per
+    /// page size: what Linux reports as DirectMap4k/2M/1G.
+    pub direct_map: Option<DirectMap>,
+    /// Page-table pages per half and level.
+    pub tables: TablePages,
 }
 
 /// The whole layout.
@@ -114,6 +120,8 @@ pub fn layout(
             enumerate(snap, &cfg, s.cr3).map_err(|e| format!("address space {}: {e}", s.label))?;
         let mb = mapped_bytes(&ranges);
         let lin = linear_regions(&ranges).into_iter().max_by_key(|l| l.len);
+        let tables = table_pages(snap, &cfg, s.cr3)
+            .map_err(|e| format!("address space {}: {e}", s.label))?;
         let total = mb.total();
         spaces.push(SpaceLayout {
             label: s.label.clone(),
@@ -127,6 +135,8 @@ pub fn layout(
                 (Some(l), t) if t > 0 => l.len as f64 / t as f64,
                 _ => 0.0,
             },
+            direct_map: direct_map(&ranges),
+            tables,
         });
         let mut sorted = ranges;
         sorted.sort_by_key(|r| std::cmp::Reverse(r.len));
@@ -201,6 +211,30 @@ pub fn run(args: Args) -> CliResult {
         if let Some((va, pa, len)) = s.largest_linear {
             println!("  one guest direct segment: va {va:#x} -> gpa {pa:#x}, {:.1} MiB = {:.1}% of mapped bytes", mib(len), s.guest_segment_coverage * 100.0);
         }
+        if let Some(d) = &s.direct_map {
+            println!(
+                "  direct map (va = gpa + {:#x}, gpa {:#x}-{:#x}): {:.1} MiB in 4K, {:.1} MiB in 2M, {:.1} MiB in 1G pages",
+                d.offset,
+                d.pa_start,
+                d.pa_end,
+                mib(d.bytes.bytes_4k),
+                mib(d.bytes.bytes_2m),
+                mib(d.bytes.bytes_1g)
+            );
+        }
+        let t = &s.tables;
+        println!(
+            "  page-table pages: {} in all; user half {} (PT {}, PD {}, PDPT {}), kernel half {} (PT {}, PD {}, PDPT {})",
+            t.total,
+            t.user_total(),
+            t.user[0],
+            t.user[1],
+            t.user[2],
+            t.kernel_total(),
+            t.kernel[0],
+            t.kernel[1],
+            t.kernel[2]
+        );
         for r in top {
             println!(
                 "  va {:#018x} -> gpa {:#012x} {:>10.1} MiB {:?}{}{}{}",

@@ -24,10 +24,10 @@ use plotters::prelude::*;
 use segment_mmu::designs::{DesignKind, DesignReport, Env, ModelConfig};
 use segment_mmu::mem::PageStore;
 use segment_mmu::paging::{PageSize as MmuPageSize, PagingMode};
-use segment_mmu::project::{self, Calibration, Checked, Features, Observation};
+use segment_mmu::project::workload::WorkloadStream;
+use segment_mmu::project::{self, Calibration, Checked, Features, Observation, Slope};
 use segment_mmu::replay::replay;
 use segment_mmu::snapshot::{AddressSpace, RamRange, Snapshot, SyntheticSpec};
-use segment_mmu::stream::{StreamKind, StreamSpec};
 use segment_mmu::tlb::TlbConfig;
 use serde::{Deserialize, Serialize};
 use workloads::kernels::Workload;
@@ -38,8 +38,19 @@ use crate::probe::guest::{GuestPlan, GuestSpec};
 use crate::probe::layout::PageSize;
 use crate::probe::WorkloadSpec;
 
+/// The model, as printed by `--help` and written to proj.json.
+pub const MODEL: &str = "t(run, design) = I_g + a_g*R + b*X + (8*L + 1*B)/f  [ns/op], per operation of the workload. \
+R, L, B: walk references, L2-TLB hits, base-bound checks per op from replaying the run's own stream over its page tables; \
+X: VM exits per op (MODEL of a measured guest run: KVM's exit count of its timed part; PROJECTED: the design's replay, \
+plus one per host page first touched for designs that fill EPT/NPT lazily); f: TSC GHz. \
+Calibrated by least squares on the measured runs: I_g per group (workload and footprint; native touch/ptchurn runs, \
+whose timed part does host-kernel work, get their own), a_g for chase and gups (others take the pooled value), \
+b shared (from the within-group variation of exits: touch with 4K vs 2M guest pages; 2000 cycles ASSUMED if none varies). \
+ptchurn PROJECTED uses the native run's intercept (guest kernel work at the host kernel's cost, ASSUMED).";
+
 /// Options of `segvmm project`.
 #[derive(clap::Args, Debug)]
+#[command(after_long_help = MODEL)]
 pub struct Args {
     /// A `segvmm bench --out` directory (holds results.json).
     #[arg(long)]
@@ -166,6 +177,9 @@ struct MeasurementIn {
     ops: u64,
     ns_per_op: f64,
     tsc_khz: Option<u32>,
+    /// KVM exits of the timed part (guest runs; from the vCPU's binary stats).
+    #[serde(default)]
+    kvm_exits: Option<u64>,
 }
 
 /// One measured configuration: the median over its repeats.
@@ -181,7 +195,22 @@ struct Cell {
     measured: f64,
     repeats: usize,
     snapshot: Option<String>,
+    /// Median over the repeats of KVM's exits per operation in the timed part.
+    exits_per_op: Option<f64>,
 }
+
+/// Workloads whose native twin does host-kernel work in its timed part that the
+/// measurement guest does not do the same way: native `touch` takes the host's page
+/// faults on a fresh buffer (the guest's RAM is prefaulted by the VMM), native `ptchurn`
+/// calls mmap/munmap (the guest asks its ring-0 stub). Their native runs get their own
+/// intercept; their guest runs share one.
+fn native_does_kernel_work(workload: &str) -> bool {
+    matches!(workload, "touch" | "ptchurn")
+}
+
+/// Where native ptchurn's fresh 4 KiB mappings are modelled (the bench records no
+/// address for them: the kernel picks one per mmap).
+const NATIVE_CHURN_BASE: u64 = 0x7f00_0000_0000;
 
 impl Cell {
     fn name(&self) -> String {
@@ -193,8 +222,62 @@ impl Cell {
             self.footprint >> 20
         )
     }
+    /// The calibration group: runs sharing an intercept (see the module docs).
     fn group(&self) -> String {
-        format!("{}/{}M", self.workload, self.footprint >> 20)
+        let base = format!("{}/{}M", self.workload, self.footprint >> 20);
+        if self.environment != "native" || !native_does_kernel_work(&self.workload) {
+            base
+        } else if self.workload == "ptchurn" {
+            // Fresh 4 KiB mmaps whatever the backing: one group for all backings.
+            format!("{base}/native")
+        } else {
+            format!("{base}/native-{}", self.backing)
+        }
+    }
+
+    /// The group whose intercept the projected designs of this run use: the guest's,
+    /// except for ptchurn, whose guest kernel work is projected at the cost the native
+    /// run measured (this host emulates guest ring 0; hardware with EPT/NPT does not).
+    fn projection_group(&self) -> String {
+        if self.workload == "ptchurn" && self.environment != "native" {
+            format!("{}/{}M/native", self.workload, self.footprint >> 20)
+        } else {
+            self.group()
+        }
+    }
+
+    /// Translation-bound workloads fit their own walk cost; the others borrow it.
+    fn slope(&self) -> Slope {
+        match self.workload.as_str() {
+            "chase" | "gups" => Slope::Own,
+            _ => Slope::Pooled,
+        }
+    }
+
+    /// The run's stream as the model replays it.
+    fn stream(&self) -> Result<WorkloadStream, Error> {
+        let workload = Workload::from_name(&self.workload).ok_or_else(|| Error::Run {
+            run: self.name(),
+            why: "unknown workload".into(),
+        })?;
+        let native = self.environment == "native";
+        let slot_bytes = if native {
+            4096
+        } else {
+            guest_pages(&self.environment).map_or(4096, PageSize::bytes)
+        };
+        let base = if native && workload == Workload::PtChurn {
+            NATIVE_CHURN_BASE
+        } else {
+            self.data_va
+        };
+        Ok(WorkloadStream {
+            workload,
+            footprint: self.footprint,
+            seed: self.seed,
+            base,
+            slot_bytes,
+        })
     }
 }
 
@@ -215,8 +298,11 @@ struct Replayed {
     /// Design name → steady-state counts per operation, including nested-4k-host and
     /// nested-2m-host.
     reports: Vec<(String, Features)>,
-    /// Accesses counted (after the warm-up).
-    accesses: u64,
+    /// Design name → host pages the counted operations touch first, per operation, for
+    /// the designs whose host dimension is filled lazily ([`lazy_host_page`]).
+    first_touches: BTreeMap<String, f64>,
+    /// Operations counted (after the prelude and warm-up).
+    ops: u64,
     /// The design that models the measured run (the host's mode, or native).
     measured_as: String,
 }
@@ -250,8 +336,11 @@ fn cells(rows: &[RowIn], skipped: &mut Vec<String>) -> Vec<Cell> {
         .iter()
         .filter(|r| r.status == "ok" && r.measurement.is_some())
     {
-        if stream_kind(&r.workload).is_none() {
-            let note = format!("{}: no model stream for this workload (only chase and gups are replayed); not projected", r.workload);
+        if Workload::from_name(&r.workload).is_none() {
+            let note = format!(
+                "{}: no model stream for this workload; not projected",
+                r.workload
+            );
             if !skipped.contains(&note) {
                 skipped.push(note);
             }
@@ -281,6 +370,13 @@ fn cells(rows: &[RowIn], skipped: &mut Vec<String>) -> Vec<Cell> {
             v.sort_by(f64::total_cmp);
             let med = crate::probe::bench::output::median(&v)?;
             let first = ms.first()?;
+            let mut x: Vec<f64> = ms
+                .iter()
+                .filter(|m| m.ops > 0)
+                .filter_map(|m| m.kvm_exits.map(|e| e as f64 / m.ops as f64))
+                .collect();
+            x.sort_by(f64::total_cmp);
+            let exits_per_op = crate::probe::bench::output::median(&x);
             Some(Cell {
                 workload: k.0,
                 environment: k.1,
@@ -292,17 +388,10 @@ fn cells(rows: &[RowIn], skipped: &mut Vec<String>) -> Vec<Cell> {
                 measured: med,
                 repeats: v.len(),
                 snapshot: g.iter().find_map(|r| r.snapshot.clone()),
+                exits_per_op,
             })
         })
         .collect()
-}
-
-fn stream_kind(workload: &str) -> Option<StreamKind> {
-    match workload {
-        "chase" => Some(StreamKind::Chase),
-        "gups" => Some(StreamKind::Gups),
-        _ => None,
-    }
 }
 
 /// Host page size of a backing name (THP is taken as fully huge: the bench asks for it
@@ -340,8 +429,14 @@ fn plan_snapshot(cell: &Cell, pages: PageSize, host_page: u64) -> Result<Snapsho
         run: cell.name(),
         why,
     };
-    let workload =
+    let mut workload =
         Workload::from_name(&cell.workload).ok_or_else(|| err("unknown workload".into()))?;
+    if workload == Workload::PtChurn {
+        // ptchurn's plan leaves the buffer's leaf entries not present (its stub sets
+        // them one at a time); the layout is otherwise the same as touch's. Each access
+        // of the stream happens while its slot is mapped, so replay the mapped state.
+        workload = Workload::Touch;
+    }
     let spec = GuestSpec {
         work: WorkloadSpec {
             workload,
@@ -395,7 +490,11 @@ fn native_snapshot(cell: &Cell, host_page: u64) -> Result<(Snapshot, String), Er
         run: cell.name(),
         why,
     };
-    let large = MmuPageSize::at_most(host_page);
+    // Native ptchurn maps fresh 4 KiB pages whatever the backing.
+    let churn = cell.workload == "ptchurn";
+    let page = if churn { 4096 } else { host_page };
+    let base = cell.stream()?.base;
+    let large = MmuPageSize::at_most(page);
     let spec = SyntheticSpec {
         heap: cell.footprint,
         large,
@@ -404,13 +503,18 @@ fn native_snapshot(cell: &Cell, host_page: u64) -> Result<(Snapshot, String), Er
         } else {
             1.0
         },
-        base: cell.data_va,
-        host_page,
+        base,
+        host_page: page,
         ..SyntheticSpec::default()
     };
     let detail = format!(
-        "heap={},pages={},base={:#x}",
-        cell.footprint, cell.backing, cell.data_va
+        "heap={},pages={},base={base:#x}",
+        cell.footprint,
+        if churn {
+            "4k (fresh mmaps)"
+        } else {
+            &cell.backing
+        }
     );
     Ok((spec.build().map_err(|e| err(e.to_string()))?, detail))
 }
@@ -480,29 +584,25 @@ fn tables_for(
     ))
 }
 
-/// Warm-up accesses before counting: at least the counted ones, and 8 per 4 KiB page of
-/// the footprint (a random stream then leaves e^-8 ≈ 0.03% of pages untouched, so the
-/// shadow table and the TLBs are in steady state, as in the measured warm loop), at
-/// most 16 M.
-fn warm_up(footprint: u64, n: u64) -> u64 {
-    n.max((8 * (footprint / 4096)).min(16 << 20))
-}
+/// (warm-up, full) report pairs per design, W (warm-up operations) and N (counted).
+type Replays = (Vec<(DesignReport, DesignReport)>, u64, u64);
 
-/// Replays the cell's stream through `designs` over `snap` twice: its first W accesses
-/// (warm-up, [`warm_up`]) and its first W+N (N = the run's operations capped at `max`),
-/// and returns (warm-up, full) report pairs: [`Features::steady`] takes the difference.
+/// Replays the cell's stream through `designs` over `snap` twice, up to W and to W+N
+/// operations of its timed loop (W = [`WorkloadStream::warm_ops`], N = the run's
+/// operations capped at `max`; both after the workload's prelude), and returns the
+/// (warm-up, full) report pairs and N: [`Features::per_op`] takes the difference.
 fn replay_cell(
     cell: &Cell,
     snap: &Snapshot,
     designs: &[DesignKind],
     tlb: &TlbConfig,
     max: u64,
-) -> Result<Vec<(DesignReport, DesignReport)>, Error> {
+) -> Result<Replays, Error> {
     let err = |why: String| Error::Run {
         run: cell.name(),
         why,
     };
-    let kind = stream_kind(&cell.workload).ok_or_else(|| err("no model stream".into()))?;
+    let ws = cell.stream()?;
     let env = Env::new(
         snap,
         0,
@@ -512,27 +612,23 @@ fn replay_cell(
         },
     )
     .map_err(|e| err(e.to_string()))?;
-    let n = cell.ops.min(max).max(1);
-    let run = |count: u64| -> Result<Vec<DesignReport>, Error> {
-        let spec = StreamSpec {
-            kind,
-            footprint: cell.footprint,
-            count,
-            seed: cell.seed,
-            base: Some(cell.data_va),
-        };
-        let mut stream = spec.build(cell.data_va);
+    let mut n = cell.ops.min(max).max(1);
+    if let Some(m) = ws.max_ops() {
+        n = n.min(m);
+    }
+    let run = |ops: u64| -> Result<Vec<DesignReport>, Error> {
+        let mut stream = ws.build(ops);
         replay(&env, &mut stream, designs, None).map_err(|e| err(e.to_string()))
     };
-    let w = warm_up(cell.footprint, n);
+    let w = ws.warm_ops(n);
     let (warm, full) = (run(w)?, run(w + n)?);
     if let Some(r) = full.iter().find(|r| r.faults * 100 > r.accesses) {
         return Err(err(format!(
             "{} of {} replayed accesses fault in these page tables: the snapshot does not map the run's buffer at {:#x}",
-            r.faults, r.accesses, cell.data_va
+            r.faults, r.accesses, ws.base
         )));
     }
-    Ok(warm.into_iter().zip(full).collect())
+    Ok((warm.into_iter().zip(full).collect(), w, n))
 }
 
 fn with_host_page(snap: &Snapshot, page: u64) -> Snapshot {
@@ -541,6 +637,22 @@ fn with_host_page(snap: &Snapshot, page: u64) -> Snapshot {
         r.host_page_size = page;
     }
     s
+}
+
+/// Host page size of the lazily filled host dimension of `design` for a run on
+/// `backing`, or `None` for designs whose host dimension is not filled page by page on
+/// the guest's first access: native (no host dimension), shadow (its fills are the
+/// hidden faults its replay counts), dynamic switching (its replay charges its own
+/// mode's exits), and the designs whose host dimension is a VMM segment (Compromis,
+/// VMM and dual direct: the VMM maps guest memory up front, as Gandhi et al.'s and
+/// Teabe et al.'s designs require).
+fn lazy_host_page(design: &str, backing: &str) -> Option<u64> {
+    match design {
+        "nested" | "enlarged-tdp" | "guest-direct" => backing_page(backing),
+        "nested-4k-host" => Some(4096),
+        "nested-2m-host" => Some(2 << 20),
+        _ => None,
+    }
 }
 
 /// Replays one cell: native runs through the native design, guest runs through every
@@ -555,27 +667,23 @@ fn replay_one(
     dirs: &[PathBuf],
 ) -> Result<Replayed, Error> {
     let (snap, tables) = tables_for(cell, dirs, &a.results)?;
-    let steady = |pairs: Vec<(DesignReport, DesignReport)>,
+    let per_op = |(pairs, _, n): Replays,
                   rename: Option<&str>|
      -> Result<Vec<(String, Features, u64)>, Error> {
         pairs
             .into_iter()
             .map(|(w, f)| {
-                let x = Features::steady(&w, &f).ok_or_else(|| Error::Run {
+                let x = Features::per_op(&w, &f, n).ok_or_else(|| Error::Run {
                     run: cell.name(),
                     why: format!("{}: nothing replayed", f.name),
                 })?;
-                Ok((
-                    rename.map_or(f.name.clone(), str::to_string),
-                    x,
-                    f.accesses - w.accesses,
-                ))
+                Ok((rename.map_or(f.name.clone(), str::to_string), x, n))
             })
             .collect()
     };
     let mut out = Vec::new();
     let measured_as = if cell.environment == "native" {
-        out.extend(steady(
+        out.extend(per_op(
             replay_cell(cell, &snap, &[DesignKind::Native], tlb, a.max_accesses)?,
             None,
         )?);
@@ -585,14 +693,14 @@ fn replay_one(
         if !ds.contains(&host_mode) {
             ds.push(host_mode);
         }
-        out.extend(steady(
+        out.extend(per_op(
             replay_cell(cell, &snap, &ds, tlb, a.max_accesses)?,
             None,
         )?);
         if designs.contains(&DesignKind::Nested) {
             for (page, name) in [(4096u64, "nested-4k-host"), (2 << 20, "nested-2m-host")] {
                 let s = with_host_page(&snap, page);
-                out.extend(steady(
+                out.extend(per_op(
                     replay_cell(cell, &s, &[DesignKind::Nested], tlb, a.max_accesses)?,
                     Some(name),
                 )?);
@@ -600,12 +708,23 @@ fn replay_one(
         }
         host_mode.name().to_string()
     };
-    let accesses = out.first().map_or(0, |x| x.2);
+    let ops = out.first().map_or(0, |x| x.2);
+    let ws = cell.stream()?;
+    let warm = ws.warm_ops(ops);
+    let mut first_touches = BTreeMap::new();
+    if cell.environment != "native" {
+        for (name, _, _) in &out {
+            if let Some(page) = lazy_host_page(name, &cell.backing) {
+                first_touches.insert(name.clone(), ws.first_touches_per_op(warm, ops, page));
+            }
+        }
+    }
     Ok(Replayed {
         cell: cell.clone(),
         tables,
         reports: out.into_iter().map(|(n, f, _)| (n, f)).collect(),
-        accesses,
+        first_touches,
+        ops,
         measured_as,
     })
 }
@@ -631,12 +750,40 @@ struct RunOut {
     model_error_check: Option<project::Check>,
     /// Projected ns/op per design (model values, not measurements).
     projected: BTreeMap<String, f64>,
+    /// Per projected design: the terms that add up to it, and where each came from.
+    projected_terms: BTreeMap<String, Terms>,
     /// Per design: what the replay counted per operation.
     translation: BTreeMap<String, Features>,
+    /// KVM exits per operation of the timed part (median over repeats; guest runs).
+    measured_exits_per_op: Option<f64>,
+    /// Calibration group of this run (its intercept).
+    group: String,
+    /// Group whose intercept the projections use.
+    projection_group: String,
     /// Where the page tables came from.
     page_tables: TablesSource,
-    /// Accesses counted (after as many warm-up accesses).
-    replayed_accesses: u64,
+    /// Operations counted (after the prelude and warm-up).
+    replayed_ops: u64,
+}
+
+/// One projected figure, term by term (ns/op); `source` says which are calibrated on
+/// this host's runs and which are assumed.
+#[derive(Debug, Clone, Serialize)]
+struct Terms {
+    /// `I`: the intercept of `projection_group`.
+    ideal_ns: f64,
+    /// `a · R`: walk references per op from the replay × ns per reference.
+    walk_ns: f64,
+    /// `b · X`: exits per op × ns per exit.
+    exit_ns: f64,
+    /// L2-TLB hits and base-bound checks at fixed latencies.
+    fixed_ns: f64,
+    /// `X`: exits per op (the replay's, plus `first_touch_exits_per_op`).
+    exits_per_op: f64,
+    /// Of `X`: host pages first touched per op, one exit each (lazily filled EPT/NPT).
+    first_touch_exits_per_op: f64,
+    /// Where each term came from.
+    source: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -652,6 +799,8 @@ struct ProjOut<'a> {
     calibration: &'a Calibration,
     /// Runs whose backing calibrated the held-out check.
     calibrated_on: String,
+    /// The model's equation and what each symbol is.
+    model: &'static str,
     model_error: Option<ErrorSummary>,
     host: HostOut,
     tlb: String,
@@ -726,19 +875,27 @@ pub fn run(a: Args) -> CliResult {
     }
 
     // Calibrate on every measured run; check each run from a calibration without it.
+    // A guest run's exits are KVM's own count of its timed part when the results have
+    // it (what the run paid); the replay's count otherwise.
     let obs: Vec<Observation> = replayed
         .iter()
         .map(|r| {
-            let f = r
+            let mut f = r
                 .reports
                 .iter()
                 .find(|(n, _)| *n == r.measured_as)
                 .map(|(_, f)| *f)
                 .unwrap_or_default();
+            if r.cell.environment != "native" {
+                if let Some(x) = r.cell.exits_per_op {
+                    f.exits = x;
+                }
+            }
             Observation {
                 group: r.cell.group(),
                 measured_ns: r.cell.measured,
                 features: f,
+                slope: r.cell.slope(),
             }
         })
         .collect();
@@ -770,18 +927,66 @@ pub fn run(a: Args) -> CliResult {
         });
 
     let columns = design_columns(&designs);
+    let exit_src = match cal.exit_cost {
+        project::Source::Calibrated => "calibrated",
+        _ => "ASSUMED",
+    };
     let mut runs = Vec::new();
+    let mut borrowed_native = false;
     for ((r, o), chk) in replayed.iter().zip(&obs).zip(&checks) {
         let mut projected = BTreeMap::new();
+        let mut projected_terms = BTreeMap::new();
         let mut translation = BTreeMap::new();
+        let native = r.cell.environment == "native";
+        let mut pgroup = r.cell.projection_group();
+        if cal.group(&pgroup).is_none() {
+            pgroup = r.cell.group();
+        } else if pgroup != r.cell.group() {
+            borrowed_native = true;
+        }
         for (name, f) in &r.reports {
-            let shown = r.cell.environment != "native" && columns.contains(name);
-            if shown || (r.cell.environment == "native" && name == "native") {
-                if let Some(p) = cal.predict(&o.group, f) {
-                    projected.insert(name.clone(), p);
-                }
-            }
             translation.insert(name.clone(), *f);
+            let shown = !native && columns.contains(name);
+            if !(shown || (native && name == "native")) {
+                continue;
+            }
+            let ft = r.first_touches.get(name).copied().unwrap_or(0.0);
+            let x = Features {
+                exits: f.exits + ft,
+                ..*f
+            };
+            let (Some(p), Some(g)) = (cal.predict(&pgroup, &x), cal.group(&pgroup)) else {
+                continue;
+            };
+            projected.insert(name.clone(), p);
+            let ideal_src = if native {
+                "this run's own intercept (host kernel work included)"
+            } else if pgroup != r.cell.group() {
+                "native run's intercept: guest kernel work at the host kernel's measured cost (ASSUMED equal)"
+            } else {
+                "calibrated on the guest runs"
+            };
+            projected_terms.insert(
+                name.clone(),
+                Terms {
+                    ideal_ns: g.ideal_ns_per_op,
+                    walk_ns: g.ns_per_ref * x.refs,
+                    exit_ns: cal.ns_per_exit * x.exits,
+                    fixed_ns: p - g.ideal_ns_per_op - g.ns_per_ref * x.refs - cal.ns_per_exit * x.exits,
+                    exits_per_op: x.exits,
+                    first_touch_exits_per_op: ft,
+                    source: format!(
+                        "I: {ideal_src}; a: {} ({}); b: {exit_src}; R and X: replay{}; L2 and base-bound latencies: assumed",
+                        match g.ref_cost {
+                            project::Source::Pooled => "pooled from chase/gups",
+                            project::Source::ClampedToZero => "clamped to 0",
+                            _ => "calibrated",
+                        },
+                        pgroup,
+                        if ft > 0.0 { " + first touches of host pages (lazy EPT/NPT fill, ASSUMED one exit each)" } else { "" }
+                    ),
+                },
+            );
         }
         runs.push(RunOut {
             workload: r.cell.workload.clone(),
@@ -795,21 +1000,43 @@ pub fn run(a: Args) -> CliResult {
             model_error: chk.map(|c| c.relative_error),
             model_error_check: chk.map(|c| c.check),
             projected,
+            projected_terms,
             translation,
+            measured_exits_per_op: if native { None } else { r.cell.exits_per_op },
+            group: r.cell.group(),
+            projection_group: pgroup,
             page_tables: r.tables.clone(),
-            replayed_accesses: r.accesses,
+            replayed_ops: r.ops,
         });
     }
     if replayed.iter().any(|r| r.tables.source == "plan") {
         notes.push("some guest runs had no snapshot: their page tables were rebuilt from the measurement guest's plan (the tables the VMM wrote), with the host-physical layout unknown".into());
     }
     if cal.exit_cost == project::Source::Assumed {
-        notes.push(format!("VM exit cost not determinable from these runs (no exits in the replayed streams): {} cycles assumed", cal.cycles_per_exit));
+        notes.push(format!("VM exit cost not determinable from these runs (no group's exits vary between its runs): {} cycles ASSUMED", cal.cycles_per_exit));
+    }
+    if replayed
+        .iter()
+        .any(|r| r.cell.environment != "native" && r.cell.exits_per_op.is_none())
+    {
+        notes.push(
+            "some guest runs have no KVM exit count: their MODEL uses the replay's exits".into(),
+        );
+    }
+    if borrowed_native {
+        notes.push("ptchurn PROJECTED: the guest's map/unmap (ring-0 stub, emulated on this host) is charged at what the native run's mmap/fault/munmap cost (ASSUMED: guest ring 0 runs natively with hardware virtualization), plus each design's exits".into());
+    }
+    if replayed
+        .iter()
+        .any(|r| !r.first_touches.is_empty() && r.first_touches.values().any(|v| *v > 0.0))
+    {
+        notes.push("nested, enlarged-tdp and guest-direct PROJECTED with one exit per host page first touched in the timed part (the EPT/NPT is filled lazily, as KVM does; ASSUMED to cost one calibrated exit); Compromis and VMM/dual direct map guest memory up front".into());
     }
     let out = ProjOut {
         runs,
         calibration: &cal,
         calibrated_on,
+        model: MODEL,
         model_error: summary,
         host: HostOut {
             kvm_module: results.host.kvm_module.clone(),
@@ -862,10 +1089,27 @@ fn table(out: &ProjOut, columns: &[String]) -> String {
         c.config.ghz,
         out.calibrated_on
     );
+    let _ = writeln!(s, "Model: {MODEL}");
+    let exit = match (c.exit_cost, c.exit_stderr_cycles, c.exit_fit_rms_ns) {
+        (project::Source::Calibrated, se, rms) => format!(
+            "VM exit: {:.0} cycles = {:.0} ns (CALIBRATED{} on {} runs whose exits vary, their rms residual {})",
+            c.cycles_per_exit,
+            c.ns_per_exit,
+            se.map_or(String::new(), |v| format!(", standard error {v:.0} cycles")),
+            c.exit_fit_runs,
+            rms.map_or("-".into(), |v| format!("{v:.1} ns/op"))
+        ),
+        _ => format!(
+            "VM exit: {:.0} cycles (ASSUMED: no group's exits vary between its runs)",
+            c.cycles_per_exit
+        ),
+    };
     let _ = writeln!(
         s,
-        "VM exit: {:.0} cycles ({:?}); rms residual of the fit {:.1} ns/op over {} runs.",
-        c.cycles_per_exit, c.exit_cost, c.rms_residual_ns, c.runs
+        "{exit}; rms residual of the whole fit {:.1} ns/op over {} runs; pooled walk cost {:.1} cycles per reference.",
+        c.rms_residual_ns,
+        c.runs,
+        c.pooled_ns_per_ref * c.config.ghz
     );
     let mut groups: Vec<String> = Vec::new();
     for r in &out.runs {
@@ -875,16 +1119,39 @@ fn table(out: &ProjOut, columns: &[String]) -> String {
         }
     }
     for g in groups {
-        if let Some(f) = c.group(&g) {
-            let _ = writeln!(
-                s,
-                "\n{g}: ideal {:.1} ns/op, {:.1} cycles per walk reference ({:?})",
-                f.ideal_ns_per_op, f.cycles_per_ref, f.ref_cost
-            );
+        let _ = writeln!(s);
+        let mut seen = Vec::new();
+        for r in out
+            .runs
+            .iter()
+            .filter(|r| format!("{}/{}M", r.workload, r.footprint >> 20) == g)
+        {
+            for name in [&r.group, &r.projection_group] {
+                if seen.contains(name) {
+                    continue;
+                }
+                seen.push(name.clone());
+                if let Some(f) = c.group(name) {
+                    let _ = writeln!(
+                        s,
+                        "{name}: ideal {:.1} ns/op (calibrated on {} run{}), {:.1} cycles per walk reference ({})",
+                        f.ideal_ns_per_op,
+                        f.runs,
+                        if f.runs == 1 { "" } else { "s" },
+                        f.cycles_per_ref,
+                        match f.ref_cost {
+                            project::Source::Pooled => "pooled",
+                            project::Source::ClampedToZero => "clamped to 0",
+                            project::Source::Assumed => "assumed",
+                            project::Source::Calibrated => "calibrated",
+                        }
+                    );
+                }
+            }
         }
         let mut head = format!(
-            "{:<9} {:<5} {:>9} {:>9} {:>7} | PROJECTED:",
-            "env", "back", "MEASURED", "MODEL", "err"
+            "{:<9} {:<5} {:>9} {:>7} {:>9} {:>7} | PROJECTED:",
+            "env", "back", "MEASURED", "exit/op", "MODEL", "err"
         );
         for col in columns {
             let _ = write!(head, " {:>11}", short(col));
@@ -896,10 +1163,12 @@ fn table(out: &ProjOut, columns: &[String]) -> String {
             .filter(|r| format!("{}/{}M", r.workload, r.footprint >> 20) == g)
         {
             let mut line = format!(
-                "{:<9} {:<5} {:>9.1} {:>9} {:>7} |           ",
+                "{:<9} {:<5} {:>9.1} {:>7} {:>9} {:>7} |           ",
                 r.environment,
                 r.backing,
                 r.measured_ns_per_op,
+                r.measured_exits_per_op
+                    .map_or("-".into(), |x| format!("{x:.3}")),
                 r.model_ns_per_op.map_or("-".into(), |v| format!("{v:.1}")),
                 pct(r.model_error)
             );
@@ -1119,11 +1388,10 @@ mod tests {
             .contains("no measured run"));
     }
 
-    #[test]
-    fn plan_tables_replay_the_run_without_faults() {
-        let cell = Cell {
-            workload: "gups".into(),
-            environment: "guest-4k".into(),
+    fn cell(workload: &str, environment: &str) -> Cell {
+        Cell {
+            workload: workload.into(),
+            environment: environment.into(),
             backing: "thp".into(),
             footprint: 8 << 20,
             seed: 3,
@@ -1132,20 +1400,58 @@ mod tests {
             measured: 30.0,
             repeats: 1,
             snapshot: None,
-        };
+            exits_per_op: None,
+        }
+    }
+
+    #[test]
+    fn plan_tables_replay_the_run_without_faults() {
+        let cell = cell("gups", "guest-4k");
         let snap = plan_snapshot(&cell, PageSize::Size4K, 2 << 20).unwrap();
-        let r: Vec<DesignReport> =
-            replay_cell(&cell, &snap, &DesignKind::ALL, &TlbConfig::none(), 5_000)
-                .unwrap()
-                .into_iter()
-                .map(|p| p.1)
-                .collect();
+        let (pairs, w, n) =
+            replay_cell(&cell, &snap, &DesignKind::ALL, &TlbConfig::none(), 5_000).unwrap();
+        let r: Vec<DesignReport> = pairs.into_iter().map(|p| p.1).collect();
         let get = |n: &str| r.iter().find(|x| x.name == n).unwrap();
         assert_eq!(get("native").refs_per_walk, 4.0);
         // 4 KiB guest pages over 2 MiB host pages: (4+1)(3+1)-1 = 19.
         assert_eq!(get("nested").refs_per_walk, 19.0);
-        assert!(r
-            .iter()
-            .all(|x| x.faults == 0 && x.accesses == warm_up(8 << 20, 5_000) + 5_000));
+        assert_eq!((w, n), (8 * 2048, 5_000));
+        assert!(r.iter().all(|x| x.faults == 0 && x.accesses == w + n));
+    }
+
+    #[test]
+    fn every_workload_replays_over_its_tables() {
+        // Guest runs over the plan (ptchurn over its mapped state), native runs over a
+        // synthetic space; touch and ptchurn count from cold, shadow exits on them.
+        for w in ["chase", "gups", "stream", "touch", "ptchurn"] {
+            for env in ["guest-4k", "guest-2m", "native"] {
+                let c = cell(w, env);
+                let (snap, _) = if env == "native" {
+                    native_snapshot(&c, 2 << 20).unwrap()
+                } else {
+                    let pages = guest_pages(env).unwrap();
+                    (plan_snapshot(&c, pages, 2 << 20).unwrap(), String::new())
+                };
+                let ds = [DesignKind::Native, DesignKind::Shadow];
+                let ds = if env == "native" { &ds[..1] } else { &ds[..] };
+                let (pairs, _, n) = replay_cell(&c, &snap, ds, &TlbConfig::intel(), 2_000)
+                    .unwrap_or_else(|e| panic!("{w} {env}: {e}"));
+                for (a, b) in &pairs {
+                    let f = Features::per_op(a, b, n).unwrap();
+                    assert!(f.refs >= 0.0 && b.faults == 0, "{w} {env}: {b:?}");
+                    if b.name == "shadow" {
+                        let want = match (w, env) {
+                            // One hidden fault per fresh 4 KiB page; per 2 MiB page.
+                            ("touch", "guest-4k") => 1.0,
+                            ("touch", _) => 1.0 / 512.0,
+                            // Map and unmap write the table, the store faults.
+                            ("ptchurn", _) => 3.0,
+                            _ => 0.0,
+                        };
+                        assert!((f.exits - want).abs() < 0.01, "{w} {env}: {f:?}");
+                    }
+                }
+            }
+        }
     }
 }

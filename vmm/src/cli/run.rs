@@ -97,6 +97,25 @@ pub struct Args {
     /// With --track-dirty: where to write the hotness file.
     #[arg(long, default_value = "hotness.hot")]
     pub hotness_out: PathBuf,
+    /// With --track-dirty: read KVM's dirty ring (where the host has it) or the dirty
+    /// bitmap; auto takes the ring when offered. The report says which was used.
+    #[arg(long, value_enum, default_value_t = crate::dirty::DirtyMode::Auto)]
+    pub dirty_mode: crate::dirty::DirtyMode,
+    /// With the dirty ring: bytes per vCPU ring (a power of two, at least 4096; default
+    /// the largest the host allows, up to 1 MiB = 64 Ki entries).
+    #[arg(long)]
+    pub dirty_ring_bytes: Option<u32>,
+}
+
+impl Args {
+    /// The dirty-tracking settings asked for, if any.
+    fn dirty(&self) -> Option<crate::dirty::DirtyConfig> {
+        self.track_dirty.map(|i| {
+            crate::dirty::DirtyConfig::new(i, Some(self.hotness_out.clone()))
+                .with_mode(self.dirty_mode)
+                .with_ring_bytes(self.dirty_ring_bytes)
+        })
+    }
 }
 
 /// Parses a workload name.
@@ -175,6 +194,7 @@ pub fn run(args: Args) -> CliResult {
             size: args.memory,
             backing: args.backing,
             grow_pool: args.grow_pool,
+            prefault: true,
         },
         vcpus: args.vcpus,
         mmu: args.mmu,
@@ -185,9 +205,7 @@ pub fn run(args: Args) -> CliResult {
         mmio: None,
         started: Some(started),
         api_socket: args.api_socket.clone(),
-        track_dirty: args
-            .track_dirty
-            .map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
+        track_dirty: args.dirty(),
     };
     let report = machine::run(cfg).map_err(CliError::bad_input)?;
     finish(&report, args.report.as_ref())
@@ -210,9 +228,7 @@ fn run_probe(args: &Args) -> CliResult {
         grow_pool: args.grow_pool,
         timeout: Duration::from_secs_f64(args.timeout),
         snapshot: None,
-        track_dirty: args
-            .track_dirty
-            .map(|i| crate::dirty::DirtyConfig::new(i, Some(args.hotness_out.clone()))),
+        track_dirty: args.dirty(),
     };
     let run = guest::run(spec, &opts).map_err(|e| match e {
         guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),

@@ -1,5 +1,5 @@
 //! `segvmm snapshot`: ask a running VMM (started with `--api-socket`) for a page-table
-//! snapshot of its guest.
+//! snapshot of its guest, and optionally to end the run afterwards.
 
 use std::path::PathBuf;
 
@@ -12,16 +12,38 @@ pub struct Args {
     #[arg(long)]
     pub api_socket: PathBuf,
     /// Where the VMM writes the `.ptsnap` file.
+    #[arg(long, required_unless_present = "shutdown")]
+    pub out: Option<PathBuf>,
+    /// Then end the VMM's run (API `shutdown`: exit reason `shutdown`, exit code 0), for
+    /// a guest that waits to be snapshotted; alone, without --out, only ends the run.
     #[arg(long)]
-    pub out: PathBuf,
+    pub shutdown: bool,
 }
 
 /// Runs `segvmm snapshot`.
 pub fn run(args: Args) -> CliResult {
+    if let Some(out) = &args.out {
+        snapshot(&args.api_socket, out)?;
+    }
+    if args.shutdown {
+        let reply = crate::api::request(&args.api_socket, "shutdown").map_err(CliError::failed)?;
+        if reply != "ok" {
+            return Err(CliError::failed(format!(
+                "shutdown failed: {}",
+                reply.trim_start_matches("error ")
+            )));
+        }
+        println!("shut down");
+    }
+    Ok(0)
+}
+
+/// Asks for one snapshot into `out` and prints what the VMM answered.
+fn snapshot(socket: &std::path::Path, out: &std::path::Path) -> Result<(), CliError> {
     // The VMM writes the file itself: give it an absolute path.
-    let out = std::path::absolute(&args.out)
-        .map_err(|e| CliError::bad_input(format!("--out {}: {e}", args.out.display())))?;
-    let reply = crate::api::request(&args.api_socket, &format!("snapshot {}", out.display()))
+    let out = std::path::absolute(out)
+        .map_err(|e| CliError::bad_input(format!("--out {}: {e}", out.display())))?;
+    let reply = crate::api::request(socket, &format!("snapshot {}", out.display()))
         .map_err(CliError::failed)?;
     match reply.strip_prefix("ok ") {
         Some(rest) => {
@@ -34,7 +56,7 @@ pub fn run(args: Args) -> CliResult {
                 f.get(3).unwrap_or(&"?"),
                 f.get(4).unwrap_or(&"?")
             );
-            Ok(0)
+            Ok(())
         }
         None => Err(CliError::failed(format!(
             "snapshot failed: {}",

@@ -1,25 +1,27 @@
 //! Dirty-page tracking on a live guest → page hotness (issue #8).
 //!
-//! # Method: the dirty bitmap with manual protect, not the dirty ring
+//! # Methods: the dirty ring where the host has it, else the bitmap
 //!
-//! Every memory slot is registered with `KVM_MEM_LOG_DIRTY_PAGES` (see `vstate::vm`). When
-//! the host offers `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`, [`prepare`] enables it (without
-//! `KVM_DIRTY_LOG_INITIALLY_SET`); a collector thread then, every interval and for every
-//! slot, reads the bitmap with `KVM_GET_DIRTY_LOG` (which no longer clears it) and hands the
-//! same bits back with `KVM_CLEAR_DIRTY_LOG`, which clears them and write-protects just those
-//! pages again. Without the capability, plain `KVM_GET_DIRTY_LOG` (clear and re-protect the
-//! whole slot in one call) is used. The report says which (`method`).
+//! Every memory slot is registered with `KVM_MEM_LOG_DIRTY_PAGES` (see `vstate::vm`). How
+//! the dirtied pages are read back is chosen by [`DirtyMode`] (`--dirty-mode`, default
+//! `auto`) in [`prepare`], before any vCPU exists, and reported (`method`, also written
+//! into the hotness file):
 //!
-//! This host's KVM also offers the dirty ring (`KVM_CAP_DIRTY_LOG_RING`), which the issue
-//! prefers. It is not used, for two reasons that hold on any host: (1) a ring holds a fixed
-//! number of entries per vCPU (at most 64 Ki) and when a vCPU fills it before the collector
-//! harvests, KVM stops the vCPU with `KVM_EXIT_DIRTY_RING_FULL`, which the vCPU run loop
-//! (another module, another owner) would have to handle by waiting for the collector; a
-//! random writer over a large buffer (gups) dirties more distinct pages per 100 ms than a
-//! ring holds, so the ring would add exits exactly where we measure overhead; (2) the ring
-//! is per-vCPU mmap'd from vCPU file descriptors, which move into their threads before
-//! `Tracker::start`. Both give the same per-interval 4 KiB dirty sets, which is all the
-//! hotness file records.
+//! * **`dirty-ring`** (`auto` when the host offers `KVM_CAP_DIRTY_LOG_RING`): KVM appends
+//!   each page a vCPU dirties to that vCPU's ring, mapped from its fd; the collector
+//!   harvests all rings every interval and `KVM_RESET_DIRTY_RINGS` re-protects what it took.
+//!   A vCPU whose ring fills first stops with `KVM_EXIT_DIRTY_RING_FULL`; the vCPU loop then
+//!   harvests its own ring and resets ([`ring::Rings::on_full`]), so nothing is lost. The
+//!   cost scales with the pages dirtied, not with guest RAM (no bitmap walk).
+//! * **`bitmap+manual-protect`** (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`, enabled without
+//!   `KVM_DIRTY_LOG_INITIALLY_SET`): every interval and slot, `KVM_GET_DIRTY_LOG` reads the
+//!   bitmap (without clearing it) and `KVM_CLEAR_DIRTY_LOG` hands the same bits back,
+//!   clearing them and write-protecting just those pages again.
+//! * **`bitmap`**: plain `KVM_GET_DIRTY_LOG`, which clears and re-protects a whole slot.
+//!
+//! A VM uses one of them: with the ring enabled KVM refuses `KVM_GET_DIRTY_LOG` (this host
+//! has no `KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP`). Both give the same per-interval 4 KiB
+//! dirty sets, which is all the hotness file records; `overhead` compares their cost.
 //!
 //! What is tracked is guest *writes* through KVM: the VMM's own writes (kernel loading,
 //! virtio) and every read are invisible. Pages written before tracking started (the VMM's
@@ -30,6 +32,7 @@
 //! format), written to [`DirtyConfig::out`] with a heat map next to it (`.svg`).
 
 pub mod overhead;
+pub mod ring;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -38,14 +41,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_enable_cap};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{VcpuFd, VmFd};
 use segment_mmu::hotness::{self, HotnessLog, Summary};
 use serde::Serialize;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use crate::memory::GuestRam;
 
-const KVMIO: u32 = 0xAE;
+pub(crate) const KVMIO: u32 = 0xAE;
 vmm_sys_util::ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
 
 /// Shortest and longest collection interval accepted.
@@ -74,6 +77,138 @@ pub enum Error {
     /// Building or writing the hotness outputs.
     #[error(transparent)]
     Hotness(#[from] hotness::Error),
+    /// The dirty ring: asked for where the host has none, or an entry KVM should not give.
+    #[error("dirty ring: {0}")]
+    Ring(String),
+}
+
+/// How to read the dirty log (`--dirty-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirtyMode {
+    /// The ring when the host offers it, else the bitmap.
+    #[default]
+    Auto,
+    /// The dirty ring; refused where the host has none.
+    Ring,
+    /// The bitmap (with manual protect when offered), even where the ring exists.
+    Bitmap,
+}
+
+impl std::fmt::Display for DirtyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DirtyMode::Auto => "auto",
+            DirtyMode::Ring => "ring",
+            DirtyMode::Bitmap => "bitmap",
+        })
+    }
+}
+
+/// The method a VM ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Per-vCPU rings of this many bytes each.
+    Ring {
+        /// Bytes per vCPU ring.
+        bytes: u32,
+    },
+    /// Bitmap, `KVM_CLEAR_DIRTY_LOG` re-protecting what was read.
+    BitmapManual,
+    /// Bitmap, `KVM_GET_DIRTY_LOG` clearing whole slots.
+    Bitmap,
+}
+
+impl Method {
+    /// The name reports and hotness files carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ring { .. } => "dirty-ring",
+            Method::BitmapManual => "bitmap+manual-protect",
+            Method::Bitmap => "bitmap",
+        }
+    }
+}
+
+/// What the host offers for dirty logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostDirty {
+    /// `KVM_CHECK_EXTENSION(KVM_CAP_DIRTY_LOG_RING)`: the largest ring in bytes, 0 = none.
+    pub ring_max_bytes: u32,
+    /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2` with `MANUAL_PROTECT_ENABLE`.
+    pub manual_protect: bool,
+}
+
+impl HostDirty {
+    /// Asks KVM (a VM fd answers for this VM; `/dev/kvm` for the host).
+    pub fn probe(check: impl Fn(libc::c_ulong) -> i32) -> HostDirty {
+        let ring = check(libc::c_ulong::from(kvm_bindings::KVM_CAP_DIRTY_LOG_RING));
+        let manual = check(libc::c_ulong::from(
+            kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        ));
+        HostDirty {
+            ring_max_bytes: u32::try_from(ring).unwrap_or(0),
+            manual_protect: manual > 0
+                && (manual as u32) & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0,
+        }
+    }
+
+    /// This host's offer, from `/dev/kvm` (no VM needed); `None` without KVM.
+    pub fn of_host() -> Option<HostDirty> {
+        let kvm = kvm_ioctls::Kvm::new().ok()?;
+        Some(HostDirty::probe(|c| kvm.check_extension_raw(c)))
+    }
+
+    /// Whether the dirty ring can be used.
+    pub fn has_ring(&self) -> bool {
+        self.ring_max_bytes >= ring::MIN_RING_BYTES
+    }
+}
+
+/// Picks the method for `cfg` on a host offering `host`, with a sentence saying why.
+pub fn choose(cfg: &DirtyConfig, host: HostDirty) -> Result<(Method, String), Error> {
+    let bitmap = if host.manual_protect {
+        Method::BitmapManual
+    } else {
+        Method::Bitmap
+    };
+    let ring = |why: &str| -> Result<(Method, String), Error> {
+        let bytes = cfg
+            .ring_bytes
+            .unwrap_or(ring::DEFAULT_RING_BYTES.min(host.ring_max_bytes));
+        ring::check_bytes(bytes, host.ring_max_bytes).map_err(Error::Ring)?;
+        Ok((
+            Method::Ring { bytes },
+            format!(
+                "{why}: the host offers KVM_CAP_DIRTY_LOG_RING (up to {} bytes per vCPU); rings of {} entries per vCPU, a vCPU whose ring fills exits (KVM_EXIT_DIRTY_RING_FULL) and harvests it itself",
+                host.ring_max_bytes,
+                bytes / ring::ENTRY_BYTES
+            ),
+        ))
+    };
+    let bitmap_note = |why: &str| {
+        if host.manual_protect {
+            format!("{why}: bitmap read with KVM_GET_DIRTY_LOG, re-protected page by page with KVM_CLEAR_DIRTY_LOG (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)")
+        } else {
+            format!("{why}: bitmap read and cleared per slot with KVM_GET_DIRTY_LOG (no manual protect on this host)")
+        }
+    };
+    match cfg.mode {
+        DirtyMode::Ring if !host.has_ring() => Err(Error::Ring(
+            "--dirty-mode ring: this host's KVM does not offer KVM_CAP_DIRTY_LOG_RING (use auto or bitmap)".into(),
+        )),
+        DirtyMode::Ring => ring("asked for the ring"),
+        DirtyMode::Auto if host.has_ring() => ring("auto"),
+        DirtyMode::Auto => Ok((bitmap, bitmap_note("auto, no dirty ring on this host"))),
+        DirtyMode::Bitmap => {
+            if cfg.ring_bytes.is_some() {
+                return Err(Error::Config(
+                    "a ring size was given with --dirty-mode bitmap".into(),
+                ));
+            }
+            Ok((bitmap, bitmap_note("asked for the bitmap")))
+        }
+    }
 }
 
 /// What to track.
@@ -85,6 +220,11 @@ pub struct DirtyConfig {
     pub out: Option<PathBuf>,
     /// Temperature half-life in intervals (see `segment_mmu::hotness`).
     pub half_life: f64,
+    /// Ring or bitmap.
+    pub mode: DirtyMode,
+    /// Dirty ring bytes per vCPU (`None`: [`ring::DEFAULT_RING_BYTES`] or the host's
+    /// maximum); small rings force `KVM_EXIT_DIRTY_RING_FULL` (tests do).
+    pub ring_bytes: Option<u32>,
 }
 
 impl DirtyConfig {
@@ -94,6 +234,21 @@ impl DirtyConfig {
             interval,
             out,
             half_life: hotness::DEFAULT_HALF_LIFE,
+            mode: DirtyMode::Auto,
+            ring_bytes: None,
+        }
+    }
+
+    /// The same with `mode`.
+    pub fn with_mode(self, mode: DirtyMode) -> Self {
+        DirtyConfig { mode, ..self }
+    }
+
+    /// The same with rings of `bytes` per vCPU.
+    pub fn with_ring_bytes(self, bytes: Option<u32>) -> Self {
+        DirtyConfig {
+            ring_bytes: bytes,
+            ..self
         }
     }
 
@@ -147,15 +302,27 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 /// What tracking found, for the run report (`"dirty"`).
 #[derive(Debug, Clone, Serialize)]
 pub struct DirtyReport {
-    /// "bitmap+manual-protect" or "bitmap".
+    /// "dirty-ring", "bitmap+manual-protect" or "bitmap".
     pub method: String,
-    /// Why not the dirty ring.
+    /// The mode asked for (`auto`, `ring`, `bitmap`).
+    pub mode: DirtyMode,
+    /// Why this method.
     pub method_note: String,
+    /// Ring entries per vCPU (ring only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_entries: Option<u32>,
+    /// `KVM_EXIT_DIRTY_RING_FULL` exits the vCPU threads handled (ring only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_full_exits: Option<u64>,
+    /// Ring entries harvested in all (ring only; ≥ the pages of all intervals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_harvested: Option<u64>,
     /// Intervals collected (the last one is cut short by the guest's end).
     pub intervals: u64,
     /// Nominal interval, ms.
     pub interval_ms: f64,
-    /// Mean time of one collection (all slots: get + clear), µs.
+    /// Mean time of one collection (bitmap: get + clear of all slots; ring: harvest of all
+    /// rings + reset), µs.
     pub collect_mean_us: f64,
     /// Longest collection, µs.
     pub collect_max_us: f64,
@@ -187,6 +354,9 @@ impl std::fmt::Display for DirtyReport {
             self.collect_mean_us,
             self.collect_max_us
         )?;
+        if let (Some(entries), Some(full)) = (self.ring_entries, self.ring_full_exits) {
+            write!(f, "; rings of {entries} entries, {full} ring-full exits")?;
+        }
         if let (Some(h), Some(m)) = (&self.hotness_file, &self.heatmap) {
             write!(f, "; wrote {} and {}", h.display(), m.display())?;
         }
@@ -194,77 +364,162 @@ impl std::fmt::Display for DirtyReport {
     }
 }
 
-const RING_NOTE: &str = "dirty ring not used: a full per-vCPU ring stops the vCPU (KVM_EXIT_DIRTY_RING_FULL) until the collector harvests it, and random writers dirty more pages per interval than a ring holds; the bitmap gives the same 4 KiB sets";
-
-fn manual_protect_offered(vm: &VmFd) -> bool {
-    let flags = vm.check_extension_raw(libc::c_ulong::from(
-        kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-    ));
-    flags > 0 && (flags as u32) & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0
+/// The tracking a VM was prepared for by [`prepare`]: settings, method and why.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The settings.
+    pub cfg: DirtyConfig,
+    /// The method enabled on the VM.
+    pub method: Method,
+    /// Why this method (for the report).
+    pub note: String,
 }
 
-/// Called after the VM is created and before any vCPU exists: checks the settings and
-/// enables manual dirty-log protection when the host offers it.
-pub fn prepare(vm: &VmFd, cfg: &DirtyConfig) -> Result<(), Error> {
+fn enable_cap(vm: &VmFd, cap: u32, arg: u64, what: &'static str) -> Result<(), Error> {
+    let mut c = kvm_enable_cap {
+        cap,
+        ..Default::default()
+    };
+    c.args[0] = arg;
+    vm.enable_cap(&c)
+        .map_err(|source| Error::Kvm { what, source })
+}
+
+/// Called after the VM is created and before any vCPU exists (KVM refuses the ring once a
+/// vCPU does): checks the settings, picks the method ([`choose`]) and enables it: the dirty
+/// ring with its size, or manual dirty-log protection. With `auto`, a ring KVM refuses
+/// falls back to the bitmap and the note says why.
+pub fn prepare(vm: &VmFd, cfg: &DirtyConfig) -> Result<Prepared, Error> {
     cfg.check()?;
-    if manual_protect_offered(vm) {
-        let mut cap = kvm_enable_cap {
-            cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-            ..Default::default()
-        };
-        cap.args[0] = u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE);
-        vm.enable_cap(&cap).map_err(|source| Error::Kvm {
-            what: "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
-            source,
-        })?;
+    let host = HostDirty::probe(|c| vm.check_extension_raw(c));
+    let (mut method, mut note) = choose(cfg, host)?;
+    if let Method::Ring { bytes } = method {
+        let r = enable_cap(
+            vm,
+            kvm_bindings::KVM_CAP_DIRTY_LOG_RING,
+            u64::from(bytes),
+            "KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING)",
+        );
+        match r {
+            Ok(()) => {}
+            Err(e) if cfg.mode == DirtyMode::Auto => {
+                let fallback = DirtyConfig {
+                    mode: DirtyMode::Bitmap,
+                    ring_bytes: None,
+                    ..cfg.clone()
+                };
+                (method, note) = choose(&fallback, host)?;
+                note = format!("auto: the ring was refused ({e}); {note}");
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
+    if method == Method::BitmapManual {
+        enable_cap(
+            vm,
+            kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+            u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE),
+            "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
+        )?;
+    }
+    Ok(Prepared {
+        cfg: cfg.clone(),
+        method,
+        note,
+    })
+}
+
+/// The memory slots as `vstate::vm` registers them: slot id = index of the RAM range;
+/// (first guest-physical address, bytes).
+fn slots_of(ram: &GuestRam) -> Vec<(u64, u64)> {
+    ram.ranges().iter().map(|r| (r.gpa, r.len)).collect()
+}
+
+impl Prepared {
+    /// Once the vCPUs exist: maps their rings (ring method; `None` for the bitmap). The
+    /// vCPU threads get the result for `KVM_EXIT_DIRTY_RING_FULL`, the tracker for its
+    /// interval cuts; drop every copy before the vCPU fds.
+    pub fn map_rings(
+        &self,
+        vm: &Arc<VmFd>,
+        vcpus: &[VcpuFd],
+        ram: &GuestRam,
+    ) -> Result<Option<Arc<ring::Rings>>, Error> {
+        match self.method {
+            Method::Ring { bytes } => Ok(Some(Arc::new(ring::Rings::map(
+                vm.clone(),
+                vcpus,
+                bytes,
+                &slots_of(ram),
+            )?))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Where the collector reads dirtied pages from.
+#[derive(Debug)]
+enum Source {
+    /// Per slot (id, first gpa, bytes); with or without manual protect.
+    Bitmap {
+        slots: Vec<(u32, u64, u64)>,
+        manual: bool,
+    },
+    /// The vCPUs' rings.
+    Ring(Arc<ring::Rings>),
 }
 
 /// The collector's state: what it has gathered so far.
 #[derive(Debug)]
 struct Collector {
     vm: Arc<VmFd>,
-    /// (slot, first gpa, bytes)
-    slots: Vec<(u32, u64, u64)>,
-    manual: bool,
+    source: Source,
     start: Instant,
     log: HotnessLog,
     collect_ns: Vec<u64>,
 }
 
 impl Collector {
-    /// One collection: every slot's dirty bits since the last one.
+    /// One collection: every page dirtied since the last one.
     fn collect(&mut self) -> Result<(), Error> {
         let t0 = Instant::now();
-        let mut pages = Vec::new();
-        for &(slot, gpa, len) in &self.slots {
-            let mut bitmap = self
-                .vm
-                .get_dirty_log(slot, len as usize)
-                .map_err(|source| Error::Kvm {
-                    what: "KVM_GET_DIRTY_LOG",
-                    source,
-                })?;
-            let before = pages.len();
-            let first = gpa >> hotness::PAGE_SHIFT;
-            for (w, &word) in bitmap.iter().enumerate() {
-                let mut b = word;
-                while b != 0 {
-                    let bit = u64::from(b.trailing_zeros());
-                    pages.push(first + w as u64 * 64 + bit);
-                    b &= b - 1;
-                }
-            }
-            if self.manual && pages.len() > before {
-                clear_dirty_log(&self.vm, slot, len, &mut bitmap)?;
-            }
-        }
+        let pages = match &self.source {
+            Source::Ring(r) => r.collect()?,
+            Source::Bitmap { slots, manual } => collect_bitmap(&self.vm, slots, *manual)?,
+        };
         self.collect_ns.push(t0.elapsed().as_nanos() as u64);
         let end = self.start.elapsed().as_nanos() as u64;
         self.log.push_interval(end, pages)?;
         Ok(())
     }
+}
+
+/// Every slot's dirty bits since the last call, as page frame numbers; with `manual`, the
+/// pages found are cleared and re-protected (without it `KVM_GET_DIRTY_LOG` did that).
+fn collect_bitmap(vm: &VmFd, slots: &[(u32, u64, u64)], manual: bool) -> Result<Vec<u64>, Error> {
+    let mut pages = Vec::new();
+    for &(slot, gpa, len) in slots {
+        let mut bitmap = vm
+            .get_dirty_log(slot, len as usize)
+            .map_err(|source| Error::Kvm {
+                what: "KVM_GET_DIRTY_LOG",
+                source,
+            })?;
+        let before = pages.len();
+        let first = gpa >> hotness::PAGE_SHIFT;
+        for (w, &word) in bitmap.iter().enumerate() {
+            let mut b = word;
+            while b != 0 {
+                let bit = u64::from(b.trailing_zeros());
+                pages.push(first + w as u64 * 64 + bit);
+                b &= b - 1;
+            }
+        }
+        if manual && pages.len() > before {
+            clear_dirty_log(vm, slot, len, &mut bitmap)?;
+        }
+    }
+    Ok(pages)
 }
 
 /// Clears (and re-protects) the pages set in `bitmap` in slot `slot` of `len` bytes.
@@ -298,38 +553,45 @@ fn clear_dirty_log(vm: &VmFd, slot: u32, len: u64, bitmap: &mut [u64]) -> Result
 pub struct Tracker {
     stop: Sender<()>,
     thread: JoinHandle<Result<Collector, Error>>,
-    cfg: DirtyConfig,
+    prepared: Prepared,
 }
 
 impl Tracker {
     /// Starts collecting (the vCPUs are about to run): spawns the collector thread. The
     /// first collection discards what was dirtied before (VMM loading does not show, but
-    /// the bitmap may hold pages from memslot set-up).
-    pub fn start(vm: Arc<VmFd>, ram: Arc<GuestRam>, cfg: DirtyConfig) -> Result<Tracker, Error> {
+    /// the log may hold pages from memslot set-up). `rings` is what
+    /// [`Prepared::map_rings`] gave.
+    pub fn start(
+        vm: Arc<VmFd>,
+        ram: Arc<GuestRam>,
+        prepared: Prepared,
+        rings: Option<Arc<ring::Rings>>,
+    ) -> Result<Tracker, Error> {
+        let cfg = &prepared.cfg;
         cfg.check()?;
-        let manual = manual_protect_offered(&vm);
-        let method = if manual {
-            "bitmap+manual-protect"
-        } else {
-            "bitmap"
+        let source = match (prepared.method, rings) {
+            (Method::Ring { .. }, Some(r)) => Source::Ring(r),
+            (Method::Ring { .. }, None) => {
+                return Err(Error::Ring("the rings were not mapped".into()))
+            }
+            (m, _) => Source::Bitmap {
+                slots: slots_of(&ram)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (gpa, len))| (i as u32, gpa, len))
+                    .collect(),
+                manual: m == Method::BitmapManual,
+            },
         };
-        let ranges: Vec<(u64, u64)> = ram.ranges().iter().map(|r| (r.gpa, r.len)).collect();
-        let slots = ram
-            .ranges()
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i as u32, r.gpa, r.len))
-            .collect();
         let log = HotnessLog::new(
             cfg.interval.as_nanos() as u64,
             cfg.half_life,
-            method,
-            ranges,
+            prepared.method.name(),
+            slots_of(&ram),
         )?;
         let mut c = Collector {
             vm,
-            slots,
-            manual,
+            source,
             start: Instant::now(),
             log,
             collect_ns: Vec::new(),
@@ -361,11 +623,16 @@ impl Tracker {
                 }
             })
             .map_err(|e| Error::Thread(e.to_string()))?;
-        Ok(Tracker { stop, thread, cfg })
+        Ok(Tracker {
+            stop,
+            thread,
+            prepared,
+        })
     }
 
-    /// Stops collecting (the guest has ended), does a final collection and writes the
-    /// hotness file and heat map when an output path was given.
+    /// Stops collecting (call it once the vCPUs have stopped), does a final collection
+    /// and writes the hotness file and heat map when an output path was given. Releases
+    /// the tracker's hold on the rings.
     pub fn finish(self) -> Result<DirtyReport, Error> {
         let _ = self.stop.send(());
         let mut c = self
@@ -373,8 +640,9 @@ impl Tracker {
             .join()
             .map_err(|_| Error::Thread("panicked".into()))??;
         c.collect()?;
+        let cfg = &self.prepared.cfg;
         let (mut hotness_file, mut heatmap) = (None, None);
-        if let Some(out) = &self.cfg.out {
+        if let Some(out) = &cfg.out {
             c.log.write(out)?;
             let svg = out.with_extension("svg");
             let title = out
@@ -385,12 +653,20 @@ impl Tracker {
             hotness_file = Some(out.clone());
             heatmap = Some(svg);
         }
+        let ring = match &c.source {
+            Source::Ring(r) => Some((r.entries(), r.full_exits(), r.harvested())),
+            Source::Bitmap { .. } => None,
+        };
         let n = c.collect_ns.len().max(1) as f64;
         Ok(DirtyReport {
             method: c.log.method.clone(),
-            method_note: RING_NOTE.into(),
+            mode: cfg.mode,
+            method_note: self.prepared.note.clone(),
+            ring_entries: ring.map(|r| r.0),
+            ring_full_exits: ring.map(|r| r.1),
+            ring_harvested: ring.map(|r| r.2),
             intervals: c.log.intervals.len() as u64,
-            interval_ms: self.cfg.interval.as_secs_f64() * 1e3,
+            interval_ms: cfg.interval.as_secs_f64() * 1e3,
             collect_mean_us: c.collect_ns.iter().sum::<u64>() as f64 / n / 1e3,
             collect_max_us: c.collect_ns.iter().copied().max().unwrap_or(0) as f64 / 1e3,
             hotness_file,
@@ -430,5 +706,50 @@ mod tests {
         assert!(DirtyConfig::new(Duration::from_millis(10), None)
             .check()
             .is_ok());
+    }
+
+    #[test]
+    fn method_choice() {
+        let cfg = DirtyConfig::new(Duration::from_millis(10), None);
+        let ring_host = HostDirty {
+            ring_max_bytes: 1 << 20,
+            manual_protect: true,
+        };
+        let bare = HostDirty {
+            ring_max_bytes: 0,
+            manual_protect: false,
+        };
+        let pick = |c: &DirtyConfig, h| choose(c, h).map(|(m, _)| m);
+        // auto: the ring where offered (the largest KVM allows by default), else the bitmap.
+        assert_eq!(
+            pick(&cfg, ring_host).unwrap(),
+            Method::Ring { bytes: 1 << 20 }
+        );
+        assert_eq!(pick(&cfg, bare).unwrap(), Method::Bitmap);
+        let small = HostDirty {
+            ring_max_bytes: 65536,
+            ..ring_host
+        };
+        assert_eq!(pick(&cfg, small).unwrap(), Method::Ring { bytes: 65536 });
+        // Forced modes.
+        let bitmap = cfg.clone().with_mode(DirtyMode::Bitmap);
+        assert_eq!(pick(&bitmap, ring_host).unwrap(), Method::BitmapManual);
+        let ring = cfg.clone().with_mode(DirtyMode::Ring);
+        assert!(matches!(pick(&ring, bare), Err(Error::Ring(_))));
+        // Ring sizes are checked.
+        let tiny = ring.clone().with_ring_bytes(Some(4096));
+        assert_eq!(
+            pick(&tiny, ring_host).unwrap(),
+            Method::Ring { bytes: 4096 }
+        );
+        assert!(pick(&ring.clone().with_ring_bytes(Some(5000)), ring_host).is_err());
+        assert!(pick(&ring.with_ring_bytes(Some(2 << 20)), ring_host).is_err());
+        assert!(pick(&bitmap.with_ring_bytes(Some(4096)), ring_host).is_err());
+        // The note says why.
+        let (_, note) = choose(&cfg, ring_host).unwrap();
+        assert!(
+            note.starts_with("auto") && note.contains("65536 entries"),
+            "{note}"
+        );
     }
 }

@@ -1,12 +1,17 @@
 //! What dirty tracking costs a guest, measured: the same measurement-guest workload with
-//! tracking off and at several intervals, in one invocation, interleaved (off, i1, i2, …,
-//! then again for each repeat) so slow drift of a shared host hits every setting alike.
-//! Reported per setting: the median ns/op and KVM exits of the timed part, and both as a
-//! ratio to tracking off.
+//! tracking off and at several intervals, each with the dirty ring and the bitmap where
+//! the host has the ring, in one invocation, interleaved (off, i1 ring, i1 bitmap, …, then
+//! again for each repeat) so slow drift of a shared host hits every setting alike.
+//! Reported per setting: the median ns/op and KVM exits of the timed part, both as a ratio
+//! to tracking off, and ring against bitmap ([`modes_markdown`]).
 //!
 //! Where the cost comes from: every collection write-protects the pages it reports, so the
 //! next write to each of them exits to KVM to be logged and unprotected again; a shorter
-//! interval re-arms more often. The collector's own ioctl time runs on another host thread.
+//! interval re-arms more often. Both methods pay that; they differ in the collection
+//! (bitmap: get + clear over all of RAM; ring: only the entries written, plus a reset) and
+//! in the ring's full exits: a ring that fills before the interval ends is harvested and
+//! reset at once, which re-protects its pages early. The collector's own ioctl time runs
+//! on another host thread.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +20,7 @@ use serde::Serialize;
 
 use workloads::kernels::Workload;
 
-use super::DirtyConfig;
+use super::{DirtyConfig, DirtyMode, HostDirty};
 use crate::memory::Backing;
 use crate::probe::guest::{self, GuestOptions, GuestSpec};
 use crate::probe::layout::PageSize;
@@ -30,6 +35,8 @@ pub struct OverheadRow {
     pub footprint_mib: u64,
     /// Tracking interval, ms (`None`: tracking off).
     pub interval_ms: Option<f64>,
+    /// Method used (`dirty-ring`, `bitmap+manual-protect`, `bitmap`; `None`: off).
+    pub method: Option<String>,
     /// Repeats measured.
     pub repeats: usize,
     /// Median ns/op of the timed part.
@@ -46,6 +53,8 @@ pub struct OverheadRow {
     pub collect_mean_us: Option<f64>,
     /// Distinct 4 KiB pages written (median run).
     pub pages_written: Option<u64>,
+    /// `KVM_EXIT_DIRTY_RING_FULL` exits (ring, median run).
+    pub ring_full_exits: Option<u64>,
     /// Hotness file of the last repeat.
     pub hotness_file: Option<PathBuf>,
 }
@@ -57,6 +66,8 @@ struct Sample {
     intervals: Option<u64>,
     collect_us: Option<f64>,
     pages: Option<u64>,
+    method: Option<String>,
+    full: Option<u64>,
 }
 
 fn median_by<T: Clone>(v: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
@@ -65,25 +76,54 @@ fn median_by<T: Clone>(v: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
     s.get(s.len() / 2).cloned()
 }
 
-/// Runs `spec` with tracking off and at each of `intervals`, `repeats` times each,
-/// interleaved; hotness files go to `out_dir` (named `<workload>-<interval>.hot`).
+/// The methods `mode` stands for in an overhead comparison: `auto` compares the ring
+/// with the bitmap where the host has the ring.
+pub fn modes_for(mode: DirtyMode) -> Vec<DirtyMode> {
+    match mode {
+        DirtyMode::Auto if HostDirty::of_host().is_some_and(|h| h.has_ring()) => {
+            vec![DirtyMode::Ring, DirtyMode::Bitmap]
+        }
+        DirtyMode::Auto => vec![DirtyMode::Bitmap],
+        m => vec![m],
+    }
+}
+
+/// Runs `spec` with tracking off and at each of `intervals` with each of `modes`,
+/// `repeats` times each, interleaved; hotness files go to `out_dir` (named
+/// `<workload>-<interval>ms-<mode>.hot`).
 pub fn measure(
     spec: GuestSpec,
     base: &GuestOptions,
     intervals: &[Duration],
+    modes: &[DirtyMode],
+    ring_bytes: Option<u32>,
     repeats: usize,
     out_dir: Option<&Path>,
 ) -> Result<Vec<OverheadRow>, String> {
-    let settings: Vec<Option<Duration>> = std::iter::once(None)
-        .chain(intervals.iter().copied().map(Some))
+    let settings: Vec<Option<(Duration, DirtyMode)>> = std::iter::once(None)
+        .chain(
+            intervals
+                .iter()
+                .flat_map(|&d| modes.iter().map(move |&m| Some((d, m)))),
+        )
         .collect();
     let name = spec.work.workload.name();
-    let file_for = |d: Duration| out_dir.map(|o| o.join(format!("{name}-{}ms.hot", d.as_millis())));
+    let file_for = |(d, m): (Duration, DirtyMode)| {
+        out_dir.map(|o| o.join(format!("{name}-{}ms-{m}.hot", d.as_millis())))
+    };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); settings.len()];
     for _ in 0..repeats.max(1) {
         for (i, s) in settings.iter().enumerate() {
             let opts = GuestOptions {
-                track_dirty: s.map(|d| DirtyConfig::new(d, file_for(d))),
+                track_dirty: s.map(|(d, m)| {
+                    DirtyConfig::new(d, file_for((d, m)))
+                        .with_mode(m)
+                        .with_ring_bytes(if m == DirtyMode::Bitmap {
+                            None
+                        } else {
+                            ring_bytes
+                        })
+                }),
                 ..base.clone()
             };
             let run = guest::run(spec, &opts).map_err(|e| e.to_string())?;
@@ -95,6 +135,8 @@ pub fn measure(
                 intervals: d.map(|d| d.intervals),
                 collect_us: d.map(|d| d.collect_mean_us),
                 pages: d.map(|d| d.summary.distinct_pages_4k),
+                method: d.map(|d| d.method.clone()),
+                full: d.and_then(|d| d.ring_full_exits),
             });
         }
     }
@@ -113,7 +155,8 @@ pub fn measure(
         .map(|(i, s)| OverheadRow {
             workload: name.into(),
             footprint_mib: spec.work.footprint >> 20,
-            interval_ms: s.map(|d| d.as_secs_f64() * 1e3),
+            interval_ms: s.map(|(d, _)| d.as_secs_f64() * 1e3),
+            method: med[i].method.clone(),
             repeats: samples[i].len(),
             ns_per_op: med[i].ns,
             kvm_exits: exits[i],
@@ -126,13 +169,15 @@ pub fn measure(
             intervals: med[i].intervals,
             collect_mean_us: med[i].collect_us,
             pages_written: med[i].pages,
+            ring_full_exits: med[i].full,
             hotness_file: s.and_then(file_for),
         })
         .collect())
 }
 
-/// The tracked pass of `segvmm bench --track-dirty`: every workload × footprint, on one
-/// backing and guest page size, with tracking off and at every interval.
+/// The overhead pass of `segvmm bench --track-dirty I --dirty-overhead`: every workload ×
+/// footprint, on one backing and guest page size, with tracking off and at every interval
+/// with every method.
 #[derive(Debug, Clone)]
 pub struct PassSpec {
     /// Workloads.
@@ -153,6 +198,10 @@ pub struct PassSpec {
     pub timeout: Duration,
     /// Tracking intervals (besides off).
     pub intervals: Vec<Duration>,
+    /// Methods to compare (see [`modes_for`]).
+    pub modes: Vec<DirtyMode>,
+    /// Ring bytes per vCPU for the ring (`None`: default).
+    pub ring_bytes: Option<u32>,
     /// Repeats of each setting.
     pub repeats: usize,
     /// Output directory: hotness files and heat maps go to `hotness/` in it, the table to
@@ -190,13 +239,20 @@ pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, String> {
                 g,
                 &base,
                 &spec.intervals,
+                &spec.modes,
+                spec.ring_bytes,
                 spec.repeats,
                 Some(&sub),
             )?);
         }
     }
     let md = spec.out.join("dirty-overhead.md");
-    std::fs::write(&md, markdown(&rows)).map_err(|e| format!("writing {}: {e}", md.display()))?;
+    let mut text = markdown(&rows);
+    if let Some(m) = modes_markdown(&rows) {
+        text.push('\n');
+        text.push_str(&m);
+    }
+    std::fs::write(&md, text).map_err(|e| format!("writing {}: {e}", md.display()))?;
     let js = spec.out.join("dirty-overhead.json");
     let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
     std::fs::write(&js, text).map_err(|e| format!("writing {}: {e}", js.display()))?;
@@ -206,16 +262,17 @@ pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, String> {
 /// The rows as a Markdown table.
 pub fn markdown(rows: &[OverheadRow]) -> String {
     let mut s = String::from(
-        "| workload | buffer | tracking | ns/op | × off | KVM exits | × off | intervals | collect µs | pages written |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| workload | buffer | tracking | method | ns/op | × off | KVM exits | × off | intervals | collect µs | pages written | ring-full exits |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "–".into());
         s.push_str(&format!(
-            "| {} | {} MiB | {} | {:.2} | {:.2} | {} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} MiB | {} | {} | {:.2} | {:.2} | {} | {:.1} | {} | {} | {} | {} |\n",
             r.workload,
             r.footprint_mib,
             r.interval_ms.map_or("off".into(), |m| format!("{m:.0} ms")),
+            opt(r.method.clone()),
             r.ns_per_op,
             r.ns_ratio,
             r.kvm_exits,
@@ -223,9 +280,54 @@ pub fn markdown(rows: &[OverheadRow]) -> String {
             opt(r.intervals.map(|v| v.to_string())),
             opt(r.collect_mean_us.map(|v| format!("{v:.0}"))),
             opt(r.pages_written.map(|v| v.to_string())),
+            opt(r.ring_full_exits.map(|v| v.to_string())),
         ));
     }
     s
+}
+
+/// Ring against bitmap at each workload, buffer and interval measured with both: ns/op,
+/// KVM exits and collection time as ring ÷ bitmap (`None` when nothing was measured with
+/// both).
+pub fn modes_markdown(rows: &[OverheadRow]) -> Option<String> {
+    let is_ring = |r: &&OverheadRow| r.method.as_deref() == Some("dirty-ring");
+    let mut s = String::from(
+        "| workload | buffer | interval | ns/op ring ÷ bitmap | KVM exits ring ÷ bitmap | collect µs ring ÷ bitmap |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for ring in rows.iter().filter(is_ring) {
+        let Some(bitmap) = rows.iter().find(|b| {
+            !is_ring(b)
+                && b.method.is_some()
+                && b.workload == ring.workload
+                && b.footprint_mib == ring.footprint_mib
+                && b.interval_ms == ring.interval_ms
+        }) else {
+            continue;
+        };
+        any = true;
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "–".into()
+            }
+        };
+        s.push_str(&format!(
+            "| {} | {} MiB | {:.0} ms | {} | {} | {} |\n",
+            ring.workload,
+            ring.footprint_mib,
+            ring.interval_ms.unwrap_or(0.0),
+            ratio(ring.ns_per_op, bitmap.ns_per_op),
+            ratio((ring.kvm_exits + 1) as f64, (bitmap.kvm_exits + 1) as f64),
+            ratio(
+                ring.collect_mean_us.unwrap_or(0.0),
+                bitmap.collect_mean_us.unwrap_or(0.0)
+            ),
+        ));
+    }
+    any.then_some(s)
 }
 
 #[cfg(test)]
@@ -240,6 +342,7 @@ mod tests {
             workload: "gups".into(),
             footprint_mib: 64,
             interval_ms: None,
+            method: None,
             repeats: 3,
             ns_per_op: 10.0,
             kvm_exits: 4,
@@ -248,9 +351,29 @@ mod tests {
             intervals: None,
             collect_mean_us: None,
             pages_written: None,
+            ring_full_exits: None,
             hotness_file: None,
         };
-        let t = markdown(&[row]);
-        assert!(t.contains("| gups | 64 MiB | off | 10.00 | 1.00 | 4 | 1.0 | – | – | – |"));
+        let t = markdown(std::slice::from_ref(&row));
+        assert!(t.contains("| gups | 64 MiB | off | – | 10.00 | 1.00 | 4 | 1.0 | – | – | – | – |"));
+        assert_eq!(modes_markdown(std::slice::from_ref(&row)), None);
+        let tracked = |method: &str, ns: f64, exits: u64, us: f64| OverheadRow {
+            interval_ms: Some(100.0),
+            method: Some(method.into()),
+            ns_per_op: ns,
+            kvm_exits: exits,
+            collect_mean_us: Some(us),
+            ..row.clone()
+        };
+        let rows = [
+            row.clone(),
+            tracked("dirty-ring", 30.0, 99, 50.0),
+            tracked("bitmap+manual-protect", 20.0, 199, 100.0),
+        ];
+        let m = modes_markdown(&rows).unwrap();
+        assert!(
+            m.contains("| gups | 64 MiB | 100 ms | 1.50 | 0.50 | 0.50 |"),
+            "{m}"
+        );
     }
 }

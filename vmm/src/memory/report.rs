@@ -132,9 +132,11 @@ fn pagemap_runs(ram: &GuestRam) -> Result<Vec<HostRun>, String> {
                 let entry = u64::from_le_bytes(e.try_into().unwrap_or_default());
                 let gpa = r.gpa + (done + i as u64) * 4096;
                 if entry >> 63 == 0 {
-                    return Err(format!(
-                        "guest page at gpa {gpa:#x} is not resident (prefault failed?)"
-                    ));
+                    return Err(if ram.prefaulted() {
+                        format!("guest page at gpa {gpa:#x} is not resident (prefault failed?)")
+                    } else {
+                        format!("guest page at gpa {gpa:#x} is not resident yet (guest RAM is not prefaulted)")
+                    });
                 }
                 let pfn = entry & ((1 << 55) - 1);
                 if pfn == 0 {

@@ -504,6 +504,19 @@ pub struct GuestRun {
 
 /// Boots the measurement guest on `spec` and collects its result.
 pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
+    run_with_prefault(spec, opts, true)
+}
+
+/// [`run`], choosing whether guest RAM is faulted in at set-up
+/// ([`MemoryConfig::prefault`]). Every measurement prefaults (a timed guest must not take
+/// host faults); only the snapshot scale benchmark turns it off, to give a guest whose
+/// tables map many GiB that it never touches. Hence a separate entry point rather than an
+/// option every caller has to set.
+pub fn run_with_prefault(
+    spec: GuestSpec,
+    opts: &GuestOptions,
+    prefault: bool,
+) -> Result<GuestRun, Error> {
     let info = host::probe()?;
     if spec.guest_pages == PageSize::Size1G && !info.guest_1g_pages {
         return Err(Error::Unavailable(
@@ -524,6 +537,7 @@ pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
             size: align_up(plan.ram_size, opts.backing.page_size()),
             backing: opts.backing,
             grow_pool: opts.grow_pool,
+            prefault,
         },
         vcpus: 1,
         mmu: MmuRequest::Auto,

@@ -43,17 +43,23 @@ pub struct WorkloadSpec {
 impl WorkloadSpec {
     /// The operations asked of the guest: chase and gups 2^22 (enough to swamp the TLB
     /// many times over without making the matrix slow); stream eight passes over its arrays;
-    /// touch every page (the count is ignored); ptchurn 2000 map/touch/unmap cycles (each
-    /// costs tens of microseconds in a guest on a software-KVM host).
+    /// touch every page (a count from 1 to the pages touches only the first pages, for a
+    /// guest whose tables map far more than it touches; 0 means all; the Linux guest's
+    /// /init always touches all); ptchurn 2000 map/touch/unmap cycles (each costs tens of
+    /// microseconds in a guest on a software-KVM host).
     pub fn count(&self) -> u64 {
-        if let Some(c) = self.count {
-            return c;
+        let pages = (self.footprint / kernels::TOUCH_PAGE_BYTES as u64).max(1);
+        match (self.workload, self.count) {
+            (Workload::Touch, Some(c)) if c > 0 => return c.min(pages),
+            (Workload::Touch, _) => return pages,
+            (_, Some(c)) => return c,
+            _ => {}
         }
         let words = (self.footprint / 8) as usize;
         match self.workload {
             Workload::Chase | Workload::Gups => 1 << 22,
             Workload::Stream => 8 * kernels::stream_elems(words) as u64,
-            Workload::Touch => (self.footprint / kernels::TOUCH_PAGE_BYTES as u64).max(1),
+            Workload::Touch => pages,
             Workload::PtChurn => 2000,
         }
     }
@@ -134,5 +140,30 @@ impl std::fmt::Display for Measurement {
             write!(f, "; timed part: {e} KVM exits, {p} shadow page faults")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touch_count_is_pages_capped_and_zero_means_all() {
+        let spec = |count| WorkloadSpec {
+            workload: Workload::Touch,
+            footprint: 1 << 30,
+            seed: 1,
+            count,
+        };
+        let all = (1u64 << 30) / kernels::TOUCH_PAGE_BYTES as u64;
+        assert_eq!(spec(None).count(), all);
+        assert_eq!(spec(Some(0)).count(), all);
+        assert_eq!(spec(Some(1)).count(), 1);
+        assert_eq!(spec(Some(u64::MAX)).count(), all);
+        let chase = WorkloadSpec {
+            workload: Workload::Chase,
+            ..spec(Some(7))
+        };
+        assert_eq!(chase.count(), 7);
     }
 }

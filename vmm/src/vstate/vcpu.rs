@@ -269,6 +269,11 @@ impl VcpuControl {
 
 /// The vCPU loop: runs until the guest ends, fails, or a stop is requested (the VMM then
 /// kicks the thread out of KVM_RUN with a signal); parks while a pause is requested.
+///
+/// With dirty rings (`rings`), a vCPU whose ring is full stops with
+/// `KVM_EXIT_DIRTY_RING_FULL` (kvm-ioctls has no variant for it: `Unsupported(31)`) and
+/// KVM will not run it again until entries are reset; the thread harvests its own ring
+/// into the tracker and resets instead of waiting for the collector's next interval.
 pub fn run_loop(
     id: usize,
     vcpu: &mut VcpuFd,
@@ -276,6 +281,7 @@ pub fn run_loop(
     devices: &Devices,
     ctl: &VcpuControl,
     counters: &Arc<emulate::Counters>,
+    rings: Option<&crate::dirty::ring::Rings>,
 ) -> VcpuStop {
     loop {
         ctl.park_if_asked(id, vcpu);
@@ -323,6 +329,17 @@ pub fn run_loop(
                     "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on cpu {cpu}"
                 ))
             }
+            Ok(VcpuExit::Unsupported(kvm_bindings::KVM_EXIT_DIRTY_RING_FULL)) => match rings {
+                Some(r) => match r.on_full(id) {
+                    Ok(()) => DeviceAction::Continue,
+                    Err(e) => return VcpuStop::Unhandled(format!("KVM_EXIT_DIRTY_RING_FULL: {e}")),
+                },
+                None => {
+                    return VcpuStop::Unhandled(
+                        "KVM_EXIT_DIRTY_RING_FULL without dirty rings mapped".into(),
+                    )
+                }
+            },
             Ok(other) => return VcpuStop::Unhandled(format!("unhandled KVM exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 DeviceAction::Continue

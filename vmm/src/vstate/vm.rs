@@ -27,9 +27,24 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 /// Creates the VM, registers one memory slot per RAM range (all pointing into the one
 /// mapping; with dirty logging when `log_dirty`) and the in-kernel irqchip and PIT.
 pub fn create(kvm: &Kvm, ram: &GuestRam, log_dirty: bool) -> Result<VmFd, Error> {
+    let vm = create_empty(kvm)?;
+    add_ram_and_devices(&vm, ram, log_dirty)?;
+    Ok(vm)
+}
+
+/// The VM alone, before any memory: VM-wide capabilities that must precede memory slots
+/// (the dirty ring: KVM would otherwise also allocate per-slot dirty bitmaps that nobody
+/// reads) are enabled between this and [`add_ram_and_devices`].
+pub fn create_empty(kvm: &Kvm) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     // The TSS and identity-map pages live in the MMIO hole, away from RAM (as Firecracker).
     let _ = vm.set_tss_address(0xfffb_d000);
+    Ok(vm)
+}
+
+/// Registers one memory slot per RAM range (all pointing into the one mapping; with dirty
+/// logging when `log_dirty`), then the in-kernel irqchip and PIT.
+pub fn add_ram_and_devices(vm: &VmFd, ram: &GuestRam, log_dirty: bool) -> Result<(), Error> {
     for (slot, r) in ram.ranges().iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -55,5 +70,5 @@ pub fn create(kvm: &Kvm, ram: &GuestRam, log_dirty: bool) -> Result<VmFd, Error>
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-    Ok(vm)
+    Ok(())
 }

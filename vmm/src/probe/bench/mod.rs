@@ -20,7 +20,7 @@ use super::{native, Measurement, WorkloadSpec};
 use crate::host::HostInfo;
 use crate::machine;
 use crate::memory::Backing;
-use output::{Row, Status};
+use output::{DirtyRow, Row, Status};
 
 /// Where a workload runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -69,6 +69,43 @@ pub struct MatrixSpec {
     pub grow_pool: bool,
     /// Per-run timeout.
     pub timeout: Duration,
+    /// Track the dirty pages of every measurement-guest run (issue #8).
+    pub track_dirty: Option<MatrixDirty>,
+}
+
+/// Dirty tracking of the matrix's own measurement-guest runs: each run (every backing ×
+/// guest page size × footprint × repeat) writes `hotness/<run>.hot` and `.svg` into the
+/// output directory ([`hotness_name`]). Native runs have no KVM to ask, and Linux-guest
+/// runs are not tracked (their ns/op would include minutes of emulated fault handling).
+/// The tracked runs' ns/op include the tracking's cost.
+#[derive(Debug, Clone)]
+pub struct MatrixDirty {
+    /// Collection interval.
+    pub interval: Duration,
+    /// Ring or bitmap.
+    pub mode: crate::dirty::DirtyMode,
+    /// Ring bytes per vCPU (`None`: default).
+    pub ring_bytes: Option<u32>,
+    /// The bench's output directory.
+    pub out: PathBuf,
+}
+
+/// Where a run's hotness file goes, relative to the output directory:
+/// `hotness/<workload>-<environment>-<backing>-<footprint>-r<repeat>.hot` (the heat map
+/// beside it with `.svg`).
+pub fn hotness_name(cell: &Cell) -> String {
+    let fp = if cell.footprint % (1 << 20) == 0 {
+        format!("{}M", cell.footprint >> 20)
+    } else {
+        format!("{}B", cell.footprint)
+    };
+    format!(
+        "hotness/{}-{}-{}-{fp}-r{}.hot",
+        cell.workload.name(),
+        cell.environment,
+        cell.backing,
+        cell.repeat
+    )
 }
 
 /// One run of the matrix.
@@ -137,7 +174,7 @@ pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
 /// Runs one cell; with `snapshot = Some((file, name))` a guest run also writes a
 /// page-table snapshot to `file` when its workload signals that its data is touched
 /// (issue #6), and the row records `name` (the file relative to the output directory)
-/// and the time the snapshot took.
+/// and the time the snapshot took (paused and in all).
 pub fn run_cell_with_snapshot(
     cell: &Cell,
     spec: &MatrixSpec,
@@ -153,7 +190,8 @@ pub fn run_cell_with_snapshot(
     if let Some(why) = unavailable_reason(cell, host) {
         return Row::new(cell, Status::Unavailable, None, Some(why));
     }
-    let mut taken: Option<f64> = None;
+    let mut taken: Option<(f64, f64)> = None;
+    let mut tracked: Option<DirtyRow> = None;
     let result: Result<Measurement, (Status, String)> = match cell.environment {
         Environment::Native => native::run(&work, cell.backing, spec.grow_pool, host.tsc_khz)
             .map_err(|e| match e {
@@ -167,12 +205,19 @@ pub fn run_cell_with_snapshot(
                     std::sync::Arc::new(move |_| Ok(Some(file.clone())));
                 h
             });
+            let hot = spec.track_dirty.as_ref().map(|d| {
+                let name = hotness_name(cell);
+                let cfg = crate::dirty::DirtyConfig::new(d.interval, Some(d.out.join(&name)))
+                    .with_mode(d.mode)
+                    .with_ring_bytes(d.ring_bytes);
+                (name, cfg)
+            });
             let opts = GuestOptions {
                 backing: cell.backing,
                 grow_pool: spec.grow_pool,
                 timeout: spec.timeout,
                 snapshot: hook,
-                track_dirty: None,
+                track_dirty: hot.as_ref().map(|h| h.1.clone()),
             };
             match guest::run(
                 GuestSpec {
@@ -182,7 +227,10 @@ pub fn run_cell_with_snapshot(
                 &opts,
             ) {
                 Ok(run) => {
-                    taken = run.report.snapshots.first().map(|s| s.ms);
+                    taken = run.report.snapshots.first().map(|s| (s.ms, s.paused_ms));
+                    if let (Some(d), Some((name, _))) = (&run.report.dirty, &hot) {
+                        tracked = Some(DirtyRow::new(d, name));
+                    }
                     run.measurement.map_err(|e| (Status::Failed, e))
                 }
                 Err(e) => Err((classify(&e), e.to_string())),
@@ -199,10 +247,12 @@ pub fn run_cell_with_snapshot(
         Ok(m) => Row::new(cell, Status::Ok, Some(m), None),
         Err((status, why)) => Row::new(cell, status, None, Some(why)),
     };
-    if let (Some(ms), Some((_, name))) = (taken, snapshot) {
+    if let (Some((ms, paused_ms)), Some((_, name))) = (taken, snapshot) {
         row.snapshot = Some(name.to_string());
         row.snapshot_ms = Some(ms);
+        row.snapshot_paused_ms = Some(paused_ms);
     }
+    row.dirty = tracked;
     row
 }
 
@@ -234,6 +284,7 @@ mod tests {
             count: None,
             grow_pool: false,
             timeout: Duration::from_secs(10),
+            track_dirty: None,
         }
     }
 
@@ -275,6 +326,17 @@ mod tests {
         assert!(cells.iter().any(|c| c.environment == Environment::Linux));
         s.repeat = 0;
         assert!(expand(&s).is_empty());
+    }
+
+    #[test]
+    fn hotness_names_are_unique_per_run() {
+        let s = spec();
+        let mut names: Vec<String> = expand(&s).iter().map(hotness_name).collect();
+        assert_eq!(names[1], "hotness/chase-guest-4k-4k-64M-r0.hot");
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
     }
 
     #[test]

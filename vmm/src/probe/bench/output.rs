@@ -79,9 +79,58 @@ pub struct Row {
     /// output directory; `segvmm project` replays over it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
-    /// Time the snapshot took, ms (vCPUs paused meanwhile).
+    /// Time from the guest's request to the snapshot file being written, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_ms: Option<f64>,
+    /// Of that, how long the guest was stopped, ms (the table copy; the rest happens after
+    /// it resumed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_paused_ms: Option<f64>,
+    /// Dirty tracking of this run (`--track-dirty`, issue #8): method, counts and the
+    /// hotness file and heat map written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<DirtyRow>,
+}
+
+/// What dirty tracking of one run found, for results.json and summary.md.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DirtyRow {
+    /// `dirty-ring`, `bitmap+manual-protect` or `bitmap`.
+    pub method: String,
+    /// Interval, ms.
+    pub interval_ms: f64,
+    /// Intervals collected.
+    pub intervals: u64,
+    /// Distinct 4 KiB pages written.
+    pub pages_written: u64,
+    /// `KVM_EXIT_DIRTY_RING_FULL` exits (ring only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_full_exits: Option<u64>,
+    /// Mean collection time, µs.
+    pub collect_mean_us: f64,
+    /// Hotness file, relative to the output directory (`segvmm tier --hotness`).
+    pub hotness: String,
+    /// Heat map, relative to the output directory.
+    pub heatmap: String,
+}
+
+impl DirtyRow {
+    /// From a run's report; `hotness` is the file's name relative to the output directory.
+    pub fn new(d: &crate::dirty::DirtyReport, hotness: &str) -> Self {
+        DirtyRow {
+            method: d.method.clone(),
+            interval_ms: d.interval_ms,
+            intervals: d.intervals,
+            pages_written: d.summary.distinct_pages_4k,
+            ring_full_exits: d.ring_full_exits,
+            collect_mean_us: d.collect_mean_us,
+            hotness: hotness.to_string(),
+            heatmap: Path::new(hotness)
+                .with_extension("svg")
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
 }
 
 impl Row {
@@ -107,6 +156,8 @@ impl Row {
             measurement,
             snapshot: None,
             snapshot_ms: None,
+            snapshot_paused_ms: None,
+            dirty: None,
         }
     }
 }
@@ -140,6 +191,12 @@ pub struct Summary {
     pub median_kvm_exits: Option<u64>,
     /// Median shadow page faults in the timed part.
     pub median_shadow_page_faults: Option<u64>,
+    /// Page-table snapshot of the cell (`--snapshot`: first repeat), request to file, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_ms: Option<f64>,
+    /// Of that, how long the guest was paused, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_paused_ms: Option<f64>,
     /// When nothing was measured: the first reason given.
     pub reason: Option<String>,
 }
@@ -212,6 +269,8 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
                 median_shadow_page_faults: median_u64(
                     ok.iter().filter_map(|m| m.shadow_page_faults).collect(),
                 ),
+                snapshot_ms: g.iter().find_map(|r| r.snapshot_ms),
+                snapshot_paused_ms: g.iter().find_map(|r| r.snapshot_paused_ms),
                 reason: if v.is_empty() {
                     g.iter().find_map(|r| r.reason.clone())
                 } else {
@@ -278,7 +337,7 @@ pub fn write_json(path: &Path, results: &Results) -> Result<(), Error> {
 }
 
 /// The CSV header.
-pub const CSV_HEADER: &str = "workload,environment,backing,guest_pages,footprint,repeat,status,ns_per_op,ops,kvm_exits,shadow_page_faults,contiguous_runs,checksum,seed,data_va,elapsed_ns,wall_ns,kvm_module,mmu_mode,reason";
+pub const CSV_HEADER: &str = "workload,environment,backing,guest_pages,footprint,repeat,status,ns_per_op,ops,kvm_exits,shadow_page_faults,contiguous_runs,checksum,seed,data_va,elapsed_ns,wall_ns,snapshot_ms,snapshot_paused_ms,kvm_module,mmu_mode,reason";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
@@ -313,6 +372,8 @@ pub fn csv(rows: &[Row], host: &HostInfo) -> String {
             opt(m.map(|m| format!("{:#x}", m.data_va))),
             opt(m.map(|m| format!("{:.0}", m.elapsed_ns))),
             opt(m.map(|m| format!("{:.0}", m.wall_ns))),
+            opt(r.snapshot_ms.map(|v| format!("{v:.3}"))),
+            opt(r.snapshot_paused_ms.map(|v| format!("{v:.3}"))),
             host.kvm_module.clone(),
             host.mmu_mode.to_string(),
             r.reason.clone().unwrap_or_default(),
@@ -399,7 +460,68 @@ pub fn markdown(summary: &[Summary], host: &HostInfo) -> String {
             let _ = writeln!(out, "| {} | {} | {} |", k.0, k.1, cells.join(" | "));
         }
     }
+    let snaps: Vec<&Summary> = summary.iter().filter(|s| s.snapshot_ms.is_some()).collect();
+    if !snaps.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nPage-table snapshots (first repeat): guest paused / request to file written, ms\n"
+        );
+        let _ = writeln!(
+            out,
+            "| workload | environment | backing | footprint | paused | to file |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for s in snaps {
+            let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} MiB | {} | {} |",
+                s.workload,
+                s.environment,
+                s.backing,
+                s.footprint >> 20,
+                ms(s.snapshot_paused_ms),
+                ms(s.snapshot_ms)
+            );
+        }
+    }
     out
+}
+
+/// The tracked runs as a Markdown section (`None` when no run was tracked): one line per
+/// run with its method, counts, hotness file and heat map.
+pub fn dirty_markdown(rows: &[Row]) -> Option<String> {
+    let tracked: Vec<(&Row, &DirtyRow)> = rows
+        .iter()
+        .filter_map(|r| r.dirty.as_ref().map(|d| (r, d)))
+        .collect();
+    let (_, first) = tracked.first()?;
+    let mut out = format!(
+        "\nDirty tracking every {:.0} ms ({}); tracked runs' ns/op include its cost. `segvmm tier --hotness FILE` replays a file.\n\n",
+        first.interval_ms, first.method
+    );
+    out.push_str("| run | method | intervals | pages written | ring-full exits | collect µs | hotness file | heat map |\n|---|---|---|---|---|---|---|---|\n");
+    for (r, d) in tracked {
+        let _ = writeln!(
+            out,
+            "| {} {} {} {} MiB #{} | {} | {} | {} | {} | {:.0} | [{}]({}) | [{}]({}) |",
+            r.workload,
+            r.environment,
+            r.backing,
+            r.footprint >> 20,
+            r.repeat + 1,
+            d.method,
+            d.intervals,
+            d.pages_written,
+            d.ring_full_exits.map_or("–".into(), |v| v.to_string()),
+            d.collect_mean_us,
+            d.hotness,
+            d.hotness,
+            d.heatmap,
+            d.heatmap
+        );
+    }
+    Some(out)
 }
 
 /// Writes `summary.md`.
@@ -541,6 +663,59 @@ pub(crate) mod tests {
         assert!(md.contains("| workload | backing | native | guest-4k |"));
         assert!(md.contains("| chase | thp | 110 [100–120] | 250 [200–300] ×2.27 |"));
         assert!(md.contains("| chase | 1g | – | unavailable: "));
+    }
+
+    #[test]
+    fn snapshot_times_in_rows_csv_and_summary() {
+        let mut r = rows();
+        assert!(!markdown(&summarize(&r), &host()).contains("Page-table snapshots"));
+        r[1].snapshot = Some("snapshots/x.ptsnap".into());
+        r[1].snapshot_ms = Some(12.5);
+        r[1].snapshot_paused_ms = Some(1.5);
+        let text = csv(&r, &host());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].contains(",12.500,1.500,kvm_pvm,"), "{}", lines[2]);
+        assert!(lines[1].contains(",,,kvm_pvm,"), "{}", lines[1]);
+        let s = summarize(&r);
+        assert_eq!(
+            (s[1].snapshot_ms, s[1].snapshot_paused_ms),
+            (Some(12.5), Some(1.5))
+        );
+        let md = markdown(&s, &host());
+        assert!(
+            md.contains("| chase | guest-4k | thp | 64 MiB | 1.5 | 12.5 |"),
+            "{md}"
+        );
+        let v = serde_json::to_value(&r[1]).unwrap();
+        assert_eq!(v["snapshot_paused_ms"], 1.5);
+    }
+
+    #[test]
+    fn dirty_section_lists_tracked_runs() {
+        let mut r = rows();
+        assert_eq!(dirty_markdown(&r), None);
+        r[1].dirty = Some(DirtyRow {
+            method: "dirty-ring".into(),
+            interval_ms: 100.0,
+            intervals: 12,
+            pages_written: 530,
+            ring_full_exits: Some(0),
+            collect_mean_us: 41.2,
+            hotness: "hotness/chase-guest-4k-thp-64M-r0.hot".into(),
+            heatmap: "hotness/chase-guest-4k-thp-64M-r0.svg".into(),
+        });
+        let md = dirty_markdown(&r).unwrap();
+        assert!(md.contains("every 100 ms (dirty-ring)"), "{md}");
+        assert!(
+            md.contains("| chase guest-4k thp 64 MiB #1 | dirty-ring | 12 | 530 | 0 | 41 | [hotness/chase-guest-4k-thp-64M-r0.hot]"),
+            "{md}"
+        );
+        let v = serde_json::to_value(&r[1]).unwrap();
+        assert_eq!(
+            v["dirty"]["heatmap"],
+            "hotness/chase-guest-4k-thp-64M-r0.svg"
+        );
+        assert!(serde_json::to_value(&r[0]).unwrap().get("dirty").is_none());
     }
 
     #[test]
