@@ -48,3 +48,22 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// A built guest-kernel artifact (`guest-kernels/out/NAME`), or `None` with a SKIP line
+/// when it is missing; under CI (CI=true) a missing artifact is a failure, since CI builds
+/// them with `./setup.sh`.
+pub fn artifact(name: &str) -> Option<PathBuf> {
+    let p = root().join("guest-kernels/out").join(name);
+    if p.exists() {
+        return Some(p);
+    }
+    let why = format!(
+        "{} is missing: run guest-kernels/build.sh (or ./setup.sh)",
+        p.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}");
+    }
+    eprintln!("SKIP: {why}");
+    None
+}

@@ -9,25 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{have_kvm, root, run};
-
-fn artifact(name: &str) -> Option<PathBuf> {
-    let p = root().join("guest-kernels/out").join(name);
-    if p.exists() {
-        return Some(p);
-    }
-    let why = format!(
-        "{} is missing: run guest-kernels/build.sh (or ./setup.sh)",
-        p.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}");
-    }
-    eprintln!("SKIP: {why}");
-    None
-}
+use common::{artifact, have_kvm, run};
 
 fn boot(kernel: &str, extra: &[&str]) -> Option<(i32, String, serde_json::Value)> {
     if !have_kvm() {

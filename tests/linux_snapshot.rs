@@ -45,12 +45,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, root, run, segvmm};
+use common::{artifact, have_kvm, run, segvmm};
 use segment_mmu::census::tables;
 use segment_mmu::enumerate::MappingRange;
 use segment_mmu::paging::PageSize;
@@ -95,22 +94,6 @@ impl Drop for Reap {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn artifact(name: &str) -> Option<PathBuf> {
-    let p = root().join("guest-kernels/out").join(name);
-    if p.exists() {
-        return Some(p);
-    }
-    let why = format!(
-        "{} is missing: run guest-kernels/build.sh (or ./setup.sh)",
-        p.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}");
-    }
-    eprintln!("SKIP: {why}");
-    None
 }
 
 /// The fields of the `SEGVMM-MEMINFO` line (kB as /proc/meminfo gives them).

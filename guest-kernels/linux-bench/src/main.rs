@@ -233,6 +233,28 @@ fn parse_params(cmdline: &str) -> Params {
     }
 }
 
+/// Opens `path` read-only and reads it once into `buf` (the /proc files read here come back
+/// whole in one read); the descriptor is left open, as /init never needs many. Returns the
+/// byte count, or the failing call and its errno.
+fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Result<usize, (&'static str, isize)> {
+    // SAFETY: a NUL-terminated path; O_RDONLY.
+    let fd = unsafe { syscall6(SYS_OPEN, [path.as_ptr() as usize, 0, 0, 0, 0, 0]) };
+    if fd < 0 {
+        return Err(("open", -fd));
+    }
+    // SAFETY: `buf` is live writable memory of the length passed.
+    let n = unsafe {
+        syscall6(
+            SYS_READ,
+            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        )
+    };
+    if n < 0 {
+        return Err(("read", -n));
+    }
+    Ok(n as usize)
+}
+
 /// Reads the kernel command line through /proc (mounted here: nothing else mounts it).
 fn read_cmdline(buf: &mut [u8]) -> &str {
     // SAFETY: the strings are NUL-terminated literals; mount takes no data here.
@@ -253,27 +275,11 @@ fn read_cmdline(buf: &mut [u8]) -> &str {
         // -EBUSY: already mounted, fine.
         fail(format_args!("mount /proc failed: errno {}", -m));
     }
-    // SAFETY: a NUL-terminated path; O_RDONLY.
-    let fd = unsafe {
-        syscall6(
-            SYS_OPEN,
-            [c"/proc/cmdline".as_ptr() as usize, 0, 0, 0, 0, 0],
-        )
+    let n = match read_file(c"/proc/cmdline", buf) {
+        Ok(n) => n,
+        Err((call, errno)) => fail(format_args!("{call} /proc/cmdline failed: errno {errno}")),
     };
-    if fd < 0 {
-        fail(format_args!("open /proc/cmdline failed: errno {}", -fd));
-    }
-    // SAFETY: `buf` is live writable memory of the length passed.
-    let n = unsafe {
-        syscall6(
-            SYS_READ,
-            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
-        )
-    };
-    if n < 0 {
-        fail(format_args!("read /proc/cmdline failed: errno {}", -n));
-    }
-    match core::str::from_utf8(&buf[..n as usize]) {
+    match core::str::from_utf8(&buf[..n]) {
         Ok(s) => s,
         Err(_) => fail(format_args!("/proc/cmdline is not UTF-8")),
     }
@@ -295,52 +301,13 @@ fn report_meminfo(data_va: u64, data_bytes: u64) {
     // figures must describe the tables as they stay afterwards (all of /proc/meminfo is
     // about 1.5 KiB and comes back in one read).
     let mut buf = [0u8; 4096];
-    // SAFETY: a NUL-terminated path; O_RDONLY.
-    let fd = unsafe {
-        syscall6(
-            SYS_OPEN,
-            [
-                c"/proc/sys/vm/stat_refresh".as_ptr() as usize,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
     // The read itself does the refresh (and returns no bytes).
-    let refreshed = fd >= 0 && {
-        // SAFETY: `buf` is live writable memory of the length passed.
-        let n = unsafe {
-            syscall6(
-                SYS_READ,
-                [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
-            )
-        };
-        n >= 0
+    let refreshed = read_file(c"/proc/sys/vm/stat_refresh", &mut buf).is_ok();
+    let n = match read_file(c"/proc/meminfo", &mut buf) {
+        Ok(n) => n,
+        Err((call, errno)) => fail(format_args!("{call} /proc/meminfo failed: errno {errno}")),
     };
-    // SAFETY: a NUL-terminated path; O_RDONLY.
-    let fd = unsafe {
-        syscall6(
-            SYS_OPEN,
-            [c"/proc/meminfo".as_ptr() as usize, 0, 0, 0, 0, 0],
-        )
-    };
-    if fd < 0 {
-        fail(format_args!("open /proc/meminfo failed: errno {}", -fd));
-    }
-    // SAFETY: `buf` is live writable memory of the length passed.
-    let n = unsafe {
-        syscall6(
-            SYS_READ,
-            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
-        )
-    };
-    if n < 0 {
-        fail(format_args!("read /proc/meminfo failed: errno {}", -n));
-    }
-    let text = core::str::from_utf8(&buf[..n as usize]).unwrap_or("");
+    let text = core::str::from_utf8(&buf[..n]).unwrap_or("");
     let mut l = Line::new();
     let _ = write!(l, "SEGVMM-MEMINFO");
     for field in MEMINFO_FIELDS {
