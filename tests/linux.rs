@@ -50,9 +50,20 @@ fn milestone_ms(v: &serde_json::Value, what: &str) -> Option<f64> {
 
 #[test]
 fn stock_kernel_starts_init() {
-    let Some((code, err, v)) = boot("stock-kernel", &[]) else {
+    // Two vCPUs: the stock kernel has no MP-table parser, so this also checks that it finds
+    // the second CPU in segvmm's ACPI MADT.
+    let Some((code, err, v)) = boot("stock-kernel", &["--vcpus", "2"]) else {
         return;
     };
+    let smp = v["milestones"]
+        .as_array()
+        .and_then(|ms| {
+            ms.iter()
+                .find(|m| m["what"] == "smpboot: Total of")
+                .and_then(|m| m["line"].as_str())
+        })
+        .unwrap_or_else(|| panic!("the stock kernel logged no smpboot total: {err}"));
+    assert!(smp.contains("Total of 2 processors"), "{smp}");
     let init = milestone_ms(&v, "Run /init")
         .unwrap_or_else(|| panic!("the stock kernel did not reach Run /init: {err}"));
     eprintln!("stock kernel: Run /init after {:.1} s", init / 1e3);

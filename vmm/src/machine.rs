@@ -239,8 +239,10 @@ impl std::fmt::Display for ExitReason {
 /// A boot milestone seen on the console.
 #[derive(Debug, Clone, Serialize)]
 pub struct Milestone {
-    /// What was seen.
+    /// What was seen (the milestone's pattern).
     pub what: String,
+    /// The console line from the pattern on.
+    pub line: String,
     /// Milliseconds since the run started.
     pub at_ms: f64,
 }
@@ -573,10 +575,13 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
             },
         };
         match ev {
-            Event::Console(ConsoleEvent::Milestone { what, at_ms }) => milestones.push(Milestone {
-                what: what.into(),
-                at_ms,
-            }),
+            Event::Console(ConsoleEvent::Milestone { what, line, at_ms }) => {
+                milestones.push(Milestone {
+                    what: what.into(),
+                    line,
+                    at_ms,
+                })
+            }
             Event::Console(ConsoleEvent::UserFaultAtKernelIp(l)) => user_fault = Some(l),
             Event::Console(ConsoleEvent::PowerOff) => break ExitReason::PowerOff,
             Event::Shutdown => break ExitReason::Shutdown,

@@ -23,6 +23,9 @@ pub const CMDLINE: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 0x10000;
 /// MP table (inside the EBDA area, excluded from the e820 RAM).
 pub const MPTABLE: u64 = 0x9fc00;
+/// ACPI tables, RSDP first (BIOS area: inside the e820 reserved range, where Linux scans
+/// for the RSDP when the zero page does not give it).
+pub const ACPI_TABLES: u64 = 0xe_0000;
 /// End of the first RAM entry of the e820 map.
 pub const EBDA_START: u64 = 0x9fc00;
 /// Where the kernel goes (1 MiB, the boot protocol's default).

@@ -1,8 +1,9 @@
 //! Loading a kernel and preparing the state it expects at its first instruction:
 //! bzImage and ELF vmlinux through linux-loader, the zero page with the e820 map, the PVH
-//! start_info when the ELF has a PVH note, the MP table, and for 64-bit entry a GDT and
-//! identity page tables.
+//! start_info when the ELF has a PVH note, the MP table and the ACPI tables, and for
+//! 64-bit entry a GDT and identity page tables.
 
+pub mod acpi;
 pub mod bzimage;
 pub mod layout;
 pub mod mptable;
@@ -69,6 +70,9 @@ pub enum Error {
     /// Guest memory too small for the boot structures.
     #[error("guest memory of {0} bytes is too small to boot (need at least {MIN_MEMORY})")]
     TooSmall(u64),
+    /// The ACPI tables could not describe this machine.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
     /// Writing guest memory failed.
     #[error("writing boot data to guest memory: {0}")]
     Memory(String),
@@ -299,6 +303,11 @@ pub fn load_image(
         .map_err(mem_err)?;
     mem.write_slice(&mptable::build(cpus), GuestAddress(MPTABLE))
         .map_err(mem_err)?;
+    // Both: kernels without an MP-table parser (the stock Debian one) find their CPUs only
+    // in the ACPI MADT; kernels without ACPI (the small one) only in the MP table.
+    let acpi = acpi::build(usize::from(cpus))?;
+    mem.write_slice(&acpi.bytes, GuestAddress(acpi.base))
+        .map_err(mem_err)?;
     write_long_mode_tables(mem)?;
 
     // The initrd goes as high as it may, below the kernel's limit and the end of low RAM.
@@ -335,7 +344,7 @@ pub fn load_image(
     let e820 = e820_map(ram);
     if kind == ImageKind::Elf {
         if let PvhBootCapability::PvhEntryPresent(entry) = res.pvh_boot_cap {
-            write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty())?;
+            write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty(), acpi.rsdp_addr())?;
             return Ok(Loaded {
                 entry: Entry::Pvh { rip: entry.0 },
                 kind,
@@ -358,6 +367,9 @@ pub fn load_image(
         params.hdr.ramdisk_image = a as u32;
         params.hdr.ramdisk_size = s as u32;
     }
+    // Boot protocol 2.14+: no RSDP scan needed (older kernels scan 0xE0000-0xFFFFF and
+    // find it there).
+    params.acpi_rsdp_addr = acpi.rsdp_addr();
     params.e820_entries = e820.len() as u8;
     for (i, (addr, size, type_)) in e820.iter().enumerate() {
         params.e820_table[i] = boot_e820_entry {
@@ -394,6 +406,7 @@ fn write_pvh_info(
     e820: &[(u64, u64, u32)],
     initrd: Option<(u64, u64)>,
     no_cmdline: bool,
+    rsdp: u64,
 ) -> Result<()> {
     const MAGIC: u32 = 0x336e_c578;
     let memmap = PVH_INFO + 0x40;
@@ -405,7 +418,7 @@ fn write_pvh_info(
     info.extend_from_slice(&(initrd.is_some() as u32).to_le_bytes());
     info.extend_from_slice(&(if initrd.is_some() { modlist } else { 0 }).to_le_bytes());
     info.extend_from_slice(&(if no_cmdline { 0 } else { CMDLINE }).to_le_bytes());
-    info.extend_from_slice(&0u64.to_le_bytes()); // rsdp
+    info.extend_from_slice(&rsdp.to_le_bytes());
     info.extend_from_slice(&memmap.to_le_bytes());
     info.extend_from_slice(&(e820.len() as u32).to_le_bytes());
     info.extend_from_slice(&0u32.to_le_bytes());
@@ -467,12 +480,20 @@ mod tests {
     fn pvh_start_info_layout() {
         let r = ram(16 << 20);
         let e820 = e820_map(&r);
-        write_pvh_info(r.memory(), &e820, Some((0x80_0000, 0x1000)), false).unwrap();
+        write_pvh_info(
+            r.memory(),
+            &e820,
+            Some((0x80_0000, 0x1000)),
+            false,
+            ACPI_TABLES,
+        )
+        .unwrap();
         let m = r.memory();
         let rd = |off: u64| -> u64 { m.read_obj(GuestAddress(PVH_INFO + off)).unwrap() };
         assert_eq!(rd(0) as u32, 0x336e_c578);
         assert_eq!(rd(12) as u32, 1, "nr_modules");
         assert_eq!(rd(24), CMDLINE, "cmdline_paddr at offset 24");
+        assert_eq!(rd(32), ACPI_TABLES, "rsdp_paddr at offset 32");
         let memmap = rd(40);
         assert_eq!(
             rd(48) as u32,

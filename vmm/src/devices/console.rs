@@ -15,6 +15,9 @@ pub enum ConsoleEvent {
     Milestone {
         /// The pattern that matched.
         what: &'static str,
+        /// The line from the pattern on (without the kernel's timestamp), e.g.
+        /// "smpboot: Total of 2 processors activated (10384.54 BogoMIPS)".
+        line: String,
         /// When.
         at_ms: f64,
     },
@@ -34,6 +37,7 @@ pub type EventSink = Box<dyn Fn(ConsoleEvent) + Send + Sync>;
 /// Lines that mark boot progress.
 pub const MILESTONES: &[&str] = &[
     "Linux version",
+    "smpboot: Total of",
     "Freeing unused kernel",
     "Run /init as init process",
     "SEGVMM_INIT_OK",
@@ -126,9 +130,10 @@ impl Console {
         }
         MILESTONES
             .iter()
-            .find(|m| line.contains(*m))
-            .map(|m| ConsoleEvent::Milestone {
+            .find_map(|m| line.find(*m).map(|i| (m, &line[i..])))
+            .map(|(m, rest)| ConsoleEvent::Milestone {
                 what: m,
+                line: rest.trim_end().to_string(),
                 at_ms: self.start.elapsed().as_secs_f64() * 1e3,
             })
     }
@@ -162,6 +167,9 @@ mod tests {
                 ..
             }
         ));
+        if let ConsoleEvent::Milestone { line, .. } = &evs[0] {
+            assert_eq!(line, "Run /init as init process");
+        }
         assert_eq!(evs[1], ConsoleEvent::PowerOff);
         assert!(c.log().contains("Power down"));
     }
