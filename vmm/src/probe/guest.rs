@@ -240,36 +240,31 @@ impl GuestPlan {
         // The table count depends only on virtual coverage, so size the table region
         // first (it maps itself, hence the loop), then place the buffer after it.
         let data_probe = mapping("data", DATA_VA, 0, footprint, spec.guest_pages, true, true);
+        let tables = |len| {
+            mapping(
+                "page-tables",
+                PAGE_TABLES_GPA,
+                PAGE_TABLES_GPA,
+                len,
+                PageSize::Size4K,
+                false,
+                true,
+            )
+        };
         let mut pt_len = 4096;
         loop {
             let mut l = Layout {
                 mappings: base.clone(),
             };
             l.mappings.push(data_probe.clone());
-            l.mappings.push(mapping(
-                "page-tables",
-                PAGE_TABLES_GPA,
-                PAGE_TABLES_GPA,
-                pt_len,
-                PageSize::Size4K,
-                false,
-                true,
-            ));
+            l.mappings.push(tables(pt_len));
             let need = l.table_bytes();
             if need <= pt_len {
                 break;
             }
             pt_len = need;
         }
-        base.push(mapping(
-            "page-tables",
-            PAGE_TABLES_GPA,
-            PAGE_TABLES_GPA,
-            pt_len,
-            PageSize::Size4K,
-            false,
-            true,
-        ));
+        base.push(tables(pt_len));
         let data_gpa = align_up(PAGE_TABLES_GPA + pt_len, page.max(2 << 20));
         let present = spec.work.workload != Workload::PtChurn;
         let mut data = |name: &str, va, gpa, len| {
