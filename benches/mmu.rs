@@ -10,15 +10,15 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use segment_mmu::designs::{DesignKind, Env, ModelConfig, Translation};
+use segment_mmu::ptsnap::{Ptsnap, SyntheticSpec};
 use segment_mmu::replay::replay;
-use segment_mmu::snapshot::{Snapshot, SyntheticSpec};
 use segment_mmu::stream::StreamSpec;
 use segment_mmu::tlb::TlbConfig;
 use workloads::XorShift64;
 
 const BATCH: usize = 4096;
 
-fn snapshot(spec: &str) -> Snapshot {
+fn ptsnap(spec: &str) -> Ptsnap {
     spec.parse::<SyntheticSpec>()
         .expect("spec")
         .build()
@@ -38,7 +38,7 @@ fn inputs(env: &Env, span: u64, n: usize, seed: u64) -> Vec<(u64, Translation)> 
 }
 
 fn tlb_hit(c: &mut Criterion) {
-    let snap = snapshot("heap=1G,pages=4k");
+    let snap = ptsnap("heap=1G,pages=4k");
     let env = Env::new(
         &snap,
         0,
@@ -75,7 +75,7 @@ fn tlb_hit(c: &mut Criterion) {
 /// Full walks: the functional walk is part of the measured work (it is what a replay
 /// does on a miss), TLBs and caches are off so every access walks.
 fn walks(c: &mut Criterion) {
-    let snap = snapshot("heap=1G,pages=4k");
+    let snap = ptsnap("heap=1G,pages=4k");
     let env = Env::new(
         &snap,
         0,
@@ -110,7 +110,7 @@ fn walks(c: &mut Criterion) {
 }
 
 fn gups_replay(c: &mut Criterion) {
-    let snap = snapshot("heap=8G,pages=4k");
+    let snap = ptsnap("heap=8G,pages=4k");
     let env = Env::new(&snap, 0, ModelConfig::default()).expect("env");
     let base = env.guest_segment.expect("heap").base;
     let spec: StreamSpec = "gups:footprint=4G,count=10M".parse().expect("stream");

@@ -414,7 +414,7 @@ fn too_many_vcpus_is_refused() {
     );
 }
 
-/// `segvmm snapshot --shutdown` ends a run that would otherwise wait for its timeout: the
+/// `segvmm ptsnap --shutdown` ends a run that would otherwise wait for its timeout: the
 /// VMM exits promptly with code 0 and reports the exit reason `shutdown`.
 #[test]
 fn api_shutdown_ends_a_hanging_guest_cleanly() {
@@ -438,7 +438,7 @@ fn api_shutdown_ends_a_hanging_guest_cleanly() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let (code, out, err) = run(&[
-        "snapshot",
+        "ptsnap",
         "--api-socket",
         sock.to_str().unwrap(),
         "--shutdown",

@@ -60,14 +60,11 @@ fn place_rejects_malformed_trace_lines_with_file_and_line() {
 }
 
 #[test]
-fn layout_rejects_a_malformed_snapshot() {
+fn layout_rejects_a_malformed_ptsnap() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.ptsnap");
-    std::fs::write(&bad, b"not a snapshot at all").unwrap();
-    assert_bad(
-        &["layout", "--snapshot", bad.to_str().unwrap()],
-        "bad.ptsnap",
-    );
+    std::fs::write(&bad, b"not a ptsnap at all").unwrap();
+    assert_bad(&["layout", "--ptsnap", bad.to_str().unwrap()], "bad.ptsnap");
 }
 
 #[test]

@@ -178,7 +178,7 @@ fn gups_pages(
         backing: Backing::Thp,
         grow_pool: false,
         timeout: Duration::from_secs(120),
-        snapshot: None,
+        ptsnap: None,
         track_dirty: Some(cfg(hot.clone())),
     };
     let r = guest::run(spec, &opts).unwrap();

@@ -1,6 +1,6 @@
 //! Integration tests of the measurement guest (issue #5): every workload runs in the guest
 //! and natively with the same checksum for the same seed; 2 MiB guest pages; refusals; the
-//! snapshot hook; and `segvmm run` booting the measurement guest by default.
+//! ptsnap hook; and `segvmm run` booting the measurement guest by default.
 //! Footprints are tiny so the suite stays fast on a shared 2-core CI host.
 
 mod common;
@@ -115,13 +115,13 @@ fn two_mib_guest_pages() {
 }
 
 #[test]
-fn snapshot_hook_sees_the_planned_page_tables() {
+fn ptsnap_hook_sees_the_planned_page_tables() {
     if !have_kvm() {
         return;
     }
     let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
     let s = seen.clone();
-    let hook: segvmm::probe::device::SnapshotHook = Arc::new(move |vcpu| {
+    let hook: segvmm::probe::device::PtsnapHook = Arc::new(move |vcpu| {
         let sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
         s.lock().map_err(|e| e.to_string())?.push(sregs.cr3);
         Ok(None)
@@ -133,7 +133,7 @@ fn snapshot_hook_sees_the_planned_page_tables() {
     let g = guest::run(
         spec,
         &GuestOptions {
-            snapshot: Some(hook),
+            ptsnap: Some(hook),
             ..opts()
         },
     )
@@ -141,7 +141,7 @@ fn snapshot_hook_sees_the_planned_page_tables() {
     assert!(g.measurement.is_ok(), "{:?}", g.measurement);
     let plan = GuestPlan::new(spec).unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![plan.tables.cr3]);
-    assert_eq!(g.outcome.snapshots, vec![Ok(())]);
+    assert_eq!(g.outcome.ptsnaps, vec![Ok(())]);
 }
 
 #[test]

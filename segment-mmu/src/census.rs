@@ -2,7 +2,7 @@
 //! the direct map (Linux's `DirectMap4k/2M/1G` in /proc/meminfo) and the page-table pages
 //! per half and level (Linux's `PageTables`).
 //!
-//! A snapshot records tables, not the kernel's bookkeeping, so both are found from the
+//! A ptsnap records tables, not the kernel's bookkeeping, so both are found from the
 //! tables alone:
 //!
 //! * the **direct map** (the linear map of all RAM) is the kernel-half set of leaf
@@ -17,8 +17,8 @@
 //!   made for the kernel's vmalloc area after boot, in `PageTables`, but no PGD or PUD
 //!   page and no kernel PTE page.
 //!
-//! These checks let a live snapshot be compared against the guest's own figures
-//! (`tests/linux_snapshot.rs`).
+//! These checks let a live ptsnap be compared against the guest's own figures
+//! (`tests/linux_ptsnap.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::enumerate::{enumerate, Error as EnumError, MappedBytes, MappingRange};
 use crate::mem::GuestPhysMemory;
 use crate::paging::{level_shift, PageSize, PTE_ADDR_MASK, PTE_P, PTE_PS};
-use crate::snapshot::Snapshot;
+use crate::ptsnap::Ptsnap;
 use crate::walker::WalkConfig;
 
 /// The kernel's linear map of physical memory, as found in the tables.
@@ -234,7 +234,7 @@ pub fn census<M: GuestPhysMemory + ?Sized>(
     })
 }
 
-impl Snapshot {
+impl Ptsnap {
     /// The [`census`] of address space `space`.
     pub fn census(&self, space: usize) -> Result<Census, EnumError> {
         let cr3 = self
@@ -469,8 +469,8 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_census_matches_the_free_function() {
-        let spec = crate::snapshot::SyntheticSpec {
+    fn ptsnap_census_matches_the_free_function() {
+        let spec = crate::ptsnap::SyntheticSpec {
             heap: 64 << 20,
             ..Default::default()
         };

@@ -78,7 +78,7 @@ pub enum Error {
     #[error(transparent)]
     Mem(#[from] MemError),
     /// More leaf entries than [`MAX_LEAVES`]: tables shared many times over (legal in a
-    /// DAG, but a hostile snapshot could make enumeration take forever).
+    /// DAG, but a hostile ptsnap could make enumeration take forever).
     #[error("more than {0} leaf entries: refusing to enumerate")]
     TooManyLeaves(u64),
 }

@@ -1,13 +1,13 @@
 //! The host side of a VM: how guest-physical addresses become host-physical.
 //!
-//! Built from a snapshot's RAM ranges. Each range has a host page size (the leaf size
+//! Built from a ptsnap's RAM ranges. Each range has a host page size (the leaf size
 //! of the nested/EPT table for that range) and, where known, host-physically
 //! contiguous runs, which become direct segments (base, limit, offset). The nested
 //! table itself is not materialised: its shape is fully determined by the host page
 //! size and the number of levels, and the models only need which entries a walk reads.
 
 use crate::paging::PageSize;
-use crate::snapshot::Snapshot;
+use crate::ptsnap::Ptsnap;
 
 /// A direct segment: addresses in `[base, limit)` translate to `addr + offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -51,8 +51,8 @@ pub struct HostModel {
 }
 
 impl HostModel {
-    /// From a snapshot's RAM layout.
-    pub fn from_snapshot(s: &Snapshot) -> Self {
+    /// From a ptsnap's RAM layout.
+    pub fn from_ptsnap(s: &Ptsnap) -> Self {
         let ranges = s
             .ram
             .iter()
@@ -142,7 +142,7 @@ impl SegmentTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::SyntheticSpec;
+    use crate::ptsnap::SyntheticSpec;
 
     #[test]
     fn segments_and_page_sizes_come_from_ram_ranges() {
@@ -151,7 +151,7 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let h = HostModel::from_snapshot(&snap);
+        let h = HostModel::from_ptsnap(&snap);
         assert_eq!(h.page_size(0x1000), Some(PageSize::Size2M));
         assert_eq!(h.page_size(snap.ram_bytes()), None);
         assert_eq!(h.segments().len(), 3);

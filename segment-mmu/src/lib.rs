@@ -7,9 +7,9 @@
 //!
 //! * [`mem`] / [`walker`] / [`enumerate`]: x86-64 4- and 5-level page walks over a
 //!   guest-physical memory trait, and a lister of all mappings;
-//! * [`census`]: a snapshot in a kernel's own terms (direct map per page size, table
+//! * [`census`]: a ptsnap in a kernel's own terms (direct map per page size, table
 //!   pages per half and level), to check it against what the guest reports;
-//! * [`snapshot`]: the versioned `.ptsnap` format (see its module docs), capture from a
+//! * [`ptsnap`]: the versioned `.ptsnap` format (see its module docs), capture from a
 //!   live guest, and a synthetic builder;
 //! * [`tlb`]: set-associative LRU TLBs, page-walk caches and a nested TLB, with presets;
 //! * [`host`]: the host side of a VM (gPA→hPA paging and direct segments);
@@ -30,8 +30,8 @@ pub mod hotness;
 pub mod mem;
 pub mod paging;
 pub mod project;
+pub mod ptsnap;
 pub mod replay;
-pub mod snapshot;
 pub mod stream;
 pub mod tlb;
 pub mod units;

@@ -1,7 +1,7 @@
 //! Guest-physical memory as the walker sees it.
 //!
 //! The walker never touches guest RAM directly: it reads 8-byte entries through
-//! [`GuestPhysMemory`]. That seam lets the same walker run over a `.ptsnap` snapshot, a
+//! [`GuestPhysMemory`]. That seam lets the same walker run over a `.ptsnap` ptsnap, a
 //! synthetic address space, a test's hand-made tables, or (in the VMM) live guest memory.
 
 use std::collections::HashMap;
@@ -76,7 +76,7 @@ impl Hasher for PfnHasher {
 /// `HashMap` keyed by page frame number with [`PfnHasher`].
 pub type PfnMap<V> = HashMap<u64, V, BuildHasherDefault<PfnHasher>>;
 
-/// A sparse set of 4 KiB pages: what snapshots and synthetic builders hold (only the
+/// A sparse set of 4 KiB pages: what ptsnaps and synthetic builders hold (only the
 /// page-table pages; data pages are never materialised).
 #[derive(Debug, Clone, Default)]
 pub struct PageStore {

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::designs::{Design, DesignKind, DesignReport, Env, EnvError, ModelConfig, Translation};
-use crate::snapshot::Snapshot;
+use crate::ptsnap::Ptsnap;
 use crate::stream::{AddressStream, EventKind};
 use crate::walker::Fault;
 
@@ -100,8 +100,8 @@ fn compare_switching(reports: &mut [DesignReport]) {
 }
 
 /// Convenience: replays address space `space` of `snap` under `cfg`.
-pub fn replay_snapshot(
-    snap: &Snapshot,
+pub fn replay_ptsnap(
+    snap: &Ptsnap,
     space: usize,
     stream: &mut dyn AddressStream,
     designs: &[DesignKind],
@@ -114,7 +114,7 @@ pub fn replay_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::SyntheticSpec;
+    use crate::ptsnap::SyntheticSpec;
     use crate::stream::StreamSpec;
     use crate::tlb::TlbConfig;
 

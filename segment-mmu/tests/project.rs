@@ -4,8 +4,8 @@
 
 use segment_mmu::designs::{DesignKind, DesignReport, Env, ModelConfig};
 use segment_mmu::project::{self, Check, Config, Features, Observation, Source};
+use segment_mmu::ptsnap::SyntheticSpec;
 use segment_mmu::replay::replay;
-use segment_mmu::snapshot::SyntheticSpec;
 use segment_mmu::stream::StreamSpec;
 use segment_mmu::tlb::TlbConfig;
 

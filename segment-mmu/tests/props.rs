@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use segment_mmu::designs::{DesignKind, Env, ModelConfig};
 use segment_mmu::mem::PageStore;
 use segment_mmu::paging::PagingMode;
+use segment_mmu::ptsnap::{Ptsnap, SyntheticSpec};
 use segment_mmu::replay::replay;
-use segment_mmu::snapshot::{Snapshot, SyntheticSpec};
 use segment_mmu::stream::StreamSpec;
 use segment_mmu::tlb::TlbConfig;
 use segment_mmu::walker::{walk, Access, WalkConfig};
@@ -146,20 +146,20 @@ proptest! {
     }
 
     #[test]
-    fn malformed_snapshot_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = Snapshot::from_bytes(&bytes);
+    fn malformed_ptsnap_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Ptsnap::from_bytes(&bytes);
         let mut with_magic = b"PTSNAP\r\n\x01\0\0\0".to_vec();
         with_magic.extend_from_slice(&bytes);
-        let _ = Snapshot::from_bytes(&with_magic);
+        let _ = Ptsnap::from_bytes(&with_magic);
     }
 
     #[test]
-    fn mutated_snapshot_is_rejected_or_valid(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+    fn mutated_ptsnap_is_rejected_or_valid(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
         let snap = "heap=8M,procs=2".parse::<SyntheticSpec>().unwrap().build().unwrap();
         let good = snap.to_bytes();
         // Truncation is always an error.
         let at = cut.index(good.len());
-        prop_assert!(Snapshot::from_bytes(&good[..at]).is_err());
+        prop_assert!(Ptsnap::from_bytes(&good[..at]).is_err());
         // Byte edits with the checksum fixed up reach the structural checks.
         let mut b = good.clone();
         let body = b.len() - 8;
@@ -169,7 +169,7 @@ proptest! {
         }
         let sum = fnv1a(&b[..body]);
         b[body..].copy_from_slice(&sum.to_le_bytes());
-        if let Ok(s) = Snapshot::from_bytes(&b) {
+        if let Ok(s) = Ptsnap::from_bytes(&b) {
             // Whatever is accepted walks without panicking.
             let cfg = s.walk_config();
             for sp in &s.spaces {
@@ -190,24 +190,24 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[test]
 fn every_malformation_has_its_typed_error() {
-    use segment_mmu::snapshot::Error;
+    use segment_mmu::ptsnap::Error;
     let snap = "heap=8M".parse::<SyntheticSpec>().unwrap().build().unwrap();
     let good = snap.to_bytes();
     assert!(matches!(
-        Snapshot::from_bytes(&good[..good.len() - 1]),
+        Ptsnap::from_bytes(&good[..good.len() - 1]),
         Err(Error::Truncated { .. })
     ));
     let mut b = good.clone();
     b[0] = b'X';
-    assert_eq!(Snapshot::from_bytes(&b), Err(Error::BadMagic));
+    assert_eq!(Ptsnap::from_bytes(&b), Err(Error::BadMagic));
     let mut b = good.clone();
     b[8] = 9;
-    assert_eq!(Snapshot::from_bytes(&b), Err(Error::BadVersion(9)));
+    assert_eq!(Ptsnap::from_bytes(&b), Err(Error::BadVersion(9)));
     let mut b = good.clone();
     let n = b.len();
     b[n - 20] ^= 1;
     assert!(matches!(
-        Snapshot::from_bytes(&b),
+        Ptsnap::from_bytes(&b),
         Err(Error::BadChecksum { .. })
     ));
     // A table page moved outside RAM.
@@ -219,7 +219,7 @@ fn every_malformation_has_its_typed_error() {
     pages.insert(snap.ram_bytes() + 0x1000, [0; 512]);
     s.pages = pages;
     assert_eq!(
-        Snapshot::from_bytes(&s.to_bytes()),
+        Ptsnap::from_bytes(&s.to_bytes()),
         Err(Error::TableOutsideRam(snap.ram_bytes() + 0x1000))
     );
     // A cycle: the PDPT's first entry points back at the PML4.
@@ -235,7 +235,7 @@ fn every_malformation_has_its_typed_error() {
         .unwrap();
     let pdpt = pml4e & ADDR;
     s.pages.page_mut(pdpt).unwrap()[511] = cr3 | 0x7;
-    assert_eq!(Snapshot::from_bytes(&s.to_bytes()), Err(Error::Cycle(cr3)));
+    assert_eq!(Ptsnap::from_bytes(&s.to_bytes()), Err(Error::Cycle(cr3)));
 }
 
 /// Guards the property above against vacuity: on seeded random tables a good share of

@@ -6,8 +6,8 @@
 //! models: they count the entries their walks read and the segment computations they do.
 
 use segment_mmu::designs::{DesignKind, DesignReport, Env, ModelConfig};
+use segment_mmu::ptsnap::SyntheticSpec;
 use segment_mmu::replay::replay;
-use segment_mmu::snapshot::SyntheticSpec;
 use segment_mmu::stream::StreamSpec;
 use segment_mmu::tlb::TlbConfig;
 

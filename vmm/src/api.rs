@@ -1,11 +1,11 @@
 //! The API socket (`segvmm run --api-socket PATH`): a Unix stream socket taking one text
 //! command per line, as a small, dependency-free cousin of Firecracker's API. Commands:
 //!
-//! * `snapshot <file>`: pause every vCPU, write a `.ptsnap` page-table snapshot, resume.
+//! * `ptsnap <file>`: pause every vCPU, write a `.ptsnap` page-table capture, resume.
 //!   Answers `ok <file> <bytes> <table-pages> <ms> <paused-ms>` or `error <message>`.
 //! * `shutdown`: ends the run as if the guest had powered off (Cloud Hypervisor's
 //!   `vm.shutdown`): answers `ok`, then the VMM stops every vCPU and reports the exit reason
-//!   `shutdown` (exit code 0). For guests that wait to be snapshotted and would otherwise
+//!   `shutdown` (exit code 0). For guests that wait to be captured and would otherwise
 //!   run on until their own end or the timeout.
 //! * `ping`: answers `ok`.
 
@@ -14,7 +14,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::snapshot::SnapshotService;
+use crate::ptsnap::PtsnapService;
 
 /// Errors of the API socket.
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +38,10 @@ pub enum Error {
     },
 }
 
-/// What the API socket acts on: the VM's snapshot service and a way to end its run.
+/// What the API socket acts on: the VM's ptsnap service and a way to end its run.
 pub struct Api {
-    /// Takes the snapshots.
-    pub snapshots: Arc<SnapshotService>,
+    /// Takes the ptsnaps.
+    pub ptsnaps: Arc<PtsnapService>,
     /// Asks the VMM's run loop to end the run (`shutdown`); it returns at once.
     pub shutdown: Box<dyn Fn() + Send + Sync>,
 }
@@ -49,7 +49,7 @@ pub struct Api {
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Api")
-            .field("snapshots", &self.snapshots)
+            .field("ptsnaps", &self.ptsnaps)
             .finish_non_exhaustive()
     }
 }
@@ -66,16 +66,16 @@ fn handle(stream: UnixStream, api: &Api) {
                 (api.shutdown)();
                 "ok".to_string()
             }
-            (Some("snapshot"), Some(file)) => match api.snapshots.snapshot(Path::new(file)) {
+            (Some("ptsnap"), Some(file)) => match api.ptsnaps.ptsnap(Path::new(file)) {
                 Ok(i) => format!(
                     "ok {} {} {} {:.3} {:.3}",
                     i.path, i.bytes, i.table_pages, i.ms, i.paused_ms
                 ),
                 Err(e) => format!("error {e}"),
             },
-            _ => format!(
-                "error unknown command '{line}' (commands: ping, snapshot <file>, shutdown)"
-            ),
+            _ => {
+                format!("error unknown command '{line}' (commands: ping, ptsnap <file>, shutdown)")
+            }
         };
         if writeln!(out, "{reply}").is_err() {
             return;

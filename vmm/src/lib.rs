@@ -10,5 +10,5 @@ pub mod host;
 pub mod machine;
 pub mod memory;
 pub mod probe;
-pub mod snapshot;
+pub mod ptsnap;
 pub mod vstate;

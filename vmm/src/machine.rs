@@ -113,7 +113,7 @@ pub struct VmConfig {
     pub mmio: Option<Arc<dyn MmioHandler>>,
     /// When the run started (for set-up timing); `None` = now.
     pub started: Option<Instant>,
-    /// Serve the API socket (snapshots on request) at this path.
+    /// Serve the API socket (ptsnaps on request) at this path.
     pub api_socket: Option<PathBuf>,
     /// Track dirty pages (KVM dirty log) while the guest runs.
     pub track_dirty: Option<crate::dirty::DirtyConfig>,
@@ -278,8 +278,8 @@ pub struct RunReport {
     pub vmm_anon_bytes: u64,
     /// Instructions the VMM completed after emulation failures: int3 and others.
     pub vmm_emulated: (u64, u64),
-    /// Page-table snapshots taken during the run.
-    pub snapshots: Vec<crate::snapshot::SnapshotInfo>,
+    /// Page-table ptsnaps taken during the run.
+    pub ptsnaps: Vec<crate::ptsnap::PtsnapInfo>,
     /// Dirty-page tracking results, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty: Option<crate::dirty::DirtyReport>,
@@ -432,7 +432,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         rtc: Mutex::new(crate::devices::rtc::Rtc::default()),
         console: console.clone(),
         mmio: cfg.mmio.clone(),
-        snapshots: std::sync::OnceLock::new(),
+        ptsnaps: std::sync::OnceLock::new(),
     });
     let (tx, rx) = channel::<Event>();
     {
@@ -468,12 +468,12 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
         }
         None => (None, None),
     };
-    // The snapshot service exists before any vCPU runs: a guest may ask for a snapshot
+    // The ptsnap service exists before any vCPU runs: a guest may ask for a ptsnap
     // at its very first instructions. Its kick reaches the vCPU threads through their
     // ids, filled in once they are spawned (a kick before that has nobody to interrupt).
     let pthread_ids: Arc<std::sync::OnceLock<Vec<libc::pthread_t>>> = Arc::default();
     let ids = pthread_ids.clone();
-    let service = Arc::new(crate::snapshot::SnapshotService::new(
+    let service = Arc::new(crate::ptsnap::PtsnapService::new(
         ram.clone(),
         ctl.clone(),
         cfg.vcpus as usize,
@@ -486,7 +486,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
             }
         }),
     ));
-    let _ = devices.snapshots.set(service.clone());
+    let _ = devices.ptsnaps.set(service.clone());
     let run_start = Instant::now();
     let mut threads = Vec::new();
     let last_rips = Arc::new(Mutex::new(vec![0u64; cfg.vcpus as usize]));
@@ -533,7 +533,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
     if let (Some(p), Some(tx)) = (&cfg.api_socket, api_tx) {
         let tx = Mutex::new(tx);
         let api = crate::api::Api {
-            snapshots: service.clone(),
+            ptsnaps: service.clone(),
             shutdown: Box::new(move || {
                 if let Ok(t) = tx.lock() {
                     let _ = t.send(Event::Shutdown);
@@ -667,7 +667,7 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
             counters.other.load(Ordering::Relaxed),
         ),
         dirty,
-        snapshots: service.taken(),
+        ptsnaps: service.taken(),
         vmm_rss_bytes,
         vmm_anon_bytes,
         console_log: console.log(),

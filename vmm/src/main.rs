@@ -28,10 +28,10 @@ enum Command {
     Bench(cli::bench::Args),
     /// Replay an address stream through every MMU design model.
     Model(cli::model::Args),
-    /// Ask a running VMM (--api-socket) for a page-table snapshot of its guest (--shutdown:
+    /// Ask a running VMM (--api-socket) for a page-table capture of its guest (--shutdown:
     /// then end its run).
-    Snapshot(cli::snapshot::Args),
-    /// Show a guest's memory layout from a page-table snapshot.
+    Ptsnap(cli::ptsnap::Args),
+    /// Show a guest's memory layout from a page-table capture.
     Layout(cli::layout::Args),
     /// Project each MMU design's cost next to measured runs.
     Project(cli::project::Args),
@@ -81,7 +81,7 @@ fn main() {
         Command::Host(a) => cli::host::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Model(a) => cli::model::run(a),
-        Command::Snapshot(a) => cli::snapshot::run(a),
+        Command::Ptsnap(a) => cli::ptsnap::run(a),
         Command::Layout(a) => cli::layout::run(a),
         Command::Project(a) => cli::project::run(a),
         Command::Place(a) => cli::place::run(a),

@@ -204,7 +204,7 @@ pub fn touch_run(buf: &mut [u64]) -> u64 {
 /// The first `pages` 4 KiB pages of `buf` (all of it when `pages` covers it): what
 /// `touch` runs over when asked for fewer operations than the buffer has pages. The rest
 /// stays untouched, so a large buffer whose tables map it all costs the host only the
-/// pages touched (the snapshot scale benchmark relies on that).
+/// pages touched (the ptsnap scale benchmark relies on that).
 pub fn touch_prefix(buf: &mut [u64], pages: u64) -> &mut [u64] {
     let words = usize::try_from(pages)
         .unwrap_or(usize::MAX)

@@ -46,9 +46,9 @@ pub const MMIO_START: u64 = 0x00;
 pub const MMIO_STOP: u64 = 0x08;
 /// MMIO offset: results are in the results page; the VM may end.
 pub const MMIO_RESULT: u64 = 0x10;
-/// MMIO offset: the workload's data is allocated and touched; a snapshot of the page
+/// MMIO offset: the workload's data is allocated and touched; a ptsnap of the page
 /// tables and memory may be taken now (the VM goes on afterwards).
-pub const MMIO_SNAPSHOT: u64 = 0x18;
+pub const MMIO_PTSNAP: u64 = 0x18;
 /// MMIO offset: the ring-0 stub caught an exception (details in `RES_FAULT_*`).
 pub const MMIO_FAULT: u64 = 0x20;
 

@@ -16,20 +16,20 @@
 //! (the mmap call alone: with MAP_POPULATE, the guest kernel's per-page fault path).
 //!
 //! Two optional steps run after the workload (its buffer mapped and populated), before the
-//! result line, so they never touch the timed part; both exist for page-table snapshots of
-//! this process taken over the VMM's API socket (`tests/linux_snapshot.rs`):
+//! result line, so they never touch the timed part; both exist for page-table captures of
+//! this process taken over the VMM's API socket (`tests/linux_ptsnap.rs`):
 //! * `segvmm.meminfo=1`: read /proc/sys/vm/stat_refresh, then /proc/meminfo (open + read
 //!   each: four more system calls) and print `SEGVMM-MEMINFO MemTotal=<kB> PageTables=<kB>
 //!   DirectMap4k=<kB> DirectMap2M=<kB> DirectMap1G=<kB> refreshed=<0|1> data_va=<hex>
 //!   data_bytes=<n>` (a field the kernel does not print, such as DirectMap1G on a CPU
 //!   without 1 GiB pages, is left out), the guest kernel's own page-table figures to check
-//!   a snapshot against. Reading stat_refresh folds every CPU's pending vmstat deltas into
+//!   a ptsnap against. Reading stat_refresh folds every CPU's pending vmstat deltas into
 //!   the global counters; without it `PageTables` may lag the truth by up to the per-CPU
 //!   threshold (a few pages) until the kernel's next periodic fold. `refreshed=1` says it
 //!   worked;
 //! * `segvmm.hold_ms=N`: then stay in ring 3 for N ms, busy-spinning on `rdtsc` (which
 //!   runs natively; a system call or fault would cost milliseconds and leave ring 3), so
-//!   a snapshot taken meanwhile finds this process's CR3 loaded and its tables exactly as
+//!   a ptsnap taken meanwhile finds this process's CR3 loaded and its tables exactly as
 //!   they were when /proc/meminfo was read. The VMM may end the run during the hold (API
 //!   `shutdown`); otherwise the runner goes on as usual.
 #![no_std]

@@ -316,7 +316,7 @@ extern "C" fn probe_main() -> ! {
                 finish(STATUS_TOO_SMALL);
             }
             kernels::chase_init(buf, seed);
-            signal(MMIO_SNAPSHOT, w.code());
+            signal(MMIO_PTSNAP, w.code());
             signal(MMIO_START, w.code());
             t0 = tsc();
             checksum = kernels::chase_run(buf, count);
@@ -329,7 +329,7 @@ extern "C" fn probe_main() -> ! {
                 finish(STATUS_TOO_SMALL);
             }
             kernels::gups_init(buf);
-            signal(MMIO_SNAPSHOT, w.code());
+            signal(MMIO_PTSNAP, w.code());
             signal(MMIO_START, w.code());
             t0 = tsc();
             checksum = kernels::gups_run(buf, seed, count);
@@ -344,7 +344,7 @@ extern "C" fn probe_main() -> ! {
             }
             kernels::stream_init(buf);
             let passes = count.div_ceil(n).max(1);
-            signal(MMIO_SNAPSHOT, w.code());
+            signal(MMIO_PTSNAP, w.code());
             signal(MMIO_START, w.code());
             t0 = tsc();
             ops = kernels::stream_run(buf, passes);
@@ -360,7 +360,7 @@ extern "C" fn probe_main() -> ! {
             ops = kernels::touch_run(buf);
             t1 = tsc();
             signal(MMIO_STOP, w.code());
-            signal(MMIO_SNAPSHOT, w.code());
+            signal(MMIO_PTSNAP, w.code());
             checksum = kernels::touch_checksum(buf);
             result(RES_INIT_TSC, 0);
             result(RES_OPS, ops);

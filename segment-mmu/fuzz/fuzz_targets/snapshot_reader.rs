@@ -1,13 +1,13 @@
 //! Fuzzes the `.ptsnap` reader: any input is either rejected with a typed error or
-//! yields a snapshot whose tables enumerate and walk without panicking.
+//! yields a ptsnap whose tables enumerate and walk without panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use segment_mmu::snapshot::Snapshot;
+use segment_mmu::ptsnap::Ptsnap;
 use segment_mmu::walker::{walk, Access};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = Snapshot::from_bytes(data) {
+    if let Ok(s) = Ptsnap::from_bytes(data) {
         let cfg = s.walk_config();
         for (i, sp) in s.spaces.iter().enumerate() {
             let _ = s.mappings(i);
@@ -22,6 +22,6 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // What was accepted must round-trip.
-        assert_eq!(Snapshot::from_bytes(&s.to_bytes()).as_ref(), Ok(&s));
+        assert_eq!(Ptsnap::from_bytes(&s.to_bytes()).as_ref(), Ok(&s));
     }
 });

@@ -5,7 +5,7 @@ use crate::bloom::EscapeFilter;
 use crate::enumerate::linear_regions;
 use crate::host::{HostModel, Segment};
 use crate::paging::PageSize;
-use crate::snapshot::Snapshot;
+use crate::ptsnap::Ptsnap;
 use crate::tlb::{tlb_key, Costs, Hit, SetAssoc, TlbConfig, TlbHierarchy, WalkCaches};
 use crate::walker::{walk, Access, Walk, WalkConfig};
 
@@ -15,7 +15,7 @@ use super::{DesignKind, DesignReport, Error, Translation};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
     /// No such address space.
-    #[error("address space {0} does not exist (snapshot has {1})")]
+    #[error("address space {0} does not exist (ptsnap has {1})")]
     NoSpace(usize, usize),
     /// Host levels not 4 or 5, or enlarged levels not 1..=4.
     #[error("bad model configuration: {0}")]
@@ -89,7 +89,7 @@ impl Default for ModelConfig {
 #[derive(Debug)]
 pub struct Env<'a> {
     /// The guest.
-    pub snap: &'a Snapshot,
+    pub snap: &'a Ptsnap,
     /// Address space replayed.
     pub space: usize,
     /// Its CR3.
@@ -114,7 +114,7 @@ pub struct Env<'a> {
 
 impl<'a> Env<'a> {
     /// Prepares a replay of address space `space` of `snap`.
-    pub fn new(snap: &'a Snapshot, space: usize, cfg: ModelConfig) -> Result<Self, EnvError> {
+    pub fn new(snap: &'a Ptsnap, space: usize, cfg: ModelConfig) -> Result<Self, EnvError> {
         let s = snap
             .spaces
             .get(space)
@@ -161,7 +161,7 @@ impl<'a> Env<'a> {
             walk_cfg,
             guest_levels,
             host_levels,
-            host: HostModel::from_snapshot(snap),
+            host: HostModel::from_ptsnap(snap),
             guest_segment,
             escaped,
             cfg,

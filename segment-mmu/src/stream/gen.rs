@@ -180,7 +180,7 @@ impl Iterator for Zipf {
 
 /// Page-table churn: GUPS-like uniform accesses where, with probability `rate` per
 /// access, a random page is first unmapped then mapped again (munmap/mmap or page
-/// migration churn). The mapping after the pair is the same, so the snapshot stays
+/// migration churn). The mapping after the pair is the same, so the ptsnap stays
 /// valid; what the designs see is two guest page-table writes and an invalidation.
 #[derive(Debug, Clone)]
 pub struct PtChurn {

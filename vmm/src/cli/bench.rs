@@ -55,11 +55,11 @@ pub struct Args {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Page-table snapshots (issue #6): the first repeat of every guest run asks for one
-    /// once its data is touched, written to OUT/snapshots/ and named in results.json, for
+    /// Page-table ptsnaps (issue #6): the first repeat of every guest run asks for one
+    /// once its data is touched, written to OUT/ptsnaps/ and named in results.json, for
     /// `segvmm project`.
     #[arg(long)]
-    pub snapshot: bool,
+    pub ptsnap: bool,
     /// Dirty tracking (issue #8): track every measurement-guest run of the matrix every
     /// INTERVAL (e.g. 100ms); each writes OUT/hotness/<run>.hot and a heat map (.svg),
     /// named in results.json (`dirty`) and summary.md. Their ns/op include the tracking.
@@ -128,8 +128,8 @@ pub fn run(args: Args) -> CliResult {
         std::fs::create_dir_all(&d)
             .map_err(|e| CliError::failed(format!("creating {}: {e}", d.display())))?;
     }
-    if args.snapshot {
-        let d = args.out.join("snapshots");
+    if args.ptsnap {
+        let d = args.out.join("ptsnaps");
         std::fs::create_dir_all(&d)
             .map_err(|e| CliError::failed(format!("creating {}: {e}", d.display())))?;
     }
@@ -155,9 +155,9 @@ pub fn run(args: Args) -> CliResult {
             cell.repeat + 1
         ));
         let snap_name = match cell.environment {
-            bench::Environment::Guest(_) if args.snapshot && cell.repeat == 0 => Some(format!(
-                "snapshots/{}",
-                super::project::snapshot_file_name(
+            bench::Environment::Guest(_) if args.ptsnap && cell.repeat == 0 => Some(format!(
+                "ptsnaps/{}",
+                super::project::ptsnap_file_name(
                     cell.workload.name(),
                     &cell.environment.to_string(),
                     &cell.backing.to_string(),
@@ -167,16 +167,16 @@ pub fn run(args: Args) -> CliResult {
             _ => None,
         };
         let snap_file = snap_name.as_ref().map(|n| args.out.join(n));
-        let row = bench::run_cell_with_snapshot(
+        let row = bench::run_cell_with_ptsnap(
             cell,
             &spec,
             &host,
             snap_file.as_deref().zip(snap_name.as_deref()),
         );
-        if let (Some(ms), Some(name)) = (row.snapshot_ms, &row.snapshot) {
+        if let (Some(ms), Some(name)) = (row.ptsnap_ms, &row.ptsnap) {
             bar.println(format!(
-                "segvmm: snapshot {name}: guest paused {:.1} ms, file written after {ms:.1} ms",
-                row.snapshot_paused_ms.unwrap_or(f64::NAN)
+                "segvmm: ptsnap {name}: guest paused {:.1} ms, file written after {ms:.1} ms",
+                row.ptsnap_paused_ms.unwrap_or(f64::NAN)
             ));
         }
         if let Some(why) = &row.reason {

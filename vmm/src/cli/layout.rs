@@ -1,4 +1,4 @@
-//! `segvmm layout`: a guest's memory layout from a page-table snapshot, for VMM developers
+//! `segvmm layout`: a guest's memory layout from a page-table capture, for VMM developers
 //! testing memory layouts: RAM ranges and their host mapping, page sizes, host-physically
 //! contiguous runs, and how much one segment would cover on each side of translation
 //! (guest-physical → host-physical for a Compromis/VMM direct segment, guest-virtual →
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use segment_mmu::census::{direct_map, table_pages, DirectMap, TablePages};
 use segment_mmu::enumerate::{enumerate, linear_regions, mapped_bytes};
-use segment_mmu::snapshot::Snapshot;
+use segment_mmu::ptsnap::Ptsnap;
 use serde::Serialize;
 
 use super::{CliError, CliResult};
@@ -16,9 +16,9 @@ use super::{CliError, CliResult};
 /// Options of `segvmm layout`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A `.ptsnap` file (from `segvmm snapshot`, `segvmm bench --snapshot`, or the models).
+    /// A `.ptsnap` file (from `segvmm ptsnap`, `segvmm bench --ptsnap`, or the models).
     #[arg(long)]
-    pub snapshot: PathBuf,
+    pub ptsnap: PathBuf,
     /// Also write the layout as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -94,7 +94,7 @@ fn mib(b: u64) -> f64 {
 
 /// Computes the layout of `snap`; also returns the largest ranges per space for printing.
 pub fn layout(
-    snap: &Snapshot,
+    snap: &Ptsnap,
     top: usize,
 ) -> Result<(Layout, Vec<Vec<segment_mmu::enumerate::MappingRange>>), String> {
     let ram: Vec<RamLayout> = snap
@@ -164,15 +164,15 @@ pub fn layout(
 
 /// Runs `segvmm layout`.
 pub fn run(args: Args) -> CliResult {
-    let bytes = std::fs::read(&args.snapshot)
-        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
-    let snap = Snapshot::from_bytes(&bytes)
-        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
+    let bytes = std::fs::read(&args.ptsnap)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.ptsnap.display())))?;
+    let snap = Ptsnap::from_bytes(&bytes)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.ptsnap.display())))?;
     let (l, tops) = layout(&snap, args.top)
-        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.snapshot.display())))?;
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", args.ptsnap.display())))?;
     println!(
         "{}: {}-level paging, {:.0} MiB of guest RAM, {} address space(s)",
-        args.snapshot.display(),
+        args.ptsnap.display(),
         l.levels,
         mib(l.ram_bytes),
         l.spaces.len()
@@ -196,7 +196,7 @@ pub fn run(args: Args) -> CliResult {
     }
     match (l.vm_segment_coverage, l.vm_segments_needed) {
         (Some(c), Some(n)) => println!("one VM segment (Compromis / VMM direct) covers {:.1}% of guest RAM; {n} segment(s) cover all of it", c * 100.0),
-        _ => println!("one VM segment: coverage unknown (the snapshot has no host-physical runs)"),
+        _ => println!("one VM segment: coverage unknown (the ptsnap has no host-physical runs)"),
     }
     for (s, top) in l.spaces.iter().zip(&tops) {
         println!(

@@ -7,8 +7,8 @@ pub mod layout;
 pub mod model;
 pub mod place;
 pub mod project;
+pub mod ptsnap;
 pub mod run;
-pub mod snapshot;
 pub mod tier;
 
 /// A failed command: one line of text and the process exit code.

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use segment_mmu::designs::{DesignKind, DesignReport, Env, ModelConfig};
+use segment_mmu::ptsnap::{Ptsnap, SyntheticSpec};
 use segment_mmu::replay::{replay, Error as ReplayError};
-use segment_mmu::snapshot::{Snapshot, SyntheticSpec};
 use segment_mmu::stream::trace::TraceReader;
 use segment_mmu::stream::{AddressStream, StreamSpec};
 use segment_mmu::tlb::TlbConfig;
@@ -23,18 +23,18 @@ use super::{CliError, CliResult};
 /// Options of `segvmm model`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Page-table snapshot (`.ptsnap`) taken from a guest.
+    /// Page-table ptsnap (`.ptsnap`) taken from a guest.
     #[arg(
         long,
         required_unless_present = "synthetic",
         conflicts_with = "synthetic"
     )]
-    pub snapshot: Option<PathBuf>,
+    pub ptsnap: Option<PathBuf>,
     /// Synthetic address space: `heap=8G,pages=4k` or `heap=8G,pages=2m:0.7`
     /// (also base=0x..., procs=N, levels=4|5, host=4k|2m|1g, segments=K, ram=SIZE).
     #[arg(long)]
     pub synthetic: Option<String>,
-    /// Address space to replay (index into the snapshot's spaces).
+    /// Address space to replay (index into the ptsnap's spaces).
     #[arg(long, default_value_t = 0)]
     pub space: usize,
     /// Stream: `gups:footprint=4G,count=10M[,seed=S]`, `chase:..`, `seq:..`,
@@ -69,9 +69,9 @@ pub struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Also write the (loaded or synthesised) snapshot as `.ptsnap`.
+    /// Also write the (loaded or synthesised) ptsnap as `.ptsnap`.
     #[arg(long)]
-    pub save_snapshot: Option<PathBuf>,
+    pub save_ptsnap: Option<PathBuf>,
 }
 
 #[derive(serde::Serialize)]
@@ -81,16 +81,16 @@ struct JsonOut<'a> {
     space: usize,
     stream: String,
     tlb: &'a TlbConfig,
-    snapshot: segment_mmu::snapshot::Summary,
+    ptsnap: segment_mmu::ptsnap::Summary,
 }
 
 /// Runs `segvmm model`.
 pub fn run(a: Args) -> CliResult {
-    let (snap, source) = match (&a.snapshot, &a.synthetic) {
+    let (snap, source) = match (&a.ptsnap, &a.synthetic) {
         (Some(p), _) => {
             let mut f = File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
             (
-                Snapshot::read_from(&mut f).map_err(|e| bad(format!("{}: {e}", p.display())))?,
+                Ptsnap::read_from(&mut f).map_err(|e| bad(format!("{}: {e}", p.display())))?,
                 p.display().to_string(),
             )
         }
@@ -98,9 +98,9 @@ pub fn run(a: Args) -> CliResult {
             let spec: SyntheticSpec = s.parse().map_err(bad)?;
             (spec.build().map_err(bad)?, format!("synthetic:{s}"))
         }
-        (None, None) => return Err(bad("give --snapshot FILE or --synthetic SPEC")),
+        (None, None) => return Err(bad("give --ptsnap FILE or --synthetic SPEC")),
     };
-    if let Some(p) = &a.save_snapshot {
+    if let Some(p) = &a.save_ptsnap {
         let mut f =
             File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
         snap.write_to(&mut f)
@@ -179,7 +179,7 @@ pub fn run(a: Args) -> CliResult {
             space: a.space,
             stream: stream_name,
             tlb: &env.cfg.tlb,
-            snapshot: snap.summary(),
+            ptsnap: snap.summary(),
         };
         let text = serde_json::to_string_pretty(&out).map_err(CliError::failed)?;
         let mut f =

@@ -4,8 +4,8 @@
 //! the runtime of every MMU design.
 //!
 //! Page tables per run, best first: the `.ptsnap` the guest asked for during the run
-//! (the row's `snapshot` field, or `NAME` in `--snapshots DIR`, `RESULTS/snapshots/` or
-//! `RESULTS/`, with NAME from [`snapshot_file_name`]); else the tables the VMM built for
+//! (the row's `ptsnap` field, or `NAME` in `--ptsnaps DIR`, `RESULTS/ptsnaps/` or
+//! `RESULTS/`, with NAME from [`ptsnap_file_name`]); else the tables the VMM built for
 //! that run, rebuilt from the measurement guest's plan (deterministic: same workload,
 //! footprint and guest page size give the same tables) and marked as such; native runs
 //! get a synthetic address space of the buffer in the backing's page size. The stream is
@@ -14,7 +14,7 @@
 //!
 //! Everything computed is marked: "measured" is what the bench timed, "model" the
 //! calibrated model's value for the measured configuration, "projected" a design that did
-//! not run. Bad results or snapshot files exit with 2 and one line naming the problem.
+//! not run. Bad results or ptsnap files exit with 2 and one line naming the problem.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,8 +26,8 @@ use segment_mmu::mem::PageStore;
 use segment_mmu::paging::{PageSize as MmuPageSize, PagingMode};
 use segment_mmu::project::workload::WorkloadStream;
 use segment_mmu::project::{self, Calibration, Checked, Features, Observation, Slope};
+use segment_mmu::ptsnap::{AddressSpace, Ptsnap, RamRange, SyntheticSpec};
 use segment_mmu::replay::replay;
-use segment_mmu::snapshot::{AddressSpace, RamRange, Snapshot, SyntheticSpec};
 use segment_mmu::tlb::TlbConfig;
 use serde::{Deserialize, Serialize};
 use workloads::kernels::Workload;
@@ -55,9 +55,9 @@ pub struct Args {
     /// A `segvmm bench --out` directory (holds results.json).
     #[arg(long)]
     pub results: PathBuf,
-    /// Directory of the runs' `.ptsnap` snapshots (default: RESULTS/snapshots, RESULTS).
+    /// Directory of the runs' `.ptsnap` ptsnaps (default: RESULTS/ptsnaps, RESULTS).
     #[arg(long)]
-    pub snapshots: Option<PathBuf>,
+    pub ptsnaps: Option<PathBuf>,
     /// Designs to project: `all` or a comma list (native, nested, shadow, compromis,
     /// dual-direct, vmm-direct, guest-direct, enlarged-tdp, dynamic-switch). Nested is
     /// also projected with 4 KiB and 2 MiB host pages (nested-4k-host, nested-2m-host).
@@ -93,9 +93,9 @@ pub enum Error {
         /// Why.
         why: String,
     },
-    /// A snapshot file is unreadable or malformed.
-    #[error("snapshot {path}: {why}")]
-    Snapshot {
+    /// A ptsnap file is unreadable or malformed.
+    #[error("ptsnap {path}: {why}")]
+    Ptsnap {
         /// File.
         path: String,
         /// Why.
@@ -131,8 +131,8 @@ impl Error {
     }
 }
 
-/// The snapshot file name of a run: `chase-guest-4k-thp-256M.ptsnap`.
-pub fn snapshot_file_name(
+/// The ptsnap file name of a run: `chase-guest-4k-thp-256M.ptsnap`.
+pub fn ptsnap_file_name(
     workload: &str,
     environment: &str,
     backing: &str,
@@ -167,7 +167,7 @@ struct RowIn {
     status: String,
     measurement: Option<MeasurementIn>,
     #[serde(default)]
-    snapshot: Option<String>,
+    ptsnap: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,7 +194,7 @@ struct Cell {
     ops: u64,
     measured: f64,
     repeats: usize,
-    snapshot: Option<String>,
+    ptsnap: Option<String>,
     /// Median over the repeats of KVM's exits per operation in the timed part.
     exits_per_op: Option<f64>,
 }
@@ -284,7 +284,7 @@ impl Cell {
 /// Where a run's page tables came from.
 #[derive(Debug, Clone, Serialize)]
 struct TablesSource {
-    /// "snapshot", "plan" (rebuilt from the guest's plan: no snapshot found) or
+    /// "ptsnap", "plan" (rebuilt from the guest's plan: no ptsnap found) or
     /// "synthetic" (native runs).
     source: &'static str,
     /// The file or spec.
@@ -387,7 +387,7 @@ fn cells(rows: &[RowIn], skipped: &mut Vec<String>) -> Vec<Cell> {
                 ops: first.ops,
                 measured: med,
                 repeats: v.len(),
-                snapshot: g.iter().find_map(|r| r.snapshot.clone()),
+                ptsnap: g.iter().find_map(|r| r.ptsnap.clone()),
                 exits_per_op,
             })
         })
@@ -414,17 +414,17 @@ fn guest_pages(environment: &str) -> Option<PageSize> {
     }
 }
 
-fn read_snapshot(path: &Path) -> Result<Snapshot, Error> {
-    let e = |why: String| Error::Snapshot {
+fn read_ptsnap(path: &Path) -> Result<Ptsnap, Error> {
+    let e = |why: String| Error::Ptsnap {
         path: path.display().to_string(),
         why,
     };
     let bytes = std::fs::read(path).map_err(|err| e(err.to_string()))?;
-    Snapshot::from_bytes(&bytes).map_err(|err| e(err.to_string()))
+    Ptsnap::from_bytes(&bytes).map_err(|err| e(err.to_string()))
 }
 
-/// The measurement guest's tables for `cell`, rebuilt from its plan, as a snapshot.
-fn plan_snapshot(cell: &Cell, pages: PageSize, host_page: u64) -> Result<Snapshot, Error> {
+/// The measurement guest's tables for `cell`, rebuilt from its plan, as a ptsnap.
+fn plan_ptsnap(cell: &Cell, pages: PageSize, host_page: u64) -> Result<Ptsnap, Error> {
     let err = |why: String| Error::Run {
         run: cell.name(),
         why,
@@ -467,7 +467,7 @@ fn plan_snapshot(cell: &Cell, pages: PageSize, host_page: u64) -> Result<Snapsho
         ]
     };
     // The guest's CR4 (PAE, OSFXSR, OSXMMEXCPT) and EFER (LME, LMA): see probe::guest.
-    let mut snap = Snapshot {
+    let mut snap = Ptsnap {
         mode: PagingMode::Level4,
         cr4: (1 << 5) | (1 << 9) | (1 << 10),
         efer: (1 << 8) | (1 << 10),
@@ -485,7 +485,7 @@ fn plan_snapshot(cell: &Cell, pages: PageSize, host_page: u64) -> Result<Snapsho
 }
 
 /// The native buffer as a synthetic address space in the backing's page size.
-fn native_snapshot(cell: &Cell, host_page: u64) -> Result<(Snapshot, String), Error> {
+fn native_ptsnap(cell: &Cell, host_page: u64) -> Result<(Ptsnap, String), Error> {
     let err = |why: String| Error::Run {
         run: cell.name(),
         why,
@@ -524,7 +524,7 @@ fn tables_for(
     cell: &Cell,
     dirs: &[PathBuf],
     results_dir: &Path,
-) -> Result<(Snapshot, TablesSource), Error> {
+) -> Result<(Ptsnap, TablesSource), Error> {
     let err = |why: String| Error::Run {
         run: cell.name(),
         why,
@@ -532,7 +532,7 @@ fn tables_for(
     let host_page = backing_page(&cell.backing)
         .ok_or_else(|| err(format!("unknown backing {:?}", cell.backing)))?;
     if cell.environment == "native" {
-        let (s, detail) = native_snapshot(cell, host_page)?;
+        let (s, detail) = native_ptsnap(cell, host_page)?;
         return Ok((
             s,
             TablesSource {
@@ -548,7 +548,7 @@ fn tables_for(
         ))
     })?;
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = &cell.snapshot {
+    if let Some(p) = &cell.ptsnap {
         let p = PathBuf::from(p);
         candidates.push(if p.is_relative() {
             results_dir.join(p)
@@ -556,7 +556,7 @@ fn tables_for(
             p
         });
     }
-    let name = snapshot_file_name(
+    let name = ptsnap_file_name(
         &cell.workload,
         &cell.environment,
         &cell.backing,
@@ -564,21 +564,21 @@ fn tables_for(
     );
     candidates.extend(dirs.iter().map(|d| d.join(&name)));
     if let Some(p) = candidates.into_iter().find(|p| p.exists()) {
-        let s = read_snapshot(&p)?;
+        let s = read_ptsnap(&p)?;
         return Ok((
             s,
             TablesSource {
-                source: "snapshot",
+                source: "ptsnap",
                 detail: p.display().to_string(),
             },
         ));
     }
-    let s = plan_snapshot(cell, pages, host_page)?;
+    let s = plan_ptsnap(cell, pages, host_page)?;
     Ok((
         s,
         TablesSource {
             source: "plan",
-            detail: "no snapshot found: the tables the VMM built, rebuilt from the guest's plan"
+            detail: "no ptsnap found: the tables the VMM built, rebuilt from the guest's plan"
                 .into(),
         },
     ))
@@ -593,7 +593,7 @@ type Replays = (Vec<(DesignReport, DesignReport)>, u64, u64);
 /// (warm-up, full) report pairs and N: [`Features::per_op`] takes the difference.
 fn replay_cell(
     cell: &Cell,
-    snap: &Snapshot,
+    snap: &Ptsnap,
     designs: &[DesignKind],
     tlb: &TlbConfig,
     max: u64,
@@ -624,14 +624,14 @@ fn replay_cell(
     let (warm, full) = (run(w)?, run(w + n)?);
     if let Some(r) = full.iter().find(|r| r.faults * 100 > r.accesses) {
         return Err(err(format!(
-            "{} of {} replayed accesses fault in these page tables: the snapshot does not map the run's buffer at {:#x}",
+            "{} of {} replayed accesses fault in these page tables: the ptsnap does not map the run's buffer at {:#x}",
             r.faults, r.accesses, ws.base
         )));
     }
     Ok((warm.into_iter().zip(full).collect(), w, n))
 }
 
-fn with_host_page(snap: &Snapshot, page: u64) -> Snapshot {
+fn with_host_page(snap: &Ptsnap, page: u64) -> Ptsnap {
     let mut s = snap.clone();
     for r in &mut s.ram {
         r.host_page_size = page;
@@ -853,13 +853,13 @@ pub fn run(a: Args) -> CliResult {
             a.results.display()
         )));
     }
-    let mut dirs: Vec<PathBuf> = a.snapshots.iter().cloned().collect();
-    dirs.push(a.results.join("snapshots"));
+    let mut dirs: Vec<PathBuf> = a.ptsnaps.iter().cloned().collect();
+    dirs.push(a.results.join("ptsnaps"));
     dirs.push(a.results.clone());
-    if let Some(d) = &a.snapshots {
+    if let Some(d) = &a.ptsnaps {
         if !d.is_dir() {
             return Err(CliError::bad_input(format!(
-                "--snapshots {}: not a directory",
+                "--ptsnaps {}: not a directory",
                 d.display()
             )));
         }
@@ -1010,7 +1010,7 @@ pub fn run(a: Args) -> CliResult {
         });
     }
     if replayed.iter().any(|r| r.tables.source == "plan") {
-        notes.push("some guest runs had no snapshot: their page tables were rebuilt from the measurement guest's plan (the tables the VMM wrote), with the host-physical layout unknown".into());
+        notes.push("some guest runs had no ptsnap: their page tables were rebuilt from the measurement guest's plan (the tables the VMM wrote), with the host-physical layout unknown".into());
     }
     if cal.exit_cost == project::Source::Assumed {
         notes.push(format!("VM exit cost not determinable from these runs (no group's exits vary between its runs): {} cycles ASSUMED", cal.cycles_per_exit));
@@ -1352,9 +1352,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_names_and_backings() {
+    fn ptsnap_names_and_backings() {
         assert_eq!(
-            snapshot_file_name("chase", "guest-4k", "thp", 256 << 20),
+            ptsnap_file_name("chase", "guest-4k", "thp", 256 << 20),
             "chase-guest-4k-thp-256M.ptsnap"
         );
         assert_eq!(backing_page("thp"), Some(2 << 20));
@@ -1399,7 +1399,7 @@ mod tests {
             ops: 20_000,
             measured: 30.0,
             repeats: 1,
-            snapshot: None,
+            ptsnap: None,
             exits_per_op: None,
         }
     }
@@ -1407,7 +1407,7 @@ mod tests {
     #[test]
     fn plan_tables_replay_the_run_without_faults() {
         let cell = cell("gups", "guest-4k");
-        let snap = plan_snapshot(&cell, PageSize::Size4K, 2 << 20).unwrap();
+        let snap = plan_ptsnap(&cell, PageSize::Size4K, 2 << 20).unwrap();
         let (pairs, w, n) =
             replay_cell(&cell, &snap, &DesignKind::ALL, &TlbConfig::none(), 5_000).unwrap();
         let r: Vec<DesignReport> = pairs.into_iter().map(|p| p.1).collect();
@@ -1427,10 +1427,10 @@ mod tests {
             for env in ["guest-4k", "guest-2m", "native"] {
                 let c = cell(w, env);
                 let (snap, _) = if env == "native" {
-                    native_snapshot(&c, 2 << 20).unwrap()
+                    native_ptsnap(&c, 2 << 20).unwrap()
                 } else {
                     let pages = guest_pages(env).unwrap();
-                    (plan_snapshot(&c, pages, 2 << 20).unwrap(), String::new())
+                    (plan_ptsnap(&c, pages, 2 << 20).unwrap(), String::new())
                 };
                 let ds = [DesignKind::Native, DesignKind::Shadow];
                 let ds = if env == "native" { &ds[..1] } else { &ds[..] };

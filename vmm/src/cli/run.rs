@@ -59,7 +59,7 @@ pub struct Args {
     /// Stop the guest after this many seconds.
     #[arg(long, default_value_t = 1800.0)]
     pub timeout: f64,
-    /// Serve the API socket here (`segvmm snapshot --api-socket PATH --out FILE`).
+    /// Serve the API socket here (`segvmm ptsnap --api-socket PATH --out FILE`).
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
     /// Write the run report as JSON.
@@ -227,7 +227,7 @@ fn run_probe(args: &Args) -> CliResult {
         backing: args.backing,
         grow_pool: args.grow_pool,
         timeout: Duration::from_secs_f64(args.timeout),
-        snapshot: None,
+        ptsnap: None,
         track_dirty: args.dirty(),
     };
     let run = guest::run(spec, &opts).map_err(|e| match e {

@@ -29,13 +29,13 @@ pub enum DeviceAction {
     Exit(i32),
     /// The guest asked for a reset (i8042 pulse, triple-fault-free reboot).
     Reset,
-    /// The guest asks for a page-table snapshot written to this file (the VMM pauses the
+    /// The guest asks for a page-table capture written to this file (the VMM pauses the
     /// other vCPUs, captures, and resumes the guest).
-    Snapshot(std::path::PathBuf),
+    Ptsnap(std::path::PathBuf),
 }
 
 /// A device behind the signal MMIO window (the measurement guest's channel). It gets the
-/// vCPU so that it can read registers (e.g. CR3 for a page-table snapshot) on a request.
+/// vCPU so that it can read registers (e.g. CR3 for a page-table capture) on a request.
 pub trait MmioHandler: Send + Sync {
     /// The guest wrote `data` at `offset` inside the window.
     fn write(&self, vcpu: &VcpuFd, offset: u64, data: &[u8]) -> DeviceAction;
@@ -53,8 +53,8 @@ pub struct Devices {
     pub console: Arc<Console>,
     /// The MMIO signal window's handler, if any.
     pub mmio: Option<Arc<dyn MmioHandler>>,
-    /// Takes page-table snapshots when the guest asks (set once the vCPUs exist).
-    pub snapshots: std::sync::OnceLock<Arc<crate::snapshot::SnapshotService>>,
+    /// Takes page-table captures when the guest asks (set once the vCPUs exist).
+    pub ptsnaps: std::sync::OnceLock<Arc<crate::ptsnap::PtsnapService>>,
 }
 
 impl std::fmt::Debug for Devices {

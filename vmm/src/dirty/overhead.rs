@@ -217,7 +217,7 @@ pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, String> {
         backing: spec.backing,
         grow_pool: spec.grow_pool,
         timeout: spec.timeout,
-        snapshot: None,
+        ptsnap: None,
         track_dirty: None,
     };
     let mut rows = Vec::new();

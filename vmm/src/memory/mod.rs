@@ -198,7 +198,7 @@ pub struct MemoryConfig {
     /// host fault and the report shows what the host really gave. `false` leaves guest RAM
     /// unpopulated (`MAP_NORESERVE`, no size check against available memory): pages
     /// the guest never touches cost no host memory, which is what lets a 16 GiB guest
-    /// whose tables map all of its RAM run on a smaller host (the snapshot scale
+    /// whose tables map all of its RAM run on a smaller host (the ptsnap scale
     /// benchmark); the host-physical runs are then unknown until everything is touched.
     pub prefault: bool,
 }

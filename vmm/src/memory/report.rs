@@ -44,7 +44,7 @@ pub struct MemoryReport {
     pub rss_bytes: u64,
     /// Time spent mapping and prefaulting guest RAM, ms.
     pub setup_ms: f64,
-    /// The runs themselves (not serialized: can be millions; the snapshot carries them).
+    /// The runs themselves (not serialized: can be millions; the ptsnap carries them).
     #[serde(skip)]
     pub runs: Vec<HostRun>,
 }

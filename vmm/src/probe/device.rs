@@ -1,7 +1,7 @@
 //! The measurement guest's side of the signal MMIO window: it timestamps the guest's
 //! "start" and "stop" with the VMM's own clock (to cross-check the guest's TSC), reads
 //! KVM's vCPU counters at both so that the timed part's exits and shadow page faults are
-//! known, runs the snapshot hook, and copies the results page before the VM ends.
+//! known, runs the ptsnap hook, and copies the results page before the VM ends.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,17 +10,17 @@ use std::time::Instant;
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use workloads::protocol::{
-    MMIO_FAULT, MMIO_RESULT, MMIO_SNAPSHOT, MMIO_START, MMIO_STOP, RESULTS_VA,
+    MMIO_FAULT, MMIO_PTSNAP, MMIO_RESULT, MMIO_START, MMIO_STOP, RESULTS_VA,
 };
 
 use crate::devices::{DeviceAction, MmioHandler};
 use crate::vstate::stats::StatsFd;
 
 /// Called when the guest signals that its data is allocated and touched (issue #6 takes a
-/// page-table snapshot there). Gets the vCPU so it can read CR3/CR4/EFER. Returning a
-/// file asks the VMM for a page-table snapshot there (`DeviceAction::Snapshot`: the vCPU
+/// page-table capture there). Gets the vCPU so it can read CR3/CR4/EFER. Returning a
+/// file asks the VMM for a page-table capture there (`DeviceAction::Ptsnap`: the vCPU
 /// loop pauses the other vCPUs, captures and resumes); `None` asks for nothing.
-pub type SnapshotHook =
+pub type PtsnapHook =
     Arc<dyn Fn(&VcpuFd) -> Result<Option<std::path::PathBuf>, String> + Send + Sync>;
 
 /// Exit status the device gives the VM when the guest's ring-0 stub reports a fault.
@@ -44,14 +44,14 @@ pub struct Outcome {
     pub results: Option<[u64; RESULT_WORDS]>,
     /// Whether the ring-0 stub reported a fault.
     pub fault: bool,
-    /// Snapshot hook calls and their outcome.
-    pub snapshots: Vec<Result<(), String>>,
+    /// Ptsnap hook calls and their outcome.
+    pub ptsnaps: Vec<Result<(), String>>,
 }
 
 /// The device behind the window.
 pub struct ProbeDevice {
     state: Mutex<State>,
-    snapshot: Option<SnapshotHook>,
+    ptsnap: Option<PtsnapHook>,
 }
 
 struct State {
@@ -64,21 +64,21 @@ struct State {
 impl std::fmt::Debug for ProbeDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProbeDevice")
-            .field("snapshot_hook", &self.snapshot.is_some())
+            .field("ptsnap_hook", &self.ptsnap.is_some())
             .finish()
     }
 }
 
 impl ProbeDevice {
-    /// A device with an optional snapshot hook.
-    pub fn new(snapshot: Option<SnapshotHook>) -> Self {
+    /// A device with an optional ptsnap hook.
+    pub fn new(ptsnap: Option<PtsnapHook>) -> Self {
         ProbeDevice {
             state: Mutex::new(State {
                 mem: None,
                 stats: None,
                 outcome: Outcome::default(),
             }),
-            snapshot,
+            ptsnap,
         }
     }
 
@@ -141,14 +141,14 @@ impl MmioHandler for ProbeDevice {
                 s.outcome.stop = Some(Instant::now());
                 s.outcome.stats_stop = Self::read_stats(&mut s, vcpu);
             }
-            MMIO_SNAPSHOT => {
-                if let Some(hook) = &self.snapshot {
+            MMIO_PTSNAP => {
+                if let Some(hook) = &self.ptsnap {
                     let r = hook(vcpu);
                     s.outcome
-                        .snapshots
+                        .ptsnaps
                         .push(r.as_ref().map(|_| ()).map_err(Clone::clone));
                     if let Ok(Some(path)) = r {
-                        return DeviceAction::Snapshot(path);
+                        return DeviceAction::Ptsnap(path);
                     }
                 }
             }

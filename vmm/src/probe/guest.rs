@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 use workloads::kernels::Workload;
 use workloads::protocol::*;
 
-use super::device::{Outcome, ProbeDevice, SnapshotHook};
+use super::device::{Outcome, ProbeDevice, PtsnapHook};
 use super::image::{self, Image, PROBE_ELF};
 use super::layout::{self, Layout, Mapping, PageSize, PageTables};
 use super::{Measurement, WorkloadSpec};
@@ -75,8 +75,8 @@ pub struct GuestOptions {
     pub grow_pool: bool,
     /// Give up after this long.
     pub timeout: Duration,
-    /// Called at the guest's snapshot signal.
-    pub snapshot: Option<SnapshotHook>,
+    /// Called at the guest's ptsnap signal.
+    pub ptsnap: Option<PtsnapHook>,
     /// Dirty-page tracking (issue #8).
     pub track_dirty: Option<crate::dirty::DirtyConfig>,
 }
@@ -88,7 +88,7 @@ impl Default for GuestOptions {
             backing: Backing::Thp,
             grow_pool: false,
             timeout: Duration::from_secs(600),
-            snapshot: None,
+            ptsnap: None,
             track_dirty: None,
         }
     }
@@ -109,7 +109,7 @@ impl std::fmt::Debug for GuestOptions {
 pub struct GuestPlan {
     /// The run.
     pub spec: GuestSpec,
-    /// Address layout (public: a page-table snapshot is compared with it).
+    /// Address layout (public: a page-table capture is compared with it).
     pub layout: Layout,
     /// The tables built from it.
     pub tables: PageTables,
@@ -504,7 +504,7 @@ pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
 
 /// [`run`], choosing whether guest RAM is faulted in at set-up
 /// ([`MemoryConfig::prefault`]). Every measurement prefaults (a timed guest must not take
-/// host faults); only the snapshot scale benchmark turns it off, to give a guest whose
+/// host faults); only the ptsnap scale benchmark turns it off, to give a guest whose
 /// tables map many GiB that it never touches. Hence a separate entry point rather than an
 /// option every caller has to set.
 pub fn run_with_prefault(
@@ -519,7 +519,7 @@ pub fn run_with_prefault(
         ));
     }
     let plan = Arc::new(GuestPlan::new(spec)?);
-    let device = Arc::new(ProbeDevice::new(opts.snapshot.clone()));
+    let device = Arc::new(ProbeDevice::new(opts.ptsnap.clone()));
     let (p, d) = (plan.clone(), device.clone());
     let payload = Payload::Custom(Box::new(move |ram: &GuestRam, _: &host::HostInfo| {
         d.attach(ram.memory().clone());

@@ -2,7 +2,7 @@
 //! ranges are backed by which guest-physical ranges, with which page size and rights.
 //!
 //! The VMM knows every entry exactly, so this module is also the reference a page-table
-//! snapshot of a running guest is compared with ([`PageTables::entries`]). Tables are
+//! ptsnap of a running guest is compared with ([`PageTables::entries`]). Tables are
 //! allocated level by level (root, then all PDPTs, all PDs, all PTs), each level in
 //! ascending virtual order, so the leaf entries of one virtually contiguous range are
 //! contiguous in guest-physical memory (ptchurn edits them by address).
@@ -310,7 +310,7 @@ impl PageTables {
     }
 
     /// Every non-zero entry as (guest-physical address of the entry, value): what a
-    /// snapshot of the guest's tables must show, entry by entry.
+    /// ptsnap of the guest's tables must show, entry by entry.
     pub fn entries(&self) -> Vec<(u64, u64)> {
         self.tables
             .iter()

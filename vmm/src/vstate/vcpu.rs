@@ -166,7 +166,7 @@ pub enum VcpuStop {
 pub struct VcpuState {
     /// General registers.
     pub regs: kvm_regs,
-    /// Segment and control registers (CR3, CR4, EFER for snapshots).
+    /// Segment and control registers (CR3, CR4, EFER for ptsnaps).
     pub sregs: kvm_sregs,
 }
 
@@ -350,17 +350,17 @@ pub fn run_loop(
             DeviceAction::Continue => {}
             DeviceAction::Exit(s) => return VcpuStop::GuestExit(s),
             DeviceAction::Reset => return VcpuStop::Reset,
-            DeviceAction::Snapshot(path) => {
-                let r = match devices.snapshots.get() {
+            DeviceAction::Ptsnap(path) => {
+                let r = match devices.ptsnaps.get() {
                     Some(svc) => svc
-                        .snapshot_from_vcpu(vcpu, &path)
+                        .ptsnap_from_vcpu(vcpu, &path)
                         .map(|_| ())
                         .map_err(|e| e.to_string()),
-                    None => Err("this VM has no snapshot service".to_string()),
+                    None => Err("this VM has no ptsnap service".to_string()),
                 };
                 if let Err(e) = r {
                     return VcpuStop::Unhandled(format!(
-                        "guest-requested snapshot to {}: {e}",
+                        "guest-requested ptsnap to {}: {e}",
                         path.display()
                     ));
                 }

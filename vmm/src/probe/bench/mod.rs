@@ -168,18 +168,18 @@ pub fn unavailable_reason(cell: &Cell, host: &HostInfo) -> Option<String> {
 
 /// Runs one cell.
 pub fn run_cell(cell: &Cell, spec: &MatrixSpec, host: &HostInfo) -> Row {
-    run_cell_with_snapshot(cell, spec, host, None)
+    run_cell_with_ptsnap(cell, spec, host, None)
 }
 
-/// Runs one cell; with `snapshot = Some((file, name))` a guest run also writes a
-/// page-table snapshot to `file` when its workload signals that its data is touched
+/// Runs one cell; with `ptsnap = Some((file, name))` a guest run also writes a
+/// page-table capture to `file` when its workload signals that its data is touched
 /// (issue #6), and the row records `name` (the file relative to the output directory)
-/// and the time the snapshot took (paused and in all).
-pub fn run_cell_with_snapshot(
+/// and the time the ptsnap took (paused and in all).
+pub fn run_cell_with_ptsnap(
     cell: &Cell,
     spec: &MatrixSpec,
     host: &HostInfo,
-    snapshot: Option<(&std::path::Path, &str)>,
+    ptsnap: Option<(&std::path::Path, &str)>,
 ) -> Row {
     let work = WorkloadSpec {
         workload: cell.workload,
@@ -199,9 +199,9 @@ pub fn run_cell_with_snapshot(
                 e => (Status::Failed, e.to_string()),
             }),
         Environment::Guest(pages) => {
-            let hook = snapshot.map(|(file, _)| {
+            let hook = ptsnap.map(|(file, _)| {
                 let file = file.to_path_buf();
-                let h: super::device::SnapshotHook =
+                let h: super::device::PtsnapHook =
                     std::sync::Arc::new(move |_| Ok(Some(file.clone())));
                 h
             });
@@ -216,7 +216,7 @@ pub fn run_cell_with_snapshot(
                 backing: cell.backing,
                 grow_pool: spec.grow_pool,
                 timeout: spec.timeout,
-                snapshot: hook,
+                ptsnap: hook,
                 track_dirty: hot.as_ref().map(|h| h.1.clone()),
             };
             match guest::run(
@@ -227,7 +227,7 @@ pub fn run_cell_with_snapshot(
                 &opts,
             ) {
                 Ok(run) => {
-                    taken = run.report.snapshots.first().map(|s| (s.ms, s.paused_ms));
+                    taken = run.report.ptsnaps.first().map(|s| (s.ms, s.paused_ms));
                     if let (Some(d), Some((name, _))) = (&run.report.dirty, &hot) {
                         tracked = Some(DirtyRow::new(d, name));
                     }
@@ -247,10 +247,10 @@ pub fn run_cell_with_snapshot(
         Ok(m) => Row::new(cell, Status::Ok, Some(m), None),
         Err((status, why)) => Row::new(cell, status, None, Some(why)),
     };
-    if let (Some((ms, paused_ms)), Some((_, name))) = (taken, snapshot) {
-        row.snapshot = Some(name.to_string());
-        row.snapshot_ms = Some(ms);
-        row.snapshot_paused_ms = Some(paused_ms);
+    if let (Some((ms, paused_ms)), Some((_, name))) = (taken, ptsnap) {
+        row.ptsnap = Some(name.to_string());
+        row.ptsnap_ms = Some(ms);
+        row.ptsnap_paused_ms = Some(paused_ms);
     }
     row.dirty = tracked;
     row

@@ -75,17 +75,17 @@ pub struct Row {
     pub reason: Option<String>,
     /// The measurement, when there is one.
     pub measurement: Option<Measurement>,
-    /// Page-table snapshot the guest asked for (`--snapshot`, issue #6), relative to the
+    /// Page-table ptsnap the guest asked for (`--ptsnap`, issue #6), relative to the
     /// output directory; `segvmm project` replays over it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<String>,
-    /// Time from the guest's request to the snapshot file being written, ms.
+    pub ptsnap: Option<String>,
+    /// Time from the guest's request to the ptsnap file being written, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot_ms: Option<f64>,
+    pub ptsnap_ms: Option<f64>,
     /// Of that, how long the guest was stopped, ms (the table copy; the rest happens after
     /// it resumed).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot_paused_ms: Option<f64>,
+    pub ptsnap_paused_ms: Option<f64>,
     /// Dirty tracking of this run (`--track-dirty`, issue #8): method, counts and the
     /// hotness file and heat map written.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,9 +154,9 @@ impl Row {
             status,
             reason,
             measurement,
-            snapshot: None,
-            snapshot_ms: None,
-            snapshot_paused_ms: None,
+            ptsnap: None,
+            ptsnap_ms: None,
+            ptsnap_paused_ms: None,
             dirty: None,
         }
     }
@@ -191,12 +191,12 @@ pub struct Summary {
     pub median_kvm_exits: Option<u64>,
     /// Median shadow page faults in the timed part.
     pub median_shadow_page_faults: Option<u64>,
-    /// Page-table snapshot of the cell (`--snapshot`: first repeat), request to file, ms.
+    /// Page-table ptsnap of the cell (`--ptsnap`: first repeat), request to file, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot_ms: Option<f64>,
+    pub ptsnap_ms: Option<f64>,
     /// Of that, how long the guest was paused, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot_paused_ms: Option<f64>,
+    pub ptsnap_paused_ms: Option<f64>,
     /// When nothing was measured: the first reason given.
     pub reason: Option<String>,
 }
@@ -269,8 +269,8 @@ pub fn summarize(rows: &[Row]) -> Vec<Summary> {
                 median_shadow_page_faults: median_u64(
                     ok.iter().filter_map(|m| m.shadow_page_faults).collect(),
                 ),
-                snapshot_ms: g.iter().find_map(|r| r.snapshot_ms),
-                snapshot_paused_ms: g.iter().find_map(|r| r.snapshot_paused_ms),
+                ptsnap_ms: g.iter().find_map(|r| r.ptsnap_ms),
+                ptsnap_paused_ms: g.iter().find_map(|r| r.ptsnap_paused_ms),
                 reason: if v.is_empty() {
                     g.iter().find_map(|r| r.reason.clone())
                 } else {
@@ -337,7 +337,7 @@ pub fn write_json(path: &Path, results: &Results) -> Result<(), Error> {
 }
 
 /// The CSV header.
-pub const CSV_HEADER: &str = "workload,environment,backing,guest_pages,footprint,repeat,status,ns_per_op,ops,kvm_exits,shadow_page_faults,contiguous_runs,checksum,seed,data_va,elapsed_ns,wall_ns,snapshot_ms,snapshot_paused_ms,kvm_module,mmu_mode,reason";
+pub const CSV_HEADER: &str = "workload,environment,backing,guest_pages,footprint,repeat,status,ns_per_op,ops,kvm_exits,shadow_page_faults,contiguous_runs,checksum,seed,data_va,elapsed_ns,wall_ns,ptsnap_ms,ptsnap_paused_ms,kvm_module,mmu_mode,reason";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
@@ -372,8 +372,8 @@ pub fn csv(rows: &[Row], host: &HostInfo) -> String {
             opt(m.map(|m| format!("{:#x}", m.data_va))),
             opt(m.map(|m| format!("{:.0}", m.elapsed_ns))),
             opt(m.map(|m| format!("{:.0}", m.wall_ns))),
-            opt(r.snapshot_ms.map(|v| format!("{v:.3}"))),
-            opt(r.snapshot_paused_ms.map(|v| format!("{v:.3}"))),
+            opt(r.ptsnap_ms.map(|v| format!("{v:.3}"))),
+            opt(r.ptsnap_paused_ms.map(|v| format!("{v:.3}"))),
             host.kvm_module.clone(),
             host.mmu_mode.to_string(),
             r.reason.clone().unwrap_or_default(),
@@ -460,11 +460,11 @@ pub fn markdown(summary: &[Summary], host: &HostInfo) -> String {
             let _ = writeln!(out, "| {} | {} | {} |", k.0, k.1, cells.join(" | "));
         }
     }
-    let snaps: Vec<&Summary> = summary.iter().filter(|s| s.snapshot_ms.is_some()).collect();
+    let snaps: Vec<&Summary> = summary.iter().filter(|s| s.ptsnap_ms.is_some()).collect();
     if !snaps.is_empty() {
         let _ = writeln!(
             out,
-            "\nPage-table snapshots (first repeat): guest paused / request to file written, ms\n"
+            "\nPage-table ptsnaps (first repeat): guest paused / request to file written, ms\n"
         );
         let _ = writeln!(
             out,
@@ -480,8 +480,8 @@ pub fn markdown(summary: &[Summary], host: &HostInfo) -> String {
                 s.environment,
                 s.backing,
                 s.footprint >> 20,
-                ms(s.snapshot_paused_ms),
-                ms(s.snapshot_ms)
+                ms(s.ptsnap_paused_ms),
+                ms(s.ptsnap_ms)
             );
         }
     }
@@ -666,19 +666,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn snapshot_times_in_rows_csv_and_summary() {
+    fn ptsnap_times_in_rows_csv_and_summary() {
         let mut r = rows();
-        assert!(!markdown(&summarize(&r), &host()).contains("Page-table snapshots"));
-        r[1].snapshot = Some("snapshots/x.ptsnap".into());
-        r[1].snapshot_ms = Some(12.5);
-        r[1].snapshot_paused_ms = Some(1.5);
+        assert!(!markdown(&summarize(&r), &host()).contains("Page-table ptsnaps"));
+        r[1].ptsnap = Some("ptsnaps/x.ptsnap".into());
+        r[1].ptsnap_ms = Some(12.5);
+        r[1].ptsnap_paused_ms = Some(1.5);
         let text = csv(&r, &host());
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[2].contains(",12.500,1.500,kvm_pvm,"), "{}", lines[2]);
         assert!(lines[1].contains(",,,kvm_pvm,"), "{}", lines[1]);
         let s = summarize(&r);
         assert_eq!(
-            (s[1].snapshot_ms, s[1].snapshot_paused_ms),
+            (s[1].ptsnap_ms, s[1].ptsnap_paused_ms),
             (Some(12.5), Some(1.5))
         );
         let md = markdown(&s, &host());
@@ -687,7 +687,7 @@ pub(crate) mod tests {
             "{md}"
         );
         let v = serde_json::to_value(&r[1]).unwrap();
-        assert_eq!(v["snapshot_paused_ms"], 1.5);
+        assert_eq!(v["ptsnap_paused_ms"], 1.5);
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! Integration tests of issue #6: page-table snapshots of live guests and the projection.
+//! Integration tests of issue #6: page-table captures of live guests and the projection.
 //!
-//! * a snapshot the measurement guest asks for is, entry for entry, the tables the VMM
+//! * a ptsnap the measurement guest asks for is, entry for entry, the tables the VMM
 //!   built for it (the probe's layout knows every entry);
-//! * a snapshot over the API socket of a running guest (`segvmm run --api-socket` +
-//!   `segvmm snapshot`);
+//! * a ptsnap over the API socket of a running guest (`segvmm run --api-socket` +
+//!   `segvmm ptsnap`);
 //! * the model's GUPS and pointer-chase streams are, for the first million addresses,
 //!   the workloads' own sequences for the same seed;
 //! * `segvmm project` end to end on a small results directory, and clear one-line
-//!   errors (exit 2) for bad snapshot and results files.
+//!   errors (exit 2) for bad ptsnap and results files.
 
 mod common;
 
@@ -16,7 +16,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{have_kvm, run, segvmm};
-use segment_mmu::snapshot::Snapshot;
+use segment_mmu::ptsnap::Ptsnap;
 use segment_mmu::stream::StreamSpec;
 use workloads::kernels;
 
@@ -46,7 +46,7 @@ fn wait_for(path: &Path, limit: Duration) -> bool {
 }
 
 #[test]
-fn api_socket_snapshot_of_a_running_guest() {
+fn api_socket_ptsnap_of_a_running_guest() {
     if !have_kvm() {
         return;
     }
@@ -78,7 +78,7 @@ fn api_socket_snapshot_of_a_running_guest() {
     let mut last = (0, String::new(), String::new());
     for _ in 0..40 {
         last = run(&[
-            "snapshot",
+            "ptsnap",
             "--api-socket",
             sock.to_str().unwrap(),
             "--out",
@@ -95,10 +95,10 @@ fn api_socket_snapshot_of_a_running_guest() {
         stdout.contains("page-table pages") && stdout.contains("ms with the guest paused"),
         "{stdout}"
     );
-    let snap = Snapshot::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    let snap = Ptsnap::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
     assert!(!snap.spaces.is_empty() && !snap.pages.is_empty() && snap.ram_bytes() > 0);
     // The layout command reads it back.
-    let (code, stdout, stderr) = run(&["layout", "--snapshot", out.to_str().unwrap()]);
+    let (code, stdout, stderr) = run(&["layout", "--ptsnap", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("address space"), "{stdout}");
 }
@@ -246,7 +246,7 @@ fn project_end_to_end_on_a_small_results_directory() {
             "{d}: {g}"
         );
     }
-    // No snapshot was given: the tables are the guest's plan, and it says so.
+    // No ptsnap was given: the tables are the guest's plan, and it says so.
     assert_eq!(g["page_tables"]["source"], "plan");
     // Held out: the 2M-backed runs are predicted from the THP calibration.
     assert_eq!(g["model_error_check"], "held-out");
@@ -380,7 +380,7 @@ fn project_projects_all_five_workloads_with_a_calibrated_exit_cost() {
 }
 
 #[test]
-fn bad_snapshot_and_results_files_give_clear_errors() {
+fn bad_ptsnap_and_results_files_give_clear_errors() {
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n).to_str().unwrap().to_string();
     let one_line = |code: i32, err: &str, want: &str| {
@@ -388,20 +388,20 @@ fn bad_snapshot_and_results_files_give_clear_errors() {
         assert!(err.contains(want), "expected {want:?} in {err:?}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     };
-    // Snapshots: garbage, truncated, missing.
-    std::fs::write(p("junk.ptsnap"), b"hello, not a snapshot").unwrap();
-    let (code, _, err) = run(&["layout", "--snapshot", &p("junk.ptsnap")]);
+    // Ptsnaps: garbage, truncated, missing.
+    std::fs::write(p("junk.ptsnap"), b"hello, not a ptsnap").unwrap();
+    let (code, _, err) = run(&["layout", "--ptsnap", &p("junk.ptsnap")]);
     one_line(code, &err, "bad magic");
-    let good: Snapshot = "heap=16M"
-        .parse::<segment_mmu::snapshot::SyntheticSpec>()
+    let good: Ptsnap = "heap=16M"
+        .parse::<segment_mmu::ptsnap::SyntheticSpec>()
         .unwrap()
         .build()
         .unwrap();
     let bytes = good.to_bytes();
     std::fs::write(p("cut.ptsnap"), &bytes[..bytes.len() / 2]).unwrap();
-    let (code, _, err) = run(&["layout", "--snapshot", &p("cut.ptsnap")]);
+    let (code, _, err) = run(&["layout", "--ptsnap", &p("cut.ptsnap")]);
     one_line(code, &err, "truncated");
-    let (code, _, err) = run(&["layout", "--snapshot", &p("missing.ptsnap")]);
+    let (code, _, err) = run(&["layout", "--ptsnap", &p("missing.ptsnap")]);
     one_line(code, &err, "missing.ptsnap");
     // Results: no directory, malformed JSON, no measured run.
     let (code, _, err) = run(&["project", "--results", &p("nowhere")]);
@@ -409,12 +409,12 @@ fn bad_snapshot_and_results_files_give_clear_errors() {
     std::fs::write(p("results.json"), "{\"rows\": 3}").unwrap();
     let (code, _, err) = run(&["project", "--results", d.path().to_str().unwrap()]);
     one_line(code, &err, "not a segvmm bench results file");
-    // A run's snapshot that is corrupt is an error, not silently replaced by the plan.
+    // A run's ptsnap that is corrupt is an error, not silently replaced by the plan.
     write_results(d.path());
-    let snaps = d.path().join("snapshots");
+    let snaps = d.path().join("ptsnaps");
     std::fs::create_dir_all(&snaps).unwrap();
     std::fs::write(
-        snaps.join(segvmm::cli::project::snapshot_file_name(
+        snaps.join(segvmm::cli::project::ptsnap_file_name(
             "chase",
             "guest-4k",
             "thp",
@@ -434,7 +434,7 @@ fn bad_snapshot_and_results_files_give_clear_errors() {
 }
 
 #[test]
-fn measurement_guest_snapshot_is_the_planned_tables_bit_for_bit() {
+fn measurement_guest_ptsnap_is_the_planned_tables_bit_for_bit() {
     if !have_kvm() {
         return;
     }
@@ -447,7 +447,7 @@ fn measurement_guest_snapshot_is_the_planned_tables_bit_for_bit() {
     /// behalf) may set in the guest's entries while the guest runs.
     const AD: u64 = (1 << 5) | (1 << 6);
     let d = tempfile::tempdir().unwrap();
-    // The third case is the snapshot scale benchmark's guest in small: RAM not prefaulted
+    // The third case is the ptsnap scale benchmark's guest in small: RAM not prefaulted
     // and `touch` on one page, so the tables map all 64 MiB while almost none of it is
     // resident.
     for (w, pages, backing, footprint, count, prefault) in [
@@ -487,17 +487,17 @@ fn measurement_guest_snapshot_is_the_planned_tables_bit_for_bit() {
         };
         let file = d.path().join(format!("{}-{pages}.ptsnap", w.name()));
         let f = file.clone();
-        let hook: segvmm::probe::device::SnapshotHook =
+        let hook: segvmm::probe::device::PtsnapHook =
             std::sync::Arc::new(move |_| Ok(Some(f.clone())));
         let opts = GuestOptions {
             backing,
             timeout: Duration::from_secs(60),
-            snapshot: Some(hook),
+            ptsnap: Some(hook),
             ..GuestOptions::default()
         };
         let g = guest::run_with_prefault(spec, &opts, prefault).unwrap();
         assert!(g.measurement.is_ok(), "{:?}", g.measurement);
-        assert_eq!(g.report.snapshots.len(), 1, "{:?}", g.report.snapshots);
+        assert_eq!(g.report.ptsnaps.len(), 1, "{:?}", g.report.ptsnaps);
         if !prefault {
             assert_eq!(g.measurement.as_ref().map(|m| m.ops), Ok(count));
             assert!(
@@ -507,12 +507,12 @@ fn measurement_guest_snapshot_is_the_planned_tables_bit_for_bit() {
             );
         }
         eprintln!(
-            "{} {pages}: snapshot of {} table pages in {:.2} ms",
+            "{} {pages}: ptsnap of {} table pages in {:.2} ms",
             w.name(),
-            g.report.snapshots[0].table_pages,
-            g.report.snapshots[0].ms
+            g.report.ptsnaps[0].table_pages,
+            g.report.ptsnaps[0].ms
         );
-        let snap = Snapshot::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+        let snap = Ptsnap::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
         let plan = GuestPlan::new(spec).unwrap();
         assert_eq!(snap.spaces.len(), 1);
         assert_eq!(snap.spaces[0].cr3, plan.tables.cr3);
@@ -542,7 +542,7 @@ fn measurement_guest_snapshot_is_the_planned_tables_bit_for_bit() {
             w.name(),
             plan.tables.tables.len()
         );
-        // The snapshot maps the buffer where the plan put it.
+        // The ptsnap maps the buffer where the plan put it.
         let buf = workloads::protocol::DATA_VA;
         let w0 = segment_mmu::walker::walk(
             &snap,

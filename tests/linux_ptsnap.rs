@@ -1,10 +1,10 @@
-//! A live Linux guest's page-table snapshot against the guest's own /proc/meminfo (issue #6,
+//! A live Linux guest's page-table capture against the guest's own /proc/meminfo (issue #6,
 //! item 5).
 //!
 //! The small kernel boots the bench initramfs, whose /init maps and populates a buffer, runs
 //! a short chase over it, reads /proc/meminfo, prints `SEGVMM-MEMINFO …` and then spins in
 //! ring 3 (`segvmm.meminfo=1 segvmm.hold_ms=…`), so its CR3 is loaded and its tables stay as
-//! they were when the kernel reported them. The test then takes a snapshot over the API
+//! they were when the kernel reported them. The test then takes a ptsnap over the API
 //! socket, ends the run (`shutdown`), and checks it with `segment_mmu::census`:
 //!
 //! * **Direct map: exact in total and per page size, after one documented correction.**
@@ -15,7 +15,7 @@
 //!   `__split_large_page` counts a split as a direct-map split whenever
 //!   `virt_addr_valid(address)`, which is true for kernel-image addresses too, although
 //!   the direct map itself keeps that 2 MiB page. Measured (256 MiB, small 6.1 kernel):
-//!   meminfo 6144 / 256000 kB (no DirectMap1G line), snapshot 4096 / 258048 kB, one
+//!   meminfo 6144 / 256000 kB (no DirectMap1G line), ptsnap 4096 / 258048 kB, one
 //!   kernel-image page split: the one at `_sdata` (.data, the freed init sections, .bss).
 //!   The direct map's own 4 KiB parts are its first 2 MiB (the ISA range) and the alias of
 //!   that same image page, split with it.
@@ -24,7 +24,7 @@
 //!   `pmd_alloc_one(&init_mm)`, and nothing else: no PGD or PUD page, no kernel PTE page,
 //!   no table built at boot from memblock or in the image (direct map, vmemmap, fixmap,
 //!   cpu_entry_area). So PageTables in pages is the sum of the user half's PT and PD pages
-//!   in the snapshot, the kernel half's PD pages in the vmalloc area, and the two pages of
+//!   in the ptsnap, the kernel half's PD pages in the vmalloc area, and the two pages of
 //!   text_poke's `poking_mm` (one PMD, one PTE page, made at boot, in no process's
 //!   tables). Measured: 11 pages = 5 PT + 3 PD + 1 vmalloc PD + 2. The user half's PDPT
 //!   pages (2 or 3, depending on ASLR) are not counted and indeed leave the figure
@@ -34,7 +34,7 @@
 //!   (`refreshed=0`) is allowed that threshold.
 //! * The user half maps the whole buffer /init reported (`data_va`, `data_bytes`).
 //!
-//! A run takes ~15-35 s (boot ~12 s, populating 4 MiB ~3.5 s); the snapshot itself a few
+//! A run takes ~15-35 s (boot ~12 s, populating 4 MiB ~3.5 s); the ptsnap itself a few
 //! ms (printed with `--nocapture`).
 //!
 //! Without the kernel artifacts (guest-kernels/build.sh) or /dev/kvm it skips with the
@@ -53,7 +53,7 @@ use common::{artifact, have_kvm, run, segvmm};
 use segment_mmu::census::tables;
 use segment_mmu::enumerate::MappingRange;
 use segment_mmu::paging::PageSize;
-use segment_mmu::snapshot::Snapshot;
+use segment_mmu::ptsnap::Ptsnap;
 
 /// Linux's `PAGE_OFFSET` on x86-64 with 4-level paging and without KASLR (the small
 /// kernel has `CONFIG_RANDOMIZE_BASE` off): where the direct map starts.
@@ -68,7 +68,7 @@ const VMALLOC: Range<u64> = 0xffff_c900_0000_0000..0xffff_e900_0000_0000;
 
 /// Table pages of text_poke's private mm (`poking_mm`, made by `poking_init` at boot:
 /// one PMD and one PTE page, counted in PageTables, never in /init's tables). Read from
-/// the 6.1 source, not seen: no snapshot reaches that mm; the measured figure is exactly
+/// the 6.1 source, not seen: no ptsnap reaches that mm; the measured figure is exactly
 /// this much above what /init's tables account for.
 const POKING_MM_PAGES: u64 = 2;
 
@@ -155,7 +155,7 @@ fn tsc_khz() -> Option<u64> {
 }
 
 #[test]
-fn linux_snapshot_matches_the_guests_meminfo() {
+fn linux_ptsnap_matches_the_guests_meminfo() {
     if !have_kvm() {
         return;
     }
@@ -233,14 +233,14 @@ fn linux_snapshot_matches_the_guests_meminfo() {
     };
     let booted = started.elapsed();
     let (code, out, err) = run(&[
-        "snapshot",
+        "ptsnap",
         "--api-socket",
         sock.to_str().unwrap(),
         "--out",
         snap_path.to_str().unwrap(),
         "--shutdown",
     ]);
-    assert_eq!(code, 0, "segvmm snapshot: {out} {err}");
+    assert_eq!(code, 0, "segvmm ptsnap: {out} {err}");
     let status = vmm.0.wait().unwrap();
     let log = console.join().unwrap();
     let errs = errs.join().unwrap();
@@ -248,9 +248,9 @@ fn linux_snapshot_matches_the_guests_meminfo() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["exit_reason"]["kind"], "shutdown", "{errs}");
-    let taken = &r["snapshots"][0];
+    let taken = &r["ptsnaps"][0];
     eprintln!(
-        "MEMINFO after {:.1} s: {line}\nsnapshot: {out}report: {} ms, {} ms paused, {} table pages",
+        "MEMINFO after {:.1} s: {line}\nptsnap: {out}report: {} ms, {} ms paused, {} table pages",
         booted.as_secs_f64(),
         taken["ms"],
         taken["paused_ms"],
@@ -258,7 +258,7 @@ fn linux_snapshot_matches_the_guests_meminfo() {
     );
 
     let m = parse_meminfo(&line);
-    let snap = Snapshot::from_bytes(&std::fs::read(&snap_path).unwrap()).unwrap();
+    let snap = Ptsnap::from_bytes(&std::fs::read(&snap_path).unwrap()).unwrap();
     assert_eq!(snap.spaces.len(), 1, "one vCPU, one CR3");
     let c = snap.census(0).unwrap();
     let dm = c.direct_map.expect("no kernel-half mappings");
@@ -277,7 +277,7 @@ fn linux_snapshot_matches_the_guests_meminfo() {
         .filter(|t| t.level == 2 && VMALLOC.contains(&t.va))
         .count() as u64;
     eprintln!(
-        "direct map at {:#x}, gpa {:#x}-{:#x}: snapshot 4K {} kB, 2M {} kB, 1G {} kB; \
+        "direct map at {:#x}, gpa {:#x}-{:#x}: ptsnap 4K {} kB, 2M {} kB, 1G {} kB; \
          meminfo {} / {} / {} kB; kernel-image 2 MiB pages split: {image_splits}\n\
          tables: user {:?}, kernel {:?}, {} in all; vmalloc PMD pages {vmalloc_pmds}; \
          PageTables {} kB = {} pages (refreshed={})",
@@ -323,7 +323,7 @@ fn linux_snapshot_matches_the_guests_meminfo() {
     assert_eq!(m.data_bytes, FOOTPRINT);
     assert!(
         user_covers(&ranges, m.data_va, m.data_va + m.data_bytes),
-        "the buffer {:#x}+{} is not fully mapped in the snapshot",
+        "the buffer {:#x}+{} is not fully mapped in the ptsnap",
         m.data_va,
         m.data_bytes
     );
@@ -336,7 +336,7 @@ fn linux_snapshot_matches_the_guests_meminfo() {
     } else {
         assert!(
             reported.abs_diff(counted) <= VMSTAT_DRIFT,
-            "PageTables {reported} pages vs {counted} from the snapshot"
+            "PageTables {reported} pages vs {counted} from the ptsnap"
         );
     }
 }

@@ -1,14 +1,14 @@
-//! Building a snapshot by walking a live guest's memory.
+//! Building a ptsnap by walking a live guest's memory.
 //!
 //! The VMM only has to provide a [`GuestPhysMemory`] reader over guest RAM plus the CPU
 //! state and RAM layout; this follows the tables from every CR3 and copies each table
 //! page reachable, so the VMM never needs to understand page tables itself.
 
-use super::{traverse_tables, AddressSpace, Error, RamRange, Snapshot};
+use super::{traverse_tables, AddressSpace, Error, Ptsnap, RamRange};
 use crate::mem::{GuestPhysMemory, PageStore};
 use crate::paging::{PagingMode, CR4_LA57, CR4_PAE, EFER_LME, EFER_NXE};
 
-/// The control-register state a snapshot records.
+/// The control-register state a ptsnap records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuState {
     /// 4- or 5-level paging.
@@ -38,11 +38,11 @@ impl CpuState {
 /// Table pages copied out of a guest, not yet checked: what a VMM holds between the copy
 /// (done with the guest paused, so it does nothing else) and [`Capture::finish`] (after
 /// the guest resumed). The walk already refused cycles, level conflicts and tables
-/// outside RAM; `finish` runs the full [`Snapshot::validate`] and builds the fast index,
-/// so a [`Snapshot`] in hand is still always consistent.
+/// outside RAM; `finish` runs the full [`Ptsnap::validate`] and builds the fast index,
+/// so a [`Ptsnap`] in hand is still always consistent.
 #[derive(Debug, Clone)]
 pub struct Capture {
-    snap: Snapshot,
+    snap: Ptsnap,
 }
 
 impl Capture {
@@ -58,7 +58,7 @@ impl Capture {
     }
 
     /// Validates and indexes the copy.
-    pub fn finish(self) -> Result<Snapshot, Error> {
+    pub fn finish(self) -> Result<Ptsnap, Error> {
         let mut snap = self.snap;
         snap.validate()?;
         snap.optimize();
@@ -66,7 +66,7 @@ impl Capture {
     }
 }
 
-impl Snapshot {
+impl Ptsnap {
     /// Captures the tables reachable from each address space's CR3 out of `mem`.
     ///
     /// `ram` must list guest RAM (sorted, non-overlapping); a table outside it, a cycle or
@@ -76,11 +76,11 @@ impl Snapshot {
         spaces: Vec<AddressSpace>,
         cpu: CpuState,
         ram: Vec<RamRange>,
-    ) -> Result<Snapshot, Error> {
+    ) -> Result<Ptsnap, Error> {
         Self::capture_tables(mem, spaces, cpu, ram, PageStore::new())?.finish()
     }
 
-    /// The copying half of [`Snapshot::capture`]: follows the tables and copies every
+    /// The copying half of [`Ptsnap::capture`]: follows the tables and copies every
     /// table page reachable into `store` (empty; see [`PageStore::with_buffer`]), and
     /// nothing else, so that a VMM keeps its guest paused only for this.
     pub fn capture_tables<M: GuestPhysMemory + ?Sized>(
@@ -91,7 +91,7 @@ impl Snapshot {
         store: PageStore,
     ) -> Result<Capture, Error> {
         ram.sort_by_key(|r| r.gpa_start);
-        let mut snap = Snapshot {
+        let mut snap = Ptsnap {
             mode: cpu.mode,
             cr4: cpu.cr4,
             efer: cpu.efer,
@@ -145,16 +145,16 @@ mod tests {
             cr3: 0x1000,
             label: "p".into(),
         }];
-        let s = Snapshot::capture(&mem, spaces, CpuState::long_mode(PagingMode::Level4), ram())
-            .unwrap();
+        let s =
+            Ptsnap::capture(&mem, spaces, CpuState::long_mode(PagingMode::Level4), ram()).unwrap();
         assert_eq!(s.pages.len(), 3);
         assert!(!s.pages.contains(0x9000));
-        let back = Snapshot::from_bytes(&s.to_bytes()).unwrap();
+        let back = Ptsnap::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
-        // The two halves give the same snapshot, into a caller's buffer too.
+        // The two halves give the same ptsnap, into a caller's buffer too.
         let spaces = s.spaces.clone();
         let store = PageStore::with_buffer(Vec::with_capacity(8));
-        let c = Snapshot::capture_tables(
+        let c = Ptsnap::capture_tables(
             &mem,
             spaces,
             CpuState::long_mode(PagingMode::Level4),
@@ -188,14 +188,14 @@ mod tests {
         }];
         let cpu = CpuState::long_mode(PagingMode::Level4);
         assert_eq!(
-            Snapshot::capture(&mem, spaces.clone(), cpu, ram()),
+            Ptsnap::capture(&mem, spaces.clone(), cpu, ram()),
             Err(Error::Cycle(0x1000))
         );
         let mut p = [0u64; 512];
         p[0] = 0x8000_0000 | PTE_P; // beyond 1 GiB of RAM
         mem.insert(0x2000, p);
         assert_eq!(
-            Snapshot::capture(&mem, spaces, cpu, ram()),
+            Ptsnap::capture(&mem, spaces, cpu, ram()),
             Err(Error::TableOutsideRam(0x8000_0000))
         );
     }

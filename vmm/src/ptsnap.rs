@@ -1,27 +1,27 @@
-//! Page-table snapshots of a live guest: pause every vCPU, read CR3/CR4/EFER, let
+//! Page-table ptsnaps of a live guest: pause every vCPU, read CR3/CR4/EFER, let
 //! `segment_mmu` follow the tables through guest memory, and write a `.ptsnap` file with
 //! the guest RAM layout and its host backing (page size, host-physical contiguous runs).
 //!
 //! Requests come from the guest itself (the measurement guest's MMIO channel, on its own
-//! vCPU thread) or from outside (`segvmm snapshot --api-socket`, see [`crate::api`]).
+//! vCPU thread) or from outside (`segvmm ptsnap --api-socket`, see [`crate::api`]).
 
 use std::path::Path;
 use std::time::Instant;
 
 use segment_mmu::mem::{GuestPhysMemory, MemError, PageStore};
 use segment_mmu::paging::PagingMode;
-use segment_mmu::snapshot::{AddressSpace, Capture, CpuState, HostRun, RamRange, Snapshot};
+use segment_mmu::ptsnap::{AddressSpace, Capture, CpuState, HostRun, Ptsnap, RamRange};
 use serde::Serialize;
 
 use crate::memory::report::HostRun as VmmRun;
 use crate::memory::{Backing, GuestRam, MemoryReport};
 use crate::vstate::vcpu::VcpuState;
 
-/// Errors while snapshotting.
+/// Errors while capturing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The guest is not in long mode with paging on.
-    #[error("guest paging is not in 4- or 5-level long mode (CR0 {cr0:#x}, CR4 {cr4:#x}, EFER {efer:#x}); nothing to snapshot")]
+    #[error("guest paging is not in 4- or 5-level long mode (CR0 {cr0:#x}, CR4 {cr4:#x}, EFER {efer:#x}); nothing to ptsnap")]
     NoLongModePaging {
         /// CR0.
         cr0: u64,
@@ -31,11 +31,11 @@ pub enum Error {
         efer: u64,
     },
     /// No vCPU state was captured.
-    #[error("no vCPU state to snapshot")]
+    #[error("no vCPU state to ptsnap")]
     NoVcpus,
     /// The tables could not be captured.
     #[error("capturing page tables: {0}")]
-    Capture(#[from] segment_mmu::snapshot::Error),
+    Capture(#[from] segment_mmu::ptsnap::Error),
     /// Writing the file failed.
     #[error("writing {path}: {why}")]
     Write {
@@ -46,9 +46,9 @@ pub enum Error {
     },
 }
 
-/// What a snapshot recorded, for reports.
+/// What a ptsnap recorded, for reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct SnapshotInfo {
+pub struct PtsnapInfo {
     /// The file written.
     pub path: String,
     /// Address spaces (distinct CR3s).
@@ -72,7 +72,7 @@ impl GuestPhysMemory for GuestRam {
         }
         let p = self.host_ptr(gpa, 8).ok_or(MemError::Unreadable(gpa))?;
         // SAFETY: host_ptr checked that the 8 aligned bytes lie in mapped guest RAM; the
-        // guest may write concurrently (it is paused during snapshots), hence volatile.
+        // guest may write concurrently (it is paused during ptsnaps), hence volatile.
         Ok(unsafe { std::ptr::read_volatile(p as *const u64) })
     }
 
@@ -102,7 +102,7 @@ fn host_page_size(report: &MemoryReport) -> u64 {
     }
 }
 
-/// The snapshot's RAM ranges: layout, host mapping, host page size and contiguous runs.
+/// The ptsnap's RAM ranges: layout, host mapping, host page size and contiguous runs.
 pub fn ram_ranges(ram: &GuestRam, page: u64, runs: &[VmmRun]) -> Vec<RamRange> {
     ram.ranges()
         .iter()
@@ -127,7 +127,7 @@ pub fn ram_ranges(ram: &GuestRam, page: u64, runs: &[VmmRun]) -> Vec<RamRange> {
         .collect()
 }
 
-/// Table pages expected in a snapshot of `ram_bytes` of guest RAM when nothing better is
+/// Table pages expected in a ptsnap of `ram_bytes` of guest RAM when nothing better is
 /// known: one last-level table per 2 MiB maps all of it once with 4 KiB pages (the worst
 /// case of one address space), plus room for the upper levels and a few more spaces.
 pub fn expected_table_pages(ram_bytes: u64) -> usize {
@@ -139,7 +139,7 @@ pub fn expected_table_pages(ram_bytes: u64) -> usize {
 /// The copy is what keeps the guest paused, and on hosts that back fresh memory slowly
 /// (this project's: a 4 KiB fault costs microseconds) faulting 8 KiB per 4 MiB of guest
 /// RAM in page by page, and regrowing the store, was most of it. Only address space is
-/// reserved here: what the copy does not reach is never faulted in. A larger snapshot
+/// reserved here: what the copy does not reach is never faulted in. A larger ptsnap
 /// than reserved still works (the store grows).
 pub fn table_buffer(pages: usize) -> Vec<[u64; 512]> {
     const HUGE: usize = 2 << 20;
@@ -187,7 +187,7 @@ pub fn capture(
             });
         }
     }
-    Ok(Snapshot::capture_tables(
+    Ok(Ptsnap::capture_tables(
         ram,
         spaces,
         CpuState { mode, cr4, efer },
@@ -205,7 +205,7 @@ pub fn finish_file(
     path: &Path,
     started: Instant,
     paused_ms: f64,
-) -> Result<SnapshotInfo, Error> {
+) -> Result<PtsnapInfo, Error> {
     let page = host_page_size(report);
     for r in capture.ram_mut() {
         let inside: Vec<HostRun> = report
@@ -228,7 +228,7 @@ pub fn finish_file(
         why: e.to_string(),
     };
     std::fs::write(path, &bytes).map_err(werr)?;
-    Ok(SnapshotInfo {
+    Ok(PtsnapInfo {
         path: path.display().to_string(),
         spaces: snap.spaces.len(),
         table_pages: snap.pages.len(),
@@ -246,32 +246,32 @@ pub fn capture_to_file(
     states: &[VcpuState],
     path: &Path,
     started: Instant,
-) -> Result<SnapshotInfo, Error> {
+) -> Result<PtsnapInfo, Error> {
     let buf = table_buffer(expected_table_pages(ram.size()));
     let snap = capture(ram, states, buf)?;
     let paused_ms = started.elapsed().as_secs_f64() * 1e3;
     finish_file(snap, report, path, started, paused_ms)
 }
 
-/// Takes snapshots of one running VM on request: holds what a capture needs and pauses
+/// Takes ptsnaps of one running VM on request: holds what a capture needs and pauses
 /// the vCPUs around it.
-pub struct SnapshotService {
+pub struct PtsnapService {
     ram: std::sync::Arc<GuestRam>,
     ctl: std::sync::Arc<crate::vstate::vcpu::VcpuControl>,
     vcpus: usize,
     kick: Box<dyn Fn() + Send + Sync>,
     /// Measured lazily on the first request (reading pagemap takes time).
     report: std::sync::Arc<std::sync::OnceLock<MemoryReport>>,
-    taken: std::sync::Arc<std::sync::Mutex<Vec<SnapshotInfo>>>,
-    /// Snapshots whose files are still being finished after the guest resumed.
+    taken: std::sync::Arc<std::sync::Mutex<Vec<PtsnapInfo>>>,
+    /// Ptsnaps whose files are still being finished after the guest resumed.
     pending: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Table pages of the last capture: the next one reserves room for as many.
     last_pages: std::sync::atomic::AtomicUsize,
 }
 
-impl std::fmt::Debug for SnapshotService {
+impl std::fmt::Debug for PtsnapService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotService")
+        f.debug_struct("PtsnapService")
             .field("vcpus", &self.vcpus)
             .finish()
     }
@@ -280,7 +280,7 @@ impl std::fmt::Debug for SnapshotService {
 /// How long to wait for vCPUs to pause.
 const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl SnapshotService {
+impl PtsnapService {
     /// A service for a VM of `vcpus` vCPUs; `kick` interrupts every vCPU thread's KVM_RUN.
     pub fn new(
         ram: std::sync::Arc<GuestRam>,
@@ -288,7 +288,7 @@ impl SnapshotService {
         vcpus: usize,
         kick: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
-        SnapshotService {
+        PtsnapService {
             ram,
             ctl,
             vcpus,
@@ -318,7 +318,7 @@ impl SnapshotService {
         self.report.get_or_init(|| self.ram.report())
     }
 
-    fn record(&self, r: Result<SnapshotInfo, Error>) -> Result<SnapshotInfo, Error> {
+    fn record(&self, r: Result<PtsnapInfo, Error>) -> Result<PtsnapInfo, Error> {
         if let (Ok(info), Ok(mut t)) = (&r, self.taken.lock()) {
             t.push(info.clone());
         }
@@ -334,7 +334,7 @@ impl SnapshotService {
             path.to_path_buf(),
         );
         let job = std::thread::Builder::new()
-            .name("snapshot".into())
+            .name("ptsnap".into())
             .spawn(move || {
                 let report = report.get_or_init(|| ram.report());
                 match finish_file(snap, report, &file, started, paused_ms) {
@@ -343,13 +343,13 @@ impl SnapshotService {
                             t.push(info);
                         }
                     }
-                    Err(e) => eprintln!("segvmm: snapshot {}: {e}", file.display()),
+                    Err(e) => eprintln!("segvmm: ptsnap {}: {e}", file.display()),
                 }
             });
         match (job, self.pending.lock()) {
             (Ok(h), Ok(mut p)) => p.push(h),
             (Err(e), _) => eprintln!(
-                "segvmm: snapshot {}: cannot start the writer thread: {e}",
+                "segvmm: ptsnap {}: cannot start the writer thread: {e}",
                 path.display()
             ),
             _ => {}
@@ -357,7 +357,7 @@ impl SnapshotService {
     }
 
     /// From outside the vCPUs (API socket): pause all, capture, resume.
-    pub fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, Error> {
+    pub fn ptsnap(&self, path: &Path) -> Result<PtsnapInfo, Error> {
         let started = Instant::now();
         // Reserved before the guest stops: that time is not part of the pause.
         let buf = self.buffer();
@@ -377,11 +377,11 @@ impl SnapshotService {
     }
 
     /// From a vCPU thread (the guest asked): pause the others, capture, resume.
-    pub fn snapshot_from_vcpu(
+    pub fn ptsnap_from_vcpu(
         &self,
         vcpu: &kvm_ioctls::VcpuFd,
         path: &Path,
-    ) -> Result<SnapshotInfo, Error> {
+    ) -> Result<PtsnapInfo, Error> {
         let started = Instant::now();
         let buf = self.buffer();
         let own = match (vcpu.get_regs(), vcpu.get_sregs()) {
@@ -406,7 +406,7 @@ impl SnapshotService {
         // The guest goes on once this returns; the file is finished in the background and
         // recorded in `taken` (which waits for it).
         self.finish_in_background(snap?, path, started, started.elapsed().as_secs_f64() * 1e3);
-        Ok(SnapshotInfo {
+        Ok(PtsnapInfo {
             path: path.display().to_string(),
             spaces: 0,
             table_pages: 0,
@@ -416,9 +416,9 @@ impl SnapshotService {
         })
     }
 
-    /// Snapshots taken so far.
-    /// Waits for snapshots still being written.
-    pub fn taken(&self) -> Vec<SnapshotInfo> {
+    /// Ptsnaps taken so far.
+    /// Waits for ptsnaps still being written.
+    pub fn taken(&self) -> Vec<PtsnapInfo> {
         let jobs: Vec<_> = self
             .pending
             .lock()

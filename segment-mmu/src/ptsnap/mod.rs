@@ -1,7 +1,7 @@
-//! Page-table snapshots: the `.ptsnap` format, capture from a live guest, and a
+//! Page-table ptsnaps: the `.ptsnap` format, capture from a live guest, and a
 //! synthetic builder.
 //!
-//! A [`Snapshot`] is everything the models need from a guest: its paging mode and
+//! A [`Ptsnap`] is everything the models need from a guest: its paging mode and
 //! control bits, one CR3 per address space, the guest-physical RAM layout with how each
 //! range is backed on the host (host virtual base, host page size and, where known, the
 //! host-physical contiguous runs: the segments a Compromis or direct-segment MMU would
@@ -22,10 +22,10 @@
 //! | table pages | u64 n, then n × (gpa u64, 4096 bytes) | each 4 KiB aligned, inside RAM |
 //! | checksum | u64 | FNV-1a 64 of every preceding byte |
 //!
-//! The reader ([`Snapshot::from_bytes`], [`Snapshot::read_from`]) rejects truncated
+//! The reader ([`Ptsnap::from_bytes`], [`Ptsnap::read_from`]) rejects truncated
 //! files, bad magic/version/checksum, inconsistent ranges, table pages outside RAM,
 //! tables missing from the file and cycles in the tables, each with a typed [`Error`].
-//! The writer ([`Snapshot::to_bytes`], [`Snapshot::write_to`]) emits exactly what the
+//! The writer ([`Ptsnap::to_bytes`], [`Ptsnap::write_to`]) emits exactly what the
 //! reader accepts; the VMM writes live guests through the same code.
 
 mod capture;
@@ -42,11 +42,11 @@ use crate::mem::{GuestPhysMemory, MemError, PageStore, PAGE_SIZE};
 use crate::paging::{PagingMode, EFER_NXE, PTE_ADDR_MASK, PTE_P, PTE_PS};
 use crate::walker::WalkConfig;
 
-/// Snapshot errors (reader, validation, capture).
+/// Ptsnap errors (reader, validation, capture).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The input ended early.
-    #[error("truncated snapshot: needed {needed} more bytes at offset {offset}")]
+    #[error("truncated ptsnap: needed {needed} more bytes at offset {offset}")]
     Truncated {
         /// Offset at which the read failed.
         offset: usize,
@@ -77,7 +77,7 @@ pub enum Error {
     #[error("address space {0}: label is not UTF-8")]
     BadLabel(usize),
     /// No address space.
-    #[error("snapshot has no address space")]
+    #[error("ptsnap has no address space")]
     NoSpaces,
     /// A malformed RAM range.
     #[error("RAM range {index}: {why}")]
@@ -96,7 +96,7 @@ pub enum Error {
     /// The same table page appears twice.
     #[error("page-table page {0:#x} appears twice")]
     DuplicateTable(u64),
-    /// A CR3 or table entry points at a page the snapshot does not hold.
+    /// A CR3 or table entry points at a page the ptsnap does not hold.
     #[error("table page {gpa:#x} (level {level}) is referenced but missing")]
     MissingTable {
         /// Guest-physical address of the missing table.
@@ -173,7 +173,7 @@ impl RamRange {
 
 /// A guest's paging state: see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct Ptsnap {
     /// 4- or 5-level paging.
     pub mode: PagingMode,
     /// CR4 as captured.
@@ -188,7 +188,7 @@ pub struct Snapshot {
     pub pages: PageStore,
 }
 
-impl GuestPhysMemory for Snapshot {
+impl GuestPhysMemory for Ptsnap {
     #[inline]
     fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
         self.pages.read_u64(gpa)
@@ -198,7 +198,7 @@ impl GuestPhysMemory for Snapshot {
     }
 }
 
-impl Snapshot {
+impl Ptsnap {
     /// Walker configuration for this guest (mode and EFER.NXE).
     pub fn walk_config(&self) -> WalkConfig {
         WalkConfig {
@@ -237,13 +237,13 @@ impl Snapshot {
     }
 
     /// Builds the page store's flat index (see [`PageStore::optimize`]); the reader,
-    /// capture and builder call it, so walks over a snapshot in hand are fast.
+    /// capture and builder call it, so walks over a ptsnap in hand are fast.
     pub fn optimize(&mut self) {
         self.pages.optimize();
     }
 
     /// Checks every invariant the reader promises. Called by the reader, the capture
-    /// and the synthetic builder, so a `Snapshot` in hand is always consistent.
+    /// and the synthetic builder, so a `Ptsnap` in hand is always consistent.
     pub fn validate(&self) -> Result<(), Error> {
         let la57 = self.cr4 & crate::paging::CR4_LA57 != 0;
         if la57 != (self.mode == PagingMode::Level5) {
@@ -398,7 +398,7 @@ fn fix_level(e: Error, level: u8) -> Error {
     }
 }
 
-/// Summary of a snapshot, for `segvmm layout` and reports.
+/// Summary of a ptsnap, for `segvmm layout` and reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// Paging levels.
@@ -411,7 +411,7 @@ pub struct Summary {
     pub table_pages: usize,
 }
 
-impl Snapshot {
+impl Ptsnap {
     /// A short summary.
     pub fn summary(&self) -> Summary {
         Summary {

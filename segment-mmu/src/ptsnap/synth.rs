@@ -18,7 +18,7 @@
 
 use std::str::FromStr;
 
-use super::{AddressSpace, CpuState, Error, HostRun, RamRange, Snapshot};
+use super::{AddressSpace, CpuState, Error, HostRun, Ptsnap, RamRange};
 use crate::mem::{PageStore, PAGE_SIZE};
 use crate::paging::{
     level_index, PageSize, PagingMode, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US,
@@ -34,9 +34,9 @@ pub enum SynthError {
     /// A value did not parse or is out of range.
     #[error("synthetic spec: {0}")]
     Bad(String),
-    /// The built snapshot failed validation (a bug; reported rather than panicking).
-    #[error("synthetic snapshot: {0}")]
-    Snapshot(#[from] Error),
+    /// The built ptsnap failed validation (a bug; reported rather than panicking).
+    #[error("synthetic ptsnap: {0}")]
+    Ptsnap(#[from] Error),
 }
 
 /// A parsed synthetic spec.
@@ -162,8 +162,8 @@ impl SyntheticSpec {
         b - b % self.large.bytes()
     }
 
-    /// Builds the snapshot.
-    pub fn build(&self) -> Result<Snapshot, SynthError> {
+    /// Builds the ptsnap.
+    pub fn build(&self) -> Result<Ptsnap, SynthError> {
         self.check()?;
         const GIB: u64 = 1 << 30;
         let large = self.large_bytes();
@@ -241,7 +241,7 @@ impl SyntheticSpec {
             runs,
         };
         let cpu = CpuState::long_mode(self.mode);
-        let mut snap = Snapshot {
+        let mut snap = Ptsnap {
             mode: self.mode,
             cr4: cpu.cr4,
             efer: cpu.efer,
@@ -391,12 +391,12 @@ mod tests {
         let lin = snap.largest_linear_region(0).unwrap().unwrap();
         assert_eq!((lin.va, lin.len), (s.base, 64 << 20));
         // Round trip through the file format.
-        assert_eq!(Snapshot::from_bytes(&snap.to_bytes()).unwrap(), snap);
+        assert_eq!(Ptsnap::from_bytes(&snap.to_bytes()).unwrap(), snap);
     }
 
     #[test]
     fn eight_gib_heap_in_4k_pages_is_light() {
-        let snap: Snapshot = "heap=8G,pages=4k"
+        let snap: Ptsnap = "heap=8G,pages=4k"
             .parse::<SyntheticSpec>()
             .unwrap()
             .build()

@@ -1,4 +1,4 @@
-//! Snapshot pause time against guest size (issue #6: "under 100 ms for a 16 GiB guest
+//! Ptsnap pause time against guest size (issue #6: "under 100 ms for a 16 GiB guest
 //! whose tables map all of it").
 //!
 //! Each run boots the measurement guest with its buffer mapped by 4 KiB guest pages over
@@ -6,17 +6,17 @@
 //! tables at 16 GiB), guest RAM *not* prefaulted and `touch` asked for one page: the
 //! tables map every byte while the host backs only the pages the guest and the VMM really
 //! touch (tens of MiB), so a 16 GiB guest runs on a host with less free memory than that.
-//! After its timed part the guest asks for a page-table snapshot; the run records how long
+//! After its timed part the guest asks for a page-table capture; the run records how long
 //! the guest was stopped (`paused_ms`: the page-table copy) and the time from the request
 //! to the written file (`ms`: adds the host-physical runs, encoding and writing, done
 //! after the guest resumed).
 //!
 //! ```sh
-//! cargo bench -p segvmm --bench snapshot                        # 256M,1G, 3 repeats
-//! cargo bench -p segvmm --bench snapshot -- --sizes 1G,4G,8G,12G,16G --repeat 3
+//! cargo bench -p segvmm --bench ptsnap                        # 256M,1G, 3 repeats
+//! cargo bench -p segvmm --bench ptsnap -- --sizes 1G,4G,8G,12G,16G --repeat 3
 //! ```
 //!
-//! `SEGVMM_SNAPSHOT_SIZES` and `SEGVMM_SNAPSHOT_REPEAT` do the same as the options. Sizes
+//! `SEGVMM_PTSNAP_SIZES` and `SEGVMM_PTSNAP_REPEAT` do the same as the options. Sizes
 //! are interleaved within each repeat, so a slow drift of a shared host does not land on
 //! one size. Nothing here runs under `cargo test`: the large sizes are only run when asked
 //! for. Without /dev/kvm it says so and exits 0.
@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use segvmm::memory::Backing;
-use segvmm::probe::device::SnapshotHook;
+use segvmm::probe::device::PtsnapHook;
 use segvmm::probe::guest::{self, GuestOptions, GuestSpec};
 use segvmm::probe::layout::PageSize;
 use segvmm::probe::WorkloadSpec;
@@ -34,7 +34,7 @@ use workloads::kernels::Workload;
 const DEFAULT_SIZES: &str = "256M,1G";
 const DEFAULT_REPEAT: u32 = 3;
 
-/// One snapshot of one run.
+/// One ptsnap of one run.
 struct Sample {
     paused_ms: f64,
     ms: f64,
@@ -60,8 +60,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Sizes and repeats from `--sizes`/`--repeat`, else the environment, else the defaults.
 fn options() -> Result<(Vec<u64>, u32), String> {
-    let mut sizes = std::env::var("SEGVMM_SNAPSHOT_SIZES").unwrap_or_else(|_| DEFAULT_SIZES.into());
-    let mut repeat = std::env::var("SEGVMM_SNAPSHOT_REPEAT").unwrap_or_default();
+    let mut sizes = std::env::var("SEGVMM_PTSNAP_SIZES").unwrap_or_else(|_| DEFAULT_SIZES.into());
+    let mut repeat = std::env::var("SEGVMM_PTSNAP_REPEAT").unwrap_or_default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -99,20 +99,20 @@ fn run_one(size: u64, dir: &std::path::Path) -> Result<Sample, String> {
     };
     let file = dir.join(format!("{}M.ptsnap", size >> 20));
     let f = file.clone();
-    let hook: SnapshotHook = std::sync::Arc::new(move |_| Ok(Some(f.clone())));
+    let hook: PtsnapHook = std::sync::Arc::new(move |_| Ok(Some(f.clone())));
     let opts = GuestOptions {
         backing: Backing::Anon4k,
         timeout: Duration::from_secs(300),
-        snapshot: Some(hook),
+        ptsnap: Some(hook),
         ..GuestOptions::default()
     };
     let run = guest::run_with_prefault(spec, &opts, false).map_err(|e| e.to_string())?;
     run.measurement.as_ref().map_err(|e| e.clone())?;
     let s = run
         .report
-        .snapshots
+        .ptsnaps
         .first()
-        .ok_or("the guest's snapshot was not taken")?;
+        .ok_or("the guest's ptsnap was not taken")?;
     // The files are large (32 MiB at 16 GiB); only their size matters here.
     let _ = std::fs::remove_file(&file);
     Ok(Sample {
@@ -142,18 +142,18 @@ fn main() {
     let (sizes, repeat) = match options() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("snapshot bench: {e}");
+            eprintln!("ptsnap bench: {e}");
             std::process::exit(2);
         }
     };
     if std::fs::File::open("/dev/kvm").is_err() {
-        eprintln!("skipping the snapshot benchmark: no /dev/kvm");
+        eprintln!("skipping the ptsnap benchmark: no /dev/kvm");
         return;
     }
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("snapshot bench: temporary directory: {e}");
+            eprintln!("ptsnap bench: temporary directory: {e}");
             std::process::exit(1);
         }
     };

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use super::{AddressSpace, Error, HostRun, RamRange, Snapshot};
+use super::{AddressSpace, Error, HostRun, Ptsnap, RamRange};
 use crate::mem::{PageStore, PAGE_SIZE};
 use crate::paging::PagingMode;
 
@@ -22,7 +22,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-impl Snapshot {
+impl Ptsnap {
     /// Serialises to the `.ptsnap` format.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(64 + self.pages.len() * (PAGE_SIZE as usize + 8));
@@ -159,7 +159,7 @@ impl Snapshot {
         if c.left() != 0 {
             return Err(Error::TrailingBytes(c.left()));
         }
-        let mut snap = Snapshot {
+        let mut snap = Ptsnap {
             mode,
             cr4,
             efer,
