@@ -191,6 +191,8 @@ fn linux_ptsnap_matches_the_guests_meminfo() {
         ])
         .arg("--api-socket")
         .arg(&sock)
+        .arg("--snapshot-dir")
+        .arg(d.path())
         .arg("--report")
         .arg(&report)
         .stdout(Stdio::piped())

@@ -64,6 +64,8 @@ fn api_socket_ptsnap_of_a_running_guest() {
             "--api-socket",
         ])
         .arg(&sock)
+        .arg("--snapshot-dir")
+        .arg(d.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

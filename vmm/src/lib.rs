@@ -9,6 +9,8 @@ pub mod dirty;
 pub mod host;
 pub mod machine;
 pub mod memory;
+pub mod outdir;
 pub mod probe;
 pub mod ptsnap;
+pub mod vm;
 pub mod vstate;

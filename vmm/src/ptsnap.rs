@@ -6,6 +6,9 @@
 //! vCPU thread) or from outside (`segvmm ptsnap --api-socket`, see [`crate::api`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use segment_mmu::mem::{GuestPhysMemory, MemError, PageStore};
@@ -15,7 +18,8 @@ use serde::Serialize;
 
 use crate::memory::report::HostRun as VmmRun;
 use crate::memory::{Backing, GuestRam, MemoryReport};
-use crate::vstate::vcpu::VcpuState;
+use crate::outdir::OutFile;
+use crate::vstate::vcpu_thread::VcpuState;
 
 /// Errors while capturing.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +41,11 @@ pub enum Error {
     #[error("capturing page tables: {0}")]
     Capture(#[from] segment_mmu::ptsnap::Error),
     /// Writing the file failed.
-    #[error("writing {path}: {why}")]
-    Write {
-        /// File.
-        path: String,
-        /// Why.
-        why: String,
-    },
+    #[error(transparent)]
+    Write(#[from] crate::outdir::Error),
+    /// The vCPUs could not be paused around the copy.
+    #[error("pausing the vCPUs: {0}")]
+    Pause(#[from] crate::vstate::vcpu_thread::Error),
 }
 
 /// What a ptsnap recorded, for reports.
@@ -197,12 +199,12 @@ pub fn capture(
 }
 
 /// Adds the host-physical runs to a capture made without them, validates it, encodes it
-/// and writes `path`. `started` is when the request arrived, `paused_ms` how long the
+/// and writes `out`. `started` is when the request arrived, `paused_ms` how long the
 /// guest was stopped.
 pub fn finish_file(
     mut capture: Capture,
     report: &MemoryReport,
-    path: &Path,
+    out: &OutFile,
     started: Instant,
     paused_ms: f64,
 ) -> Result<PtsnapInfo, Error> {
@@ -223,13 +225,9 @@ pub fn finish_file(
     }
     let snap = capture.finish()?;
     let bytes = snap.to_bytes();
-    let werr = |e: std::io::Error| Error::Write {
-        path: path.display().to_string(),
-        why: e.to_string(),
-    };
-    std::fs::write(path, &bytes).map_err(werr)?;
+    out.write(&bytes)?;
     Ok(PtsnapInfo {
-        path: path.display().to_string(),
+        path: out.display(),
         spaces: snap.spaces.len(),
         table_pages: snap.pages.len(),
         bytes: bytes.len() as u64,
@@ -250,67 +248,73 @@ pub fn capture_to_file(
     let buf = table_buffer(expected_table_pages(ram.size()));
     let snap = capture(ram, states, buf)?;
     let paused_ms = started.elapsed().as_secs_f64() * 1e3;
-    finish_file(snap, report, path, started, paused_ms)
+    finish_file(
+        snap,
+        report,
+        &OutFile::Path(path.into()),
+        started,
+        paused_ms,
+    )
 }
 
-/// Takes ptsnaps of one running VM on request: holds what a capture needs and pauses
-/// the vCPUs around it.
-pub struct PtsnapService {
-    ram: std::sync::Arc<GuestRam>,
-    ctl: std::sync::Arc<crate::vstate::vcpu::VcpuControl>,
-    vcpus: usize,
-    kick: Box<dyn Fn() + Send + Sync>,
+/// Takes ptsnaps of one running VM: sizes the copy buffer, copies the tables while the
+/// VM keeps the vCPUs paused (the VM pauses them: it is the only one that does), then
+/// finishes the file after the guest resumed. Captures the guest asked for are finished
+/// by one writer thread, started on the first and fed through a bounded queue.
+pub struct Ptsnapper {
+    ram: Arc<GuestRam>,
     /// Measured lazily on the first request (reading pagemap takes time).
-    report: std::sync::Arc<std::sync::OnceLock<MemoryReport>>,
-    taken: std::sync::Arc<std::sync::Mutex<Vec<PtsnapInfo>>>,
-    /// Ptsnaps whose files are still being finished after the guest resumed.
-    pending: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    report: Arc<OnceLock<MemoryReport>>,
+    taken: Arc<Mutex<Vec<PtsnapInfo>>>,
+    writer: Mutex<Option<Writer>>,
     /// Table pages of the last capture: the next one reserves room for as many.
-    last_pages: std::sync::atomic::AtomicUsize,
+    last_pages: AtomicUsize,
 }
 
-impl std::fmt::Debug for PtsnapService {
+/// A capture whose file is still to be written.
+struct Job {
+    capture: Capture,
+    out: OutFile,
+    started: Instant,
+    paused_ms: f64,
+}
+
+struct Writer {
+    jobs: SyncSender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Captures waiting for the writer thread at most (a guest asking faster waits).
+const WRITER_QUEUE: usize = 4;
+
+impl std::fmt::Debug for Ptsnapper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PtsnapService")
-            .field("vcpus", &self.vcpus)
-            .finish()
+        f.debug_struct("Ptsnapper").finish_non_exhaustive()
     }
 }
 
-/// How long to wait for vCPUs to pause.
-const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl PtsnapService {
-    /// A service for a VM of `vcpus` vCPUs; `kick` interrupts every vCPU thread's KVM_RUN.
-    pub fn new(
-        ram: std::sync::Arc<GuestRam>,
-        ctl: std::sync::Arc<crate::vstate::vcpu::VcpuControl>,
-        vcpus: usize,
-        kick: Box<dyn Fn() + Send + Sync>,
-    ) -> Self {
-        PtsnapService {
+impl Ptsnapper {
+    /// A ptsnapper of `ram`.
+    pub fn new(ram: Arc<GuestRam>) -> Self {
+        Ptsnapper {
             ram,
-            ctl,
-            vcpus,
-            kick,
             report: Default::default(),
             taken: Default::default(),
-            pending: Default::default(),
-            last_pages: Default::default(),
+            writer: Mutex::new(None),
+            last_pages: AtomicUsize::new(0),
         }
     }
 
-    /// Room for the next capture (made before the guest is paused).
-    fn buffer(&self) -> Vec<[u64; 512]> {
-        let last = self.last_pages.load(std::sync::atomic::Ordering::Relaxed);
+    /// Room for the next capture, made before the guest is paused.
+    pub fn buffer(&self) -> Vec<[u64; 512]> {
+        let last = self.last_pages.load(Ordering::Relaxed);
         table_buffer(expected_table_pages(self.ram.size()).max(last + last / 8))
     }
 
-    /// Copies the tables (the guest is paused) and remembers how many there were.
-    fn capture(&self, states: &[VcpuState], buf: Vec<[u64; 512]>) -> Result<Capture, Error> {
+    /// Copies the tables of `states` (the guest is paused) into `buf`.
+    pub fn capture(&self, states: &[VcpuState], buf: Vec<[u64; 512]>) -> Result<Capture, Error> {
         let c = capture(&self.ram, states, buf)?;
-        self.last_pages
-            .store(c.table_pages(), std::sync::atomic::Ordering::Relaxed);
+        self.last_pages.store(c.table_pages(), Ordering::Relaxed);
         Ok(c)
     }
 
@@ -318,114 +322,75 @@ impl PtsnapService {
         self.report.get_or_init(|| self.ram.report())
     }
 
-    fn record(&self, r: Result<PtsnapInfo, Error>) -> Result<PtsnapInfo, Error> {
-        if let (Ok(info), Ok(mut t)) = (&r, self.taken.lock()) {
+    /// Finishes and writes a capture now (the guest already runs again) and records it.
+    pub fn write_now(
+        &self,
+        capture: Capture,
+        out: &OutFile,
+        started: Instant,
+        paused_ms: f64,
+    ) -> Result<PtsnapInfo, Error> {
+        let info = finish_file(capture, self.report(), out, started, paused_ms)?;
+        if let Ok(mut t) = self.taken.lock() {
             t.push(info.clone());
         }
-        r
+        Ok(info)
     }
 
-    /// Finishes `snap` (runs, encoding, file) in the background so the guest can go on.
-    fn finish_in_background(&self, snap: Capture, path: &Path, started: Instant, paused_ms: f64) {
-        let (ram, report, taken, file) = (
-            self.ram.clone(),
-            self.report.clone(),
-            self.taken.clone(),
-            path.to_path_buf(),
-        );
-        let job = std::thread::Builder::new()
-            .name("ptsnap".into())
+    /// Hands a capture to the writer thread (started on first use).
+    pub fn write_later(&self, capture: Capture, out: OutFile, started: Instant, paused_ms: f64) {
+        let Ok(mut w) = self.writer.lock() else {
+            return;
+        };
+        if w.is_none() {
+            *w = self.start_writer();
+        }
+        let job = Job {
+            capture,
+            out,
+            started,
+            paused_ms,
+        };
+        if let Some(w) = w.as_ref() {
+            if let Err(e) = w.jobs.send(job) {
+                eprintln!("segvmm: ptsnap {}: writer thread gone", e.0.out.display());
+            }
+        }
+    }
+
+    fn start_writer(&self) -> Option<Writer> {
+        let (tx, rx) = sync_channel::<Job>(WRITER_QUEUE);
+        let (ram, report, taken) = (self.ram.clone(), self.report.clone(), self.taken.clone());
+        let thread = std::thread::Builder::new()
+            .name("ptsnap-writer".into())
             .spawn(move || {
-                let report = report.get_or_init(|| ram.report());
-                match finish_file(snap, report, &file, started, paused_ms) {
-                    Ok(info) => {
-                        if let Ok(mut t) = taken.lock() {
-                            t.push(info);
+                for job in rx {
+                    let report = report.get_or_init(|| ram.report());
+                    match finish_file(job.capture, report, &job.out, job.started, job.paused_ms) {
+                        Ok(info) => {
+                            if let Ok(mut t) = taken.lock() {
+                                t.push(info);
+                            }
                         }
+                        Err(e) => eprintln!("segvmm: ptsnap {}: {e}", job.out.display()),
                     }
-                    Err(e) => eprintln!("segvmm: ptsnap {}: {e}", file.display()),
                 }
             });
-        match (job, self.pending.lock()) {
-            (Ok(h), Ok(mut p)) => p.push(h),
-            (Err(e), _) => eprintln!(
-                "segvmm: ptsnap {}: cannot start the writer thread: {e}",
-                path.display()
-            ),
-            _ => {}
+        match thread {
+            Ok(thread) => Some(Writer { jobs: tx, thread }),
+            Err(e) => {
+                eprintln!("segvmm: cannot start the ptsnap writer thread: {e}");
+                None
+            }
         }
     }
 
-    /// From outside the vCPUs (API socket): pause all, capture, resume.
-    pub fn ptsnap(&self, path: &Path) -> Result<PtsnapInfo, Error> {
-        let started = Instant::now();
-        // Reserved before the guest stops: that time is not part of the pause.
-        let buf = self.buffer();
-        let pause = Instant::now();
-        let states = self
-            .ctl
-            .pause_all(self.vcpus, PAUSE_TIMEOUT, &self.kick)
-            .map_err(|why| Error::Write {
-                path: path.display().to_string(),
-                why,
-            })?;
-        let snap = self.capture(&states, buf);
-        self.ctl.resume_all();
-        let paused_ms = pause.elapsed().as_secs_f64() * 1e3;
-        let r = snap.and_then(|snap| finish_file(snap, self.report(), path, started, paused_ms));
-        self.record(r)
-    }
-
-    /// From a vCPU thread (the guest asked): pause the others, capture, resume.
-    pub fn ptsnap_from_vcpu(
-        &self,
-        vcpu: &kvm_ioctls::VcpuFd,
-        path: &Path,
-    ) -> Result<PtsnapInfo, Error> {
-        let started = Instant::now();
-        let buf = self.buffer();
-        let own = match (vcpu.get_regs(), vcpu.get_sregs()) {
-            (Ok(regs), Ok(sregs)) => VcpuState { regs, sregs },
-            _ => return Err(Error::NoVcpus),
-        };
-        let mut states = vec![own];
-        if self.vcpus > 1 {
-            let others = self
-                .ctl
-                .pause_all(self.vcpus - 1, PAUSE_TIMEOUT, &self.kick)
-                .map_err(|why| Error::Write {
-                    path: path.display().to_string(),
-                    why,
-                })?;
-            states.extend(others);
-        }
-        let snap = self.capture(&states, buf);
-        if self.vcpus > 1 {
-            self.ctl.resume_all();
-        }
-        // The guest goes on once this returns; the file is finished in the background and
-        // recorded in `taken` (which waits for it).
-        self.finish_in_background(snap?, path, started, started.elapsed().as_secs_f64() * 1e3);
-        Ok(PtsnapInfo {
-            path: path.display().to_string(),
-            spaces: 0,
-            table_pages: 0,
-            bytes: 0,
-            ms: 0.0,
-            paused_ms: started.elapsed().as_secs_f64() * 1e3,
-        })
-    }
-
-    /// Ptsnaps taken so far.
-    /// Waits for ptsnaps still being written.
+    /// Ptsnaps taken so far; waits for the writer to finish what it was given.
     pub fn taken(&self) -> Vec<PtsnapInfo> {
-        let jobs: Vec<_> = self
-            .pending
-            .lock()
-            .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default();
-        for j in jobs {
-            let _ = j.join();
+        let w = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(Writer { jobs, thread }) = w {
+            drop(jobs);
+            let _ = thread.join();
         }
         self.taken.lock().map(|t| t.clone()).unwrap_or_default()
     }

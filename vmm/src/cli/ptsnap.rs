@@ -1,9 +1,10 @@
-//! `segvmm ptsnap`: ask a running VMM (started with `--api-socket`) for a page-table
-//! ptsnap of its guest, and optionally to end the run afterwards.
+//! `segvmm ptsnap`: ask a running VMM (started with `--api-socket` and `--snapshot-dir`)
+//! for a page-table capture of its guest, and optionally to end the run afterwards.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{CliError, CliResult};
+use crate::api::{self, Request};
 
 /// Options of `segvmm ptsnap`.
 #[derive(clap::Args, Debug)]
@@ -11,7 +12,7 @@ pub struct Args {
     /// The VMM's API socket.
     #[arg(long)]
     pub api_socket: PathBuf,
-    /// Where the VMM writes the `.ptsnap` file.
+    /// The `.ptsnap` file: a name inside the VMM's --snapshot-dir, or a path into it.
     #[arg(long, required_unless_present = "shutdown")]
     pub out: Option<PathBuf>,
     /// Then end the VMM's run (API `shutdown`: exit reason `shutdown`, exit code 0), for
@@ -26,41 +27,49 @@ pub fn run(args: Args) -> CliResult {
         ptsnap(&args.api_socket, out)?;
     }
     if args.shutdown {
-        let reply = crate::api::request(&args.api_socket, "shutdown").map_err(CliError::failed)?;
-        if reply != "ok" {
-            return Err(CliError::failed(format!(
-                "shutdown failed: {}",
-                reply.trim_start_matches("error ")
-            )));
-        }
+        api::request(&args.api_socket, &Request::Shutdown).map_err(CliError::failed)?;
         println!("shut down");
     }
     Ok(0)
 }
 
-/// Asks for one ptsnap into `out` and prints what the VMM answered.
-fn ptsnap(socket: &std::path::Path, out: &std::path::Path) -> Result<(), CliError> {
-    // The VMM writes the file itself: give it an absolute path.
-    let out = std::path::absolute(out)
-        .map_err(|e| CliError::bad_input(format!("--out {}: {e}", out.display())))?;
-    let reply = crate::api::request(socket, &format!("ptsnap {}", out.display()))
-        .map_err(CliError::failed)?;
-    match reply.strip_prefix("ok ") {
-        Some(rest) => {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            println!(
-                "ptsnap {}: {} bytes, {} page-table pages, {} ms ({} ms with the guest paused)",
-                f.first().unwrap_or(&""),
-                f.get(1).unwrap_or(&"?"),
-                f.get(2).unwrap_or(&"?"),
-                f.get(3).unwrap_or(&"?"),
-                f.get(4).unwrap_or(&"?")
-            );
-            Ok(())
-        }
-        None => Err(CliError::failed(format!(
-            "ptsnap failed: {}",
-            reply.trim_start_matches("error ")
+/// The name to send for `out`: a plain name as it is; a path must lie in the VMM's
+/// snapshot directory (asked with `ping`).
+fn name_in_dir(socket: &Path, out: &Path) -> Result<String, CliError> {
+    let plain = out.components().count() == 1;
+    if plain {
+        return Ok(out.display().to_string());
+    }
+    let pong = api::request(socket, &Request::Ping).map_err(CliError::failed)?;
+    let dir = pong["snapshot_dir"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            CliError::bad_input("the VMM was started without --snapshot-dir: it writes no files")
+        })?;
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let parent = out.parent().map(canon);
+    match (parent, out.file_name()) {
+        (Some(p), Some(name)) if p == canon(&dir) => Ok(name.to_string_lossy().into_owned()),
+        _ => Err(CliError::bad_input(format!(
+            "--out {}: must be a name inside the VMM's snapshot directory {}",
+            out.display(),
+            dir.display()
         ))),
     }
+}
+
+/// Asks for one capture into `out` and prints what the VMM answered.
+fn ptsnap(socket: &Path, out: &Path) -> Result<(), CliError> {
+    let file = name_in_dir(socket, out)?;
+    let a = api::request(socket, &Request::Ptsnap { file }).map_err(CliError::failed)?;
+    println!(
+        "ptsnap {}: {} bytes, {} page-table pages, {:.3} ms ({:.3} ms with the guest paused)",
+        a["path"].as_str().unwrap_or("?"),
+        a["bytes"],
+        a["table_pages"],
+        a["ms"].as_f64().unwrap_or(f64::NAN),
+        a["paused_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(())
 }

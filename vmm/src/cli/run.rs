@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::{parse_size, CliError, CliResult};
+use crate::api::ApiConfig;
 use crate::host::MmuRequest;
-use crate::machine::{self, Payload, RunReport, VmConfig};
 use crate::memory::{Backing, MemoryConfig};
 use crate::probe::{self, guest, layout::PageSize, WorkloadSpec};
+use crate::vm::{Payload, RunReport, Vm, VmBuilder, VmConfig};
 use workloads::kernels::Workload;
 
 /// Which built-in guest to boot when no --kernel is given.
@@ -59,9 +60,13 @@ pub struct Args {
     /// Stop the guest after this many seconds.
     #[arg(long, default_value_t = 1800.0)]
     pub timeout: f64,
-    /// Serve the API socket here (`segvmm ptsnap --api-socket PATH --out FILE`).
+    /// Serve the API socket here (created 0600; see `segvmm ptsnap`).
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
+    /// With --api-socket: the only directory where API requests may write files (ptsnaps),
+    /// as plain names, created new; fixed at start. Without it the API writes no files.
+    #[arg(long, requires = "api_socket")]
+    pub snapshot_dir: Option<PathBuf>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -181,6 +186,11 @@ pub fn run(args: Args) -> CliResult {
                 return Err(CliError::bad_input("--initrd needs --kernel"));
             }
             let mode = match args.guest {
+                BuiltinGuest::Probe if args.api_socket.is_some() => {
+                    return Err(CliError::bad_input(
+                        "--api-socket is not served for the measurement guest (it asks for its own ptsnaps); use --guest test or --kernel",
+                    ))
+                }
                 BuiltinGuest::Probe => return run_probe(&args),
                 BuiltinGuest::Test => "",
                 BuiltinGuest::TestTriple => "triple",
@@ -207,7 +217,17 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: args.dirty(),
     };
-    let report = machine::run(cfg).map_err(CliError::bad_input)?;
+    let mut builder = VmBuilder::new(cfg);
+    if let Some(socket) = &args.api_socket {
+        builder = builder.api(ApiConfig {
+            socket: socket.clone(),
+            snapshot_dir: args.snapshot_dir.clone(),
+        });
+    }
+    let report = builder
+        .build()
+        .and_then(Vm::run)
+        .map_err(CliError::bad_input)?;
     finish(&report, args.report.as_ref())
 }
 

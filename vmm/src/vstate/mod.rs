@@ -4,4 +4,5 @@ pub mod cpuid;
 pub mod emulate;
 pub mod stats;
 pub mod vcpu;
+pub mod vcpu_thread;
 pub mod vm;

@@ -1,0 +1,97 @@
+//! The API's wire format: one JSON object per line, both ways, as data (paths are JSON
+//! strings, never split on spaces). Requests: `{"cmd":"ping"}`, `{"cmd":"ptsnap",
+//! "file":NAME}`, `{"cmd":"pause"}`, `{"cmd":"resume"}`, `{"cmd":"shutdown"}`. Answers:
+//! `{"ok":true,...}` or `{"ok":false,"error":MESSAGE}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest request line, bytes; a longer one is refused and its client dropped.
+pub const LINE_LIMIT: usize = 64 * 1024;
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Is the VMM there? Answers its vCPU count and snapshot directory.
+    Ping,
+    /// A page-table capture written to `file`, a plain name inside the VMM's
+    /// `--snapshot-dir`.
+    Ptsnap {
+        /// The file's name.
+        file: String,
+    },
+    /// Pause every vCPU.
+    Pause,
+    /// Resume every vCPU.
+    Resume,
+    /// End the run (exit reason `shutdown`, exit code 0).
+    Shutdown,
+}
+
+/// Parses one request line (without its newline).
+pub fn parse(line: &[u8]) -> Result<Request, String> {
+    if line.len() > LINE_LIMIT {
+        return Err(format!("request longer than {LINE_LIMIT} bytes"));
+    }
+    serde_json::from_slice(line).map_err(|e| {
+        format!("bad request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"ping\"}}")
+    })
+}
+
+/// The answer line for `r` (with its newline).
+pub fn answer(r: &Result<Value, String>) -> Vec<u8> {
+    let mut m = Map::new();
+    match r {
+        Ok(v) => {
+            m.insert("ok".into(), Value::Bool(true));
+            if let Value::Object(o) = v {
+                m.extend(o.clone());
+            }
+        }
+        Err(e) => {
+            m.insert("ok".into(), Value::Bool(false));
+            m.insert("error".into(), Value::String(e.clone()));
+        }
+    }
+    let mut line = serde_json::to_vec(&Value::Object(m)).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_json_objects_with_paths_as_data() {
+        assert_eq!(parse(br#"{"cmd":"ping"}"#), Ok(Request::Ping));
+        assert_eq!(
+            parse(br#"{"cmd":"ptsnap","file":"my dir/x\nshutdown"}"#),
+            Ok(Request::Ptsnap {
+                file: "my dir/x\nshutdown".into()
+            })
+        );
+        for bad in [
+            &b"snapshot /etc/x"[..],
+            br#"{"cmd":"ptsnap"}"#,
+            br#"{"cmd":"reboot"}"#,
+            br#"{"cmd":"ping","extra":1}"#,
+            b"",
+            b"\xff\xfe",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&vec![b' '; LINE_LIMIT + 1]).is_err());
+    }
+
+    #[test]
+    fn answers_are_one_json_line() {
+        let a = answer(&Ok(serde_json::json!({"vcpus": 2})));
+        assert_eq!(a, b"{\"ok\":true,\"vcpus\":2}\n");
+        let e = answer(&Err("no \"such\"\nthing".into()));
+        let v: Value = serde_json::from_slice(&e[..e.len() - 1]).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(e.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+}

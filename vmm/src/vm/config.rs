@@ -1,0 +1,86 @@
+//! What a VM is made of: guest RAM, vCPUs, the payload to boot, the MMU mode, and how it
+//! is watched (console, dirty tracking). Plain data: [`super::VmBuilder`] turns it into a
+//! running [`super::Vm`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::boot;
+use crate::devices::MmioHandler;
+use crate::host::{HostInfo, MmuRequest};
+use crate::memory::{GuestRam, MemoryConfig};
+use crate::vstate::vcpu::VcpuInit;
+
+/// What to boot.
+pub enum Payload {
+    /// A Linux kernel (bzImage or ELF; PVH when it has the note).
+    Linux {
+        /// Kernel image.
+        kernel: PathBuf,
+        /// Initial ramdisk.
+        initrd: Option<PathBuf>,
+        /// Command line (the host's workarounds are appended on hosts that need them).
+        cmdline: String,
+        /// Where a bzImage is decompressed.
+        bzimage: boot::BzImageMode,
+    },
+    /// The built-in bare-metal test guest; `mode` is its command line ("", "triple", "hang").
+    TestGuest {
+        /// Failure mode.
+        mode: String,
+    },
+    /// Anything else: a closure that fills guest memory and returns vCPU 0's registers
+    /// (the measurement guest uses this).
+    Custom(CustomLoader),
+}
+
+/// Fills guest memory for a custom payload and returns vCPU 0's initial registers.
+pub type CustomLoader = Box<dyn FnOnce(&GuestRam, &HostInfo) -> Result<VcpuInit, String> + Send>;
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Linux { kernel, .. } => write!(f, "Linux({})", kernel.display()),
+            Payload::TestGuest { mode } => write!(f, "TestGuest({mode})"),
+            Payload::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+/// Everything a run needs.
+pub struct VmConfig {
+    /// Guest RAM.
+    pub memory: MemoryConfig,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// MMU mode asked for.
+    pub mmu: MmuRequest,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+    /// Echo the guest console to stdout.
+    pub echo_console: bool,
+    /// Forward stdin to the serial port.
+    pub stdin: bool,
+    /// What to boot.
+    pub payload: Payload,
+    /// The device behind the signal MMIO window.
+    pub mmio: Option<Arc<dyn MmioHandler>>,
+    /// When the run started (for set-up timing); `None` = now.
+    pub started: Option<Instant>,
+    /// Serve the API socket at this path (see [`crate::api`]).
+    pub api_socket: Option<PathBuf>,
+    /// Track dirty pages (KVM dirty log) while the guest runs.
+    pub track_dirty: Option<crate::dirty::DirtyConfig>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("memory", &self.memory)
+            .field("vcpus", &self.vcpus)
+            .field("payload", &self.payload)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}

@@ -1,0 +1,403 @@
+//! The VM's event loop on `event-manager`. Subscribers turn file descriptors into messages
+//! (the VM's wake-up eventfd, the API socket and its clients, stdin); after each wake-up
+//! the loop acts on them as the VM's only controller: it maps vCPU and console events to
+//! the run's outcome, pauses vCPUs for page-table captures, answers API requests and ends
+//! the run at its timeout.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_manager::{
+    EventManager, EventOps, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
+use serde_json::{json, Value};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::events::VmEvent;
+use super::{Error, ExitReason, Milestone, Vm};
+use crate::api::{ApiServer, Request};
+use crate::devices::legacy::Com1;
+use crate::devices::ConsoleEvent;
+use crate::outdir::OutFile;
+use crate::vstate::vcpu_thread::{self, VcpuState, VcpuStop};
+
+/// How long vCPUs get to pause.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The loop's longest sleep (API clients' deadlines are checked this often).
+const TICK: Duration = Duration::from_millis(500);
+/// The sleep while stdin input waits for room in the UART's FIFO.
+const STDIN_RETRY: Duration = Duration::from_millis(5);
+
+type Subscriber = Rc<RefCell<dyn MutEventSubscriber>>;
+
+/// Empties the VM's wake-up eventfd; the messages are read by the loop.
+struct Wake(Arc<EventFd>);
+
+impl MutEventSubscriber for Wake {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&*self.0, EventSet::IN)) {
+            eprintln!("segvmm: event loop: cannot watch the VM's eventfd: {e:?}");
+        }
+    }
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.0.read();
+    }
+}
+
+/// Forwards stdin to COM1. While the UART's FIFO is full, stdin is not watched and the
+/// loop retries every few milliseconds.
+struct Stdin {
+    com1: Arc<Com1>,
+    pending: Vec<u8>,
+    watched: bool,
+    eof: bool,
+}
+
+impl Stdin {
+    fn push(&mut self) {
+        while !self.pending.is_empty() {
+            let took = self
+                .com1
+                .0
+                .lock()
+                .map(|mut s| s.input(&self.pending))
+                .unwrap_or(0);
+            if took == 0 {
+                break;
+            }
+            self.pending.drain(..took);
+        }
+    }
+
+    fn set_watch(&mut self, ops: &mut EventOps, on: bool) {
+        if on == self.watched {
+            return;
+        }
+        let ev = Events::new_raw(libc::STDIN_FILENO, EventSet::IN);
+        let r = if on { ops.add(ev) } else { ops.remove(ev) };
+        self.watched = on && r.is_ok();
+    }
+}
+
+impl MutEventSubscriber for Stdin {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.set_watch(ops, true);
+    }
+    fn process(&mut self, _: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reading into a local buffer of the given length from fd 0.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            n if n > 0 => self.pending.extend_from_slice(&buf[..n as usize]),
+            0 => self.eof = true,
+            _ => {}
+        }
+        self.push();
+        let want = !self.eof && self.pending.is_empty();
+        self.set_watch(ops, want);
+    }
+}
+
+/// Whether `fd` can be watched by epoll (a regular file or /dev/null cannot).
+fn pollable(fd: libc::c_int) -> bool {
+    let Ok(ep) = vmm_sys_util::epoll::Epoll::new() else {
+        return false;
+    };
+    let ev = vmm_sys_util::epoll::EpollEvent::new(EventSet::IN, 0);
+    ep.ctl(vmm_sys_util::epoll::ControlOperation::Add, fd, ev)
+        .is_ok()
+}
+
+/// Stdin that epoll cannot watch (a file) is copied by a thread of its own.
+fn spawn_stdin_copier(com1: Arc<Com1>) {
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut off = 0;
+                while off < n {
+                    let put = com1
+                        .0
+                        .lock()
+                        .map(|mut s| s.input(&buf[off..n]))
+                        .unwrap_or(n);
+                    off += put;
+                    if put == 0 {
+                        std::thread::sleep(STDIN_RETRY);
+                    }
+                }
+            }
+        });
+}
+
+/// The loop over one running VM.
+pub(super) struct Loop<'a> {
+    vm: &'a mut Vm,
+    em: EventManager<Subscriber>,
+    api: Option<(Rc<RefCell<ApiServer>>, SubscriberId)>,
+    stdin: Option<(Rc<RefCell<Stdin>>, SubscriberId)>,
+    milestones: Vec<Milestone>,
+    user_fault: Option<String>,
+}
+
+impl<'a> Loop<'a> {
+    /// Registers the subscribers of `vm`.
+    pub(super) fn new(vm: &'a mut Vm) -> Result<Self, Error> {
+        let mut em: EventManager<Subscriber> = EventManager::new().map_err(Error::EventLoop)?;
+        em.add_subscriber(Rc::new(RefCell::new(Wake(vm.notifier.1.efd.clone()))));
+        let api = vm.api.take().map(|a| {
+            let a = Rc::new(RefCell::new(a));
+            let id = em.add_subscriber(a.clone());
+            (a, id)
+        });
+        let stdin = match vm.stdin {
+            true if pollable(libc::STDIN_FILENO) => {
+                let s = Rc::new(RefCell::new(Stdin {
+                    com1: vm.com1.clone(),
+                    pending: Vec::new(),
+                    watched: false,
+                    eof: false,
+                }));
+                let id = em.add_subscriber(s.clone());
+                Some((s, id))
+            }
+            true => {
+                spawn_stdin_copier(vm.com1.clone());
+                None
+            }
+            false => None,
+        };
+        Ok(Loop {
+            vm,
+            em,
+            api,
+            stdin,
+            milestones: Vec::new(),
+            user_fault: None,
+        })
+    }
+
+    /// Runs until the guest's outcome is known; the vCPUs are left to [`Vm::finish`].
+    pub(super) fn run(mut self, run_start: Instant) -> Result<(ExitReason, Vec<Milestone>), Error> {
+        let deadline = self.vm.timeout.map(|t| run_start + t);
+        loop {
+            let wait = self.wait(deadline);
+            self.em
+                .run_with_timeout(i32::try_from(wait.as_millis()).unwrap_or(i32::MAX))
+                .map_err(Error::EventLoop)?;
+            if let Some(r) = self.vm_events() {
+                return Ok((r, self.milestones));
+            }
+            if let Some(r) = self.api_requests() {
+                return Ok((r, self.milestones));
+            }
+            self.stdin_retry();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok((self.timed_out(), self.milestones));
+            }
+        }
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Duration {
+        let stdin_waits = self
+            .stdin
+            .as_ref()
+            .is_some_and(|(s, _)| !s.borrow().pending.is_empty());
+        let cap = if stdin_waits { STDIN_RETRY } else { TICK };
+        match deadline {
+            Some(d) => cap.min(d.saturating_duration_since(Instant::now())),
+            None => cap,
+        }
+    }
+
+    fn stdin_retry(&mut self) {
+        let Some((s, id)) = &self.stdin else { return };
+        let mut s = s.borrow_mut();
+        if s.pending.is_empty() {
+            return;
+        }
+        s.push();
+        if s.pending.is_empty() && !s.eof {
+            if let Ok(mut ops) = self.em.event_ops(*id) {
+                s.set_watch(&mut ops, true);
+            }
+        }
+    }
+
+    /// Messages from vCPUs and the console; the outcome once one decides it.
+    fn vm_events(&mut self) -> Option<ExitReason> {
+        while let Ok(ev) = self.vm.notifier.1.rx.try_recv() {
+            let r = match ev {
+                VmEvent::VcpuStopped(id, why) => Some(stop_reason(id, why)),
+                VmEvent::PtsnapRequested { id, state, path } => {
+                    self.guest_ptsnap(id, *state, path);
+                    None
+                }
+                VmEvent::Console(e) => self.console(e),
+            };
+            if r.is_some() {
+                return r;
+            }
+        }
+        None
+    }
+
+    fn console(&mut self, e: ConsoleEvent) -> Option<ExitReason> {
+        match e {
+            ConsoleEvent::Milestone { what, line, at_ms } => {
+                self.milestones.push(Milestone {
+                    what: what.into(),
+                    line,
+                    at_ms,
+                });
+                None
+            }
+            ConsoleEvent::UserFaultAtKernelIp(l) => {
+                self.user_fault = Some(l);
+                None
+            }
+            ConsoleEvent::PowerOff => Some(ExitReason::PowerOff),
+            ConsoleEvent::Panic(line) => Some(self.panic_reason(line)),
+        }
+    }
+
+    fn panic_reason(&self, line: String) -> ExitReason {
+        let started_init = self
+            .milestones
+            .iter()
+            .any(|m| m.what.starts_with("Run /init"));
+        match &self.user_fault {
+            Some(fault) if started_init && line.contains("Attempted to kill init") => {
+                ExitReason::UserSyscallsUnavailable {
+                    fault: fault.clone(),
+                    panic: line,
+                }
+            }
+            _ => ExitReason::Panic { line },
+        }
+    }
+
+    /// The guest asked for a capture: vCPU `id` has paused itself; pause the others,
+    /// copy, resume all, and leave the file to the writer thread.
+    fn guest_ptsnap(&mut self, id: usize, own: VcpuState, path: std::path::PathBuf) {
+        let started = Instant::now();
+        let snapper = self.vm.observers.ptsnapper.clone();
+        let buf = snapper.buffer();
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        let others = vcpu_thread::pause_all(&self.vm.handles, Some(id), deadline);
+        let capture = others.map(|o| {
+            let mut states = vec![own];
+            states.extend(o.into_iter().map(|(_, s)| s));
+            snapper.capture(&states, buf)
+        });
+        vcpu_thread::resume_all(&self.vm.handles);
+        let paused_ms = started.elapsed().as_secs_f64() * 1e3;
+        match capture {
+            Ok(Ok(c)) => snapper.write_later(c, OutFile::Path(path), started, paused_ms),
+            Ok(Err(e)) => eprintln!("segvmm: ptsnap {}: {e}", path.display()),
+            Err(e) => eprintln!("segvmm: ptsnap {}: {e}", path.display()),
+        }
+    }
+
+    /// Pauses every vCPU, copies the tables, resumes, and writes `out`.
+    fn api_ptsnap(&mut self, out: OutFile) -> Result<Value, String> {
+        let started = Instant::now();
+        let snapper = self.vm.observers.ptsnapper.clone();
+        let buf = snapper.buffer();
+        let pause = Instant::now();
+        let deadline = pause + PAUSE_TIMEOUT;
+        let states =
+            vcpu_thread::pause_all(&self.vm.handles, None, deadline).map_err(|e| e.to_string())?;
+        let states: Vec<VcpuState> = states.into_iter().map(|(_, s)| s).collect();
+        let capture = snapper.capture(&states, buf);
+        vcpu_thread::resume_all(&self.vm.handles);
+        let paused_ms = pause.elapsed().as_secs_f64() * 1e3;
+        let info = capture
+            .and_then(|c| snapper.write_now(c, &out, started, paused_ms))
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(info).map_err(|e| e.to_string())
+    }
+
+    /// Answers queued API requests; the outcome when one ends the run.
+    fn api_requests(&mut self) -> Option<ExitReason> {
+        let (api, id) = self.api.as_ref().map(|(a, id)| (a.clone(), *id))?;
+        let requests = api.borrow_mut().take_requests(Instant::now());
+        let mut end = None;
+        for (client, req) in requests {
+            let reply = match req {
+                Ok(r) => self.api_request(r, &mut end),
+                Err(e) => Err(e),
+            };
+            api.borrow_mut().reply(client, reply);
+        }
+        if let Ok(mut ops) = self.em.event_ops(id) {
+            api.borrow_mut().close_marked(&mut ops);
+        }
+        end
+    }
+
+    fn api_request(&mut self, r: Request, end: &mut Option<ExitReason>) -> Result<Value, String> {
+        let api = self.api.as_ref().map(|(a, _)| a.clone());
+        match r {
+            Request::Ping => Ok(json!({
+                "vcpus": self.vm.handles.len(),
+                "snapshot_dir": api.and_then(|a| a.borrow().snapshot_dir_path()),
+            })),
+            Request::Shutdown => {
+                *end = Some(ExitReason::Shutdown);
+                Ok(json!({}))
+            }
+            Request::Ptsnap { file } => {
+                let out = api
+                    .ok_or("no API")?
+                    .borrow()
+                    .out_file(&file)
+                    .map_err(|e| e.to_string())?;
+                self.api_ptsnap(out)
+            }
+            Request::Pause => {
+                let deadline = Instant::now() + PAUSE_TIMEOUT;
+                vcpu_thread::pause_all(&self.vm.handles, None, deadline)
+                    .map(|s| json!({ "paused": s.len() }))
+                    .map_err(|e| e.to_string())
+            }
+            Request::Resume => {
+                vcpu_thread::resume_all(&self.vm.handles);
+                Ok(json!({}))
+            }
+        }
+    }
+
+    /// The timeout: where each vCPU was, read fresh after pausing it.
+    fn timed_out(&mut self) -> ExitReason {
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        let rips = vcpu_thread::pause_all(&self.vm.handles, None, deadline)
+            .map(|s| s.iter().map(|(_, st)| st.regs.rip).collect())
+            .unwrap_or_default();
+        ExitReason::Timeout {
+            seconds: self.vm.timeout.map_or(0.0, |t| t.as_secs_f64()),
+            rips,
+        }
+    }
+}
+
+/// The run's outcome when vCPU `id` stopped.
+fn stop_reason(id: usize, why: VcpuStop) -> ExitReason {
+    let vcpu = u8::try_from(id).unwrap_or(u8::MAX);
+    match why {
+        VcpuStop::GuestExit(status) => ExitReason::GuestExit { status },
+        VcpuStop::Reset => ExitReason::Reset,
+        VcpuStop::TripleFault { rip } => ExitReason::TripleFault { vcpu, rip },
+        VcpuStop::Unhandled(what) => ExitReason::UnhandledExit { vcpu, what },
+        VcpuStop::EmulationFailure(what) => ExitReason::EmulationFailure { vcpu, what },
+    }
+}
