@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use segvmm::host::MmuRequest;
-use segvmm::machine::{self, Payload, VmConfig};
+use segvmm::vm::{self, Payload, VmConfig};
 use segvmm::memory::{Backing, GuestRam, MemoryConfig};
 
 const GIB: u64 = 1 << 30;
@@ -59,7 +59,7 @@ fn boot_to_first_instruction(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let started = Instant::now();
-                        let r = machine::run(VmConfig {
+                        let r = vm::run(VmConfig {
                             memory: MemoryConfig {
                                 size: 64 << 20,
                                 backing,

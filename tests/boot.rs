@@ -236,7 +236,7 @@ fn initrd_larger_than_memory() {
         .unwrap();
     // The test guest is a PVH ELF: a fine kernel for this check.
     let tg = dir.path().join("tg.elf");
-    std::fs::write(&tg, segvmm::machine::TEST_GUEST).unwrap();
+    std::fs::write(&tg, segvmm::vm::TEST_GUEST).unwrap();
     assert_error(
         &[
             "run",

@@ -7,7 +7,6 @@ pub mod cli;
 pub mod devices;
 pub mod dirty;
 pub mod host;
-pub mod machine;
 pub mod memory;
 pub mod outdir;
 pub mod probe;

@@ -16,7 +16,7 @@ use super::layout::{self, Layout, Mapping, PageSize, PageTables};
 use super::{Measurement, WorkloadSpec};
 use crate::devices::SIGNAL_MMIO_BASE;
 use crate::host::{self, MmuRequest};
-use crate::machine::{self, Payload, RunReport, VmConfig};
+use crate::vm::{self, Payload, RunReport, VmConfig};
 use crate::memory::{Backing, GuestRam, MemoryConfig, MMIO_HOLE_END, MMIO_HOLE_START};
 use crate::vstate::vcpu::VcpuInit;
 
@@ -54,7 +54,7 @@ pub enum Error {
     Host(#[from] host::Error),
     /// Building or running the VM.
     #[error(transparent)]
-    Machine(#[from] machine::Error),
+    Machine(#[from] vm::Error),
 }
 
 /// One guest run: the workload and the guest page size of its buffer.
@@ -545,7 +545,7 @@ pub fn run_with_prefault(
         api_socket: None,
         track_dirty: opts.track_dirty.clone(),
     };
-    let report = machine::run(cfg)?;
+    let report = vm::run(cfg)?;
     let outcome = device.outcome();
     let measurement = measurement(&spec, opts.backing, &report, &outcome, info.tsc_khz);
     Ok(GuestRun {

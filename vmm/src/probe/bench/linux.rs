@@ -22,7 +22,7 @@ use super::output::Status;
 use super::MatrixSpec;
 use crate::boot::BzImageMode;
 use crate::host::MmuRequest;
-use crate::machine::{self, ExitReason, Payload, VmConfig};
+use crate::vm::{self, ExitReason, Payload, VmConfig};
 use crate::memory::{Backing, MemoryConfig};
 use crate::probe::{Measurement, WorkloadSpec};
 
@@ -128,8 +128,8 @@ pub fn run(
         api_socket: None,
         track_dirty: None,
     };
-    let report = machine::run(cfg).map_err(|e| match e {
-        machine::Error::Memory(_) | machine::Error::Host(_) => (Status::Unavailable, e.to_string()),
+    let report = vm::run(cfg).map_err(|e| match e {
+        vm::Error::Memory(_) | vm::Error::Host(_) => (Status::Unavailable, e.to_string()),
         e => (Status::Failed, e.to_string()),
     })?;
     if let ExitReason::UserSyscallsUnavailable { .. } = report.exit_reason {

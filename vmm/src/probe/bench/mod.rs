@@ -18,7 +18,7 @@ use super::guest::{self, GuestOptions, GuestSpec};
 use super::layout::PageSize;
 use super::{native, Measurement, WorkloadSpec};
 use crate::host::HostInfo;
-use crate::machine;
+use crate::vm;
 use crate::memory::Backing;
 use output::{DirtyRow, Row, Status};
 
@@ -261,8 +261,8 @@ pub fn run_cell_with_ptsnap(
 fn classify(e: &guest::Error) -> Status {
     match e {
         guest::Error::Unavailable(_)
-        | guest::Error::Machine(machine::Error::Memory(_))
-        | guest::Error::Machine(machine::Error::Host(_)) => Status::Unavailable,
+        | guest::Error::Machine(vm::Error::Memory(_))
+        | guest::Error::Machine(vm::Error::Host(_)) => Status::Unavailable,
         _ => Status::Failed,
     }
 }
