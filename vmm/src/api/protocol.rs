@@ -14,7 +14,7 @@ pub const LINE_LIMIT: usize = 64 * 1024;
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Is the VMM there? Answers its vCPU count and snapshot directory.
-    Ping,
+    Ping {},
     /// A page-table capture written to `file`, a plain name inside the VMM's
     /// `--snapshot-dir`.
     Ptsnap {
@@ -22,11 +22,11 @@ pub enum Request {
         file: String,
     },
     /// Pause every vCPU.
-    Pause,
+    Pause {},
     /// Resume every vCPU.
-    Resume,
+    Resume {},
     /// End the run (exit reason `shutdown`, exit code 0).
-    Shutdown,
+    Shutdown {},
 }
 
 /// Parses one request line (without its newline).
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn requests_are_json_objects_with_paths_as_data() {
-        assert_eq!(parse(br#"{"cmd":"ping"}"#), Ok(Request::Ping));
+        assert_eq!(parse(br#"{"cmd":"ping"}"#), Ok(Request::Ping {}));
         assert_eq!(
             parse(br#"{"cmd":"ptsnap","file":"my dir/x\nshutdown"}"#),
             Ok(Request::Ptsnap {

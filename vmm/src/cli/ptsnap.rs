@@ -27,7 +27,7 @@ pub fn run(args: Args) -> CliResult {
         ptsnap(&args.api_socket, out)?;
     }
     if args.shutdown {
-        api::request(&args.api_socket, &Request::Shutdown).map_err(CliError::failed)?;
+        api::request(&args.api_socket, &Request::Shutdown {}).map_err(CliError::failed)?;
         println!("shut down");
     }
     Ok(0)
@@ -40,7 +40,7 @@ fn name_in_dir(socket: &Path, out: &Path) -> Result<String, CliError> {
     if plain {
         return Ok(out.display().to_string());
     }
-    let pong = api::request(socket, &Request::Ping).map_err(CliError::failed)?;
+    let pong = api::request(socket, &Request::Ping {}).map_err(CliError::failed)?;
     let dir = pong["snapshot_dir"]
         .as_str()
         .map(PathBuf::from)

@@ -348,11 +348,11 @@ impl<'a> Loop<'a> {
     fn api_request(&mut self, r: Request, end: &mut Option<ExitReason>) -> Result<Value, String> {
         let api = self.api.as_ref().map(|(a, _)| a.clone());
         match r {
-            Request::Ping => Ok(json!({
+            Request::Ping {} => Ok(json!({
                 "vcpus": self.vm.handles.len(),
                 "snapshot_dir": api.and_then(|a| a.borrow().snapshot_dir_path()),
             })),
-            Request::Shutdown => {
+            Request::Shutdown {} => {
                 *end = Some(ExitReason::Shutdown);
                 Ok(json!({}))
             }
@@ -364,13 +364,13 @@ impl<'a> Loop<'a> {
                     .map_err(|e| e.to_string())?;
                 self.api_ptsnap(out)
             }
-            Request::Pause => {
+            Request::Pause {} => {
                 let deadline = Instant::now() + PAUSE_TIMEOUT;
                 vcpu_thread::pause_all(&self.vm.handles, None, deadline)
                     .map(|s| json!({ "paused": s.len() }))
                     .map_err(|e| e.to_string())
             }
-            Request::Resume => {
+            Request::Resume {} => {
                 vcpu_thread::resume_all(&self.vm.handles);
                 Ok(json!({}))
             }
