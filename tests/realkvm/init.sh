@@ -9,6 +9,9 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 . /etc/realkvm.conf
+# THP as on the project's hosts (the Debian kernel defaults to `always`, under which
+# segvmm's 4k backing is populated with 2 MiB pages before its MADV_NOHUGEPAGE applies).
+echo madvise >/sys/kernel/mm/transparent_hugepage/enabled
 CH=/dev/ttyS1
 stty -F $CH raw -echo 2>/dev/null
 echo "@@SEGVMM-START" >$CH
