@@ -34,6 +34,8 @@ const CMDS: &[&str] = &[
     "segvmm run --mmu shadow --guest test --memory 64M --timeout 120 --report $R/r.json",
     // 7
     "segvmm run --workload touch --footprint 16M --guest-pages 4k --timeout 120 --report $R/r.json",
+    // 8
+    "segvmm run --guest test-hang --memory 64M --vcpus 2 --timeout 3 --report $R/r.json",
 ];
 
 /// What one command left behind in one mode.
@@ -279,6 +281,28 @@ fn touch_faults_follow_the_mmu_mode() {
     eprintln!("touch 16 MiB, 4 KiB guest pages: pf_taken npt {npt}, shadow {shadow}");
     assert!(shadow >= pages, "shadow: {shadow} faults < {pages} pages");
     assert!(npt < pages / 8, "npt: {npt} faults, expected ~1 per 2 MiB");
+}
+
+/// A hanging guest on 2 vCPUs is stopped at --timeout (the vCPU threads kicked out of
+/// KVM_RUN on real KVM: SIGRTMIN + immediate_exit), with exit 4 and each vCPU's RIP.
+#[test]
+fn hang_is_stopped_with_rips() {
+    let Some(base) = results() else { return };
+    for (mode, want) in MODES {
+        let r = cmd(base, mode, 8);
+        r.expect_rc(4, mode);
+        assert!(
+            r.stderr.contains("did not finish within 3.0 s"),
+            "{mode}: {r}"
+        );
+        assert!(
+            r.stderr.contains("vCPU 0 at rip 0x") && r.stderr.contains("vCPU 1 at rip 0x"),
+            "{mode}: {r}"
+        );
+        let v = r.json("r.json");
+        check_report(&v, mode, want);
+        assert_eq!(v["exit_reason"]["kind"], "timeout", "{mode}: {r}");
+    }
 }
 
 /// Opt-in (SEGVMM_REALKVM_STOCK=1): the stock kernel on 2 vCPUs into user space.
