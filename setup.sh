@@ -17,6 +17,11 @@ boot=1
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+# Real KVM code (kvm_amd with NPT and with shadow paging) in a QEMU TCG VM:
+# tests/realkvm/run.sh, tests/realkvm.rs, docs/realkvm.md.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
 if ((${#need[@]})); then
 	[[ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]] || apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"

@@ -265,6 +265,16 @@ pub fn check_mode(info: &HostInfo, req: MmuRequest) -> Result<MmuMode, Error> {
     }
 }
 
+/// Checks `req` against this host's KVM without building a VM: every run path that does
+/// not go through `VmBuilder` (the measurement guest) calls it first, so `--mmu tdp` on a
+/// shadow-paging host (kvm_pvm, kvm_amd npt=0, kvm_intel ept=0) is refused everywhere.
+pub fn require_mode(req: MmuRequest) -> Result<MmuMode, Error> {
+    if req == MmuRequest::Auto {
+        return Ok(kvm_module_and_mode().1);
+    }
+    check_mode(&probe()?, req)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +309,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ept=0"), "{e}");
+        let amd_shadow = info("kvm_amd", MmuMode::Shadow);
+        let e = check_mode(&amd_shadow, MmuRequest::Tdp)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kvm_amd") && e.contains("npt=1"), "{e}");
+        assert_eq!(
+            check_mode(&amd_shadow, MmuRequest::Shadow).unwrap(),
+            MmuMode::Shadow
+        );
+        let amd_npt = info("kvm_amd", MmuMode::Tdp);
+        assert_eq!(check_mode(&amd_npt, MmuRequest::Tdp).unwrap(), MmuMode::Tdp);
+        let e = check_mode(&amd_npt, MmuRequest::Shadow)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("npt=0"), "{e}");
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub fn run(args: Args) -> CliResult {
 /// Boots the measurement guest on one workload and prints its result (stdout), then the
 /// memory report and KVM counters (stderr).
 fn run_probe(args: &Args) -> CliResult {
+    crate::host::require_mode(args.mmu).map_err(CliError::bad_input)?;
     let spec = guest::GuestSpec {
         work: WorkloadSpec {
             workload: args.workload,
