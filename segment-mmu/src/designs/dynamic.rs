@@ -184,4 +184,8 @@ impl Design for DynamicSwitch {
         r.switching = Some(self.rep);
         r
     }
+
+    fn fill_exits(&self) -> u64 {
+        self.shadow.core.c.fills + self.nested.core.c.fills
+    }
 }
