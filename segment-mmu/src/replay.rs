@@ -12,6 +12,8 @@ use crate::ptsnap::Ptsnap;
 use crate::stream::{AddressStream, EventKind};
 use crate::walker::Fault;
 
+pub mod repro;
+
 /// Events per chunk: large enough to amortise the fork/join, small enough (≈1.5 MiB
 /// of walks) to stay in cache.
 pub const CHUNK: usize = 8192;

@@ -7,6 +7,7 @@
 //! trace format ([`trace`]).
 
 pub mod gen;
+pub mod hotlog;
 pub mod spec;
 pub mod trace;
 
