@@ -154,6 +154,12 @@ impl Design for DynamicSwitch {
             self.nested.access(env, va, write, t);
         }
         if self.active().walks != before {
+            if !self.in_shadow {
+                if let Ok(w) = t {
+                    let size = super::core::splinter(w.size, env.host.page_size(w.pa));
+                    self.shadow.mark_seen(va, size, env.asid);
+                }
+            }
             let page = va >> 12;
             if !test_and_set(&mut self.ever, page) {
                 self.new_pages += 1;

@@ -81,6 +81,13 @@ impl Shadow {
         })
     }
 
+    /// Records that `va` (at `size`) was already translated in another mode (dynamic
+    /// switching): its first shadow fill is then rebuild cost, not cold start.
+    #[inline]
+    pub(crate) fn mark_seen(&mut self, va: u64, size: PageSize, asid: u16) {
+        self.ever.insert(va, size, asid);
+    }
+
     /// Drops the whole shadow table (on a switch away from shadow mode).
     pub(crate) fn drop_shadow(&mut self) {
         self.shadowed.clear();

@@ -263,9 +263,13 @@ pub fn compromis(big: u64, count: u64) -> Result<Vec<Claim>, Error> {
     ])
 }
 
-/// Dynamic switching on a phase-changing stream, against both static modes (Wang et
-/// al., VEE'11).
-pub fn switching(count: u64) -> Result<Claim, Error> {
+/// Accesses of the switching runs: four phases of 4 M accesses (a phase must be long
+/// enough for a shadow rebuild to pay for itself).
+pub const SWITCH_COUNT: u64 = 16_000_000;
+
+/// Dynamic switching on a phase-changing stream over `footprint`, against both static
+/// modes (Wang et al., VEE'11), steady state (rebuilds after a switch included).
+pub fn switching(footprint: u64, count: u64) -> Result<Claim, Error> {
     let ds = [
         DesignKind::Native,
         DesignKind::Shadow,
@@ -273,14 +277,10 @@ pub fn switching(count: u64) -> Result<Claim, Error> {
         DesignKind::DynamicSwitch,
     ];
     let phase = (count / 4).max(400_000);
-    let stream = format!("phases:footprint=4G,count={count},phase={phase},churn=16M,rate=0.01");
-    let r = run("heap=4G,pages=4k", &stream, &ds)?;
-    let t = |n: &str| {
-        r.designs
-            .iter()
-            .find(|d| d.name == n)
-            .map_or(f64::NAN, |d| d.total.cycles_per_access)
-    };
+    let stream =
+        format!("phases:footprint={footprint},count={count},phase={phase},churn=16M,rate=0.02");
+    let r = run(&format!("heap={footprint},pages=4k"), &stream, &ds)?;
+    let t = |n: &str| r.steady(n).unwrap_or(f64::NAN);
     let (sh, ne, dy) = (t("shadow"), t("nested"), t("dynamic-switch"));
     let switches = r
         .designs
@@ -289,14 +289,14 @@ pub fn switching(count: u64) -> Result<Claim, Error> {
         .map_or(0, |s| s.switches);
     Ok(Claim {
         claim: "Dynamic shadow/nested switching beats both static modes on a phase-changing workload (Wang et al., VEE'11)".into(),
-        conditions: format!("`{stream}` over a 4 GiB 4 KiB-paged heap; whole run (the switches are the point)"),
+        conditions: format!("`{stream}`, steady state (rebuilding the shadow table after a switch is counted)"),
         obtained: format!(
             "cycles/access: shadow {sh:.1}, nested {ne:.1}, dynamic {dy:.1} ({switches} switches)"
         ),
         verdict: verdict(
             dy < sh && dy < ne,
             "dynamic is cheaper than either static mode",
-            "dynamic does not beat the better static mode here",
+            "dynamic does not beat the better static mode: rebuilding a shadow table of this working set costs more (predicted over the policy's 10-interval horizon) than a phase saves, so it stays in nested mode",
         ),
     })
 }
@@ -382,7 +382,8 @@ pub fn shadow_native(count: u64) -> Result<Claim, Error> {
 }
 
 /// Tier-model slowdowns (none, temperature, oracle) at 4 KiB grain of `stream` over a
-/// heap at base 0, cut into intervals of `interval` accesses (vTMM, ACM TOCS 2024).
+/// heap at base 0, cut into intervals of `interval` accesses after an initialisation
+/// pass over the buffer (vTMM, ACM TOCS 2024).
 pub fn tiering(stream: &str, interval: u64) -> Result<[f64; 3], Error> {
     let spec = stream.parse::<StreamSpec>()?;
     let mut s = spec.build(0);
@@ -392,6 +393,7 @@ pub fn tiering(stream: &str, interval: u64) -> Result<[f64; 3], Error> {
         spec.footprint,
         interval,
         crate::hotness::DEFAULT_HALF_LIFE,
+        true,
     )?;
     let rep = tier::simulate(&[(stream.to_string(), &log)], &Params::default())?;
     let get = |p: Policy| {
@@ -441,7 +443,7 @@ pub fn tiering_claim(count: u64) -> Result<(Claim, String), Error> {
     }
     let claim = Claim {
         claim: "Temperature-sorted migration beats no migration (vTMM, ACM TOCS 2024)".into(),
-        conditions: "tier model, fast tier 25 % of the footprint, slow/fast 3, migration 1 per page, 4 KiB grain; skewed streams".into(),
+        conditions: "tier model, fast tier 25 % of the footprint, slow/fast 3, migration 1 per page, 4 KiB grain; the buffer is initialised in address order first, as the guest workloads do".into(),
         obtained: format!("skewed (zipf, hot set, moving hot set): {}; {}", obtained[1..].join(", "), obtained[0]),
         verdict: verdict(
             skewed_ok,
@@ -543,7 +545,8 @@ pub fn report(scale: &Scale) -> Result<String, Error> {
     let big = scale.footprints.iter().copied().max().unwrap_or(1 << 30);
     claims.extend(compromis(big, scale.count)?);
     claims.push(enlarged(big, scale.count)?);
-    claims.push(switching(4 * scale.count)?);
+    claims.push(switching(64 << 20, SWITCH_COUNT)?);
+    claims.push(switching(1 << 30, SWITCH_COUNT)?);
     let (tier_claim, tier_table) = tiering_claim(scale.tier_count)?;
     claims.push(tier_claim);
     claims.push(Claim {

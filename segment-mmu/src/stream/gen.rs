@@ -273,8 +273,11 @@ impl Iterator for ZipfGups {
 
 /// A hot-set stream (vTMM-like): each access is a read-modify-write of a random 8-byte
 /// element, in the hot set with probability `frac`, else anywhere in the footprint. The
-/// hot set is a contiguous `hot` fraction of the pages; with `shift` > 0 it moves by its
-/// own size every `shift` accesses (a phase change the tiering policy must follow).
+/// hot set is a `hot` fraction of the pages spread evenly over the footprint (hot page
+/// j is page `j·stride + phase`, stride = pages / hot pages), so neither address order
+/// nor huge-page grain finds it by accident; with `shift` > 0 it moves to the next
+/// pages (phase + 1) every `shift` accesses (a phase change the tiering policy must
+/// follow).
 #[derive(Debug, Clone)]
 pub struct HotSet {
     base: u64,
@@ -323,7 +326,8 @@ impl Iterator for HotSet {
         let phase = self.at.checked_div(self.shift).unwrap_or(0);
         self.at += 1;
         let page = if self.rng.next_u64() < self.frac_threshold {
-            (phase * self.hot_pages + self.rng.below(self.hot_pages)) % self.pages
+            let stride = (self.pages / self.hot_pages).max(1);
+            (self.rng.below(self.hot_pages) * stride + phase) % self.pages
         } else {
             self.rng.below(self.pages)
         };

@@ -11,13 +11,17 @@ use super::{AddressStream, Error};
 use crate::hotness::HotnessLog;
 
 /// Builds the log of `stream` over `[base, base + footprint)`; accesses outside are
-/// dropped. `half_life` is the log's temperature half-life, in intervals.
+/// dropped. `half_life` is the log's temperature half-life, in intervals. With `init`,
+/// a first interval writes every page in address order, as the workloads do when they
+/// initialise their buffer (the measurement guest's GUPS and chase both do): first-touch
+/// placement then reflects allocation order, not hotness.
 pub fn hotness_log(
     stream: &mut dyn AddressStream,
     base: u64,
     footprint: u64,
     interval: u64,
     half_life: f64,
+    init: bool,
 ) -> Result<HotnessLog, Error> {
     if interval == 0 {
         return Err(Error::Spec("hotness interval must be > 0 accesses".into()));
@@ -27,6 +31,11 @@ pub fn hotness_log(
         .map_err(|e| Error::Spec(e.to_string()))?;
     let mut pages = Vec::new();
     let (mut in_interval, mut end) = (0u64, 0u64);
+    if init {
+        end += 1;
+        log.push_interval(end, (0..len >> 12).collect())
+            .map_err(|e| Error::Spec(e.to_string()))?;
+    }
     let mut buf = Vec::with_capacity(8192);
     loop {
         buf.clear();
