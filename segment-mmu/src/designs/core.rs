@@ -478,8 +478,8 @@ impl Core {
                 break;
             }
         }
-        for i in start..leaf {
-            self.npwc.fill(leaf - 1 - i, gpa >> shifts[i]);
+        for (i, &sh) in shifts.iter().enumerate().take(leaf).skip(start) {
+            self.npwc.fill(leaf - 1 - i, gpa >> sh);
         }
         Some(((leaf + 1 - start) as u32, 0))
     }

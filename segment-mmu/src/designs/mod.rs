@@ -248,7 +248,7 @@ impl DesignReport {
             } else {
                 cycles / accesses as f64
             },
-            escape_filter: self.escape_filter.clone(),
+            escape_filter: self.escape_filter,
             switching: self.switching,
         }
     }
