@@ -12,6 +12,8 @@ use crate::ptsnap::Ptsnap;
 use crate::stream::{AddressStream, EventKind};
 use crate::walker::Fault;
 
+pub mod repro;
+
 /// Events per chunk: large enough to amortise the fork/join, small enough (≈1.5 MiB
 /// of walks) to stay in cache.
 pub const CHUNK: usize = 8192;
@@ -30,28 +32,236 @@ pub enum Error {
     Env(#[from] EnvError),
 }
 
-/// Replays `stream` through `designs` over `env`. `progress` is called after each chunk
-/// with the number of events consumed so far.
+/// How much of a replay is warm-up (cold start) before steady state is measured.
+///
+/// Steady state means "as if the workload had been running for a while over the same
+/// page tables": caches warm and every page of the footprint already filled. So two
+/// things are cold-start cost and are reported apart from steady state:
+/// * everything in the warm-up window (compulsory TLB, PWC and nested-TLB misses and
+///   whatever else happens there), and
+/// * after it, every *first* fill of a page: a shadow-paging hidden fault on a page
+///   never shadowed before, a lazy EPT/NPT violation on a host page never touched
+///   before ([`crate::designs::NptMode::Lazy`]). A long-running workload pays these once
+///   per page; a short replay over a big footprint would otherwise be dominated by them.
+///
+/// Re-fills (a page shadowed again after a guest page-table write, or after a switch
+/// back to shadow mode) and write-protect exits are steady-state cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Warmup {
+    /// No warm-up window (first fills are still cold-start cost).
+    None,
+    /// The first N accesses.
+    Accesses(u64),
+    /// Until the cost settles: the window ends at the first chunk boundary after which
+    /// [`AUTO_STABLE_CHUNKS`] consecutive chunks of [`CHUNK`] events each cost (steady
+    /// cycles per access, first fills excluded) within [`AUTO_TOLERANCE`] (relative) or
+    /// [`AUTO_ABS_CYCLES`] (absolute) of the chunk before, for every design but
+    /// dynamic-switch (whose cost moves with its mode by design); at most half the
+    /// stream when its length is known.
+    Auto,
+}
+
+/// Relative change of per-chunk cost under which [`Warmup::Auto`] calls it settled.
+pub const AUTO_TOLERANCE: f64 = 0.05;
+/// Absolute change (cycles per access) under which [`Warmup::Auto`] calls it settled.
+pub const AUTO_ABS_CYCLES: f64 = 0.25;
+/// Consecutive stable chunks [`Warmup::Auto`] needs.
+pub const AUTO_STABLE_CHUNKS: u32 = 2;
+
+impl std::str::FromStr for Warmup {
+    type Err = crate::stream::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "none" => Ok(Warmup::None),
+            "auto" => Ok(Warmup::Auto),
+            v => crate::units::parse_count(v)
+                .map(Warmup::Accesses)
+                .map_err(|_| {
+                    crate::stream::Error::Spec(format!(
+                        "warm-up {v:?}: expected auto, none or a number of accesses"
+                    ))
+                }),
+        }
+    }
+}
+
+/// Where the warm-up ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WarmupReport {
+    /// The rule asked for.
+    pub rule: Warmup,
+    /// Accesses in the warm-up window.
+    pub accesses: u64,
+    /// False when the stream ended (or the auto cap was reached) inside the window.
+    pub settled: bool,
+}
+
+/// One design's cost split into cold start and steady state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PhasedReport {
+    /// Design name.
+    pub name: String,
+    /// The whole replay.
+    pub total: DesignReport,
+    /// The warm-up window.
+    pub warmup: DesignReport,
+    /// After the warm-up window, first fills included (see `steady_cycles`).
+    pub after_warmup: DesignReport,
+    /// First-fill exits, whole replay.
+    pub fill_exits: u64,
+    /// First-fill exits after the warm-up window.
+    pub fill_exits_after_warmup: u64,
+    /// Cold-start cycles: the warm-up window plus first fills after it.
+    pub cold_start_cycles: f64,
+    /// Steady-state cycles: after the window, first fills excluded.
+    pub steady_cycles: f64,
+    /// `steady_cycles` per access after the window.
+    pub steady_cycles_per_access: f64,
+}
+
+/// A replay's result: per design, total, cold start and steady state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Replay {
+    /// The warm-up window.
+    pub warmup: WarmupReport,
+    /// One per design, in the order asked.
+    pub designs: Vec<PhasedReport>,
+}
+
+impl Replay {
+    /// The whole-replay reports (what [`replay`] returns).
+    pub fn totals(&self) -> Vec<DesignReport> {
+        self.designs.iter().map(|d| d.total.clone()).collect()
+    }
+
+    /// Steady-state cycles per access of `name`, if it ran.
+    pub fn steady(&self, name: &str) -> Option<f64> {
+        self.designs
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.steady_cycles_per_access)
+    }
+
+    /// Cold-start cycles per access (cold-start cycles over all accesses) of `name`.
+    pub fn cold(&self, name: &str) -> Option<f64> {
+        self.designs.iter().find(|d| d.name == name).map(|d| {
+            if d.total.accesses == 0 {
+                0.0
+            } else {
+                d.cold_start_cycles / d.total.accesses as f64
+            }
+        })
+    }
+}
+
+/// Replays `stream` through `designs` over `env`; whole-replay reports (no warm-up
+/// split). `progress` is called after each chunk with the number of events consumed.
 pub fn replay(
     env: &Env,
     stream: &mut dyn AddressStream,
     designs: &[DesignKind],
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<Vec<DesignReport>, Error> {
+    Ok(replay_phased(env, stream, designs, Warmup::None, progress)?.totals())
+}
+
+type Snap = Vec<(DesignReport, u64)>;
+
+fn snapshot(ds: &[Box<dyn Design>], env: &Env) -> Snap {
+    ds.iter().map(|d| (d.report(env), d.fill_exits())).collect()
+}
+
+/// Per-chunk steady cost (cycles per access, first fills excluded) of each design
+/// between two snapshots; `None` for dynamic-switch and empty intervals.
+fn chunk_costs(now: &Snap, prev: &Snap, exit: f64) -> Vec<Option<f64>> {
+    now.iter()
+        .zip(prev)
+        .map(|((n, nf), (p, pf))| {
+            let acc = n.accesses.saturating_sub(p.accesses);
+            (n.switching.is_none() && acc > 0)
+                .then(|| (n.cycles - p.cycles - nf.saturating_sub(*pf) as f64 * exit) / acc as f64)
+        })
+        .collect()
+}
+
+/// The auto warm-up detector.
+struct Settle {
+    prev: Option<Snap>,
+    last: Vec<Option<f64>>,
+    stable: u32,
+}
+
+impl Settle {
+    fn step(&mut self, now: Snap, exit: f64) -> bool {
+        let Some(prev) = self.prev.replace(now) else {
+            return false;
+        };
+        let costs = chunk_costs(self.prev.as_ref().unwrap_or(&prev), &prev, exit);
+        let ok = !self.last.is_empty()
+            && costs.iter().zip(&self.last).all(|(c, l)| match (c, l) {
+                (Some(c), Some(l)) => {
+                    (c - l).abs() <= (AUTO_TOLERANCE * l.abs()).max(AUTO_ABS_CYCLES)
+                }
+                _ => true,
+            });
+        self.last = costs;
+        self.stable = if ok { self.stable + 1 } else { 0 };
+        self.stable >= AUTO_STABLE_CHUNKS
+    }
+}
+
+/// Replays `stream` through `designs` over `env`, splitting each design's cost into
+/// cold start and steady state by `warmup` (see [`Warmup`]).
+pub fn replay_phased(
+    env: &Env,
+    stream: &mut dyn AddressStream,
+    designs: &[DesignKind],
+    warmup: Warmup,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<Replay, Error> {
     let mut ds: Vec<Box<dyn Design>> = designs
         .iter()
         .map(|k| k.build(env))
         .collect::<Result<_, _>>()?;
+    let exit = env.cfg.tlb.costs.vm_exit_cycles;
+    let cap = match warmup {
+        Warmup::None => 0,
+        Warmup::Accesses(n) => n,
+        Warmup::Auto => stream.len_hint().map_or(u64::MAX, |l| l / 2),
+    };
+    let mut boundary: Option<(Snap, u64)> = None;
+    let mut settle = Settle {
+        prev: None,
+        last: Vec::new(),
+        stable: 0,
+    };
+    let mut settled = warmup == Warmup::None;
     let mut events = Vec::with_capacity(CHUNK);
     let mut walks: Vec<Translation> = Vec::with_capacity(CHUNK);
-    let mut done = 0u64;
+    let (mut done, mut accesses) = (0u64, 0u64);
     loop {
+        if boundary.is_none() && (settled || accesses >= cap) {
+            settled |= accesses >= cap && warmup != Warmup::Auto;
+            boundary = Some((snapshot(&ds, env), accesses));
+        }
         events.clear();
+        let at_boundary = boundary.is_none() && warmup != Warmup::Auto;
         while events.len() < CHUNK {
-            match stream.next_event()? {
-                Some(e) => events.push(e),
-                None => break,
+            let want = if at_boundary {
+                (cap - accesses).min((CHUNK - events.len()) as u64) as usize
+            } else {
+                CHUNK - events.len()
+            };
+            if want == 0 {
+                break;
             }
+            let before = events.len();
+            stream.fill(&mut events, before + want)?;
+            if events.len() == before {
+                break;
+            }
+            accesses += events[before..].iter().filter(|e| e.is_access()).count() as u64;
         }
         if events.is_empty() {
             break;
@@ -77,13 +287,50 @@ pub fn replay(
             }
         });
         done += events.len() as u64;
+        if boundary.is_none() && warmup == Warmup::Auto {
+            settled = settle.step(snapshot(&ds, env), exit);
+        }
         if let Some(p) = progress {
             p(done);
         }
     }
-    let mut reports: Vec<DesignReport> = ds.iter().map(|d| d.report(env)).collect();
-    compare_switching(&mut reports);
-    Ok(reports)
+    let end = snapshot(&ds, env);
+    let (start, warm_accesses) = boundary.unwrap_or_else(|| (end.clone(), accesses));
+    let mut totals: Vec<DesignReport> = end.iter().map(|(r, _)| r.clone()).collect();
+    compare_switching(&mut totals);
+    let designs = totals
+        .into_iter()
+        .zip(end.iter().zip(&start))
+        .map(|(total, ((e, ef), (s, sf)))| {
+            let warm = s.clone();
+            let after = e.since(s);
+            let fills_after = ef.saturating_sub(*sf);
+            let steady_cycles = (after.cycles - fills_after as f64 * exit).max(0.0);
+            PhasedReport {
+                name: total.name.clone(),
+                cold_start_cycles: total.cycles - steady_cycles,
+                steady_cycles,
+                steady_cycles_per_access: if after.accesses == 0 {
+                    0.0
+                } else {
+                    steady_cycles / after.accesses as f64
+                },
+                fill_exits: *ef,
+                fill_exits_after_warmup: fills_after,
+                total,
+                warmup: warm,
+                after_warmup: after,
+            }
+        })
+        .collect();
+    Ok(Replay {
+        warmup: WarmupReport {
+            rule: warmup,
+            accesses: warm_accesses,
+            settled,
+        },
+        designs,
+    })
 }
 
 /// Fills dynamic-switch's cost relative to fixed shadow and nested, when they ran.

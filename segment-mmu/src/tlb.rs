@@ -453,6 +453,21 @@ impl WalkCaches {
         start
     }
 
+    /// Looks `key` up in slot `slot` (0 = the level just above a leaf) of a table
+    /// whose levels do not follow the x86 9-bit split (enlarged TDP's host table).
+    #[inline]
+    pub fn probe(&mut self, slot: usize, key: u64) -> bool {
+        self.levels.get_mut(slot).is_some_and(|c| c.lookup(key))
+    }
+
+    /// Inserts `key` in slot `slot` (see [`WalkCaches::probe`]).
+    #[inline]
+    pub fn fill(&mut self, slot: usize, key: u64) {
+        if let Some(c) = self.levels.get_mut(slot) {
+            c.insert(key);
+        }
+    }
+
     /// Drops everything.
     pub fn flush(&mut self) {
         for c in &mut self.levels {

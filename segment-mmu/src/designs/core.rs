@@ -9,6 +9,7 @@ use crate::ptsnap::Ptsnap;
 use crate::tlb::{tlb_key, Costs, Hit, SetAssoc, TlbConfig, TlbHierarchy, WalkCaches};
 use crate::walker::{walk, Access, Walk, WalkConfig};
 
+use super::shadow::PageSet;
 use super::{DesignKind, DesignReport, Error, Translation};
 
 /// Errors building an [`Env`].
@@ -44,6 +45,24 @@ impl Default for SwitchPolicy {
     }
 }
 
+/// How the host (EPT/NPT) table is populated.
+///
+/// `Lazy` is what KVM does: guest memory is an anonymous mapping faulted in on first
+/// touch, so the first access to each host page through the nested table is an EPT/NPT
+/// violation exit that fills the entry. `Eager` pre-populates the table (no fill exits;
+/// the table's reference counts are unchanged). Segment-translated memory (Compromis,
+/// direct segments) is backed eagerly by construction: a segment is allocated when the
+/// VM is created (Gandhi et al., MICRO'14 §4; Teabe et al., VEE'21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NptMode {
+    /// Pre-populated host table.
+    #[default]
+    Eager,
+    /// Filled on first touch, one exit per host page.
+    Lazy,
+}
+
 /// Model configuration shared by every design of a replay.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
@@ -66,6 +85,9 @@ pub struct ModelConfig {
     pub seed: u64,
     /// Dynamic switching policy.
     pub switch: SwitchPolicy,
+    /// Host-table population (lazy: one fill exit per host page on first touch).
+    #[serde(default)]
+    pub npt: NptMode,
 }
 
 impl Default for ModelConfig {
@@ -80,6 +102,7 @@ impl Default for ModelConfig {
             escape_hashes: 4,
             seed: 1,
             switch: SwitchPolicy::default(),
+            npt: NptMode::Eager,
         }
     }
 }
@@ -223,6 +246,10 @@ pub struct Counters {
     pub pt_writes: u64,
     /// Faulting accesses.
     pub faults: u64,
+    /// Cold-start fill exits (a subset of `vm_exits`): the first shadow fill of a page
+    /// and, with [`NptMode::Lazy`], the first EPT/NPT fill of a host page. A page filled
+    /// again after an invalidation is not cold: that exit is steady-state cost.
+    pub fills: u64,
 }
 
 impl Default for Counters {
@@ -238,6 +265,7 @@ impl Default for Counters {
             vm_exits: 0,
             pt_writes: 0,
             faults: 0,
+            fills: 0,
         }
     }
 }
@@ -266,6 +294,7 @@ impl Counters {
         self.vm_exits += o.vm_exits;
         self.pt_writes += o.pt_writes;
         self.faults += o.faults;
+        self.fills += o.fills;
     }
 
     /// Translation cycles under `c`.
@@ -318,6 +347,8 @@ pub struct Core {
     pub npwc: WalkCaches,
     /// Nested TLB (gPA page → hPA).
     pub ntlb: SetAssoc,
+    /// Host pages the (lazily filled) EPT/NPT table maps so far.
+    pub npt_filled: PageSet,
     /// Counts.
     pub c: Counters,
 }
@@ -333,6 +364,7 @@ impl Core {
             pwc: WalkCaches::new(&cfg.pwc)?,
             npwc: WalkCaches::new(&cfg.nested_pwc)?,
             ntlb: SetAssoc::new(cfg.ntlb, "nested TLB")?,
+            npt_filled: PageSet::default(),
             c: Counters::default(),
         })
     }
@@ -386,6 +418,7 @@ impl Core {
     #[inline]
     pub fn host_walk(&mut self, env: &Env, gpa: u64) -> Option<Cost> {
         let hp = env.host.page_size(gpa)?;
+        self.npt_fill(env, gpa, hp);
         let leaf = hp.leaf_level();
         if self.ntlb.is_disabled() && self.npwc.is_disabled() {
             // Nothing cached in the host dimension: the whole walk, no probes.
@@ -398,6 +431,57 @@ impl Core {
         let start = self.npwc.start_level(gpa, env.host_levels, leaf);
         self.ntlb.insert(key);
         Some(((start - leaf + 1) as u32, 0))
+    }
+
+    /// With [`NptMode::Lazy`], the first touch of a host page through the host table is
+    /// an EPT/NPT violation exit that fills it (cold-start cost).
+    #[inline]
+    pub fn npt_fill(&mut self, env: &Env, gpa: u64, hp: PageSize) {
+        if env.cfg.npt == NptMode::Lazy && self.npt_filled.insert(gpa, hp, u16::MAX) {
+            self.c.vm_exits += 1;
+            self.c.fills += 1;
+        }
+    }
+
+    /// Host-dimension translation of `gpa` through enlarged TDP's L-level table: the
+    /// nested TLB, then the host page-walk caches, then the remaining levels. The
+    /// hardware is nested paging's with a different table shape, so it gets the same
+    /// caches (docs/segment-mmu.md): the nested TLB caches gPA→hPA whatever the table
+    /// looks like, and a host page-walk-cache entry holds an upper-level entry of the
+    /// enlarged table (slot 0 the level just above the leaf, which with 2 levels is the
+    /// top entry covering 2^30 bytes), as AMD's PWC holds nested-table entries
+    /// (Bhargava et al., ASPLOS'08 §4).
+    #[inline]
+    pub fn enlarged_host_walk(&mut self, env: &Env, gpa: u64) -> Option<Cost> {
+        let hp = env.host.page_size(gpa)?;
+        self.npt_fill(env, gpa, hp);
+        let (shifts, n) = enlarged_shifts(env.host_levels, env.cfg.enlarged_levels);
+        let leaf = shifts[..n]
+            .iter()
+            .position(|&s| s <= hp.shift())
+            .unwrap_or(n - 1);
+        if self.ntlb.is_disabled() && self.npwc.is_disabled() {
+            return Some((
+                enlarged_refs(env.host_levels, env.cfg.enlarged_levels, hp),
+                0,
+            ));
+        }
+        let key = tlb_key(gpa, hp, u16::MAX);
+        if self.ntlb.lookup(key) {
+            return Some((0, 0));
+        }
+        self.ntlb.insert(key);
+        let mut start = 0;
+        for i in (0..leaf).rev() {
+            if self.npwc.probe(leaf - 1 - i, gpa >> shifts[i]) {
+                start = i + 1;
+                break;
+            }
+        }
+        for (i, &sh) in shifts.iter().enumerate().take(leaf).skip(start) {
+            self.npwc.fill(leaf - 1 - i, gpa >> sh);
+        }
+        Some(((leaf + 1 - start) as u32, 0))
     }
 
     /// Cost of a guest walk `w` for `va` in which each guest-physical address (each
@@ -443,18 +527,25 @@ pub fn splinter(guest: PageSize, host: Option<PageSize>) -> PageSize {
 /// page (an entry at shift s maps 2^s bytes).
 #[inline]
 pub fn enlarged_refs(host_levels: u8, enlarged: u8, host_page: PageSize) -> u32 {
+    let (shifts, n) = enlarged_shifts(host_levels, enlarged);
+    shifts[..n]
+        .iter()
+        .position(|&s| s <= host_page.shift())
+        .map_or(n, |i| i + 1) as u32
+}
+
+/// Coverage shifts of an enlarged table's levels, top first (level i maps 2^shift
+/// bytes per entry: 12 + per·(L-1-i) with per = ⌈9m/L⌉ bits per level), and how many.
+#[inline]
+pub fn enlarged_shifts(host_levels: u8, enlarged: u8) -> ([u32; 4], usize) {
     let bits = 9 * host_levels as u32;
-    let per = bits.div_ceil(enlarged as u32);
-    // Level i (0 = top) has shift 12 + per*(enlarged-1-i), clamped at 12.
-    let mut refs = 0;
-    for i in 0..enlarged as u32 {
-        let shift = 12 + per.saturating_mul(enlarged as u32 - 1 - i).min(bits);
-        refs += 1;
-        if shift <= host_page.shift() {
-            break;
-        }
+    let l = (enlarged as u32).clamp(1, 4);
+    let per = bits.div_ceil(l);
+    let mut s = [12u32; 4];
+    for (i, v) in s.iter_mut().enumerate().take(l as usize) {
+        *v = 12 + per.saturating_mul(l - 1 - i as u32).min(bits);
     }
-    refs
+    (s, l as usize)
 }
 
 #[cfg(test)]

@@ -154,6 +154,12 @@ impl Design for DynamicSwitch {
             self.nested.access(env, va, write, t);
         }
         if self.active().walks != before {
+            if !self.in_shadow {
+                if let Ok(w) = t {
+                    let size = super::core::splinter(w.size, env.host.page_size(w.pa));
+                    self.shadow.mark_seen(va, size, env.asid);
+                }
+            }
             let page = va >> 12;
             if !test_and_set(&mut self.ever, page) {
                 self.new_pages += 1;
@@ -183,5 +189,9 @@ impl Design for DynamicSwitch {
         let mut r = c.report(self.kind(), &env.cfg.tlb.costs);
         r.switching = Some(self.rep);
         r
+    }
+
+    fn fill_exits(&self) -> u64 {
+        self.shadow.core.c.fills + self.nested.core.c.fills
     }
 }

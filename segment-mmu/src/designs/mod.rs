@@ -20,7 +20,7 @@ mod nested;
 mod segments;
 mod shadow;
 
-pub use self::core::{Counters, Env, EnvError, ModelConfig, SwitchPolicy};
+pub use self::core::{Counters, Env, EnvError, ModelConfig, NptMode, SwitchPolicy};
 pub use dynamic::{DynamicSwitch, SwitchReport};
 pub use native::Native;
 pub use nested::{EnlargedTdp, Nested};
@@ -158,6 +158,9 @@ pub trait Design: Send {
     fn pt_write(&mut self, env: &Env, va: u64);
     /// What it cost so far.
     fn report(&self, env: &Env) -> DesignReport;
+    /// Cold-start fill exits so far (included in the report's `vm_exits`): first shadow
+    /// fills and first lazy EPT/NPT fills.
+    fn fill_exits(&self) -> u64;
 }
 
 /// What one design cost over a replay (serialised into the JSON output).
@@ -200,4 +203,53 @@ pub struct DesignReport {
     /// Mode switching (dynamic-switch only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switching: Option<SwitchReport>,
+}
+
+impl DesignReport {
+    /// What happened after `before` (an earlier report of the same design): counts,
+    /// histogram and cycles subtracted, ratios recomputed. Escape-filter and switching
+    /// statistics are `self`'s (cumulative).
+    pub fn since(&self, before: &DesignReport) -> DesignReport {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let per = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let mut hist: Vec<u64> = self
+            .refs_histogram
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| d(h, before.refs_histogram.get(i).copied().unwrap_or(0)))
+            .collect();
+        while hist.last() == Some(&0) {
+            hist.pop();
+        }
+        let (accesses, walks, refs, bb) = (
+            d(self.accesses, before.accesses),
+            d(self.walks, before.walks),
+            d(self.refs, before.refs),
+            d(self.base_bound_ops, before.base_bound_ops),
+        );
+        let cycles = (self.cycles - before.cycles).max(0.0);
+        DesignReport {
+            name: self.name.clone(),
+            accesses,
+            l1_hits: d(self.l1_hits, before.l1_hits),
+            l2_hits: d(self.l2_hits, before.l2_hits),
+            walks,
+            refs,
+            refs_per_walk: per(refs, walks),
+            refs_histogram: hist,
+            base_bound_ops: bb,
+            base_bound_per_walk: per(bb, walks),
+            vm_exits: d(self.vm_exits, before.vm_exits),
+            pt_writes: d(self.pt_writes, before.pt_writes),
+            faults: d(self.faults, before.faults),
+            cycles,
+            cycles_per_access: if accesses == 0 {
+                0.0
+            } else {
+                cycles / accesses as f64
+            },
+            escape_filter: self.escape_filter,
+            switching: self.switching,
+        }
+    }
 }

@@ -42,4 +42,8 @@ impl Design for Native {
     fn report(&self, env: &Env) -> DesignReport {
         self.core.c.report(self.kind(), &env.cfg.tlb.costs)
     }
+
+    fn fill_exits(&self) -> u64 {
+        self.core.c.fills
+    }
 }

@@ -7,9 +7,8 @@
 //! after the flattened page tables of Park et al., ASPLOS'22, "Every walk's a hit"):
 //! (n+1)(L+1)-1 references.
 
-use super::core::{enlarged_refs, splinter, Core, Env};
+use super::core::{splinter, Core, Env};
 use super::{Design, DesignKind, DesignReport, Error, Translation};
-use crate::tlb::tlb_key;
 
 /// EPT/NPT 2D walk.
 #[derive(Debug, Clone)]
@@ -65,6 +64,10 @@ impl Design for Nested {
     fn report(&self, env: &Env) -> DesignReport {
         self.core.c.report(self.kind(), &env.cfg.tlb.costs)
     }
+
+    fn fill_exits(&self) -> u64 {
+        self.core.c.fills
+    }
 }
 
 /// Nested paging with an enlarged (fewer-level) host table.
@@ -92,17 +95,9 @@ impl Design for EnlargedTdp {
         let Some(w) = self.core.miss_walk(env, va, t) else {
             return;
         };
-        // Host dimension: nested TLB, then the L-level table (no host page-walk cache:
-        // with 2 levels the cacheable upper level is a single 1 GiB-granular entry).
-        let host = |c: &mut Core, e: &Env, gpa: u64| {
-            let hp = e.host.page_size(gpa)?;
-            let key = tlb_key(gpa, hp, u16::MAX);
-            if c.ntlb.lookup(key) {
-                return Some((0, 0));
-            }
-            c.ntlb.insert(key);
-            Some((enlarged_refs(e.host_levels, e.cfg.enlarged_levels, hp), 0))
-        };
+        // Host dimension: nested TLB, host page-walk caches, then the L-level table
+        // (the same caches as nested paging: `Core::enlarged_host_walk`).
+        let host = |c: &mut Core, e: &Env, gpa: u64| c.enlarged_host_walk(e, gpa);
         match self.core.guest_walk(env, va, w, host) {
             Some((refs, bb)) => {
                 self.core.c.walk(refs, bb);
@@ -121,5 +116,9 @@ impl Design for EnlargedTdp {
 
     fn report(&self, env: &Env) -> DesignReport {
         self.core.c.report(self.kind(), &env.cfg.tlb.costs)
+    }
+
+    fn fill_exits(&self) -> u64 {
+        self.core.c.fills
     }
 }

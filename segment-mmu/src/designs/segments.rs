@@ -89,6 +89,9 @@ fn segment_miss(core: &mut Core, segs: &mut VmmSegments, env: &Env, va: u64, w: 
 
 macro_rules! common_impl {
     () => {
+        fn fill_exits(&self) -> u64 {
+            self.core.c.fills
+        }
         fn pt_write(&mut self, env: &Env, va: u64) {
             // The guest owns its tables; segments are unaffected by guest remaps.
             self.core.c.pt_writes += 1;

@@ -18,6 +18,9 @@ pub struct Shadow {
     pub(crate) core: Core,
     /// Pages the shadow table maps.
     shadowed: PageSet,
+    /// Pages ever shadowed: a fill of one of these (after an invalidation or a rebuild)
+    /// is steady-state cost, the first fill of any other is cold-start cost.
+    ever: PageSet,
 }
 
 /// A set of pages as bitmaps per 1 GiB region: a shadow table of a large heap holds
@@ -74,7 +77,15 @@ impl Shadow {
         Ok(Self {
             core: Core::new(&env.cfg.tlb)?,
             shadowed: PageSet::default(),
+            ever: PageSet::default(),
         })
+    }
+
+    /// Records that `va` (at `size`) was already translated in another mode (dynamic
+    /// switching): its first shadow fill is then rebuild cost, not cold start.
+    #[inline]
+    pub(crate) fn mark_seen(&mut self, va: u64, size: PageSize, asid: u16) {
+        self.ever.insert(va, size, asid);
     }
 
     /// Drops the whole shadow table (on a switch away from shadow mode).
@@ -101,6 +112,9 @@ impl Design for Shadow {
         let size = splinter(w.size, Some(hp));
         if self.shadowed.insert(va, size, env.asid) {
             self.core.c.vm_exits += 1; // hidden fault: the VMM fills the shadow entry
+            if self.ever.insert(va, size, env.asid) {
+                self.core.c.fills += 1;
+            }
         }
         let leaf = size.leaf_level();
         let start = self.core.pwc.start_level(va, env.guest_levels, leaf);
@@ -119,5 +133,9 @@ impl Design for Shadow {
 
     fn report(&self, env: &Env) -> DesignReport {
         self.core.c.report(self.kind(), &env.cfg.tlb.costs)
+    }
+
+    fn fill_exits(&self) -> u64 {
+        self.core.c.fills
     }
 }

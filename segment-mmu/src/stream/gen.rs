@@ -244,6 +244,178 @@ impl Iterator for PtChurn {
     }
 }
 
+/// Skewed GUPS (`gups:...,zipf=S`): read-modify-writes like [`Gups`], but the page is
+/// drawn from a scrambled Zipf(S) over the footprint's 4 KiB pages (the [`Zipf`]
+/// generator, so the hottest pages are spread over the footprint) and the 8-byte element
+/// uniformly inside it. A stand-in for the skewed key-value and graph workloads the
+/// tiering papers (vTMM, ACM TOCS 2024; HeMem, SOSP'21) use.
+#[derive(Debug, Clone)]
+pub struct ZipfGups {
+    z: Zipf,
+}
+
+impl ZipfGups {
+    /// `count` updates over `footprint` with skew `s` (0 < s, s ≠ 1).
+    pub fn new(base: u64, footprint: u64, count: u64, s: f64, seed: u64) -> Self {
+        Self {
+            z: Zipf::new(base, footprint, count, s, seed),
+        }
+    }
+}
+
+impl Iterator for ZipfGups {
+    type Item = Event;
+    #[inline]
+    fn next(&mut self) -> Option<Event> {
+        self.z.next().map(|e| Event::write(e.va))
+    }
+}
+
+/// A hot-set stream (vTMM-like): each access is a read-modify-write of a random 8-byte
+/// element, in the hot set with probability `frac`, else anywhere in the footprint. The
+/// hot set is a `hot` fraction of the pages spread evenly over the footprint (hot page
+/// j is page `j·stride + phase`, stride = pages / hot pages), so neither address order
+/// nor huge-page grain finds it by accident; with `shift` > 0 it moves to the next
+/// pages (phase + 1) every `shift` accesses (a phase change the tiering policy must
+/// follow).
+#[derive(Debug, Clone)]
+pub struct HotSet {
+    base: u64,
+    pages: u64,
+    hot_pages: u64,
+    frac_threshold: u64,
+    shift: u64,
+    at: u64,
+    left: u64,
+    rng: XorShift64,
+}
+
+impl HotSet {
+    /// `count` updates over `footprint`; `hot` and `frac` in (0, 1].
+    pub fn new(
+        base: u64,
+        footprint: u64,
+        count: u64,
+        hot: f64,
+        frac: f64,
+        shift: u64,
+        seed: u64,
+    ) -> Self {
+        let pages = (footprint / 4096).max(1);
+        Self {
+            base,
+            pages,
+            hot_pages: ((pages as f64 * hot) as u64).clamp(1, pages),
+            frac_threshold: (frac.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
+            shift,
+            at: 0,
+            left: count,
+            rng: XorShift64::new(seed),
+        }
+    }
+}
+
+impl Iterator for HotSet {
+    type Item = Event;
+    #[inline]
+    fn next(&mut self) -> Option<Event> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let phase = self.at.checked_div(self.shift).unwrap_or(0);
+        self.at += 1;
+        let page = if self.rng.next_u64() < self.frac_threshold {
+            let stride = (self.pages / self.hot_pages).max(1);
+            (self.rng.below(self.hot_pages) * stride + phase) % self.pages
+        } else {
+            self.rng.below(self.pages)
+        };
+        let off = self.rng.next_u64() & 0xff8;
+        Some(Event::write(self.base + page * 4096 + off))
+    }
+}
+
+/// A phase-changing stream for shadow/nested switching: phases of `phase` accesses
+/// alternate between page-table churn over the first `churn` bytes ([`PtChurn`] at
+/// `rate`: shadow pays two exits per remap, the TLB mostly hits) and uniform GUPS over
+/// the whole footprint on static tables (TLB-miss heavy: a 2D walk per access, where
+/// shadow's 1D walk wins). Starts with a churn phase.
+#[derive(Debug, Clone)]
+pub struct Phases {
+    base: u64,
+    footprint: u64,
+    churn: u64,
+    rate: f64,
+    phase: u64,
+    seed: u64,
+    index: u64,
+    left: u64,
+    cur: PhaseIter,
+}
+
+#[derive(Debug, Clone)]
+enum PhaseIter {
+    Churn(PtChurn),
+    Gups(Gups),
+}
+
+impl Phases {
+    /// `count` accesses in phases of `phase` (> 0) accesses.
+    pub fn new(
+        base: u64,
+        footprint: u64,
+        count: u64,
+        phase: u64,
+        churn: u64,
+        rate: f64,
+        seed: u64,
+    ) -> Self {
+        let phase = phase.max(1);
+        let churn = churn.clamp(4096, footprint.max(4096));
+        let first = count.min(phase);
+        Self {
+            base,
+            footprint,
+            churn,
+            rate,
+            phase,
+            seed,
+            index: 0,
+            left: count - first,
+            cur: PhaseIter::Churn(PtChurn::new(base, churn, first, rate, seed)),
+        }
+    }
+}
+
+impl Iterator for Phases {
+    type Item = Event;
+    #[inline]
+    fn next(&mut self) -> Option<Event> {
+        loop {
+            let e = match &mut self.cur {
+                PhaseIter::Churn(c) => c.next(),
+                PhaseIter::Gups(g) => g.next(),
+            };
+            if e.is_some() {
+                return e;
+            }
+            if self.left == 0 {
+                return None;
+            }
+            let n = self.left.min(self.phase);
+            self.left -= n;
+            self.index += 1;
+            let seed = self.seed.wrapping_add(self.index.wrapping_mul(0x9E37_79B9));
+            self.cur = if self.index % 2 == 0 {
+                PhaseIter::Churn(PtChurn::new(self.base, self.churn, n, self.rate, seed))
+            } else {
+                PhaseIter::Gups(Gups::new(self.base, self.footprint, n, seed))
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +453,43 @@ mod tests {
         // The hottest 1% of pages take far more than 1% of accesses.
         let top: u32 = counts[..10].iter().sum();
         assert!(top > 50_000 / 5, "top10={top}");
+    }
+
+    #[test]
+    fn skewed_streams_are_skewed_and_phases_alternate() {
+        let fp = 4096 * 4096;
+        let top = |it: &mut dyn Iterator<Item = Event>| {
+            let mut c = vec![0u32; 4096];
+            for e in it {
+                assert!(e.va < fp && e.kind == EventKind::Write);
+                c[(e.va / 4096) as usize] += 1;
+            }
+            c.sort_unstable_by(|a, b| b.cmp(a));
+            c[..41].iter().sum::<u32>()
+        };
+        // Top 1% of pages: uniform would give about 1% of 100k accesses.
+        assert!(top(&mut ZipfGups::new(0, fp, 100_000, 0.99, 1)) > 20_000);
+        assert!(top(&mut HotSet::new(0, fp, 100_000, 0.01, 0.9, 0, 1)) > 80_000);
+        // A moving hot set spreads over more pages.
+        assert!(top(&mut HotSet::new(0, fp, 100_000, 0.01, 0.9, 10_000, 1)) < 30_000);
+        let ev: Vec<Event> = Phases::new(0, fp, 4000, 1000, 1 << 20, 0.1, 3).collect();
+        assert_eq!(ev.iter().filter(|e| e.is_access()).count(), 4000);
+        let pt: Vec<usize> = ev
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.is_access())
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!pt.is_empty());
+        // Churn only in phases 0 and 2 (accesses 0..1000 and 2000..3000), inside churn=.
+        let mut acc = 0;
+        for e in &ev {
+            if e.is_access() {
+                acc += 1;
+            } else {
+                assert!((acc / 1000) % 2 == 0 && e.va < 1 << 20, "{acc}");
+            }
+        }
     }
 
     #[test]

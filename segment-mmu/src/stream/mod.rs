@@ -7,6 +7,7 @@
 //! trace format ([`trace`]).
 
 pub mod gen;
+pub mod hotlog;
 pub mod spec;
 pub mod trace;
 
@@ -77,6 +78,17 @@ pub trait AddressStream: Send {
     fn next_event(&mut self) -> Result<Option<Event>, Error>;
     /// Total events, when known (for progress reporting).
     fn len_hint(&self) -> Option<u64>;
+    /// Appends events to `buf` until it holds `upto` events or the stream ends (the
+    /// replay reads in batches: one call per chunk instead of one per event).
+    fn fill(&mut self, buf: &mut Vec<Event>, upto: usize) -> Result<(), Error> {
+        while buf.len() < upto {
+            match self.next_event()? {
+                Some(e) => buf.push(e),
+                None => break,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Any infallible iterator of events is a stream.
@@ -100,6 +112,11 @@ impl<I: Iterator<Item = Event> + Send> AddressStream for IterStream<I> {
     fn len_hint(&self) -> Option<u64> {
         self.len
     }
+    fn fill(&mut self, buf: &mut Vec<Event>, upto: usize) -> Result<(), Error> {
+        let n = upto.saturating_sub(buf.len());
+        buf.extend(self.it.by_ref().take(n));
+        Ok(())
+    }
 }
 
 impl AddressStream for Box<dyn AddressStream> {
@@ -108,5 +125,8 @@ impl AddressStream for Box<dyn AddressStream> {
     }
     fn len_hint(&self) -> Option<u64> {
         (**self).len_hint()
+    }
+    fn fill(&mut self, buf: &mut Vec<Event>, upto: usize) -> Result<(), Error> {
+        (**self).fill(buf, upto)
     }
 }

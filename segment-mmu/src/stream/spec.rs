@@ -1,6 +1,9 @@
 //! Stream spec syntax: `KIND:key=value,...`.
 //!
-//! * `gups:footprint=4G,count=10M[,seed=S]`
+//! * `gups:footprint=4G,count=10M[,seed=S][,zipf=S]` (with `zipf=`: Zipf(S) page
+//!   popularity, see [`super::gen::ZipfGups`])
+//! * `hotset:footprint=4G,count=10M[,hot=0.1][,frac=0.9][,shift=N]`
+//! * `phases:footprint=4G,count=10M[,phase=2M][,churn=16M][,rate=0.01]`
 //! * `chase:footprint=64M,count=1M[,seed=S]`
 //! * `seq:footprint=1G,count=10M[,step=8]`
 //! * `stride:footprint=1G,count=10M,stride=4096`
@@ -12,7 +15,7 @@
 
 use std::str::FromStr;
 
-use super::gen::{Chase, Gups, PtChurn, Strided, Zipf};
+use super::gen::{Chase, Gups, HotSet, Phases, PtChurn, Strided, Zipf, ZipfGups};
 use super::{AddressStream, Error, IterStream};
 use crate::units::{pairs, parse_count, parse_f64, parse_size};
 
@@ -43,6 +46,29 @@ pub enum StreamKind {
         /// Probability of an unmap/map pair before an access.
         rate: f64,
     },
+    /// GUPS with Zipf(s) page popularity.
+    ZipfGups {
+        /// Skew.
+        s: f64,
+    },
+    /// Hot-set updates.
+    HotSet {
+        /// Fraction of pages that are hot.
+        hot: f64,
+        /// Fraction of accesses to the hot set.
+        frac: f64,
+        /// Accesses between hot-set moves (0: never).
+        shift: u64,
+    },
+    /// Alternating churn and GUPS phases.
+    Phases {
+        /// Accesses per phase.
+        phase: u64,
+        /// Bytes the churn phases touch.
+        churn: u64,
+        /// Remap probability per access in churn phases.
+        rate: f64,
+    },
 }
 
 /// A parsed stream spec.
@@ -71,6 +97,11 @@ impl FromStr for StreamSpec {
         let mut count = None;
         let (mut seed, mut base) = (1u64, None);
         let (mut step, mut stride, mut theta, mut rate) = (8u64, 4096u64, 0.99f64, 0.001f64);
+        let (mut zipf, mut hot, mut frac, mut shift) = (None, 0.1f64, 0.9f64, 0u64);
+        let (mut phase, mut churn) = (2_000_000u64, 16u64 << 20);
+        if kind == "phases" {
+            rate = 0.01;
+        }
         let bad = |k: &str, v: &str| Error::Spec(format!("bad value {v:?} for {k}"));
         for (k, v) in pairs(rest) {
             match k {
@@ -81,7 +112,15 @@ impl FromStr for StreamSpec {
                 "step" if kind == "seq" => step = parse_size(v).map_err(|_| bad(k, v))?,
                 "stride" if kind == "stride" => stride = parse_size(v).map_err(|_| bad(k, v))?,
                 "theta" if kind == "zipf" => theta = parse_f64(v).map_err(|_| bad(k, v))?,
-                "rate" if kind == "ptchurn" => rate = parse_f64(v).map_err(|_| bad(k, v))?,
+                "rate" if kind == "ptchurn" || kind == "phases" => {
+                    rate = parse_f64(v).map_err(|_| bad(k, v))?
+                }
+                "zipf" if kind == "gups" => zipf = Some(parse_f64(v).map_err(|_| bad(k, v))?),
+                "hot" if kind == "hotset" => hot = parse_f64(v).map_err(|_| bad(k, v))?,
+                "frac" if kind == "hotset" => frac = parse_f64(v).map_err(|_| bad(k, v))?,
+                "shift" if kind == "hotset" => shift = parse_count(v).map_err(|_| bad(k, v))?,
+                "phase" if kind == "phases" => phase = parse_count(v).map_err(|_| bad(k, v))?,
+                "churn" if kind == "phases" => churn = parse_size(v).map_err(|_| bad(k, v))?,
                 _ => {
                     return Err(Error::Spec(format!(
                         "unknown key {k:?} for stream {kind:?}"
@@ -92,13 +131,18 @@ impl FromStr for StreamSpec {
         let kind = match kind {
             "seq" => StreamKind::Seq { step },
             "stride" => StreamKind::Stride { stride },
-            "gups" => StreamKind::Gups,
+            "gups" => match zipf {
+                Some(s) => StreamKind::ZipfGups { s },
+                None => StreamKind::Gups,
+            },
+            "hotset" => StreamKind::HotSet { hot, frac, shift },
+            "phases" => StreamKind::Phases { phase, churn, rate },
             "chase" => StreamKind::Chase,
             "zipf" => StreamKind::Zipf { theta },
             "ptchurn" => StreamKind::PtChurn { rate },
             other => {
                 return Err(Error::Spec(format!(
-                    "unknown stream kind {other:?} (known: gups, chase, seq, stride, zipf, ptchurn)"
+                    "unknown stream kind {other:?} (known: gups, chase, seq, stride, zipf, ptchurn, hotset, phases)"
                 )))
             }
         };
@@ -131,9 +175,22 @@ impl StreamSpec {
             {
                 return bad(format!("theta {theta} must be in (0, 10] and not 1"))
             }
-            StreamKind::PtChurn { rate } if !(0.0..=1.0).contains(&rate) => {
+            StreamKind::PtChurn { rate } | StreamKind::Phases { rate, .. }
+                if !(0.0..=1.0).contains(&rate) =>
+            {
                 return bad(format!("rate {rate} not in [0, 1]"))
             }
+            StreamKind::ZipfGups { s } if s <= 0.0 || (s - 1.0).abs() < 1e-9 || s > 10.0 => {
+                return bad(format!("zipf {s} must be in (0, 10] and not 1"))
+            }
+            StreamKind::HotSet { hot, frac, .. }
+                if !(hot > 0.0 && hot <= 1.0 && (0.0..=1.0).contains(&frac)) =>
+            {
+                return bad(format!(
+                    "hot {hot} must be in (0, 1] and frac {frac} in [0, 1]"
+                ))
+            }
+            StreamKind::Phases { phase: 0, .. } => return bad("phase must be > 0".into()),
             StreamKind::Chase if self.footprint > MAX_CHASE_FOOTPRINT => {
                 return bad(format!(
                     "chase footprint above {} GiB would need too large a permutation",
@@ -167,6 +224,18 @@ impl StreamSpec {
                 PtChurn::new(base, fp, n, rate, seed),
                 Some(n),
             )),
+            StreamKind::ZipfGups { s } => Box::new(IterStream::new(
+                ZipfGups::new(base, fp, n, s, seed),
+                Some(n),
+            )),
+            StreamKind::HotSet { hot, frac, shift } => Box::new(IterStream::new(
+                HotSet::new(base, fp, n, hot, frac, shift, seed),
+                Some(n),
+            )),
+            StreamKind::Phases { phase, churn, rate } => Box::new(IterStream::new(
+                Phases::new(base, fp, n, phase, churn, rate, seed),
+                Some(n),
+            )),
         }
     }
 }
@@ -192,6 +261,26 @@ mod tests {
             .parse::<StreamSpec>()
             .is_err());
         assert!("walk:footprint=1G,count=1".parse::<StreamSpec>().is_err());
+        let z: StreamSpec = "gups:footprint=1G,count=1,zipf=0.9".parse().unwrap();
+        assert_eq!(z.kind, StreamKind::ZipfGups { s: 0.9 });
+        assert!("gups:footprint=1G,count=1,zipf=1"
+            .parse::<StreamSpec>()
+            .is_err());
+        assert!("hotset:footprint=1G,count=1,hot=0"
+            .parse::<StreamSpec>()
+            .is_err());
+        assert!("phases:footprint=1G,count=1,phase=0"
+            .parse::<StreamSpec>()
+            .is_err());
+        let p: StreamSpec = "phases:footprint=1G,count=1,phase=1M".parse().unwrap();
+        assert_eq!(
+            p.kind,
+            StreamKind::Phases {
+                phase: 1_000_000,
+                churn: 16 << 20,
+                rate: 0.01
+            }
+        );
         let mut st = "seq:footprint=8k,count=3,base=0x1000"
             .parse::<StreamSpec>()
             .unwrap()

@@ -11,9 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use segment_mmu::designs::{DesignKind, DesignReport, Env, ModelConfig};
+use segment_mmu::designs::{DesignKind, DesignReport, Env, ModelConfig, NptMode};
 use segment_mmu::ptsnap::{Ptsnap, SyntheticSpec};
-use segment_mmu::replay::{replay, Error as ReplayError};
+use segment_mmu::replay::repro::{self, Scale};
+use segment_mmu::replay::{
+    replay_phased, Error as ReplayError, PhasedReport, Replay, Warmup, WarmupReport,
+};
 use segment_mmu::stream::trace::TraceReader;
 use segment_mmu::stream::{AddressStream, StreamSpec};
 use segment_mmu::tlb::TlbConfig;
@@ -26,7 +29,7 @@ pub struct Args {
     /// Page-table ptsnap (`.ptsnap`) taken from a guest.
     #[arg(
         long,
-        required_unless_present = "synthetic",
+        required_unless_present_any = ["synthetic", "reproduce"],
         conflicts_with = "synthetic"
     )]
     pub ptsnap: Option<PathBuf>,
@@ -39,7 +42,11 @@ pub struct Args {
     pub space: usize,
     /// Stream: `gups:footprint=4G,count=10M[,seed=S]`, `chase:..`, `seq:..`,
     /// `stride:..,stride=4096`, `zipf:..,theta=0.99`, `ptchurn:..,rate=0.001`.
-    #[arg(long, required_unless_present = "trace", conflicts_with = "trace")]
+    #[arg(
+        long,
+        required_unless_present_any = ["trace", "reproduce"],
+        conflicts_with = "trace"
+    )]
     pub stream: Option<String>,
     /// Binary trace (segment-mmu trace format) instead of --stream.
     #[arg(long)]
@@ -66,6 +73,17 @@ pub struct Args {
     /// Levels of the enlarged-TDP host table (1..=4).
     #[arg(long, default_value_t = 2)]
     pub enlarged_levels: u8,
+    /// Warm-up before steady state: `auto` (until the per-chunk cost settles), `none`, or
+    /// a number of accesses. First fills (shadow, lazy NPT) are cold-start cost either way.
+    #[arg(long, default_value = "auto")]
+    pub warmup: String,
+    /// EPT/NPT population: `lazy` (fill exit on a host page's first touch, as KVM) or
+    /// `eager` (pre-populated).
+    #[arg(long, default_value = "lazy")]
+    pub npt: String,
+    /// Print the reproduction tables of docs/reproduction.md (`quick` or `full`) and exit.
+    #[arg(long, value_parser = ["quick", "full"])]
+    pub reproduce: Option<String>,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -77,6 +95,8 @@ pub struct Args {
 #[derive(serde::Serialize)]
 struct JsonOut<'a> {
     designs: &'a [DesignReport],
+    warmup: &'a WarmupReport,
+    phases: &'a [PhasedReport],
     source: String,
     space: usize,
     stream: String,
@@ -86,6 +106,15 @@ struct JsonOut<'a> {
 
 /// Runs `segvmm model`.
 pub fn run(a: Args) -> CliResult {
+    if let Some(scale) = &a.reproduce {
+        let scale = if scale == "full" {
+            Scale::full()
+        } else {
+            Scale::quick()
+        };
+        print!("{}", repro::report(&scale).map_err(CliError::failed)?);
+        return Ok(0);
+    }
     let (snap, source) = match (&a.ptsnap, &a.synthetic) {
         (Some(p), _) => {
             let mut f = File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
@@ -114,8 +143,15 @@ pub fn run(a: Args) -> CliResult {
     if let Some(v) = a.ref_cycles {
         tlb.costs.ref_cycles = positive("--ref-cycles", v)?;
     }
+    let warmup: Warmup = a.warmup.parse().map_err(bad)?;
+    let npt = match a.npt.as_str() {
+        "lazy" => NptMode::Lazy,
+        "eager" => NptMode::Eager,
+        v => return Err(bad(format!("--npt {v:?}: expected lazy or eager"))),
+    };
     let cfg = ModelConfig {
         tlb,
+        npt,
         host_levels: a.host_levels,
         enlarged_levels: a.enlarged_levels,
         escape_pages: a.escape,
@@ -165,16 +201,22 @@ pub fn run(a: Args) -> CliResult {
         }
         bar.set_position(done);
     };
-    let reports = replay(&env, &mut stream, &designs, Some(&progress)).map_err(|e| match e {
-        ReplayError::Stream(e) => bad(e),
-        e => CliError::failed(e),
-    })?;
+    let result = replay_phased(&env, &mut stream, &designs, warmup, Some(&progress)).map_err(
+        |e| match e {
+            ReplayError::Stream(e) => bad(e),
+            e => CliError::failed(e),
+        },
+    )?;
     bar.finish_and_clear();
+    let reports = result.totals();
 
-    print!("{}", table(&reports));
+    print!("whole replay, from a cold start:\n{}", table(&reports));
+    print!("{}", phases_table(&result));
     if let Some(p) = &a.json {
         let out = JsonOut {
             designs: &reports,
+            warmup: &result.warmup,
+            phases: &result.designs,
             source,
             space: a.space,
             stream: stream_name,
@@ -202,6 +244,33 @@ fn positive(name: &str, v: f64) -> Result<f64, CliError> {
             "{name} must be a non-negative number, got {v}"
         )))
     }
+}
+
+/// Steady state against cold start, per design, relative to native's steady state.
+fn phases_table(r: &Replay) -> String {
+    let w = &r.warmup;
+    let mut s = format!(
+        "steady state after a warm-up of {} accesses ({:?}{}); cold start = warm-up + first fills\n",
+        w.accesses,
+        w.rule,
+        if w.settled { "" } else { ", did not settle" }
+    );
+    s += &format!(
+        "{:<15} {:>14} {:>11} {:>14} {:>12}\n",
+        "design", "steady cyc/acc", "vs-native", "cold-start cyc", "fill exits"
+    );
+    let native = r.steady("native");
+    for d in &r.designs {
+        let rel = match native {
+            Some(n) if n > 0.0 => format!("{:.2}x", d.steady_cycles_per_access / n),
+            _ => "-".to_string(),
+        };
+        s += &format!(
+            "{:<15} {:>14.2} {:>11} {:>14.0} {:>12}\n",
+            d.name, d.steady_cycles_per_access, rel, d.cold_start_cycles, d.fill_exits
+        );
+    }
+    s
 }
 
 /// One row per design: references per walk, walks per 1000 accesses, base-bound
