@@ -17,11 +17,14 @@
 //! * [`stream`]: address-stream generators, their spec syntax and a binary trace format;
 //! * [`replay`]: feeds one stream to every selected design and returns serde reports.
 //!
+//! * [`units`] / [`bytes`]: the one size syntax, FNV-1a and a bounds-checked byte reader.
+//!
 //! The other half, [`placement`], simulates datacenter segment placement.
 
 pub mod placement;
 
 pub mod bloom;
+pub mod bytes;
 pub mod census;
 pub mod designs;
 pub mod enumerate;
