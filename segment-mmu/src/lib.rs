@@ -22,6 +22,7 @@
 //! The other half, [`placement`], simulates datacenter segment placement.
 
 pub mod placement;
+pub mod plot;
 
 pub mod bloom;
 pub mod bytes;
@@ -31,6 +32,7 @@ pub mod enumerate;
 pub mod host;
 pub mod hotness;
 pub mod mem;
+pub mod named;
 pub mod paging;
 pub mod project;
 pub mod ptsnap;

@@ -78,6 +78,8 @@ use serde::Serialize;
 
 use crate::designs::DesignReport;
 
+pub mod plot;
+pub mod report;
 pub mod workload;
 
 /// Default cycles per VM exit used when the measured runs cannot determine it (the

@@ -237,7 +237,7 @@ pub fn run(args: Args) -> CliResult {
             .collect();
         intervals.sort();
         intervals.dedup();
-        let pass = crate::dirty::overhead::PassSpec {
+        let pass = crate::probe::bench::dirty_overhead::PassSpec {
             workloads: args.workloads.clone(),
             footprints: args.footprint.clone(),
             backing: args.backing.first().copied().unwrap_or(Backing::Thp),
@@ -251,13 +251,14 @@ pub fn run(args: Args) -> CliResult {
             grow_pool: !args.no_grow_pool,
             timeout: Duration::from_secs_f64(args.timeout),
             intervals,
-            modes: crate::dirty::overhead::modes_for(args.dirty_mode),
+            modes: crate::probe::bench::dirty_overhead::modes_for(args.dirty_mode),
             ring_bytes: args.dirty_ring_bytes,
             repeats: args.repeat as usize,
             out: args.out.clone(),
         };
-        let rows = crate::dirty::overhead::run_pass(&pass).map_err(CliError::failed)?;
-        print!("{}", crate::dirty::overhead::markdown(&rows));
+        let rows =
+            crate::probe::bench::dirty_overhead::run_pass(&pass).map_err(CliError::failed)?;
+        print!("{}", crate::probe::bench::dirty_overhead::markdown(&rows));
         written.extend(["dirty-overhead.md", "dirty-overhead.json"]);
     }
     let failed = rows

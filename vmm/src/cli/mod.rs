@@ -5,6 +5,7 @@ pub mod bench;
 pub mod host;
 pub mod layout;
 pub mod model;
+pub mod named;
 pub mod place;
 pub mod project;
 pub mod ptsnap;

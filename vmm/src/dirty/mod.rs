@@ -21,7 +21,7 @@
 //!
 //! A VM uses one of them: with the ring enabled KVM refuses `KVM_GET_DIRTY_LOG` (this host
 //! has no `KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP`). Both give the same per-interval 4 KiB
-//! dirty sets, which is all the hotness file records; `overhead` compares their cost.
+//! dirty sets, which is all the hotness file records; `probe::bench::dirty_overhead` compares their cost.
 //!
 //! What is tracked is guest *writes* through KVM: the VMM's own writes (kernel loading,
 //! virtio) and every read are invisible. Pages written before tracking started (the VMM's
@@ -31,7 +31,6 @@
 //! half-life [`DirtyConfig::half_life`] intervals; see that module for the formula and file
 //! format), written to [`DirtyConfig::out`] with a heat map next to it (`.svg`).
 
-pub mod overhead;
 pub mod ring;
 
 use std::path::PathBuf;
@@ -83,7 +82,7 @@ pub enum Error {
 }
 
 /// How to read the dirty log (`--dirty-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DirtyMode {
     /// The ring when the host offers it, else the bitmap.
@@ -95,13 +94,29 @@ pub enum DirtyMode {
     Bitmap,
 }
 
-impl std::fmt::Display for DirtyMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl segment_mmu::named::Named for DirtyMode {
+    const ALL: &'static [Self] = &[DirtyMode::Auto, DirtyMode::Ring, DirtyMode::Bitmap];
+    fn name(self) -> &'static str {
+        match self {
             DirtyMode::Auto => "auto",
             DirtyMode::Ring => "ring",
             DirtyMode::Bitmap => "bitmap",
-        })
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            DirtyMode::Auto => "The ring when the host offers it, else the bitmap",
+            DirtyMode::Ring => "The dirty ring; refused where the host has none",
+            DirtyMode::Bitmap => {
+                "The bitmap (with manual protect when offered), even where the ring exists"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DirtyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(segment_mmu::named::Named::name(*self))
     }
 }
 

@@ -92,34 +92,54 @@ pub enum Error {
 }
 
 /// How guest RAM is backed on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Backing {
     /// Anonymous memory in 4 KiB pages (THP explicitly disabled for the range).
-    #[value(name = "4k")]
     #[serde(rename = "4k")]
     Anon4k,
     /// Anonymous memory with MADV_HUGEPAGE: transparent 2 MiB pages where the host can.
-    #[value(name = "thp")]
     #[serde(rename = "thp")]
     Thp,
     /// hugetlbfs 2 MiB pages.
-    #[value(name = "2m")]
     #[serde(rename = "2m")]
     Huge2m,
     /// hugetlbfs 1 GiB pages.
-    #[value(name = "1g")]
     #[serde(rename = "1g")]
     Huge1g,
 }
 
-impl fmt::Display for Backing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl segment_mmu::named::Named for Backing {
+    const ALL: &'static [Self] = &[
+        Backing::Anon4k,
+        Backing::Thp,
+        Backing::Huge2m,
+        Backing::Huge1g,
+    ];
+    fn name(self) -> &'static str {
+        match self {
             Backing::Anon4k => "4k",
             Backing::Thp => "thp",
             Backing::Huge2m => "2m",
             Backing::Huge1g => "1g",
-        })
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Backing::Anon4k => {
+                "Anonymous memory in 4 KiB pages (THP explicitly disabled for the range)"
+            }
+            Backing::Thp => {
+                "Anonymous memory with MADV_HUGEPAGE: transparent 2 MiB pages where the host can"
+            }
+            Backing::Huge2m => "hugetlbfs 2 MiB pages",
+            Backing::Huge1g => "hugetlbfs 1 GiB pages",
+        }
+    }
+}
+
+impl fmt::Display for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(segment_mmu::named::Named::name(*self))
     }
 }
 

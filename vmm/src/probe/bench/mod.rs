@@ -4,9 +4,11 @@
 //! results, [`plot`] draws them. A cell that fails is recorded with its reason and the
 //! others go on; one the host cannot give is recorded as "unavailable" with the reason.
 
+pub mod dirty_overhead;
 pub mod linux;
 pub mod output;
 pub mod plot;
+pub mod project;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use workloads::kernels::Workload;
 
-use super::{DirtyConfig, DirtyMode, HostDirty};
+use crate::dirty::{DirtyConfig, DirtyMode, HostDirty};
 use crate::memory::Backing;
 use crate::probe::guest::{self, GuestOptions, GuestSpec};
 use crate::probe::layout::PageSize;
