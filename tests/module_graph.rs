@@ -62,33 +62,29 @@ fn targets(code: &str) -> BTreeSet<String> {
             continue; // `mycrate::`, not `crate::`
         }
         if let Some(group) = rest.strip_prefix('{') {
+            // Split the group at its top-level commas; each item starts with a module.
             let mut depth = 0;
-            let mut item = String::new();
-            let mut first = true;
+            let mut items = vec![String::new()];
             for c in group.chars() {
                 match c {
-                    '{' => depth += 1,
                     '}' if depth == 0 => break,
+                    '{' => depth += 1,
                     '}' => depth -= 1,
                     ',' if depth == 0 => {
-                        first = true;
+                        items.push(String::new());
                         continue;
                     }
                     _ => {}
                 }
-                if depth == 0 && first {
-                    if is_ident(c) {
-                        item.push(c);
-                        continue;
-                    }
-                    if !item.is_empty() {
-                        out.insert(std::mem::take(&mut item));
-                        first = false;
-                    }
+                if let Some(last) = items.last_mut() {
+                    last.push(c);
                 }
             }
-            if !item.is_empty() {
-                out.insert(item);
+            for item in items {
+                let name: String = item.trim().chars().take_while(|&c| is_ident(c)).collect();
+                if !name.is_empty() {
+                    out.insert(name);
+                }
             }
         } else {
             let name: String = rest.chars().take_while(|&c| is_ident(c)).collect();

@@ -31,6 +31,7 @@ pub mod designs;
 pub mod enumerate;
 pub mod host;
 pub mod hotness;
+pub mod layout;
 pub mod mem;
 pub mod named;
 pub mod paging;

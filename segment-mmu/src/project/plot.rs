@@ -5,7 +5,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::report::{ProjOut, RunOut};
-use crate::plot::{color, drawing, Error};
+use crate::plot::{color, drawing, DrawError, Error};
 
 /// The SVG: one panel per workload; per measured run, the measured bar (black, solid)
 /// beside the projected bars (coloured, hatched outline), with the checked error above.
@@ -34,118 +34,126 @@ pub fn write_svg(path: &Path, out: &ProjOut, columns: &[String]) -> Result<(), E
         .into_drawing_area();
     root.fill(&WHITE).map_err(&d)?;
     for (area, (w, fp)) in root.split_evenly((groups.len(), 1)).iter().zip(&groups) {
-        let runs: Vec<&RunOut> = out
-            .runs
-            .iter()
-            .filter(|r| &r.workload == w && r.footprint == *fp)
-            .collect();
-        let n = runs.len();
-        let series: Vec<String> = std::iter::once("measured".to_string())
-            .chain(columns.iter().cloned())
-            .collect();
-        let mut ymax: f64 = 0.0;
-        for r in &runs {
-            ymax = ymax.max(r.measured_ns_per_op);
-            for v in r.projected.values() {
-                ymax = ymax.max(*v);
-            }
-        }
-        let ymax = if ymax > 0.0 { ymax * 2.0 } else { 1.0 };
-        let labels: Vec<String> = runs
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} / {} (err {})",
-                    r.environment,
-                    r.backing,
-                    r.model_error
-                        .map_or("unchecked".to_string(), |e| format!("{:+.1}%", 100.0 * e))
-                )
-            })
-            .collect();
-        let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!(
-                    "{w}, {} MiB: MEASURED (black) vs PROJECTED (colours), ns/op",
-                    fp >> 20
-                ),
-                ("sans-serif", 16),
-            )
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
-            .map_err(&d)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(2 * n + 1)
-            .x_label_formatter(&|x| {
-                let g = x - 0.5;
-                if g >= -1e-6 && (g - g.round()).abs() < 1e-6 {
-                    labels.get(g.round() as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc("ns per operation")
-            .draw()
-            .map_err(&d)?;
-        let bw = 0.8 / series.len() as f64;
-        for (s, name) in series.iter().enumerate() {
-            let measured = s == 0;
-            let c = if measured { BLACK } else { color(s) };
-            let mut rects = Vec::new();
-            for (g, r) in runs.iter().enumerate() {
-                let v = if measured {
-                    Some(r.measured_ns_per_op)
-                } else {
-                    r.projected.get(name).copied()
-                };
-                let Some(v) = v else { continue };
-                let x0 = g as f64 + 0.1 + s as f64 * bw;
-                let style = if measured {
-                    c.filled()
-                } else {
-                    c.mix(0.45).filled()
-                };
-                rects.push(Rectangle::new([(x0, 0.0), (x0 + bw * 0.9, v)], style));
-                if !measured {
-                    rects.push(Rectangle::new(
-                        [(x0, 0.0), (x0 + bw * 0.9, v)],
-                        c.stroke_width(1),
-                    ));
-                }
-            }
-            let label = if measured {
-                "MEASURED".to_string()
-            } else {
-                format!("projected: {name}")
-            };
-            chart
-                .draw_series(rects)
-                .map_err(&d)?
-                .label(label)
-                .legend(move |(x, y)| {
-                    Rectangle::new(
-                        [(x, y - 5), (x + 10, y + 5)],
-                        if measured {
-                            c.filled()
-                        } else {
-                            c.mix(0.45).filled()
-                        },
-                    )
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 10))
-            .draw()
-            .map_err(&d)?;
+        panel(area, out, columns, w, *fp).map_err(&d)?;
     }
     root.present().map_err(&d)?;
+    Ok(())
+}
+
+/// One workload's panel: per measured run, the measured bar beside the projected bars.
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    out: &ProjOut,
+    columns: &[String],
+    w: &str,
+    fp: u64,
+) -> Result<(), DrawError> {
+    let runs: Vec<&RunOut> = out
+        .runs
+        .iter()
+        .filter(|r| r.workload == w && r.footprint == fp)
+        .collect();
+    let n = runs.len();
+    let series: Vec<String> = std::iter::once("measured".to_string())
+        .chain(columns.iter().cloned())
+        .collect();
+    let mut ymax: f64 = 0.0;
+    for r in &runs {
+        ymax = ymax.max(r.measured_ns_per_op);
+        for v in r.projected.values() {
+            ymax = ymax.max(*v);
+        }
+    }
+    let ymax = if ymax > 0.0 { ymax * 2.0 } else { 1.0 };
+    let labels: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{} / {} (err {})",
+                r.environment,
+                r.backing,
+                r.model_error
+                    .map_or("unchecked".to_string(), |e| format!("{:+.1}%", 100.0 * e))
+            )
+        })
+        .collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "{w}, {} MiB: MEASURED (black) vs PROJECTED (colours), ns/op",
+                fp >> 20
+            ),
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * n + 1)
+        .x_label_formatter(&|x| {
+            let g = x - 0.5;
+            if g >= -1e-6 && (g - g.round()).abs() < 1e-6 {
+                labels.get(g.round() as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("ns per operation")
+        .draw()?;
+    let bw = 0.8 / series.len() as f64;
+    for (s, name) in series.iter().enumerate() {
+        let measured = s == 0;
+        let c = if measured { BLACK } else { color(s) };
+        let mut rects = Vec::new();
+        for (g, r) in runs.iter().enumerate() {
+            let v = if measured {
+                Some(r.measured_ns_per_op)
+            } else {
+                r.projected.get(name).copied()
+            };
+            let Some(v) = v else { continue };
+            let x0 = g as f64 + 0.1 + s as f64 * bw;
+            let style = if measured {
+                c.filled()
+            } else {
+                c.mix(0.45).filled()
+            };
+            rects.push(Rectangle::new([(x0, 0.0), (x0 + bw * 0.9, v)], style));
+            if !measured {
+                rects.push(Rectangle::new(
+                    [(x0, 0.0), (x0 + bw * 0.9, v)],
+                    c.stroke_width(1),
+                ));
+            }
+        }
+        let label = if measured {
+            "MEASURED".to_string()
+        } else {
+            format!("projected: {name}")
+        };
+        chart
+            .draw_series(rects)?
+            .label(label)
+            .legend(move |(x, y)| {
+                Rectangle::new(
+                    [(x, y - 5), (x + 10, y + 5)],
+                    if measured {
+                        c.filled()
+                    } else {
+                        c.mix(0.45).filled()
+                    },
+                )
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 10))
+        .draw()?;
     Ok(())
 }

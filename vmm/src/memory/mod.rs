@@ -86,9 +86,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// vm-memory refused the regions.
+    /// vm-memory refused to describe a mapped range as a region.
+    #[error("guest memory region at {gpa:#x}: {source}")]
+    Region {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Cause.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// A region whose end wraps the guest-physical address space.
+    #[error("guest memory region at {0:#x} wraps the address space")]
+    RegionWraps(u64),
+    /// vm-memory refused the set of regions (overlap, order).
     #[error("guest memory regions: {0}")]
-    Regions(String),
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
 }
 
 /// How guest RAM is backed on the host.
@@ -401,15 +413,14 @@ impl GuestRam {
                     flags,
                 )
             }
-            .map_err(|e| Error::Regions(e.to_string()))?;
+            .map_err(|source| Error::Region { gpa: r.gpa, source })?;
             regions.push(
                 GuestRegionMmap::new(region, GuestAddress(r.gpa))
-                    .ok_or_else(|| Error::Regions("region wraps the address space".into()))?,
+                    .ok_or(Error::RegionWraps(r.gpa))?,
             );
         }
         ram.prefault_ns = t0.elapsed().as_nanos() as u64;
-        ram.mem =
-            GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Regions(e.to_string()))?;
+        ram.mem = GuestMemoryMmap::from_regions(regions).map_err(Error::Regions)?;
         Ok(ram)
     }
 

@@ -6,6 +6,7 @@
 
 pub mod dirty_overhead;
 pub mod linux;
+pub mod matrix;
 pub mod output;
 pub mod plot;
 pub mod project;
