@@ -110,6 +110,9 @@ pub enum Error {
         /// Over the contents.
         computed: u64,
     },
+    /// Drawing a plot.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::Error),
     /// Contents that cannot be right.
     #[error("malformed hotness file: {0}")]
     Malformed(String),
