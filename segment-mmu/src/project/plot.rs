@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::report::{ProjOut, RunOut};
@@ -103,6 +104,23 @@ fn panel(
         })
         .y_desc("ns per operation")
         .draw()?;
+    draw_bars(&mut chart, &runs, &series)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 10))
+        .draw()?;
+    Ok(())
+}
+
+/// Per series (measured, then each design), one bar per run.
+fn draw_bars(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    runs: &[&RunOut],
+    series: &[String],
+) -> Result<(), DrawError> {
     let bw = 0.8 / series.len() as f64;
     for (s, name) in series.iter().enumerate() {
         let measured = s == 0;
@@ -148,12 +166,5 @@ fn panel(
                 )
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 10))
-        .draw()?;
     Ok(())
 }

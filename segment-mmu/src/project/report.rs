@@ -142,9 +142,8 @@ pub fn short(name: &str) -> String {
         .replace("dynamic-switch", "dyn-switch")
 }
 
-/// The table: per workload, one line per measured run with the measured value, the model
-/// for it and its checked error, then every projected design.
-pub fn table(out: &ProjOut, columns: &[String]) -> String {
+/// The table's first lines: host, model, exit cost and fit quality.
+fn header(out: &ProjOut) -> String {
     let c = &out.calibration;
     let mut s = format!(
         "Host {} ({} paging), {:.3} GHz. MEASURED = bench median; MODEL = calibrated model for the measured run, err = its checked error ({}); PROJECTED = model only.\n",
@@ -175,6 +174,14 @@ pub fn table(out: &ProjOut, columns: &[String]) -> String {
         c.runs,
         c.pooled_ns_per_ref * c.config.ghz
     );
+    s
+}
+
+/// The table: per workload, one line per measured run with the measured value, the model
+/// for it and its checked error, then every projected design.
+pub fn table(out: &ProjOut, columns: &[String]) -> String {
+    let c = &out.calibration;
+    let mut s = header(out);
     let mut groups: Vec<String> = Vec::new();
     for r in &out.runs {
         let g = format!("{}/{}M", r.workload, r.footprint >> 20);

@@ -238,32 +238,7 @@ pub fn run(a: Args) -> CliResult {
         a.balloon.values(),
         &base,
     );
-    let events_per_run = w.vms.len() as u64 * 2;
-    let bar = ProgressBar::with_draw_target(
-        Some(events_per_run * runs.len() as u64),
-        ProgressDrawTarget::hidden(),
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let started = Instant::now();
-    let mut shown = false;
-    let nruns = runs.len();
-    let reports = batch::run_all(&w, &spec, runs, &mut |i, done| {
-        bar.set_message(format!("run {} of {nruns}", i + 1));
-        // Only runs longer than a second get a bar, and only on a terminal.
-        if !shown && started.elapsed().as_secs_f64() > 1.0 {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
-            shown = true;
-        }
-        bar.set_position(i as u64 * events_per_run + done);
-    })
-    .map_err(|e| match e {
-        batch::Error::Setup(_) => bad(e),
-        e => CliError::failed(e),
-    })?;
-    bar.finish_and_clear();
+    let reports = run_batch(&w, &spec, runs)?;
 
     print!("{}", results::table(&reports));
     let seg: Vec<Report> = reports
@@ -278,6 +253,38 @@ pub fn run(a: Args) -> CliResult {
         plot::write_svg(p, &seg).map_err(CliError::failed)?;
     }
     Ok(0)
+}
+
+/// Runs the batch with a progress bar on stderr for runs longer than a second.
+fn run_batch(w: &Workload, spec: &ClusterSpec, runs: Vec<Config>) -> Result<Vec<Report>, CliError> {
+    let events_per_run = w.vms.len() as u64 * 2;
+    let bar = ProgressBar::with_draw_target(
+        Some(events_per_run * runs.len() as u64),
+        ProgressDrawTarget::hidden(),
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut shown = false;
+    let nruns = runs.len();
+    let reports = batch::run_all(w, spec, runs, &mut |i, done| {
+        bar.set_message(format!("run {} of {nruns}", i + 1));
+        // Only runs longer than a second get a bar, and only on a terminal.
+        if !shown && started.elapsed().as_secs_f64() > 1.0 {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            shown = true;
+        }
+        bar.set_position(i as u64 * events_per_run + done);
+    })
+    .map_err(|e| match e {
+        batch::Error::Setup(_) => bad(e),
+        e => CliError::failed(e),
+    })?;
+    bar.finish_and_clear();
+
+    Ok(reports)
 }
 
 /// Writes the batch's JSON report (`segment_mmu::placement::batch::json`) to `p`.
