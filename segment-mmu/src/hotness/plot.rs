@@ -89,6 +89,19 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         });
     chart.draw_series(rects).map_err(&d)?;
 
+    draw_per_interval(&bottom, log, t_end).map_err(&d)?;
+    root.present().map_err(&d)?;
+    Ok(())
+}
+
+/// The heat map's bottom panel: MiB dirtied per interval at 4 KiB and at 2 MiB grain.
+fn draw_per_interval(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    log: &HotnessLog,
+    t_end: f64,
+) -> Result<(), DrawError> {
+    let secs = |k: f64| k * log.interval_ns as f64 / 1e9;
+    let mib = |p: f64| p * 4096.0 / (1 << 20) as f64;
     let per4: Vec<f64> = log
         .intervals
         .iter()
@@ -100,7 +113,7 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         .map(|s| s.len() as f64 * 2.0)
         .collect();
     let ymax = per2.iter().chain(&per4).copied().fold(1e-3, f64::max) * 1.1;
-    let mut lines = ChartBuilder::on(&bottom)
+    let mut lines = ChartBuilder::on(area)
         .caption(
             "dirty MiB per interval: 4 KiB tracking vs derived 2 MiB tracking",
             ("sans-serif", 16),
@@ -108,14 +121,12 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..t_end, 0f64..ymax)
-        .map_err(&d)?;
+        .build_cartesian_2d(0f64..t_end, 0f64..ymax)?;
     lines
         .configure_mesh()
         .x_desc("time (s)")
         .y_desc("MiB")
-        .draw()
-        .map_err(&d)?;
+        .draw()?;
     for (vals, name, color) in [(&per4, "4 KiB", BLUE), (&per2, "2 MiB", RED)] {
         let pts: Vec<(f64, f64)> = vals
             .iter()
@@ -123,8 +134,7 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
             .map(|(k, &v)| (secs(k as f64 + 0.5), v))
             .collect();
         lines
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(&d)?
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -135,9 +145,7 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .draw()
-        .map_err(&d)?;
-    root.present().map_err(&d)?;
+        .draw()?;
     Ok(())
 }
 

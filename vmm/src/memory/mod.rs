@@ -312,52 +312,60 @@ fn os_err(what: &'static str) -> Error {
     }
 }
 
+/// The size must be non-zero, a multiple of the backing's page, within what the host
+/// can give, and (hugetlb) within the pool, grown first when `grow_pool` asks.
+fn check_config(cfg: &MemoryConfig) -> Result<(), Error> {
+    let size = cfg.size;
+    if size == 0 {
+        return Err(Error::ZeroSize);
+    }
+    let page = cfg.backing.page_size();
+    if size % page != 0 {
+        return Err(Error::Unaligned {
+            size,
+            backing: cfg.backing,
+            page,
+        });
+    }
+    if let Some(avail) = host_available_bytes().filter(|_| cfg.prefault) {
+        if size > avail {
+            return Err(Error::TooLarge {
+                size,
+                available: avail,
+            });
+        }
+    }
+    if cfg.backing.hugetlb_flags().is_some() {
+        let need = size / page;
+        let mut free = hugetlb_free(page);
+        if free < need && cfg.grow_pool {
+            free = grow_hugetlb_pool(page, need)?;
+        }
+        if free < need {
+            let total: u64 =
+                std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+            return Err(Error::PoolTooSmall {
+                backing: cfg.backing,
+                size,
+                need,
+                free,
+                page_kib: page / KIB,
+                suggest: total + (need - free),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl GuestRam {
     /// Reserves the address range, maps and prefaults every RAM range with the backing,
     /// and builds the vm-memory view.
     pub fn new(cfg: &MemoryConfig) -> Result<Self, Error> {
+        check_config(cfg)?;
         let size = cfg.size;
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        let page = cfg.backing.page_size();
-        if size % page != 0 {
-            return Err(Error::Unaligned {
-                size,
-                backing: cfg.backing,
-                page,
-            });
-        }
-        if let Some(avail) = host_available_bytes().filter(|_| cfg.prefault) {
-            if size > avail {
-                return Err(Error::TooLarge {
-                    size,
-                    available: avail,
-                });
-            }
-        }
-        if cfg.backing.hugetlb_flags().is_some() {
-            let need = size / page;
-            let mut free = hugetlb_free(page);
-            if free < need && cfg.grow_pool {
-                free = grow_hugetlb_pool(page, need)?;
-            }
-            if free < need {
-                let total: u64 =
-                    std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                        .unwrap_or(0);
-                return Err(Error::PoolTooSmall {
-                    backing: cfg.backing,
-                    size,
-                    need,
-                    free,
-                    page_kib: page / KIB,
-                    suggest: total + (need - free),
-                });
-            }
-        }
         let ranges = ram_layout(size);
         let span = ranges.last().map(|r| r.end()).unwrap_or(0) as usize;
         // Align the base to 1 GiB so that any backing's pages line up with guest-physical
