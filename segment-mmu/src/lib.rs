@@ -17,17 +17,23 @@
 //! * [`stream`]: address-stream generators, their spec syntax and a binary trace format;
 //! * [`replay`]: feeds one stream to every selected design and returns serde reports.
 //!
+//! * [`units`] / [`bytes`]: the one size syntax, FNV-1a and a bounds-checked byte reader.
+//!
 //! The other half, [`placement`], simulates datacenter segment placement.
 
 pub mod placement;
+pub mod plot;
 
 pub mod bloom;
+pub mod bytes;
 pub mod census;
 pub mod designs;
 pub mod enumerate;
 pub mod host;
 pub mod hotness;
+pub mod layout;
 pub mod mem;
+pub mod named;
 pub mod paging;
 pub mod project;
 pub mod ptsnap;

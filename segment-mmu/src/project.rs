@@ -78,6 +78,8 @@ use serde::Serialize;
 
 use crate::designs::DesignReport;
 
+pub mod plot;
+pub mod report;
 pub mod workload;
 
 /// Default cycles per VM exit used when the measured runs cannot determine it (the
@@ -407,38 +409,8 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
     // slopes partialled out. Groups whose exits differ by less than MIN_EXIT_SPREAD per
     // operation are left out: their differences are counting jitter (a few exits in
     // thousands of operations) and would only let their noise leak into b.
-    let (mut sxx, mut sxy, mut xscale) = (0.0, 0.0, 0.0f64);
-    let mut exit_runs: Vec<usize> = Vec::new();
-    let mut exit_groups = 0usize;
-    for ((_, idx), &(rm, xm, ym, s_rr, s_rx, s_ry)) in gs.iter().zip(&sums) {
-        if idx.len() < 2 || spread(obs, idx, |f| f.exits) < MIN_EXIT_SPREAD {
-            continue;
-        }
-        exit_groups += 1;
-        exit_runs.extend(idx);
-        let (kx, ky) = if own(idx) {
-            (s_rx / s_rr, s_ry / s_rr)
-        } else {
-            (beta, alpha)
-        };
-        for &i in idx {
-            let r = obs[i].features.refs - rm;
-            let xt = obs[i].features.exits - xm - kx * r;
-            let yt = y1[i] - ym - ky * r;
-            sxx += xt * xt;
-            sxy += xt * yt;
-            xscale = xscale.max(obs[i].features.exits.abs());
-        }
-    }
-    let prior_b = cfg.prior_exit_cycles / cfg.ghz;
-    let (mut b, mut exit_cost) = (prior_b, Source::Assumed);
-    if !exit_runs.is_empty() && xscale > 0.0 && sxx > 1e-9 * xscale * xscale {
-        let fitted = sxy / sxx;
-        if fitted >= 0.0 {
-            b = fitted;
-            exit_cost = Source::Calibrated;
-        }
-    }
+    let ef = fit_exit_cost(obs, cfg, &y1, &gs, &sums, &own, (alpha, beta));
+    let (b, exit_cost) = (ef.b, ef.source);
     // Step 3: the pooled slope at that b.
     let pooled = (alpha - beta * b).max(0.0);
     // Step 4: per-group slope and intercept.
@@ -485,11 +457,91 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
         cycles_per_exit: b * cfg.ghz,
         exit_cost,
         exit_stderr_cycles: None,
-        exit_fit_runs: exit_runs.len(),
+        exit_fit_runs: ef.runs.len(),
         exit_fit_rms_ns: None,
         rms_residual_ns: 0.0,
         runs: obs.len(),
     };
+    residual_stats(&mut cal, obs, &ef);
+    Ok(cal)
+}
+
+/// Step 2 of [`calibrate`]: the exit cost and the runs that determine it.
+#[derive(Debug)]
+struct ExitFit {
+    /// ns per exit.
+    b: f64,
+    /// Calibrated or assumed.
+    source: Source,
+    /// Σ x̃² over the runs that determine b.
+    sxx: f64,
+    /// Those runs.
+    runs: Vec<usize>,
+    /// Their groups.
+    groups: usize,
+}
+
+/// Centred sums of one group: (R̄, X̄, ȳ', S_rr, S_rx, S_ry).
+type Sums = (f64, f64, f64, f64, f64, f64);
+
+/// b from the within-group exit variation of the groups whose exits vary, slopes
+/// partialled out (own slopes where `own`, else the pooled a(b) = α − β·b). Groups whose
+/// exits differ by less than MIN_EXIT_SPREAD per operation are left out: their
+/// differences are counting jitter (a few exits in thousands of operations) and would
+/// only let their noise leak into b.
+fn fit_exit_cost(
+    obs: &[Observation],
+    cfg: &Config,
+    y1: &[f64],
+    gs: &[(String, Vec<usize>)],
+    sums: &[Sums],
+    own: &dyn Fn(&[usize]) -> bool,
+    (alpha, beta): (f64, f64),
+) -> ExitFit {
+    let (mut sxx, mut sxy, mut xscale) = (0.0, 0.0, 0.0f64);
+    let mut exit_runs: Vec<usize> = Vec::new();
+    let mut exit_groups = 0usize;
+    for ((_, idx), &(rm, xm, ym, s_rr, s_rx, s_ry)) in gs.iter().zip(sums) {
+        if idx.len() < 2 || spread(obs, idx, |f| f.exits) < MIN_EXIT_SPREAD {
+            continue;
+        }
+        exit_groups += 1;
+        exit_runs.extend(idx);
+        let (kx, ky) = if own(idx) {
+            (s_rx / s_rr, s_ry / s_rr)
+        } else {
+            (beta, alpha)
+        };
+        for &i in idx {
+            let r = obs[i].features.refs - rm;
+            let xt = obs[i].features.exits - xm - kx * r;
+            let yt = y1[i] - ym - ky * r;
+            sxx += xt * xt;
+            sxy += xt * yt;
+            xscale = xscale.max(obs[i].features.exits.abs());
+        }
+    }
+    let prior_b = cfg.prior_exit_cycles / cfg.ghz;
+    let (mut b, mut exit_cost) = (prior_b, Source::Assumed);
+    if !exit_runs.is_empty() && xscale > 0.0 && sxx > 1e-9 * xscale * xscale {
+        let fitted = sxy / sxx;
+        if fitted >= 0.0 {
+            b = fitted;
+            exit_cost = Source::Calibrated;
+        }
+    }
+    ExitFit {
+        b,
+        source: exit_cost,
+        sxx,
+        runs: exit_runs,
+        groups: exit_groups,
+    }
+}
+
+/// The fit's residuals: overall rms, rms over the runs that determine b, and b's
+/// standard error.
+fn residual_stats(cal: &mut Calibration, obs: &[Observation], ef: &ExitFit) {
     let resid: Vec<f64> = obs
         .iter()
         .map(|o| {
@@ -499,18 +551,17 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
         .collect();
     let ss: f64 = resid.iter().map(|r| r * r).sum();
     cal.rms_residual_ns = (ss / obs.len() as f64).sqrt();
-    if !exit_runs.is_empty() {
-        let se: f64 = exit_runs.iter().map(|&i| resid[i] * resid[i]).sum();
-        cal.exit_fit_rms_ns = Some((se / exit_runs.len() as f64).sqrt());
+    if !ef.runs.is_empty() {
+        let se: f64 = ef.runs.iter().map(|&i| resid[i] * resid[i]).sum();
+        cal.exit_fit_rms_ns = Some((se / ef.runs.len() as f64).sqrt());
         // Standard error from the runs that determine b: their residual variance over
         // their degrees of freedom (runs − their groups' intercepts − b; their slopes
         // are own-slope partials or the pooled one, counted as known).
-        let dof = exit_runs.len().saturating_sub(exit_groups + 1);
-        if exit_cost == Source::Calibrated && dof > 0 {
-            cal.exit_stderr_cycles = Some((se / dof as f64 / sxx).sqrt() * cfg.ghz);
+        let dof = ef.runs.len().saturating_sub(ef.groups + 1);
+        if ef.source == Source::Calibrated && dof > 0 {
+            cal.exit_stderr_cycles = Some((se / dof as f64 / ef.sxx).sqrt() * cal.config.ghz);
         }
     }
-    Ok(cal)
 }
 
 impl Calibration {

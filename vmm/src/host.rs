@@ -42,7 +42,7 @@ impl std::fmt::Display for MmuMode {
 }
 
 /// The MMU mode a user asks for with `--mmu`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum MmuRequest {
     /// Whatever the host gives.
     Auto,
@@ -50,6 +50,24 @@ pub enum MmuRequest {
     Shadow,
     /// Two-dimensional paging (EPT/NPT).
     Tdp,
+}
+
+impl segment_mmu::named::Named for MmuRequest {
+    const ALL: &'static [Self] = &[MmuRequest::Auto, MmuRequest::Shadow, MmuRequest::Tdp];
+    fn name(self) -> &'static str {
+        match self {
+            MmuRequest::Auto => "auto",
+            MmuRequest::Shadow => "shadow",
+            MmuRequest::Tdp => "tdp",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            MmuRequest::Auto => "Whatever the host gives",
+            MmuRequest::Shadow => "Shadow paging",
+            MmuRequest::Tdp => "Two-dimensional paging (EPT/NPT)",
+        }
+    }
 }
 
 /// One hugetlb pool (`/sys/kernel/mm/hugepages/hugepages-<size>kB`).

@@ -65,6 +65,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bytes::{self, fnv1a, put_varint, Reader};
+
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"SEGVHOT\0";
 /// The version this build writes and reads.
@@ -108,6 +110,9 @@ pub enum Error {
         /// Over the contents.
         computed: u64,
     },
+    /// Drawing a plot.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::Error),
     /// Contents that cannot be right.
     #[error("malformed hotness file: {0}")]
     Malformed(String),
@@ -350,152 +355,22 @@ impl HotnessLog {
 
     /// Decodes and validates a file's bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        if bytes.len() < 8 {
-            return Err(Error::Truncated("magic"));
-        }
-        if bytes[..8] != MAGIC {
-            return Err(Error::BadMagic(
-                String::from_utf8_lossy(&bytes[..8]).into_owned(),
-            ));
-        }
-        if bytes.len() < 10 {
-            return Err(Error::Truncated("version"));
-        }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != VERSION {
-            return Err(Error::Version(version));
-        }
-        if bytes.len() < 18 {
-            return Err(Error::Truncated("header"));
-        }
-        let (body, tail) = bytes.split_at(bytes.len() - 8);
-        let stored = u64::from_le_bytes(tail.try_into().map_err(|_| Error::Truncated("checksum"))?);
+        let (body, stored) = split_header(bytes)?;
         let computed = fnv1a(body);
-        let mut r = Reader { b: body, at: 10 };
-        let shift = r.u8("page shift")?;
-        if u32::from(shift) != PAGE_SHIFT {
-            return Err(Error::Malformed(format!(
-                "page shift {shift}: version 1 tracks 4 KiB pages (12)"
-            )));
-        }
-        r.u8("reserved byte")?;
-        let interval_ns = r.u64("interval")?;
-        let half_life = f64::from_bits(r.u64("half-life")?);
-        check_half_life(half_life).map_err(|e| Error::Malformed(e.to_string()))?;
-        let mlen = r.u8("method length")? as usize;
-        let method = std::str::from_utf8(r.bytes(mlen, "method")?)
-            .map_err(|_| Error::Malformed("method name is not UTF-8".into()))?
-            .to_owned();
-        let nr = r.u32("range count")? as usize;
-        if nr > r.left() / 16 {
-            return Err(Error::Truncated("RAM ranges"));
-        }
-        let mut ranges = Vec::with_capacity(nr);
-        for _ in 0..nr {
-            ranges.push((r.u64("range address")?, r.u64("range length")?));
-        }
-        check_ranges(&ranges).map_err(Error::Malformed)?;
-        let ram_pages: u64 = ranges.iter().map(|r| r.1 >> PAGE_SHIFT).sum();
+        let mut r = Reader::new(body, 10);
+        let mut log = decode_header(&mut r)?;
+        let ram_pages: u64 = log.ranges.iter().map(|r| r.1 >> PAGE_SHIFT).sum();
         let ni = r.u32("interval count")? as usize;
         if ni > r.left() / 16 {
             return Err(Error::Truncated("intervals"));
         }
-        let mut log = HotnessLog {
-            interval_ns,
-            half_life,
-            method,
-            ranges,
-            intervals: Vec::with_capacity(ni),
-        };
+        log.intervals = Vec::with_capacity(ni);
         let mut total = 0u64;
         for k in 0..ni {
-            let end_ns = r.u64("interval end")?;
-            let count = u64::from(r.u32("dirty count")?);
-            let nruns = r.u32("run count")? as usize;
-            if count > ram_pages {
-                return Err(Error::Malformed(format!(
-                    "interval {k}: {count} dirty pages but guest RAM has {ram_pages}"
-                )));
-            }
-            if nruns as u64 > count || nruns > r.left() / 2 {
-                return Err(Error::Malformed(format!(
-                    "interval {k}: {nruns} runs for {count} dirty pages"
-                )));
-            }
-            total = total.saturating_add(count);
-            if total > MAX_PAGE_INTERVALS {
-                return Err(Error::Malformed(format!(
-                    "more than {MAX_PAGE_INTERVALS} dirty page-intervals: too large to replay in memory"
-                )));
-            }
-            let mut pages = Vec::with_capacity(count.min(1 << 20) as usize);
-            let mut end = 0u64;
-            for j in 0..nruns {
-                let gap = r.varint("run gap")?;
-                let len = r.varint("run length")?.checked_add(1);
-                let start = end.checked_add(gap);
-                let (Some(start), Some(len)) = (start, len) else {
-                    return Err(Error::Malformed(format!("interval {k}: run {j} overflows")));
-                };
-                if j > 0 && gap == 0 {
-                    return Err(Error::Malformed(format!(
-                        "interval {k}: run {j} touches the previous one (not canonical)"
-                    )));
-                }
-                if pages.len() as u64 + len > count {
-                    return Err(Error::Malformed(format!(
-                        "interval {k}: runs hold more than the {count} pages stated"
-                    )));
-                }
-                end = start
-                    .checked_add(len)
-                    .ok_or_else(|| Error::Malformed(format!("interval {k}: run {j} overflows")))?;
-                pages.extend(start..end);
-            }
-            if pages.len() as u64 != count {
-                return Err(Error::Malformed(format!(
-                    "interval {k}: states {count} dirty pages, runs hold {}",
-                    pages.len()
-                )));
-            }
-            if let Some(p) = pages.iter().find(|&&p| !log.contains_pfn(p)) {
-                return Err(Error::Malformed(format!(
-                    "interval {k}: page {:#x} is outside guest RAM",
-                    p << PAGE_SHIFT
-                )));
-            }
-            if let Some(prev) = log.intervals.last() {
-                if end_ns < prev.end_ns {
-                    return Err(Error::Malformed(format!(
-                        "interval {k} ends at {end_ns} ns, before interval {} ({} ns)",
-                        k - 1,
-                        prev.end_ns
-                    )));
-                }
-            }
-            log.intervals.push(Interval { end_ns, pages });
+            let interval = decode_interval(&mut r, &log, k, ram_pages, &mut total)?;
+            log.intervals.push(interval);
         }
-        let nt = r.u32("temperature count")? as usize;
-        if nt > r.left() / 5 {
-            return Err(Error::Truncated("temperatures"));
-        }
-        let mut stored_t = Vec::with_capacity(nt);
-        let mut prev = 0u64;
-        for j in 0..nt {
-            let d = r.varint("temperature page")?;
-            if j > 0 && d == 0 {
-                return Err(Error::Malformed("temperature list repeats a page".into()));
-            }
-            prev = prev
-                .checked_add(d)
-                .ok_or_else(|| Error::Malformed("temperature page overflows".into()))?;
-            let t = f32::from_le_bytes(
-                r.bytes(4, "temperature")?
-                    .try_into()
-                    .map_err(|_| Error::Truncated("temperature"))?,
-            );
-            stored_t.push((prev, t));
-        }
+        let stored_t = decode_temperatures(&mut r)?;
         if r.left() != 0 {
             return Err(Error::Malformed(format!(
                 "{} unexpected bytes after the temperatures",
@@ -505,22 +380,7 @@ impl HotnessLog {
         if stored != computed {
             return Err(Error::Checksum { stored, computed });
         }
-        let want = log.temperatures();
-        if want.len() != stored_t.len() {
-            return Err(Error::Malformed(format!(
-                "{} temperatures stored, the intervals give {}",
-                stored_t.len(),
-                want.len()
-            )));
-        }
-        for (&(p, t), &(q, u)) in want.iter().zip(&stored_t) {
-            if p != q || !u.is_finite() || (t - f64::from(u)).abs() > 1e-3 * t.max(1.0) {
-                return Err(Error::Malformed(format!(
-                    "temperature of page {:#x} is {u}, the intervals give {t:.4}",
-                    q << PAGE_SHIFT
-                )));
-            }
-        }
+        check_temperatures(&log, &stored_t)?;
         Ok(log)
     }
 
@@ -648,68 +508,198 @@ fn runs_of(pages: &[u64]) -> Vec<(u64, u64)> {
     out
 }
 
-fn put_varint(b: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        b.push((v as u8) | 0x80);
-        v >>= 7;
+impl From<bytes::Error> for Error {
+    fn from(e: bytes::Error) -> Self {
+        match e {
+            bytes::Error::Truncated { what, .. } => Error::Truncated(what),
+            bytes::Error::Varint { what, .. } => {
+                Error::Malformed(format!("{what}: varint overflows 64 bits"))
+            }
+        }
     }
-    b.push(v as u8);
 }
 
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+/// Checks magic and version; returns the body (without the checksum) and the stored sum.
+fn split_header(bytes: &[u8]) -> Result<(&[u8], u64), Error> {
+    if bytes.len() < 8 {
+        return Err(Error::Truncated("magic"));
+    }
+    if bytes[..8] != MAGIC {
+        return Err(Error::BadMagic(
+            String::from_utf8_lossy(&bytes[..8]).into_owned(),
+        ));
+    }
+    if bytes.len() < 10 {
+        return Err(Error::Truncated("version"));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != VERSION {
+        return Err(Error::Version(version));
+    }
+    if bytes.len() < 18 {
+        return Err(Error::Truncated("header"));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 8);
+    let stored = Reader::new(tail, 0).u64("checksum")?;
+    Ok((body, stored))
+}
+
+/// Page shift, interval, half-life, method and RAM ranges; no intervals yet.
+fn decode_header(r: &mut Reader) -> Result<HotnessLog, Error> {
+    let shift = r.u8("page shift")?;
+    if u32::from(shift) != PAGE_SHIFT {
+        return Err(Error::Malformed(format!(
+            "page shift {shift}: version 1 tracks 4 KiB pages (12)"
+        )));
+    }
+    r.u8("reserved byte")?;
+    let interval_ns = r.u64("interval")?;
+    let half_life = f64::from_bits(r.u64("half-life")?);
+    check_half_life(half_life).map_err(|e| Error::Malformed(e.to_string()))?;
+    let mlen = r.u8("method length")? as usize;
+    let method = std::str::from_utf8(r.bytes(mlen, "method")?)
+        .map_err(|_| Error::Malformed("method name is not UTF-8".into()))?
+        .to_owned();
+    let nr = r.u32("range count")? as usize;
+    if nr > r.left() / 16 {
+        return Err(Error::Truncated("RAM ranges"));
+    }
+    let mut ranges = Vec::with_capacity(nr);
+    for _ in 0..nr {
+        ranges.push((r.u64("range address")?, r.u64("range length")?));
+    }
+    check_ranges(&ranges).map_err(Error::Malformed)?;
+    Ok(HotnessLog {
+        interval_ns,
+        half_life,
+        method,
+        ranges,
+        intervals: Vec::new(),
     })
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
+/// Interval `k`: its end time, dirty count and runs of dirty pages, checked against `log`
+/// (RAM ranges and the previous intervals) and the running `total`.
+fn decode_interval(
+    r: &mut Reader,
+    log: &HotnessLog,
+    k: usize,
+    ram_pages: u64,
+    total: &mut u64,
+) -> Result<Interval, Error> {
+    let end_ns = r.u64("interval end")?;
+    let count = u64::from(r.u32("dirty count")?);
+    let nruns = r.u32("run count")? as usize;
+    if count > ram_pages {
+        return Err(Error::Malformed(format!(
+            "interval {k}: {count} dirty pages but guest RAM has {ram_pages}"
+        )));
+    }
+    if nruns as u64 > count || nruns > r.left() / 2 {
+        return Err(Error::Malformed(format!(
+            "interval {k}: {nruns} runs for {count} dirty pages"
+        )));
+    }
+    *total = total.saturating_add(count);
+    if *total > MAX_PAGE_INTERVALS {
+        return Err(Error::Malformed(format!(
+            "more than {MAX_PAGE_INTERVALS} dirty page-intervals: too large to replay in memory"
+        )));
+    }
+    let pages = decode_runs(r, k, count, nruns)?;
+    if let Some(p) = pages.iter().find(|&&p| !log.contains_pfn(p)) {
+        return Err(Error::Malformed(format!(
+            "interval {k}: page {:#x} is outside guest RAM",
+            p << PAGE_SHIFT
+        )));
+    }
+    if let Some(prev) = log.intervals.last() {
+        if end_ns < prev.end_ns {
+            return Err(Error::Malformed(format!(
+                "interval {k} ends at {end_ns} ns, before interval {} ({} ns)",
+                k - 1,
+                prev.end_ns
+            )));
+        }
+    }
+    Ok(Interval { end_ns, pages })
 }
 
-impl<'a> Reader<'a> {
-    fn left(&self) -> usize {
-        self.b.len() - self.at
-    }
-    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Error> {
-        if self.left() < n {
-            return Err(Error::Truncated(what));
+/// The `nruns` runs of interval `k`, which must hold exactly `count` pages.
+fn decode_runs(r: &mut Reader, k: usize, count: u64, nruns: usize) -> Result<Vec<u64>, Error> {
+    let mut pages = Vec::with_capacity(count.min(1 << 20) as usize);
+    let mut end = 0u64;
+    for j in 0..nruns {
+        let gap = r.varint("run gap")?;
+        let len = r.varint("run length")?.checked_add(1);
+        let start = end.checked_add(gap);
+        let (Some(start), Some(len)) = (start, len) else {
+            return Err(Error::Malformed(format!("interval {k}: run {j} overflows")));
+        };
+        if j > 0 && gap == 0 {
+            return Err(Error::Malformed(format!(
+                "interval {k}: run {j} touches the previous one (not canonical)"
+            )));
         }
-        let s = &self.b[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
-    }
-    fn u8(&mut self, what: &'static str) -> Result<u8, Error> {
-        Ok(self.bytes(1, what)?[0])
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, Error> {
-        let s = self.bytes(4, what)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, Error> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.bytes(8, what)?);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn varint(&mut self, what: &'static str) -> Result<u64, Error> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.u8(what)?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(Error::Malformed(format!(
-                    "{what}: varint overflows 64 bits"
-                )));
-            }
-            v |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(v);
-            }
+        if pages.len() as u64 + len > count {
+            return Err(Error::Malformed(format!(
+                "interval {k}: runs hold more than the {count} pages stated"
+            )));
         }
-        Err(Error::Malformed(format!(
-            "{what}: varint longer than 10 bytes"
-        )))
+        end = start
+            .checked_add(len)
+            .ok_or_else(|| Error::Malformed(format!("interval {k}: run {j} overflows")))?;
+        pages.extend(start..end);
     }
+    if pages.len() as u64 != count {
+        return Err(Error::Malformed(format!(
+            "interval {k}: states {count} dirty pages, runs hold {}",
+            pages.len()
+        )));
+    }
+    Ok(pages)
+}
+
+/// The stored (page, temperature) list.
+fn decode_temperatures(r: &mut Reader) -> Result<Vec<(u64, f32)>, Error> {
+    let nt = r.u32("temperature count")? as usize;
+    if nt > r.left() / 5 {
+        return Err(Error::Truncated("temperatures"));
+    }
+    let mut stored_t = Vec::with_capacity(nt);
+    let mut prev = 0u64;
+    for j in 0..nt {
+        let d = r.varint("temperature page")?;
+        if j > 0 && d == 0 {
+            return Err(Error::Malformed("temperature list repeats a page".into()));
+        }
+        prev = prev
+            .checked_add(d)
+            .ok_or_else(|| Error::Malformed("temperature page overflows".into()))?;
+        stored_t.push((prev, r.f32("temperature")?));
+    }
+    Ok(stored_t)
+}
+
+/// The stored temperatures must be those the intervals give.
+fn check_temperatures(log: &HotnessLog, stored_t: &[(u64, f32)]) -> Result<(), Error> {
+    let want = log.temperatures();
+    if want.len() != stored_t.len() {
+        return Err(Error::Malformed(format!(
+            "{} temperatures stored, the intervals give {}",
+            stored_t.len(),
+            want.len()
+        )));
+    }
+    for (&(p, t), &(q, u)) in want.iter().zip(stored_t) {
+        if p != q || !u.is_finite() || (t - f64::from(u)).abs() > 1e-3 * t.max(1.0) {
+            return Err(Error::Malformed(format!(
+                "temperature of page {:#x} is {u}, the intervals give {t:.4}",
+                q << PAGE_SHIFT
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -782,7 +772,7 @@ mod tests {
         for v in [0u64, 1, 127, 128, 300, u64::MAX] {
             let mut b = Vec::new();
             put_varint(&mut b, v);
-            assert_eq!(Reader { b: &b, at: 0 }.varint("v").unwrap(), v);
+            assert_eq!(Reader::new(&b, 0).varint("v").unwrap(), v);
         }
     }
 }

@@ -7,12 +7,11 @@ use plotters::prelude::*;
 
 use super::tier::{Grain, Policy, Report};
 use super::{Error, HotnessLog, PAGE_SHIFT};
+use crate::plot::{drawing, DrawError};
 
-fn draw_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
-    move |e| Error::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::other(format!("drawing: {e}")),
-    }
+fn draw_err(path: &Path) -> impl Fn(DrawError) -> Error + '_ {
+    let d = drawing(path);
+    move |e| Error::Plot(d(e))
 }
 
 /// Most columns (time bins) and rows (address bins) of the heat map.
@@ -50,7 +49,7 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
     let y_end = mib(span_pages as f64);
 
     let root = SVGBackend::new(path, (1000, 820)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| d(&e))?;
+    root.fill(&WHITE).map_err(&d)?;
     let (top, bottom) = root.split_vertically(540);
     let mut chart = ChartBuilder::on(&top)
         .caption(
@@ -65,14 +64,14 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..t_end, 0f64..y_end)
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     chart
         .configure_mesh()
         .disable_mesh()
         .x_desc("time (s)")
         .y_desc("guest-physical address (MiB)")
         .draw()
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     let rects = cells
         .iter()
         .enumerate()
@@ -88,8 +87,21 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
             let y1 = mib((r + 1) as f64 * per_row);
             Rectangle::new([(x0, y0), (x1, y1)], color.filled())
         });
-    chart.draw_series(rects).map_err(|e| d(&e))?;
+    chart.draw_series(rects).map_err(&d)?;
 
+    draw_per_interval(&bottom, log, t_end).map_err(&d)?;
+    root.present().map_err(&d)?;
+    Ok(())
+}
+
+/// The heat map's bottom panel: MiB dirtied per interval at 4 KiB and at 2 MiB grain.
+fn draw_per_interval(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    log: &HotnessLog,
+    t_end: f64,
+) -> Result<(), DrawError> {
+    let secs = |k: f64| k * log.interval_ns as f64 / 1e9;
+    let mib = |p: f64| p * 4096.0 / (1 << 20) as f64;
     let per4: Vec<f64> = log
         .intervals
         .iter()
@@ -101,7 +113,7 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         .map(|s| s.len() as f64 * 2.0)
         .collect();
     let ymax = per2.iter().chain(&per4).copied().fold(1e-3, f64::max) * 1.1;
-    let mut lines = ChartBuilder::on(&bottom)
+    let mut lines = ChartBuilder::on(area)
         .caption(
             "dirty MiB per interval: 4 KiB tracking vs derived 2 MiB tracking",
             ("sans-serif", 16),
@@ -109,14 +121,12 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..t_end, 0f64..ymax)
-        .map_err(|e| d(&e))?;
+        .build_cartesian_2d(0f64..t_end, 0f64..ymax)?;
     lines
         .configure_mesh()
         .x_desc("time (s)")
         .y_desc("MiB")
-        .draw()
-        .map_err(|e| d(&e))?;
+        .draw()?;
     for (vals, name, color) in [(&per4, "4 KiB", BLUE), (&per2, "2 MiB", RED)] {
         let pts: Vec<(f64, f64)> = vals
             .iter()
@@ -124,8 +134,7 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
             .map(|(k, &v)| (secs(k as f64 + 0.5), v))
             .collect();
         lines
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(|e| d(&e))?
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -136,9 +145,7 @@ pub fn write_heatmap(path: &Path, log: &HotnessLog, title: &str) -> Result<(), E
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .draw()
-        .map_err(|e| d(&e))?;
-    root.present().map_err(|e| d(&e))?;
+        .draw()?;
     Ok(())
 }
 
@@ -152,7 +159,7 @@ pub fn write_tier(path: &Path, report: &Report) -> Result<(), Error> {
         .fold(report.params.latency_ratio, f64::max)
         * 1.05;
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| d(&e))?;
+    root.fill(&WHITE).map_err(&d)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
@@ -166,7 +173,7 @@ pub fn write_tier(path: &Path, report: &Report) -> Result<(), Error> {
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..3f64, 0f64..ymax)
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -182,9 +189,9 @@ pub fn write_tier(path: &Path, report: &Report) -> Result<(), Error> {
         .x_desc("grain")
         .y_desc("slowdown (x)")
         .draw()
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     for (pi, policy) in Policy::ALL.iter().enumerate() {
-        let color = Palette99::pick(pi).to_rgba();
+        let color = crate::plot::color(pi);
         let bars: Vec<Rectangle<(f64, f64)>> = report
             .results
             .iter()
@@ -200,7 +207,7 @@ pub fn write_tier(path: &Path, report: &Report) -> Result<(), Error> {
             .collect();
         chart
             .draw_series(bars)
-            .map_err(|e| d(&e))?
+            .map_err(&d)?
             .label(policy.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
@@ -209,15 +216,15 @@ pub fn write_tier(path: &Path, report: &Report) -> Result<(), Error> {
             vec![(0.0, 1.0), (3.0, 1.0)],
             BLACK.stroke_width(1),
         ))
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| d(&e))?;
-    root.present().map_err(|e| d(&e))?;
+        .map_err(&d)?;
+    root.present().map_err(&d)?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! - [`results`]: report, JSON and table; [`plot`]: SVG plots.
 
 pub mod azure_flavors;
+pub mod batch;
 pub mod cluster;
 pub mod host;
 pub mod plot;

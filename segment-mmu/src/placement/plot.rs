@@ -8,48 +8,31 @@ use plotters::prelude::*;
 
 use super::results::Report;
 
-/// A plot that could not be drawn or written.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Nothing to plot.
-    #[error("no runs to plot")]
-    Empty,
-    /// The drawing backend failed (usually: the file could not be written).
-    #[error("plot {path}: {msg}")]
-    Draw {
-        /// Output file.
-        path: String,
-        /// Cause.
-        msg: String,
-    },
-}
+use crate::plot::drawing;
+pub use crate::plot::Error;
 
 /// Writes a two-panel SVG to `path`: top, largest free extent over free memory against
 /// simulated time, one line per run; bottom, the number of VMs placed in k segments on a
 /// log scale, one bar per run and k (rejected VMs are shown at k = 0).
 pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
     if reports.is_empty() {
-        return Err(Error::Empty);
+        return Err(Error::Empty("runs"));
     }
-    let name = path.display().to_string();
-    let d = |e: &dyn std::fmt::Display| Error::Draw {
-        path: name.clone(),
-        msg: e.to_string(),
-    };
+    let d = drawing(path);
     let root = SVGBackend::new(path, (1300, 900)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| d(&e))?;
+    root.fill(&WHITE).map_err(&d)?;
     // One legend for both panels, beside them, so that it hides no data.
     let (plots, legend) = root.split_horizontally(1000);
     let (top, bottom) = plots.split_vertically(450);
     for (i, r) in reports.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = crate::plot::color(i);
         let y = 50 + 24 * i as i32;
         legend
             .draw(&Rectangle::new([(10, y), (34, y + 14)], color.filled()))
-            .map_err(|e| d(&e))?;
+            .map_err(&d)?;
         legend
             .draw(&Text::new(run_label(r), (42, y), ("sans-serif", 15)))
-            .map_err(|e| d(&e))?;
+            .map_err(&d)?;
     }
 
     let tmax = reports
@@ -66,15 +49,15 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..tmax, 0f64..1.05f64)
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     chart
         .configure_mesh()
         .x_desc("simulated time (h)")
         .y_desc("largest extent / free")
         .draw()
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     for (i, r) in reports.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = crate::plot::color(i);
         let pts: Vec<(f64, f64)> = r
             .fragmentation
             .iter()
@@ -82,7 +65,7 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
             .collect();
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(|e| d(&e))?;
+            .map_err(&d)?;
     }
 
     let maxk = reports
@@ -101,18 +84,18 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(-0.5f64..maxk as f64 + 0.5, (0.5f64..ymax).log_scale())
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     hist.configure_mesh()
         .x_desc("segments per VM")
         .y_desc("VMs (log)")
         .x_labels(maxk + 2)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     let n = reports.len() as f64;
     let width = 0.8 / n;
     for (i, r) in reports.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = crate::plot::color(i);
         let mut bars: Vec<(usize, u64)> =
             r.segments_histogram.iter().map(|(&k, &v)| (k, v)).collect();
         bars.push((0, r.rejected));
@@ -121,9 +104,9 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> Result<(), Error> {
             let x = k as f64 + x0;
             Rectangle::new([(x, 0.5), (x + width, v as f64)], color.filled())
         }))
-        .map_err(|e| d(&e))?;
+        .map_err(&d)?;
     }
-    root.present().map_err(|e| d(&e))?;
+    root.present().map_err(&d)?;
     Ok(())
 }
 
@@ -175,7 +158,7 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("Fragmentation") && svg.contains("segments per VM"));
         assert!(svg.contains("first-fit"), "the legend names the run");
-        assert!(matches!(write_svg(&p, &[]), Err(Error::Empty)));
+        assert!(matches!(write_svg(&p, &[]), Err(Error::Empty(_))));
         assert!(write_svg(
             &dir.path().join("no/such/dir.svg"),
             &[simulate(&w, &spec, Config::default()).unwrap()]

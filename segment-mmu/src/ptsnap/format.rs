@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 
 use super::{AddressSpace, Error, HostRun, Ptsnap, RamRange};
+use crate::bytes::{self, fnv1a, Reader};
 use crate::mem::{PageStore, PAGE_SIZE};
 use crate::paging::PagingMode;
 
@@ -11,16 +12,6 @@ pub const MAGIC: [u8; 8] = *b"PTSNAP\r\n";
 /// Current format version.
 pub const VERSION: u32 = 1;
 const RUNS_UNKNOWN: u32 = u32::MAX;
-
-/// FNV-1a 64: tiny, dependency free, and enough to catch truncation and bit rot.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 impl Ptsnap {
     /// Serialises to the `.ptsnap` format.
@@ -82,45 +73,49 @@ impl Ptsnap {
 
     /// Parses and validates `.ptsnap` bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let mut c = Cursor { b: bytes, at: 0 };
-        if c.take(8)? != MAGIC {
+        let mut c = Reader::new(bytes, 0);
+        if c.bytes(8, "magic")? != MAGIC {
             return Err(Error::BadMagic);
         }
-        let version = c.u32()?;
+        let version = c.u32("header")?;
         if version != VERSION {
             return Err(Error::BadVersion(version));
         }
-        let levels = c.u32()?;
+        let levels = c.u32("header")?;
         let mode =
             PagingMode::from_levels(levels as u64).map_err(|e| Error::BadMode(e.to_string()))?;
-        let cr4 = c.u64()?;
-        let efer = c.u64()?;
-        let n = c.u32()? as usize;
+        let cr4 = c.u64("header")?;
+        let efer = c.u64("header")?;
+        let n = c.u32("header")? as usize;
         // Each space needs at least 12 bytes: bound the allocation by what is left.
         let mut spaces = Vec::with_capacity(n.min(c.left() / 12));
         for i in 0..n {
-            let cr3 = c.u64()?;
-            let len = c.u32()? as usize;
-            let label = std::str::from_utf8(c.take(len)?)
+            let cr3 = c.u64("header")?;
+            let len = c.u32("header")? as usize;
+            let label = std::str::from_utf8(c.bytes(len, "label")?)
                 .map_err(|_| Error::BadLabel(i))?
                 .to_string();
             spaces.push(AddressSpace { cr3, label });
         }
-        let n = c.u32()? as usize;
+        let n = c.u32("header")? as usize;
         let mut ram = Vec::with_capacity(n.min(c.left() / 36));
         for _ in 0..n {
-            let (gpa_start, len, host_va, host_page_size) =
-                (c.u64()?, c.u64()?, c.u64()?, c.u64()?);
-            let nr = c.u32()?;
+            let (gpa_start, len, host_va, host_page_size) = (
+                c.u64("header")?,
+                c.u64("header")?,
+                c.u64("header")?,
+                c.u64("header")?,
+            );
+            let nr = c.u32("header")?;
             let runs = if nr == RUNS_UNKNOWN {
                 None
             } else {
                 let mut runs = Vec::with_capacity((nr as usize).min(c.left() / 24));
                 for _ in 0..nr {
                     runs.push(HostRun {
-                        gpa_start: c.u64()?,
-                        len: c.u64()?,
-                        hpa_start: c.u64()?,
+                        gpa_start: c.u64("header")?,
+                        len: c.u64("header")?,
+                        hpa_start: c.u64("header")?,
                     });
                 }
                 Some(runs)
@@ -133,11 +128,11 @@ impl Ptsnap {
                 runs,
             });
         }
-        let n = c.u64()?;
+        let n = c.u64("header")?;
         let mut pages = PageStore::new();
         for _ in 0..n {
-            let gpa = c.u64()?;
-            let raw = c.take(PAGE_SIZE as usize)?;
+            let gpa = c.u64("header")?;
+            let raw = c.bytes(PAGE_SIZE as usize, "page")?;
             let mut words = [0u64; 512];
             for (w, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
                 *w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
@@ -150,8 +145,8 @@ impl Ptsnap {
             }
             pages.insert(gpa, words);
         }
-        let body_end = c.at;
-        let stored = c.u64()?;
+        let body_end = c.offset();
+        let stored = c.u64("header")?;
         let computed = fnv1a(&bytes[..body_end]);
         if stored != computed {
             return Err(Error::BadChecksum { stored, computed });
@@ -173,34 +168,11 @@ impl Ptsnap {
     }
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn left(&self) -> usize {
-        self.b.len() - self.at
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        if self.left() < n {
-            return Err(Error::Truncated {
-                offset: self.at,
-                needed: n - self.left(),
-            });
+impl From<bytes::Error> for Error {
+    fn from(e: bytes::Error) -> Self {
+        match e {
+            bytes::Error::Truncated { offset, needed, .. } => Error::Truncated { offset, needed },
+            bytes::Error::Varint { offset, .. } => Error::Truncated { offset, needed: 1 },
         }
-        let s = &self.b[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
-    }
-    fn u32(&mut self) -> Result<u32, Error> {
-        let s = self.take(4)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, Error> {
-        let s = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_le_bytes(a))
     }
 }

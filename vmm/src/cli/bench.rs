@@ -11,7 +11,8 @@ use workloads::kernels::Workload;
 use super::run::parse_workload;
 use super::{parse_size, CliError, CliResult};
 use crate::memory::Backing;
-use crate::probe::bench::{self, output, plot, MatrixSpec};
+use crate::probe::bench::matrix::{self, Event};
+use crate::probe::bench::{self, dirty_overhead, output, MatrixSpec};
 use crate::probe::layout::PageSize;
 use crate::probe::DEFAULT_SEED;
 
@@ -84,6 +85,65 @@ pub struct Args {
 
 /// Runs `segvmm bench`.
 pub fn run(args: Args) -> CliResult {
+    let spec = spec(&args)?;
+    let host = crate::host::probe().map_err(CliError::failed)?;
+    matrix::create_dirs(&args.out, args.track_dirty.is_some(), args.ptsnap)
+        .map_err(CliError::failed)?;
+    let cells = bench::expand(&spec);
+    if cells.is_empty() {
+        return Err(CliError::bad_input("the matrix is empty"));
+    }
+    let load_before = output::load_average();
+    let bar = ProgressBar::new(cells.len() as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}")
+    {
+        bar.set_style(style);
+    }
+    let rows = matrix::run(
+        &cells,
+        &spec,
+        &host,
+        &args.out,
+        args.ptsnap,
+        &mut |e| match e {
+            Event::Start(m) => bar.set_message(m),
+            Event::Note(m) => bar.println(m),
+            Event::Done(_) => bar.inc(1),
+        },
+    );
+    bar.finish_and_clear();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let load_average = [load_before, output::load_average()];
+    if let [Some(a), Some(b)] = &load_average {
+        eprintln!("segvmm: host load average (1/5/15 min) {a} before, {b} after the matrix");
+    }
+    let reports = matrix::write_reports(&args.out, &host, &rows, command, load_average)
+        .map_err(CliError::failed)?;
+    let mut written = reports.written;
+    print!("{}", reports.markdown);
+    if let Some(md) = &reports.dirty_markdown {
+        print!("{md}");
+    }
+    if let (Some(d), true) = (&spec.track_dirty, args.dirty_overhead) {
+        let rows = matrix::overhead_pass(&spec, d, &args.dirty_intervals, &args.out)
+            .map_err(CliError::failed)?;
+        print!("{}", dirty_overhead::markdown(&rows));
+        written.extend(["dirty-overhead.md", "dirty-overhead.json"]);
+    }
+    let (failed, unavailable) = matrix::failed_and_unavailable(&rows);
+    eprintln!(
+        "segvmm: {} runs: {} measured, {failed} failed, {unavailable} unavailable; wrote {} in {}",
+        rows.len(),
+        rows.len() - failed - unavailable,
+        written.join(", "),
+        args.out.display()
+    );
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// The matrix the arguments describe, checked.
+fn spec(args: &Args) -> Result<MatrixSpec, CliError> {
     if args.repeat == 0 {
         return Err(CliError::bad_input("--repeat must be at least 1"));
     }
@@ -98,7 +158,10 @@ pub fn run(args: Args) -> CliResult {
         Some([k, i]) => Some((k.clone(), i.clone())),
         Some(_) => return Err(CliError::bad_input("--linux takes KERNEL,INITRD")),
     };
-    let spec = MatrixSpec {
+    if args.track_dirty.is_none() && args.dirty_overhead {
+        return Err(CliError::bad_input("--dirty-overhead needs --track-dirty"));
+    }
+    Ok(MatrixSpec {
         workloads: args.workloads.clone(),
         backings: args.backing.clone(),
         guest_pages: args.guest_pages.clone(),
@@ -116,164 +179,5 @@ pub fn run(args: Args) -> CliResult {
             ring_bytes: args.dirty_ring_bytes,
             out: args.out.clone(),
         }),
-    };
-    if args.track_dirty.is_none() && args.dirty_overhead {
-        return Err(CliError::bad_input("--dirty-overhead needs --track-dirty"));
-    }
-    let host = crate::host::probe().map_err(CliError::failed)?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| CliError::failed(format!("creating {}: {e}", args.out.display())))?;
-    if args.track_dirty.is_some() {
-        let d = args.out.join("hotness");
-        std::fs::create_dir_all(&d)
-            .map_err(|e| CliError::failed(format!("creating {}: {e}", d.display())))?;
-    }
-    if args.ptsnap {
-        let d = args.out.join("ptsnaps");
-        std::fs::create_dir_all(&d)
-            .map_err(|e| CliError::failed(format!("creating {}: {e}", d.display())))?;
-    }
-    let cells = bench::expand(&spec);
-    if cells.is_empty() {
-        return Err(CliError::bad_input("the matrix is empty"));
-    }
-    let load_before = output::load_average();
-    let bar = ProgressBar::new(cells.len() as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta}] {msg}")
-    {
-        bar.set_style(style);
-    }
-    let mut rows = Vec::with_capacity(cells.len());
-    for cell in &cells {
-        bar.set_message(format!(
-            "{} {} backing {} {} MiB #{}",
-            cell.workload.name(),
-            cell.environment,
-            cell.backing,
-            cell.footprint >> 20,
-            cell.repeat + 1
-        ));
-        let snap_name = match cell.environment {
-            bench::Environment::Guest(_) if args.ptsnap && cell.repeat == 0 => Some(format!(
-                "ptsnaps/{}",
-                super::project::ptsnap_file_name(
-                    cell.workload.name(),
-                    &cell.environment.to_string(),
-                    &cell.backing.to_string(),
-                    cell.footprint
-                )
-            )),
-            _ => None,
-        };
-        let snap_file = snap_name.as_ref().map(|n| args.out.join(n));
-        let row = bench::run_cell_with_ptsnap(
-            cell,
-            &spec,
-            &host,
-            snap_file.as_deref().zip(snap_name.as_deref()),
-        );
-        if let (Some(ms), Some(name)) = (row.ptsnap_ms, &row.ptsnap) {
-            bar.println(format!(
-                "segvmm: ptsnap {name}: guest paused {:.1} ms, file written after {ms:.1} ms",
-                row.ptsnap_paused_ms.unwrap_or(f64::NAN)
-            ));
-        }
-        if let Some(why) = &row.reason {
-            bar.println(format!(
-                "segvmm: {} {} backing {}: {}: {why}",
-                row.workload,
-                row.environment,
-                row.backing,
-                row.status.as_str()
-            ));
-        }
-        rows.push(row);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let summary = output::summarize(&rows);
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let load_average = [load_before, output::load_average()];
-    if let [Some(a), Some(b)] = &load_average {
-        eprintln!("segvmm: host load average (1/5/15 min) {a} before, {b} after the matrix");
-    }
-    let results = output::Results {
-        host: &host,
-        command,
-        load_average,
-        rows: &rows,
-        summary: &summary,
-    };
-    let out = |f: &str| args.out.join(f);
-    output::write_json(&out("results.json"), &results).map_err(CliError::failed)?;
-    output::write_csv(&out("results.csv"), &rows, &host).map_err(CliError::failed)?;
-    output::write_markdown(&out("summary.md"), &summary, &host).map_err(CliError::failed)?;
-    let dirty_md = output::dirty_markdown(&rows);
-    if let Some(md) = &dirty_md {
-        use std::io::Write as _;
-        let p = out("summary.md");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .and_then(|mut f| f.write_all(md.as_bytes()))
-            .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
-    }
-    plot::write_ns_per_op(&out("ns_per_op.svg"), &summary).map_err(CliError::failed)?;
-    let mut written = vec!["results.json", "results.csv", "summary.md", "ns_per_op.svg"];
-    match plot::write_slowdown(&out("slowdown.svg"), &summary) {
-        Ok(()) => written.push("slowdown.svg"),
-        Err(plot::Error::Empty) => {}
-        Err(e) => return Err(CliError::failed(e)),
-    }
-    print!("{}", output::markdown(&summary, &host));
-    if let Some(md) = &dirty_md {
-        print!("{md}");
-        written.push("hotness/");
-    }
-    if let (Some(t), true) = (args.track_dirty, args.dirty_overhead) {
-        let mut intervals: Vec<Duration> = std::iter::once(t)
-            .chain(args.dirty_intervals.iter().copied())
-            .collect();
-        intervals.sort();
-        intervals.dedup();
-        let pass = crate::dirty::overhead::PassSpec {
-            workloads: args.workloads.clone(),
-            footprints: args.footprint.clone(),
-            backing: args.backing.first().copied().unwrap_or(Backing::Thp),
-            guest_pages: args
-                .guest_pages
-                .first()
-                .copied()
-                .unwrap_or(PageSize::Size4K),
-            seed: args.seed,
-            count: args.count,
-            grow_pool: !args.no_grow_pool,
-            timeout: Duration::from_secs_f64(args.timeout),
-            intervals,
-            modes: crate::dirty::overhead::modes_for(args.dirty_mode),
-            ring_bytes: args.dirty_ring_bytes,
-            repeats: args.repeat as usize,
-            out: args.out.clone(),
-        };
-        let rows = crate::dirty::overhead::run_pass(&pass).map_err(CliError::failed)?;
-        print!("{}", crate::dirty::overhead::markdown(&rows));
-        written.extend(["dirty-overhead.md", "dirty-overhead.json"]);
-    }
-    let failed = rows
-        .iter()
-        .filter(|r| r.status == output::Status::Failed)
-        .count();
-    let unavailable = rows
-        .iter()
-        .filter(|r| r.status == output::Status::Unavailable)
-        .count();
-    eprintln!(
-        "segvmm: {} runs: {} measured, {failed} failed, {unavailable} unavailable; wrote {} in {}",
-        rows.len(),
-        rows.len() - failed - unavailable,
-        written.join(", "),
-        args.out.display()
-    );
-    Ok(if failed > 0 { 1 } else { 0 })
+    })
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod host;
 pub mod layout;
 pub mod model;
+pub mod named;
 pub mod place;
 pub mod project;
 pub mod ptsnap;
@@ -40,42 +41,8 @@ impl CliError {
 /// What a command returns: the exit code on success (usually 0).
 pub type CliResult = Result<i32, CliError>;
 
-/// Parses a size with an optional K/M/G/T suffix (powers of 1024): `256M`, `2G`, `4096`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'B' => 1,
-                _ => return Err(format!("size '{s}': unknown unit '{c}' (use K, M, G or T)")),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("size '{s}': not a number"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}': too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
+/// Parses a size in the one syntax of [`segment_mmu::units`] (`256M`, `2G`, `0.75G`, `4096`,
+/// `0x1000`), for clap's `value_parser`.
+pub fn parse_size(s: &str) -> Result<u64, segment_mmu::units::Error> {
+    segment_mmu::units::parse_size(s)
 }

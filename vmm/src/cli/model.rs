@@ -115,20 +115,7 @@ pub fn run(a: Args) -> CliResult {
         print!("{}", repro::report(&scale).map_err(CliError::failed)?);
         return Ok(0);
     }
-    let (snap, source) = match (&a.ptsnap, &a.synthetic) {
-        (Some(p), _) => {
-            let mut f = File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
-            (
-                Ptsnap::read_from(&mut f).map_err(|e| bad(format!("{}: {e}", p.display())))?,
-                p.display().to_string(),
-            )
-        }
-        (None, Some(s)) => {
-            let spec: SyntheticSpec = s.parse().map_err(bad)?;
-            (spec.build().map_err(bad)?, format!("synthetic:{s}"))
-        }
-        (None, None) => return Err(bad("give --ptsnap FILE or --synthetic SPEC")),
-    };
+    let (snap, source) = load(&a)?;
     if let Some(p) = &a.save_ptsnap {
         let mut f =
             File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
@@ -230,6 +217,24 @@ pub fn run(a: Args) -> CliResult {
             .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
     }
     Ok(0)
+}
+
+/// The page tables to model (`--ptsnap` or `--synthetic`) and how the report names them.
+fn load(a: &Args) -> Result<(Ptsnap, String), CliError> {
+    Ok(match (&a.ptsnap, &a.synthetic) {
+        (Some(p), _) => {
+            let mut f = File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
+            (
+                Ptsnap::read_from(&mut f).map_err(|e| bad(format!("{}: {e}", p.display())))?,
+                p.display().to_string(),
+            )
+        }
+        (None, Some(s)) => {
+            let spec: SyntheticSpec = s.parse().map_err(bad)?;
+            (spec.build().map_err(bad)?, format!("synthetic:{s}"))
+        }
+        (None, None) => return Err(bad("give --ptsnap FILE or --synthetic SPEC")),
+    })
 }
 
 fn bad(e: impl std::fmt::Display) -> CliError {

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use segment_mmu::placement::{
-    azure_flavors, plot, results, size, synthetic, vmtable, ClusterSpec, Config, Fit, Mode, Report,
-    Simulator, Workload,
+    azure_flavors, batch, plot, results, size, synthetic, vmtable, ClusterSpec, Config, Fit,
+    Report, Workload,
 };
 
 use super::{CliError, CliResult};
@@ -231,64 +231,14 @@ pub fn run(a: Args) -> CliResult {
         samples: a.samples,
         ..Config::default()
     };
-    let mut runs: Vec<Config> = Vec::new();
-    for &f in &fits {
-        runs.push(Config {
-            host: f.host(),
-            extent: f.extent(),
-            mode: Mode::Paging,
-            ..base.clone()
-        });
-        for &c in a.compaction.values() {
-            for &b in a.balloon.values() {
-                let e = extent.unwrap_or(f).extent();
-                runs.push(Config {
-                    host: f.host(),
-                    extent: e,
-                    compaction: c,
-                    balloon: b,
-                    ..base.clone()
-                });
-            }
-        }
-    }
-
-    let events_per_run = w.vms.len() as u64 * 2;
-    let bar = ProgressBar::with_draw_target(
-        Some(events_per_run * runs.len() as u64),
-        ProgressDrawTarget::hidden(),
+    let runs = batch::configs(
+        &fits,
+        extent,
+        a.compaction.values(),
+        a.balloon.values(),
+        &base,
     );
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let started = Instant::now();
-    let mut shown = false;
-    let mut reports: Vec<Report> = Vec::new();
-    let mut paging_rejected = 0;
-    let nruns = runs.len();
-    for (i, cfg) in runs.into_iter().enumerate() {
-        bar.set_message(format!("run {} of {nruns}", i + 1));
-        let before = i as u64 * events_per_run;
-        let sim = Simulator::new(&w, &spec, cfg.clone()).map_err(bad)?;
-        let mut r = sim
-            .run(&mut |done, _| {
-                // Only runs longer than a second get a bar, and only on a terminal.
-                if !shown && started.elapsed().as_secs_f64() > 1.0 {
-                    bar.set_draw_target(ProgressDrawTarget::stderr());
-                    shown = true;
-                }
-                bar.set_position(before + done);
-            })
-            .map_err(CliError::failed)?;
-        if cfg.mode == Mode::Paging {
-            paging_rejected = r.rejected;
-        } else {
-            r.paging_rejected = Some(paging_rejected);
-        }
-        reports.push(r);
-    }
-    bar.finish_and_clear();
+    let reports = run_batch(&w, &spec, runs)?;
 
     print!("{}", results::table(&reports));
     let seg: Vec<Report> = reports
@@ -305,8 +255,39 @@ pub fn run(a: Args) -> CliResult {
     Ok(0)
 }
 
-/// The first segment run's fields at the top level (so a one-policy run reads as one flat
-/// object), every run under `runs`, and the workload and cluster under their own keys.
+/// Runs the batch with a progress bar on stderr for runs longer than a second.
+fn run_batch(w: &Workload, spec: &ClusterSpec, runs: Vec<Config>) -> Result<Vec<Report>, CliError> {
+    let events_per_run = w.vms.len() as u64 * 2;
+    let bar = ProgressBar::with_draw_target(
+        Some(events_per_run * runs.len() as u64),
+        ProgressDrawTarget::hidden(),
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut shown = false;
+    let nruns = runs.len();
+    let reports = batch::run_all(w, spec, runs, &mut |i, done| {
+        bar.set_message(format!("run {} of {nruns}", i + 1));
+        // Only runs longer than a second get a bar, and only on a terminal.
+        if !shown && started.elapsed().as_secs_f64() > 1.0 {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            shown = true;
+        }
+        bar.set_position(i as u64 * events_per_run + done);
+    })
+    .map_err(|e| match e {
+        batch::Error::Setup(_) => bad(e),
+        e => CliError::failed(e),
+    })?;
+    bar.finish_and_clear();
+
+    Ok(reports)
+}
+
+/// Writes the batch's JSON report (`segment_mmu::placement::batch::json`) to `p`.
 fn write_json(
     p: &Path,
     w: &Workload,
@@ -315,30 +296,7 @@ fn write_json(
     seg: &[Report],
     all: &[Report],
 ) -> Result<(), CliError> {
-    let first = seg
-        .first()
-        .ok_or_else(|| CliError::failed("no segment run"))?;
-    let mut v = serde_json::to_value(first).map_err(CliError::failed)?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "workload".into(),
-            serde_json::json!({
-                "source": w.source, "vms": w.vms.len(), "start": w.start, "end": w.end,
-                "total_memory": w.total_memory(), "peak_live_memory": w.peak_live_memory(spec.align),
-            }),
-        );
-        o.insert(
-            "cluster".into(),
-            serde_json::json!({
-                "hosts": spec.hosts, "auto": auto, "host_memory": spec.host_memory, "reserved": spec.reserved,
-                "align": spec.align, "bad_pages_per_host": spec.bad_pages_per_host,
-            }),
-        );
-        o.insert(
-            "runs".into(),
-            serde_json::to_value(all).map_err(CliError::failed)?,
-        );
-    }
+    let v = batch::json(w, spec, auto, seg, all).map_err(CliError::failed)?;
     let text = serde_json::to_string_pretty(&v).map_err(CliError::failed)?;
     std::fs::write(p, text).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))
 }

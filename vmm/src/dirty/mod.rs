@@ -21,7 +21,7 @@
 //!
 //! A VM uses one of them: with the ring enabled KVM refuses `KVM_GET_DIRTY_LOG` (this host
 //! has no `KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP`). Both give the same per-interval 4 KiB
-//! dirty sets, which is all the hotness file records; `overhead` compares their cost.
+//! dirty sets, which is all the hotness file records; `probe::bench::dirty_overhead` compares their cost.
 //!
 //! What is tracked is guest *writes* through KVM: the VMM's own writes (kernel loading,
 //! virtio) and every read are invisible. Pages written before tracking started (the VMM's
@@ -31,7 +31,6 @@
 //! half-life [`DirtyConfig::half_life`] intervals; see that module for the formula and file
 //! format), written to [`DirtyConfig::out`] with a heat map next to it (`.svg`).
 
-pub mod overhead;
 pub mod ring;
 
 use std::path::PathBuf;
@@ -77,13 +76,16 @@ pub enum Error {
     /// Building or writing the hotness outputs.
     #[error(transparent)]
     Hotness(#[from] hotness::Error),
+    /// A ring size KVM or the host refuses.
+    #[error("dirty ring: {0}")]
+    RingSize(#[source] ring::RingSize),
     /// The dirty ring: asked for where the host has none, or an entry KVM should not give.
     #[error("dirty ring: {0}")]
     Ring(String),
 }
 
 /// How to read the dirty log (`--dirty-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DirtyMode {
     /// The ring when the host offers it, else the bitmap.
@@ -95,13 +97,29 @@ pub enum DirtyMode {
     Bitmap,
 }
 
-impl std::fmt::Display for DirtyMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl segment_mmu::named::Named for DirtyMode {
+    const ALL: &'static [Self] = &[DirtyMode::Auto, DirtyMode::Ring, DirtyMode::Bitmap];
+    fn name(self) -> &'static str {
+        match self {
             DirtyMode::Auto => "auto",
             DirtyMode::Ring => "ring",
             DirtyMode::Bitmap => "bitmap",
-        })
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            DirtyMode::Auto => "The ring when the host offers it, else the bitmap",
+            DirtyMode::Ring => "The dirty ring; refused where the host has none",
+            DirtyMode::Bitmap => {
+                "The bitmap (with manual protect when offered), even where the ring exists"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DirtyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(segment_mmu::named::Named::name(*self))
     }
 }
 
@@ -176,7 +194,7 @@ pub fn choose(cfg: &DirtyConfig, host: HostDirty) -> Result<(Method, String), Er
         let bytes = cfg
             .ring_bytes
             .unwrap_or(ring::DEFAULT_RING_BYTES.min(host.ring_max_bytes));
-        ring::check_bytes(bytes, host.ring_max_bytes).map_err(Error::Ring)?;
+        ring::check_bytes(bytes, host.ring_max_bytes).map_err(Error::RingSize)?;
         Ok((
             Method::Ring { bytes },
             format!(
@@ -269,32 +287,55 @@ impl DirtyConfig {
     }
 }
 
+/// An interval that did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntervalError {
+    /// No number.
+    #[error("interval '{0}': not a number (use e.g. 100ms, 1s)")]
+    NotANumber(String),
+    /// A unit other than us, ms, s.
+    #[error("interval '{text}': unknown unit '{unit}' (use us, ms or s)")]
+    Unit {
+        /// The whole text.
+        text: String,
+        /// The unit.
+        unit: String,
+    },
+    /// Zero, negative or not finite.
+    #[error("interval '{0}': must be positive")]
+    NotPositive(String),
+    /// Outside [`MIN_INTERVAL`, `MAX_INTERVAL`].
+    #[error("interval '{0}': must be between 1ms and 1h")]
+    Range(String),
+}
+
 /// Parses an interval: `100ms`, `1s`, `250us`, `0.5s` (a bare number is milliseconds).
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
+pub fn parse_interval(s: &str) -> Result<Duration, IntervalError> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let v: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("interval '{s}': not a number (use e.g. 100ms, 1s)"))?;
+        .map_err(|_| IntervalError::NotANumber(s.to_string()))?;
     let scale = match unit.trim() {
         "" | "ms" => 1e-3,
         "s" => 1.0,
         "us" => 1e-6,
         u => {
-            return Err(format!(
-                "interval '{s}': unknown unit '{u}' (use us, ms or s)"
-            ))
+            return Err(IntervalError::Unit {
+                text: s.to_string(),
+                unit: u.to_string(),
+            })
         }
     };
     let secs = v * scale;
     if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("interval '{s}': must be positive"));
+        return Err(IntervalError::NotPositive(s.to_string()));
     }
     let d = Duration::from_secs_f64(secs);
     if d < MIN_INTERVAL || d > MAX_INTERVAL {
-        return Err(format!("interval '{s}': must be between 1ms and 1h"));
+        return Err(IntervalError::Range(s.to_string()));
     }
     Ok(d)
 }

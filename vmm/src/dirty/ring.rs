@@ -55,19 +55,41 @@ pub const ENTRY_BYTES: u32 = std::mem::size_of::<kvm_dirty_gfn>() as u32;
 /// dirties at most 65 K distinct pages per interval.
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
 
+/// A ring size KVM or this host does not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingSize {
+    /// Not a power of two.
+    #[error("ring of {0} bytes: must be a power of two")]
+    NotPowerOfTwo(u32),
+    /// Below KVM's minimum.
+    #[error("ring of {bytes} bytes: at least {min}")]
+    TooSmall {
+        /// Asked for.
+        bytes: u32,
+        /// Smallest allowed.
+        min: u32,
+    },
+    /// Above the host's maximum.
+    #[error("ring of {bytes} bytes: this host allows at most {max}")]
+    TooLarge {
+        /// Asked for.
+        bytes: u32,
+        /// Largest allowed.
+        max: u32,
+    },
+}
+
 /// Checks a ring size against KVM's rules and the host's maximum `max` (bytes).
-pub fn check_bytes(bytes: u32, max: u32) -> Result<(), String> {
+pub fn check_bytes(bytes: u32, max: u32) -> Result<(), RingSize> {
     if !bytes.is_power_of_two() {
-        return Err(format!("ring of {bytes} bytes: must be a power of two"));
+        return Err(RingSize::NotPowerOfTwo(bytes));
     }
     let min = MIN_RING_BYTES.max(RESERVED_ENTRIES * ENTRY_BYTES);
     if bytes < min {
-        return Err(format!("ring of {bytes} bytes: at least {min}"));
+        return Err(RingSize::TooSmall { bytes, min });
     }
     if bytes > max {
-        return Err(format!(
-            "ring of {bytes} bytes: this host allows at most {max}"
-        ));
+        return Err(RingSize::TooLarge { bytes, max });
     }
     Ok(())
 }

@@ -86,40 +86,72 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// vm-memory refused the regions.
+    /// vm-memory refused to describe a mapped range as a region.
+    #[error("guest memory region at {gpa:#x}: {source}")]
+    Region {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Cause.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// A region whose end wraps the guest-physical address space.
+    #[error("guest memory region at {0:#x} wraps the address space")]
+    RegionWraps(u64),
+    /// vm-memory refused the set of regions (overlap, order).
     #[error("guest memory regions: {0}")]
-    Regions(String),
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
 }
 
 /// How guest RAM is backed on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Backing {
     /// Anonymous memory in 4 KiB pages (THP explicitly disabled for the range).
-    #[value(name = "4k")]
     #[serde(rename = "4k")]
     Anon4k,
     /// Anonymous memory with MADV_HUGEPAGE: transparent 2 MiB pages where the host can.
-    #[value(name = "thp")]
     #[serde(rename = "thp")]
     Thp,
     /// hugetlbfs 2 MiB pages.
-    #[value(name = "2m")]
     #[serde(rename = "2m")]
     Huge2m,
     /// hugetlbfs 1 GiB pages.
-    #[value(name = "1g")]
     #[serde(rename = "1g")]
     Huge1g,
 }
 
-impl fmt::Display for Backing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl segment_mmu::named::Named for Backing {
+    const ALL: &'static [Self] = &[
+        Backing::Anon4k,
+        Backing::Thp,
+        Backing::Huge2m,
+        Backing::Huge1g,
+    ];
+    fn name(self) -> &'static str {
+        match self {
             Backing::Anon4k => "4k",
             Backing::Thp => "thp",
             Backing::Huge2m => "2m",
             Backing::Huge1g => "1g",
-        })
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Backing::Anon4k => {
+                "Anonymous memory in 4 KiB pages (THP explicitly disabled for the range)"
+            }
+            Backing::Thp => {
+                "Anonymous memory with MADV_HUGEPAGE: transparent 2 MiB pages where the host can"
+            }
+            Backing::Huge2m => "hugetlbfs 2 MiB pages",
+            Backing::Huge1g => "hugetlbfs 1 GiB pages",
+        }
+    }
+}
+
+impl fmt::Display for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(segment_mmu::named::Named::name(*self))
     }
 }
 
@@ -280,52 +312,60 @@ fn os_err(what: &'static str) -> Error {
     }
 }
 
+/// The size must be non-zero, a multiple of the backing's page, within what the host
+/// can give, and (hugetlb) within the pool, grown first when `grow_pool` asks.
+fn check_config(cfg: &MemoryConfig) -> Result<(), Error> {
+    let size = cfg.size;
+    if size == 0 {
+        return Err(Error::ZeroSize);
+    }
+    let page = cfg.backing.page_size();
+    if size % page != 0 {
+        return Err(Error::Unaligned {
+            size,
+            backing: cfg.backing,
+            page,
+        });
+    }
+    if let Some(avail) = host_available_bytes().filter(|_| cfg.prefault) {
+        if size > avail {
+            return Err(Error::TooLarge {
+                size,
+                available: avail,
+            });
+        }
+    }
+    if cfg.backing.hugetlb_flags().is_some() {
+        let need = size / page;
+        let mut free = hugetlb_free(page);
+        if free < need && cfg.grow_pool {
+            free = grow_hugetlb_pool(page, need)?;
+        }
+        if free < need {
+            let total: u64 =
+                std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+            return Err(Error::PoolTooSmall {
+                backing: cfg.backing,
+                size,
+                need,
+                free,
+                page_kib: page / KIB,
+                suggest: total + (need - free),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl GuestRam {
     /// Reserves the address range, maps and prefaults every RAM range with the backing,
     /// and builds the vm-memory view.
     pub fn new(cfg: &MemoryConfig) -> Result<Self, Error> {
+        check_config(cfg)?;
         let size = cfg.size;
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        let page = cfg.backing.page_size();
-        if size % page != 0 {
-            return Err(Error::Unaligned {
-                size,
-                backing: cfg.backing,
-                page,
-            });
-        }
-        if let Some(avail) = host_available_bytes().filter(|_| cfg.prefault) {
-            if size > avail {
-                return Err(Error::TooLarge {
-                    size,
-                    available: avail,
-                });
-            }
-        }
-        if cfg.backing.hugetlb_flags().is_some() {
-            let need = size / page;
-            let mut free = hugetlb_free(page);
-            if free < need && cfg.grow_pool {
-                free = grow_hugetlb_pool(page, need)?;
-            }
-            if free < need {
-                let total: u64 =
-                    std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                        .unwrap_or(0);
-                return Err(Error::PoolTooSmall {
-                    backing: cfg.backing,
-                    size,
-                    need,
-                    free,
-                    page_kib: page / KIB,
-                    suggest: total + (need - free),
-                });
-            }
-        }
         let ranges = ram_layout(size);
         let span = ranges.last().map(|r| r.end()).unwrap_or(0) as usize;
         // Align the base to 1 GiB so that any backing's pages line up with guest-physical
@@ -381,15 +421,14 @@ impl GuestRam {
                     flags,
                 )
             }
-            .map_err(|e| Error::Regions(e.to_string()))?;
+            .map_err(|source| Error::Region { gpa: r.gpa, source })?;
             regions.push(
                 GuestRegionMmap::new(region, GuestAddress(r.gpa))
-                    .ok_or_else(|| Error::Regions("region wraps the address space".into()))?,
+                    .ok_or(Error::RegionWraps(r.gpa))?,
             );
         }
         ram.prefault_ns = t0.elapsed().as_nanos() as u64;
-        ram.mem =
-            GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Regions(e.to_string()))?;
+        ram.mem = GuestMemoryMmap::from_regions(regions).map_err(Error::Regions)?;
         Ok(ram)
     }
 

@@ -149,6 +149,173 @@ fn mapping(
     }
 }
 
+/// The buffer must be a non-zero multiple of the guest page size, at most
+/// [`MAX_FOOTPRINT`].
+fn check_footprint(spec: &GuestSpec) -> Result<(), Error> {
+    let footprint = spec.work.footprint;
+    let page = spec.guest_pages.bytes();
+    if footprint == 0 || footprint % page != 0 {
+        return Err(Error::BadSpec(format!(
+            "footprint {footprint} bytes: must be a non-zero multiple of the guest page size ({})",
+            spec.guest_pages
+        )));
+    }
+    if footprint > MAX_FOOTPRINT {
+        return Err(Error::BadSpec(format!(
+            "footprint {} MiB: at most {} GiB",
+            footprint >> 20,
+            MAX_FOOTPRINT >> 30
+        )));
+    }
+    Ok(())
+}
+
+/// The mappings every plan has: descriptor tables, params and results pages, stacks, the
+/// image (up to `image_end`) and the signal MMIO page.
+fn fixed_mappings(image_end: u64) -> Vec<Mapping> {
+    let mut mmio = mapping(
+        "signal-mmio",
+        MMIO_VA,
+        SIGNAL_MMIO_BASE,
+        4096,
+        PageSize::Size4K,
+        true,
+        true,
+    );
+    mmio.uncached = true;
+    vec![
+        mapping(
+            "gdt-tss-idt",
+            GDT_VA,
+            GDT_VA,
+            PARAMS_VA - GDT_VA,
+            PageSize::Size4K,
+            false,
+            true,
+        ),
+        mapping(
+            "params",
+            PARAMS_VA,
+            PARAMS_VA,
+            4096,
+            PageSize::Size4K,
+            true,
+            false,
+        ),
+        mapping(
+            "results",
+            RESULTS_VA,
+            RESULTS_VA,
+            4096,
+            PageSize::Size4K,
+            true,
+            true,
+        ),
+        mapping(
+            "ring0-stack",
+            KSTACK_BOTTOM,
+            KSTACK_BOTTOM,
+            KSTACK_TOP - KSTACK_BOTTOM,
+            PageSize::Size4K,
+            false,
+            true,
+        ),
+        mapping(
+            "user-stack",
+            USTACK_BOTTOM,
+            USTACK_BOTTOM,
+            USTACK_TOP - USTACK_BOTTOM,
+            PageSize::Size4K,
+            true,
+            true,
+        ),
+        mapping(
+            "image",
+            IMAGE_BASE,
+            IMAGE_BASE,
+            image_end - IMAGE_BASE,
+            PageSize::Size4K,
+            true,
+            true,
+        ),
+        mmio,
+    ]
+}
+
+/// The identity-mapped page-table region of `len` bytes.
+fn table_region(len: u64) -> Mapping {
+    mapping(
+        "page-tables",
+        PAGE_TABLES_GPA,
+        PAGE_TABLES_GPA,
+        len,
+        PageSize::Size4K,
+        false,
+        true,
+    )
+}
+
+/// Bytes of page tables for `base` plus the buffer plus the table region itself. The
+/// count depends only on virtual coverage, so it is sized before the buffer is placed;
+/// the region maps itself, hence the loop.
+fn table_region_len(base: &[Mapping], spec: &GuestSpec) -> u64 {
+    let data_probe = mapping(
+        "data",
+        DATA_VA,
+        0,
+        spec.work.footprint,
+        spec.guest_pages,
+        true,
+        true,
+    );
+    let mut pt_len = 4096;
+    loop {
+        let mut l = Layout {
+            mappings: base.to_vec(),
+        };
+        l.mappings.push(data_probe.clone());
+        l.mappings.push(table_region(pt_len));
+        let need = l.table_bytes();
+        if need <= pt_len {
+            return pt_len;
+        }
+        pt_len = need;
+    }
+}
+
+/// Maps the buffer at [`DATA_VA`] from `data_gpa`, split around the MMIO hole where it
+/// reaches it (virtually contiguous, physically in two pieces); ptchurn's is mapped not
+/// present. Returns the end of guest-physical RAM.
+fn push_data(base: &mut Vec<Mapping>, spec: &GuestSpec, data_gpa: u64) -> u64 {
+    let footprint = spec.work.footprint;
+    let present = spec.work.workload != Workload::PtChurn;
+    let mut data = |name: &str, va, gpa, len| {
+        let mut m = mapping(name, va, gpa, len, spec.guest_pages, true, true);
+        m.present = present;
+        base.push(m);
+    };
+    if data_gpa + footprint <= MMIO_HOLE_START {
+        data(
+            if present {
+                "data"
+            } else {
+                "data (unmapped: ptchurn)"
+            },
+            DATA_VA,
+            data_gpa,
+            footprint,
+        );
+        data_gpa + footprint
+    } else {
+        let lo = MMIO_HOLE_START.saturating_sub(data_gpa);
+        if lo > 0 {
+            data("data-below-4g", DATA_VA, data_gpa, lo);
+        }
+        data("data-above-4g", DATA_VA + lo, MMIO_HOLE_END, footprint - lo);
+        MMIO_HOLE_END + footprint - lo
+    }
+}
+
 impl GuestPlan {
     /// Plans a run of the embedded guest.
     pub fn new(spec: GuestSpec) -> Result<Self, Error> {
@@ -159,140 +326,12 @@ impl GuestPlan {
     pub fn with_image(spec: GuestSpec, img: &Image) -> Result<Self, Error> {
         let footprint = spec.work.footprint;
         let page = spec.guest_pages.bytes();
-        if footprint == 0 || footprint % page != 0 {
-            return Err(Error::BadSpec(format!("footprint {footprint} bytes: must be a non-zero multiple of the guest page size ({})", spec.guest_pages)));
-        }
-        if footprint > MAX_FOOTPRINT {
-            return Err(Error::BadSpec(format!(
-                "footprint {} MiB: at most {} GiB",
-                footprint >> 20,
-                MAX_FOOTPRINT >> 30
-            )));
-        }
-        let image_end = align_up(img.end(), 4096);
-        let mut mmio = mapping(
-            "signal-mmio",
-            MMIO_VA,
-            SIGNAL_MMIO_BASE,
-            4096,
-            PageSize::Size4K,
-            true,
-            true,
-        );
-        mmio.uncached = true;
-        let mut base = vec![
-            mapping(
-                "gdt-tss-idt",
-                GDT_VA,
-                GDT_VA,
-                PARAMS_VA - GDT_VA,
-                PageSize::Size4K,
-                false,
-                true,
-            ),
-            mapping(
-                "params",
-                PARAMS_VA,
-                PARAMS_VA,
-                4096,
-                PageSize::Size4K,
-                true,
-                false,
-            ),
-            mapping(
-                "results",
-                RESULTS_VA,
-                RESULTS_VA,
-                4096,
-                PageSize::Size4K,
-                true,
-                true,
-            ),
-            mapping(
-                "ring0-stack",
-                KSTACK_BOTTOM,
-                KSTACK_BOTTOM,
-                KSTACK_TOP - KSTACK_BOTTOM,
-                PageSize::Size4K,
-                false,
-                true,
-            ),
-            mapping(
-                "user-stack",
-                USTACK_BOTTOM,
-                USTACK_BOTTOM,
-                USTACK_TOP - USTACK_BOTTOM,
-                PageSize::Size4K,
-                true,
-                true,
-            ),
-            mapping(
-                "image",
-                IMAGE_BASE,
-                IMAGE_BASE,
-                image_end - IMAGE_BASE,
-                PageSize::Size4K,
-                true,
-                true,
-            ),
-            mmio,
-        ];
-        // The table count depends only on virtual coverage, so size the table region
-        // first (it maps itself, hence the loop), then place the buffer after it.
-        let data_probe = mapping("data", DATA_VA, 0, footprint, spec.guest_pages, true, true);
-        let tables = |len| {
-            mapping(
-                "page-tables",
-                PAGE_TABLES_GPA,
-                PAGE_TABLES_GPA,
-                len,
-                PageSize::Size4K,
-                false,
-                true,
-            )
-        };
-        let mut pt_len = 4096;
-        loop {
-            let mut l = Layout {
-                mappings: base.clone(),
-            };
-            l.mappings.push(data_probe.clone());
-            l.mappings.push(tables(pt_len));
-            let need = l.table_bytes();
-            if need <= pt_len {
-                break;
-            }
-            pt_len = need;
-        }
-        base.push(tables(pt_len));
+        check_footprint(&spec)?;
+        let mut base = fixed_mappings(align_up(img.end(), 4096));
+        let pt_len = table_region_len(&base, &spec);
+        base.push(table_region(pt_len));
         let data_gpa = align_up(PAGE_TABLES_GPA + pt_len, page.max(2 << 20));
-        let present = spec.work.workload != Workload::PtChurn;
-        let mut data = |name: &str, va, gpa, len| {
-            let mut m = mapping(name, va, gpa, len, spec.guest_pages, true, true);
-            m.present = present;
-            base.push(m);
-        };
-        let ram_end = if data_gpa + footprint <= MMIO_HOLE_START {
-            data(
-                if present {
-                    "data"
-                } else {
-                    "data (unmapped: ptchurn)"
-                },
-                DATA_VA,
-                data_gpa,
-                footprint,
-            );
-            data_gpa + footprint
-        } else {
-            // Split around the MMIO hole: virtually contiguous, physically in two pieces.
-            let lo = MMIO_HOLE_START.saturating_sub(data_gpa);
-            if lo > 0 {
-                data("data-below-4g", DATA_VA, data_gpa, lo);
-            }
-            data("data-above-4g", DATA_VA + lo, MMIO_HOLE_END, footprint - lo);
-            MMIO_HOLE_END + footprint - lo
-        };
+        let ram_end = push_data(&mut base, &spec, data_gpa);
         let layout = Layout { mappings: base };
         let tables = layout.build(PAGE_TABLES_GPA, pt_len)?;
         let pages = footprint / page;

@@ -2,6 +2,7 @@
 //! a minimal ELF64 reader for it: the guest is a static executable whose PT_LOAD segments
 //! are loaded at their physical addresses; nothing else of ELF is needed.
 
+use segment_mmu::bytes::Reader;
 use workloads::protocol::{IMAGE_BASE, IMAGE_LIMIT};
 
 /// The measurement guest, a static ELF64 executable linked at `IMAGE_BASE`.
@@ -47,14 +48,15 @@ pub struct Image<'a> {
     pub segments: Vec<Segment>,
 }
 
+// ELF fields by offset, through the workspace's one bounds-checked reader.
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+    b.get(off..).and_then(|t| Reader::new(t, 0).u16("elf").ok())
 }
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+    b.get(off..).and_then(|t| Reader::new(t, 0).u32("elf").ok())
 }
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+    b.get(off..).and_then(|t| Reader::new(t, 0).u64("elf").ok())
 }
 
 impl<'a> Image<'a> {

@@ -61,18 +61,15 @@ pub enum Error {
 }
 
 /// A guest page size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum PageSize {
     /// 4 KiB (PTE).
-    #[value(name = "4k")]
     #[serde(rename = "4k")]
     Size4K,
     /// 2 MiB (PDE with PS).
-    #[value(name = "2m")]
     #[serde(rename = "2m")]
     Size2M,
     /// 1 GiB (PDPTE with PS).
-    #[value(name = "1g")]
     #[serde(rename = "1g")]
     Size1G,
 }
@@ -102,6 +99,20 @@ impl PageSize {
             PageSize::Size4K => "4k",
             PageSize::Size2M => "2m",
             PageSize::Size1G => "1g",
+        }
+    }
+}
+
+impl segment_mmu::named::Named for PageSize {
+    const ALL: &'static [Self] = &[PageSize::Size4K, PageSize::Size2M, PageSize::Size1G];
+    fn name(self) -> &'static str {
+        self.label()
+    }
+    fn help(self) -> &'static str {
+        match self {
+            PageSize::Size4K => "4 KiB (PTE)",
+            PageSize::Size2M => "2 MiB (PDE with PS)",
+            PageSize::Size1G => "1 GiB (PDPTE with PS)",
         }
     }
 }

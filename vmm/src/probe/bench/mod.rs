@@ -4,9 +4,12 @@
 //! results, [`plot`] draws them. A cell that fails is recorded with its reason and the
 //! others go on; one the host cannot give is recorded as "unavailable" with the reason.
 
+pub mod dirty_overhead;
 pub mod linux;
+pub mod matrix;
 pub mod output;
 pub mod plot;
+pub mod project;
 
 use std::path::PathBuf;
 use std::time::Duration;

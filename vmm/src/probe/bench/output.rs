@@ -325,6 +325,19 @@ fn write(path: &Path, s: &str) -> Result<(), Error> {
     })
 }
 
+/// Appends `s` to the file at `path`.
+pub fn append(path: &Path, s: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(s.as_bytes()))
+        .map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 /// The host's load averages (1, 5, 15 min), as `/proc/loadavg` gives them.
 pub fn load_average() -> Option<String> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;

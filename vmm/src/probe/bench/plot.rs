@@ -9,21 +9,8 @@ use plotters::prelude::*;
 use super::output::{Status, Summary};
 use crate::memory::Backing;
 
-/// Errors drawing.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Nothing to draw.
-    #[error("no results to plot")]
-    Empty,
-    /// The backend failed.
-    #[error("plot {path}: {msg}")]
-    Draw {
-        /// File.
-        path: String,
-        /// Cause.
-        msg: String,
-    },
-}
+pub use segment_mmu::plot::Error;
+use segment_mmu::plot::{drawing, DrawError};
 
 fn ordered<T: PartialEq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
     let mut out = Vec::new();
@@ -42,10 +29,7 @@ fn color(env: &str, i: usize) -> RGBColor {
         "guest-2m" => RGBColor(214, 39, 40),
         "guest-1g" => RGBColor(44, 160, 44),
         "linux" => RGBColor(148, 103, 189),
-        _ => {
-            let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
-            RGBColor(r, g, b)
-        }
+        _ => segment_mmu::plot::color(i),
     }
 }
 
@@ -73,13 +57,10 @@ struct Bars<'a> {
     reference_line: Option<f64>,
 }
 
-fn draw_bars<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
+fn draw_bars(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     b: &Bars,
-) -> Result<(), String>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<(), DrawError> {
     let ng = b.groups.len().max(1);
     let ns = b.series.len().max(1);
     let mut ymax = b.reference_line.unwrap_or(0.0);
@@ -97,16 +78,14 @@ where
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(64)
-        .build_cartesian_2d(0f64..ng as f64, 0f64..ymax)
-        .map_err(|e| e.to_string())?;
+        .build_cartesian_2d(0f64..ng as f64, 0f64..ymax)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(2 * ng + 1)
         .x_label_formatter(&|x| category_label(&groups, *x))
         .y_desc(b.y_desc)
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .draw()?;
     let w = 0.8 / ns as f64;
     for (s, name) in b.series.iter().enumerate() {
         let c = color(name, s);
@@ -141,28 +120,24 @@ where
             }
         }
         chart
-            .draw_series(rects)
-            .map_err(|e| e.to_string())?
+            .draw_series(rects)?
             .label(name.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
-        chart.draw_series(whiskers).map_err(|e| e.to_string())?;
-        chart.draw_series(notes).map_err(|e| e.to_string())?;
+        chart.draw_series(whiskers)?;
+        chart.draw_series(notes)?;
     }
     if let Some(r) = b.reference_line {
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(0.0, r), (ng as f64, r)],
-                BLACK.stroke_width(1),
-            )))
-            .map_err(|e| e.to_string())?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, r), (ng as f64, r)],
+            BLACK.stroke_width(1),
+        )))?;
     }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .draw()?;
     Ok(())
 }
 
@@ -175,18 +150,15 @@ fn panel_grid(n: usize) -> (usize, usize) {
 /// environment: median ns/op with the min–max whisker over repeats.
 pub fn write_ns_per_op(path: &Path, summary: &[Summary]) -> Result<(), Error> {
     if summary.is_empty() {
-        return Err(Error::Empty);
+        return Err(Error::Empty("results"));
     }
-    let d = |msg: String| Error::Draw {
-        path: path.display().to_string(),
-        msg,
-    };
+    let d = drawing(path);
     let panels = ordered(summary.iter().map(|s| (s.workload.clone(), s.footprint)));
     let envs = ordered(summary.iter().map(|s| s.environment.clone()));
     let backings: Vec<Backing> = ordered(summary.iter().map(|s| s.backing));
     let (rows, cols) = panel_grid(panels.len());
     let root = SVGBackend::new(path, (520 * cols as u32, 380 * rows as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| d(e.to_string()))?;
+    root.fill(&WHITE).map_err(&d)?;
     for (area, (workload, fp)) in root.split_evenly((rows, cols)).iter().zip(&panels) {
         let value = |g: usize, s: usize| -> BarValue {
             let x = summary.iter().find(|x| {
@@ -211,9 +183,9 @@ pub fn write_ns_per_op(path: &Path, summary: &[Summary]) -> Result<(), Error> {
             value: &value,
             reference_line: None,
         };
-        draw_bars(area, &bars).map_err(d)?;
+        draw_bars(area, &bars).map_err(&d)?;
     }
-    root.present().map_err(|e| d(e.to_string()))?;
+    root.present().map_err(&d)?;
     Ok(())
 }
 
@@ -235,16 +207,13 @@ pub fn write_slowdown(path: &Path, summary: &[Summary]) -> Result<(), Error> {
         || groups.is_empty()
         || !summary.iter().any(|s| s.slowdown_vs_native.is_some())
     {
-        return Err(Error::Empty);
+        return Err(Error::Empty("results"));
     }
-    let d = |msg: String| Error::Draw {
-        path: path.display().to_string(),
-        msg,
-    };
+    let d = drawing(path);
     let multi_fp = ordered(groups.iter().map(|g| g.2)).len() > 1;
     let root =
         SVGBackend::new(path, ((110 * groups.len() as u32).max(600), 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| d(e.to_string()))?;
+    root.fill(&WHITE).map_err(&d)?;
     let value = |g: usize, s: usize| -> BarValue {
         let (w, b, fp) = &groups[g];
         let x = summary.iter().find(|x| {
@@ -274,8 +243,8 @@ pub fn write_slowdown(path: &Path, summary: &[Summary]) -> Result<(), Error> {
         value: &value,
         reference_line: Some(1.0),
     };
-    draw_bars(&root, &bars).map_err(d)?;
-    root.present().map_err(|e| d(e.to_string()))?;
+    draw_bars(&root, &bars).map_err(&d)?;
+    root.present().map_err(&d)?;
     Ok(())
 }
 
@@ -311,7 +280,7 @@ mod tests {
                 && svg.contains("n/a")
         );
         assert!(std::fs::read_to_string(&b).unwrap().contains("chase/thp"));
-        assert!(matches!(write_ns_per_op(&a, &[]), Err(Error::Empty)));
+        assert!(matches!(write_ns_per_op(&a, &[]), Err(Error::Empty(_))));
     }
 
     #[test]

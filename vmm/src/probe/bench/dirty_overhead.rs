@@ -20,11 +20,60 @@ use serde::Serialize;
 
 use workloads::kernels::Workload;
 
-use super::{DirtyConfig, DirtyMode, HostDirty};
+use crate::dirty::{DirtyConfig, DirtyMode, HostDirty};
 use crate::memory::Backing;
 use crate::probe::guest::{self, GuestOptions, GuestSpec};
 use crate::probe::layout::PageSize;
 use crate::probe::WorkloadSpec;
+
+/// Why the overhead pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An output directory could not be created.
+    #[error("creating {path}: {source}")]
+    Create {
+        /// Directory.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// An output file could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Serialising the rows.
+    #[error("serializing dirty-overhead rows: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A guest could not be set up or run.
+    #[error(transparent)]
+    Guest(#[from] guest::Error),
+    /// A guest ran but its workload did not report a measurement.
+    #[error("{workload}: {why}")]
+    Measurement {
+        /// Workload.
+        workload: &'static str,
+        /// What the guest reported.
+        why: String,
+    },
+}
+
+fn create_dir(path: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(path).map_err(|source| Error::Create {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn write(path: &Path, text: String) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|source| Error::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
 
 /// One setting's result.
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +148,7 @@ pub fn measure(
     ring_bytes: Option<u32>,
     repeats: usize,
     out_dir: Option<&Path>,
-) -> Result<Vec<OverheadRow>, String> {
+) -> Result<Vec<OverheadRow>, Error> {
     let settings: Vec<Option<(Duration, DirtyMode)>> = std::iter::once(None)
         .chain(
             intervals
@@ -126,8 +175,11 @@ pub fn measure(
                 }),
                 ..base.clone()
             };
-            let run = guest::run(spec, &opts).map_err(|e| e.to_string())?;
-            let m = run.measurement.map_err(|e| format!("{name}: {e}"))?;
+            let run = guest::run(spec, &opts)?;
+            let m = run.measurement.map_err(|why| Error::Measurement {
+                workload: name,
+                why,
+            })?;
             let d = run.report.dirty.as_ref();
             samples[i].push(Sample {
                 ns: m.ns_per_op,
@@ -210,9 +262,9 @@ pub struct PassSpec {
 }
 
 /// Runs the pass; writes the files; returns the rows.
-pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, String> {
+pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, Error> {
     let dir = spec.out.join("hotness");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    create_dir(&dir)?;
     let base = GuestOptions {
         backing: spec.backing,
         grow_pool: spec.grow_pool,
@@ -233,8 +285,7 @@ pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, String> {
                 guest_pages: spec.guest_pages,
             };
             let sub = dir.join(format!("{}M", footprint >> 20));
-            std::fs::create_dir_all(&sub)
-                .map_err(|e| format!("creating {}: {e}", sub.display()))?;
+            create_dir(&sub)?;
             rows.extend(measure(
                 g,
                 &base,
@@ -252,10 +303,10 @@ pub fn run_pass(spec: &PassSpec) -> Result<Vec<OverheadRow>, String> {
         text.push('\n');
         text.push_str(&m);
     }
-    std::fs::write(&md, text).map_err(|e| format!("writing {}: {e}", md.display()))?;
+    write(&md, text)?;
     let js = spec.out.join("dirty-overhead.json");
-    let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
-    std::fs::write(&js, text).map_err(|e| format!("writing {}: {e}", js.display()))?;
+    let text = serde_json::to_string_pretty(&rows)?;
+    write(&js, text)?;
     Ok(rows)
 }
 
