@@ -3,7 +3,10 @@
 //! entry MSRs cleared, the TSC at 0, fast strings enabled, and MTRRs on with write-back as
 //! the default type when CPUID reports MTRRs. Only MSRs that KVM lists in
 //! KVM_GET_MSR_INDEX_LIST are written, so the same code runs on hosts whose KVM (kvm_pvm)
-//! implements fewer of them; [`boot_entries`] returns what was left out.
+//! implements fewer of them; [`boot_entries`] returns what was left out. The one
+//! exception is IA32_MTRR_DEF_TYPE: KVM never lists MTRR MSRs there (it handles them
+//! apart, and QEMU saves them apart too) yet accepts them when the vCPU's CPUID has MTRR,
+//! so it is tried on its own and left out, not failed, where KVM refuses it.
 
 use std::sync::OnceLock;
 
@@ -88,10 +91,21 @@ pub fn has_mtrr(cpuid: &CpuId) -> bool {
         .any(|e| e.function == 1 && e.edx & (1 << 12) != 0)
 }
 
-/// The boot MSR list (index, value) for a vCPU whose CPUID is `cpuid`, split into those
-/// in `supported` (to set) and those not (left out).
-pub fn boot_entries(cpuid: &CpuId, supported: &[u32]) -> (Vec<(u32, u64)>, Vec<u32>) {
-    let mut all = vec![
+/// The boot MSRs for a vCPU whose CPUID is `cpuid`, sorted by how they are set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootMsrs {
+    /// Listed by KVM: set together, all must succeed.
+    pub listed: Vec<(u32, u64)>,
+    /// Not listed but architectural for this CPUID (MTRR_DEF_TYPE): tried one by one.
+    pub tried: Vec<(u32, u64)>,
+    /// Not listed: left out.
+    pub skipped: Vec<u32>,
+}
+
+/// The boot MSR list (index, value) for a vCPU whose CPUID is `cpuid`, sorted against
+/// the MSRs KVM lists (`supported`).
+pub fn boot_entries(cpuid: &CpuId, supported: &[u32]) -> BootMsrs {
+    let all = [
         (MSR_IA32_SYSENTER_CS, 0),
         (MSR_IA32_SYSENTER_ESP, 0),
         (MSR_IA32_SYSENTER_EIP, 0),
@@ -103,17 +117,28 @@ pub fn boot_entries(cpuid: &CpuId, supported: &[u32]) -> (Vec<(u32, u64)>, Vec<u
         (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
     ];
-    if has_mtrr(cpuid) {
-        all.push((MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB));
+    let mut out = BootMsrs::default();
+    for (index, value) in all {
+        if supported.contains(&index) {
+            out.listed.push((index, value));
+        } else {
+            out.skipped.push(index);
+        }
     }
-    let (set, skip): (Vec<_>, Vec<_>) = all.into_iter().partition(|(i, _)| supported.contains(i));
-    (set, skip.into_iter().map(|(i, _)| i).collect())
+    if has_mtrr(cpuid) {
+        let e = (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB);
+        if supported.contains(&e.0) {
+            out.listed.push(e);
+        } else {
+            out.tried.push(e);
+        }
+    }
+    out
 }
 
-/// Sets the boot MSRs KVM supports on `vcpu`; returns the indices left out.
-pub fn set_boot_msrs(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<Vec<u32>, Error> {
-    let (set, skipped) = boot_entries(cpuid, supported()?);
-    let entries: Vec<kvm_msr_entry> = set
+/// KVM_SET_MSRS of `entries`; returns how many KVM set (it stops at the first refused).
+fn set(vcpu: &VcpuFd, entries: &[(u32, u64)]) -> Result<usize, Error> {
+    let raw: Vec<kvm_msr_entry> = entries
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
             index,
@@ -121,17 +146,33 @@ pub fn set_boot_msrs(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<Vec<u32>, Error> {
             ..Default::default()
         })
         .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|source| Error::Fam {
-        count: entries.len(),
+    let msrs = Msrs::from_entries(&raw).map_err(|source| Error::Fam {
+        count: raw.len(),
         source,
     })?;
-    let n = vcpu.set_msrs(&msrs).map_err(Error::Set)?;
-    if n != entries.len() {
+    vcpu.set_msrs(&msrs).map_err(Error::Set)
+}
+
+/// Sets the boot MSRs on `vcpu`; returns the indices left out (not listed by KVM, or
+/// tried and refused).
+pub fn set_boot_msrs(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<Vec<u32>, Error> {
+    let BootMsrs {
+        listed,
+        tried,
+        mut skipped,
+    } = boot_entries(cpuid, supported()?);
+    let n = set(vcpu, &listed)?;
+    if n != listed.len() {
         return Err(Error::Incomplete {
             set: n,
-            wanted: entries.len(),
-            refused: entries.get(n).map_or(0, |e| e.index),
+            wanted: listed.len(),
+            refused: listed.get(n).map_or(0, |e| e.0),
         });
+    }
+    for e in tried {
+        if set(vcpu, &[e])? != 1 {
+            skipped.push(e.0);
+        }
     }
     Ok(skipped)
 }
@@ -153,19 +194,68 @@ mod tests {
     #[test]
     fn only_listed_msrs_are_set_and_mtrr_follows_cpuid() {
         let every: Vec<u32> = (0..0x1000).chain(0xc000_0080..0xc000_0110).collect();
-        let (set, skip) = boot_entries(&cpuid(1 << 12), &every);
-        assert_eq!(set.len(), 11);
-        assert!(skip.is_empty());
-        assert!(set.contains(&(MSR_MTRR_DEF_TYPE, 0x806)));
-        assert!(set.contains(&(MSR_IA32_MISC_ENABLE, 1)));
-        let (set, _) = boot_entries(&cpuid(0), &every);
-        assert!(
-            !set.iter().any(|e| e.0 == MSR_MTRR_DEF_TYPE),
-            "no MTRR in CPUID"
-        );
-        let (set, skip) = boot_entries(&cpuid(1 << 12), &[MSR_STAR, MSR_LSTAR]);
-        assert_eq!(set, [(MSR_STAR, 0), (MSR_LSTAR, 0)]);
-        assert_eq!(skip.len(), 9);
-        assert!(skip.contains(&MSR_IA32_TSC));
+        let b = boot_entries(&cpuid(1 << 12), &every);
+        assert_eq!(b.listed.len(), 11);
+        assert!(b.skipped.is_empty() && b.tried.is_empty());
+        assert!(b.listed.contains(&(MSR_MTRR_DEF_TYPE, 0x806)));
+        assert!(b.listed.contains(&(MSR_IA32_MISC_ENABLE, 1)));
+        let b = boot_entries(&cpuid(0), &every);
+        assert_eq!(b.listed.len(), 10, "no MTRR in CPUID: no MTRR_DEF_TYPE");
+        assert!(b.tried.is_empty());
+        // What KVM (upstream and kvm_pvm) lists: everything but the MTRR MSR.
+        let kvm: Vec<u32> = every
+            .iter()
+            .copied()
+            .filter(|&i| i != MSR_MTRR_DEF_TYPE)
+            .collect();
+        let b = boot_entries(&cpuid(1 << 12), &kvm);
+        assert_eq!(b.listed.len(), 10);
+        assert_eq!(b.tried, [(MSR_MTRR_DEF_TYPE, 0x806)]);
+        let b = boot_entries(&cpuid(0), &[MSR_STAR, MSR_LSTAR]);
+        assert_eq!(b.listed, [(MSR_STAR, 0), (MSR_LSTAR, 0)]);
+        assert_eq!(b.skipped.len(), 8);
+        assert!(b.skipped.contains(&MSR_IA32_TSC));
+    }
+
+    /// On this host's KVM (when there is one): the listed MSRs read back as set.
+    #[test]
+    fn boot_msrs_read_back_on_this_host() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        let cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        vcpu.set_cpuid2(&cpuid).unwrap();
+        let star = kvm_msr_entry {
+            index: MSR_STAR,
+            data: 0x1234,
+            ..Default::default()
+        };
+        vcpu.set_msrs(&Msrs::from_entries(&[star]).unwrap())
+            .unwrap();
+        let skipped = set_boot_msrs(&vcpu, &cpuid).unwrap();
+        eprintln!("boot MSRs left out on this host: {skipped:x?}");
+        let b = boot_entries(&cpuid, supported().unwrap());
+        let mut back = Msrs::from_entries(
+            &b.listed
+                .iter()
+                .map(|&(index, _)| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(vcpu.get_msrs(&mut back).unwrap(), b.listed.len());
+        for (e, &(index, want)) in back.as_slice().iter().zip(&b.listed) {
+            if index == MSR_IA32_TSC {
+                continue; // it runs on
+            }
+            assert_eq!((e.index, e.data), (index, want), "MSR {index:#x}");
+        }
     }
 }
