@@ -240,6 +240,16 @@ mod tests {
         let skipped = set_boot_msrs(&vcpu, &cpuid).unwrap();
         eprintln!("boot MSRs left out on this host: {skipped:x?}");
         let b = boot_entries(&cpuid, supported().unwrap());
+        if has_mtrr(&cpuid) && !skipped.contains(&MSR_MTRR_DEF_TYPE) {
+            let e = kvm_msr_entry {
+                index: MSR_MTRR_DEF_TYPE,
+                ..Default::default()
+            };
+            let mut m = Msrs::from_entries(&[e]).unwrap();
+            assert_eq!(vcpu.get_msrs(&mut m).unwrap(), 1);
+            assert_eq!(m.as_slice()[0].data, MTRR_ENABLE_WB, "MTRR_DEF_TYPE");
+            eprintln!("MTRR_DEF_TYPE set and read back");
+        }
         let mut back = Msrs::from_entries(
             &b.listed
                 .iter()
