@@ -2,6 +2,7 @@
 //! mapping, plus the glue that feeds live guests into the `segment-mmu` models.
 
 pub mod api;
+pub mod arch;
 pub mod boot;
 pub mod cli;
 pub mod devices;

@@ -1,22 +1,23 @@
 //! Loading a kernel and preparing the state it expects at its first instruction:
 //! bzImage and ELF vmlinux through linux-loader, the zero page with the e820 map, the PVH
 //! start_info when the ELF has a PVH note, the MP table and the ACPI tables, and for
-//! 64-bit entry a GDT and identity page tables.
+//! 64-bit entry a GDT and identity page tables. The x86 structures themselves (GDT, page
+//! tables, MP and ACPI tables, registers) are built in [`crate::arch::x86_64`].
 
-pub mod acpi;
 pub mod bzimage;
 pub mod layout;
-pub mod mptable;
 
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::arch::x86_64::{acpi, gdt, mptable, paging};
 use crate::memory::GuestRam;
 use layout::*;
 
@@ -73,9 +74,12 @@ pub enum Error {
     /// The ACPI tables could not describe this machine.
     #[error(transparent)]
     Acpi(#[from] acpi::Error),
+    /// The MP table could not describe this machine.
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
     /// Writing guest memory failed.
     #[error("writing boot data to guest memory: {0}")]
-    Memory(String),
+    Memory(#[from] vm_memory::GuestMemoryError),
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -116,36 +120,12 @@ pub struct Loaded {
     pub kernel_end: u64,
 }
 
-fn mem_err(e: impl std::fmt::Display) -> Error {
-    Error::Memory(e.to_string())
-}
-
-/// Writes a GDT and identity page tables mapping the first 4 GiB with 2 MiB pages, as the
-/// 64-bit boot protocol requires (Linux maps itself before touching anything else).
+/// Writes the boot GDT ([`gdt::BOOT_GDT`]) and identity page tables mapping the first
+/// 4 GiB with 2 MiB pages, as the 64-bit boot protocol requires (Linux maps itself before
+/// touching anything else).
 pub fn write_long_mode_tables(mem: &GuestMemoryMmap) -> Result<()> {
-    // null, 64-bit code (0x8), data (0x10), 32-bit code (0x18) for PVH-style guests.
-    let gdt: [u64; 4] = [
-        0,
-        0x00af_9b00_0000_ffff,
-        0x00cf_9300_0000_ffff,
-        0x00cf_9b00_0000_ffff,
-    ];
-    for (i, e) in gdt.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(GDT + 8 * i as u64))
-            .map_err(mem_err)?;
-    }
-    mem.write_obj(0u64, GuestAddress(IDT)).map_err(mem_err)?;
-    mem.write_obj(PDPT | 0x3, GuestAddress(PML4))
-        .map_err(mem_err)?;
-    for d in 0..4u64 {
-        mem.write_obj((PD + d * 0x1000) | 0x3, GuestAddress(PDPT + d * 8))
-            .map_err(mem_err)?;
-        for i in 0..512u64 {
-            let addr = (d << 30) | (i << 21);
-            mem.write_obj(addr | 0x83, GuestAddress(PD + d * 0x1000 + i * 8))
-                .map_err(mem_err)?;
-        }
-    }
+    gdt::write_boot_gdt(mem)?;
+    paging::write_identity_tables(mem)?;
     Ok(())
 }
 
@@ -221,6 +201,23 @@ pub fn load_kernel(
     load_image(ram, kernel, &image, initrd, cmdline, cpus, mode)
 }
 
+/// A kernel image placed in guest memory by linux-loader.
+struct Placed {
+    /// linux-loader's result (load address, end, setup header, PVH note).
+    res: KernelLoaderResult,
+    /// Image format.
+    kind: ImageKind,
+    /// The ELF entry of a vmlinux taken out of a bzImage.
+    vmlinux_entry: Option<u64>,
+}
+
+impl Placed {
+    /// End of the kernel in guest memory.
+    fn end(&self) -> u64 {
+        self.res.kernel_load.0 + self.res.kernel_end
+    }
+}
+
 /// As [`load_kernel`], from the image's bytes; `kernel` names it in errors.
 pub fn load_image(
     ram: &GuestRam,
@@ -232,6 +229,52 @@ pub fn load_image(
     mode: BzImageMode,
 ) -> Result<Loaded> {
     let mem = ram.memory();
+    let low_end = check_fits(ram, cmdline)?;
+    let placed = place_image(mem, kernel, image, mode)?;
+    let kernel_end = placed.end();
+    let rsdp = write_boot_tables(mem, cmdline, cpus)?;
+    let initrd_at = match initrd {
+        Some(p) => Some(load_initrd(
+            mem,
+            p,
+            placed.res.setup_header,
+            low_end,
+            kernel_end,
+        )?),
+        None => None,
+    };
+    let e820 = e820_map(ram);
+    let kind = placed.kind;
+    if let (ImageKind::Elf, PvhBootCapability::PvhEntryPresent(entry)) =
+        (kind, placed.res.pvh_boot_cap)
+    {
+        write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty(), rsdp)?;
+        let entry = Entry::Pvh { rip: entry.0 };
+        return Ok(Loaded {
+            entry,
+            kind,
+            kernel_end,
+        });
+    }
+    let params = zero_page(placed.res.setup_header, cmdline, initrd_at, rsdp, &e820);
+    mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
+    let rip = match (kind, placed.vmlinux_entry) {
+        // A vmlinux taken out of the bzImage: its ELF entry is startup_64's physical address.
+        (_, Some(entry)) => entry,
+        // startup_64 sits 0x200 bytes into the protected-mode kernel.
+        (ImageKind::BzImage, None) => placed.res.kernel_load.0 + 0x200,
+        (ImageKind::Elf, None) => elf_entry(image).unwrap_or(placed.res.kernel_load.0),
+    };
+    Ok(Loaded {
+        entry: Entry::Linux64 { rip },
+        kind,
+        kernel_end,
+    })
+}
+
+/// Checks that guest memory and the command line are big enough / small enough; returns
+/// the end of the first RAM range.
+fn check_fits(ram: &GuestRam, cmdline: &str) -> Result<u64> {
     let low_end = ram.ranges().first().map(|r| r.len).unwrap_or(0);
     if low_end < MIN_MEMORY.max(HIMEM * 2) {
         return Err(Error::TooSmall(ram.size()));
@@ -239,121 +282,132 @@ pub fn load_image(
     if cmdline.len() >= CMDLINE_MAX {
         return Err(Error::CmdlineTooLong(cmdline.len()));
     }
-    let is_elf = image.len() >= 4 && image[..4] == *b"\x7fELF";
-    let is_bz = image.len() >= 0x208 && &image[0x202..0x206] == b"HdrS";
+    Ok(low_end)
+}
+
+/// Places an ELF, a bzImage, or the vmlinux inside a bzImage at [`HIMEM`].
+fn place_image(
+    mem: &GuestMemoryMmap,
+    kernel: &Path,
+    image: &[u8],
+    mode: BzImageMode,
+) -> Result<Placed> {
     let load_err = |e: linux_loader::loader::Error| Error::Load {
         path: kernel.into(),
         what: e.to_string(),
     };
-    let (res, kind, vmlinux_entry): (KernelLoaderResult, ImageKind, Option<u64>) = if is_elf {
-        (
-            Elf::load(
-                mem,
-                None,
-                &mut Cursor::new(image),
-                Some(GuestAddress(HIMEM)),
-            )
-            .map_err(load_err)?,
-            ImageKind::Elf,
-            None,
-        )
+    let is_elf = image.len() >= 4 && image[..4] == *b"\x7fELF";
+    let is_bz = image.len() >= 0x208 && &image[0x202..0x206] == b"HdrS";
+    let at = Some(GuestAddress(HIMEM));
+    if is_elf {
+        let res = Elf::load(mem, None, &mut Cursor::new(image), at).map_err(load_err)?;
+        Ok(Placed {
+            res,
+            kind: ImageKind::Elf,
+            vmlinux_entry: None,
+        })
     } else if is_bz && mode == BzImageMode::HostDecompress {
-        let vmlinux = bzimage::extract_vmlinux(image).map_err(|e| Error::Load {
-            path: kernel.into(),
-            what: e.to_string(),
-        })?;
-        let mut res = Elf::load(
-            mem,
-            None,
-            &mut Cursor::new(&vmlinux[..]),
-            Some(GuestAddress(HIMEM)),
-        )
-        .map_err(load_err)?;
-        // Keep the bzImage's own setup header (boot protocol version, initrd limit...).
-        let mut hdr = linux_loader::loader::bootparam::setup_header::default();
-        let n = std::mem::size_of_val(&hdr).min(image.len() - 0x1f1);
-        vm_memory::ByteValued::as_mut_slice(&mut hdr)[..n]
-            .copy_from_slice(&image[0x1f1..0x1f1 + n]);
-        res.setup_header = Some(hdr);
-        let entry = elf_entry(&vmlinux).ok_or_else(|| Error::Load {
-            path: kernel.into(),
-            what: "vmlinux inside the bzImage is not a 64-bit ELF".into(),
-        })?;
-        res.pvh_boot_cap = PvhBootCapability::PvhEntryNotPresent;
-        (res, ImageKind::BzImage, Some(entry))
+        place_bzimage_payload(mem, kernel, image)
     } else if is_bz {
-        (
-            BzImage::load(
-                mem,
-                None,
-                &mut Cursor::new(image),
-                Some(GuestAddress(HIMEM)),
-            )
-            .map_err(load_err)?,
-            ImageKind::BzImage,
-            None,
-        )
+        let res = BzImage::load(mem, None, &mut Cursor::new(image), at).map_err(load_err)?;
+        Ok(Placed {
+            res,
+            kind: ImageKind::BzImage,
+            vmlinux_entry: None,
+        })
     } else {
-        return Err(Error::NotAKernel(kernel.into()));
+        Err(Error::NotAKernel(kernel.into()))
+    }
+}
+
+/// Decompresses a bzImage's payload on the host and places the vmlinux inside, keeping
+/// the bzImage's own setup header (boot protocol version, initrd limit...).
+fn place_bzimage_payload(mem: &GuestMemoryMmap, kernel: &Path, image: &[u8]) -> Result<Placed> {
+    let load_err = |what: String| Error::Load {
+        path: kernel.into(),
+        what,
     };
-    let kernel_end = res.kernel_load.0 + res.kernel_end;
-    mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE))
-        .map_err(mem_err)?;
-    mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64))
-        .map_err(mem_err)?;
-    mem.write_slice(&mptable::build(cpus), GuestAddress(MPTABLE))
-        .map_err(mem_err)?;
+    let vmlinux = bzimage::extract_vmlinux(image).map_err(|e| load_err(e.to_string()))?;
+    let mut res = Elf::load(
+        mem,
+        None,
+        &mut Cursor::new(&vmlinux[..]),
+        Some(GuestAddress(HIMEM)),
+    )
+    .map_err(|e| load_err(e.to_string()))?;
+    let mut hdr = setup_header::default();
+    let n = std::mem::size_of_val(&hdr).min(image.len() - 0x1f1);
+    vm_memory::ByteValued::as_mut_slice(&mut hdr)[..n].copy_from_slice(&image[0x1f1..0x1f1 + n]);
+    res.setup_header = Some(hdr);
+    let entry = elf_entry(&vmlinux)
+        .ok_or_else(|| load_err("vmlinux inside the bzImage is not a 64-bit ELF".into()))?;
+    res.pvh_boot_cap = PvhBootCapability::PvhEntryNotPresent;
+    Ok(Placed {
+        res,
+        kind: ImageKind::BzImage,
+        vmlinux_entry: Some(entry),
+    })
+}
+
+/// Writes the command line, the MP table, the ACPI tables, the boot GDT and the identity
+/// page tables; returns the RSDP's address.
+fn write_boot_tables(mem: &GuestMemoryMmap, cmdline: &str, cpus: u8) -> Result<u64> {
+    mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE))?;
+    mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64))?;
+    mem.write_slice(&mptable::build(usize::from(cpus))?, GuestAddress(MPTABLE))?;
     // Both: kernels without an MP-table parser (the stock Debian one) find their CPUs only
     // in the ACPI MADT; kernels without ACPI (the small one) only in the MP table.
     let acpi = acpi::build(usize::from(cpus))?;
-    mem.write_slice(&acpi.bytes, GuestAddress(acpi.base))
-        .map_err(mem_err)?;
+    mem.write_slice(&acpi.bytes, GuestAddress(acpi.base))?;
     write_long_mode_tables(mem)?;
+    Ok(acpi.rsdp_addr())
+}
 
-    // The initrd goes as high as it may, below the kernel's limit and the end of low RAM.
-    let mut initrd_at = None;
-    if let Some(p) = initrd {
-        let data = std::fs::read(p).map_err(|source| Error::InitrdFile {
-            path: p.into(),
-            source,
-        })?;
-        let max = res
-            .setup_header
-            .map(|h| h.initrd_addr_max as u64)
-            .filter(|&m| m != 0)
-            .unwrap_or(0x37ff_ffff);
-        let limit = low_end.min(max + 1);
-        let size = data.len() as u64;
-        let addr = limit.checked_sub(size).map(|a| a & !0xfff);
-        match addr {
-            Some(a) if a >= kernel_end => {
-                mem.write_slice(&data, GuestAddress(a)).map_err(mem_err)?;
-                initrd_at = Some((a, size));
-            }
-            _ => {
-                return Err(Error::InitrdTooLarge {
-                    path: p.into(),
-                    size,
-                    limit,
-                    kernel_end,
-                })
-            }
+/// Reads the initrd at `path` and places it as high as it may go, below the kernel's
+/// limit (`initrd_addr_max`) and the end of low RAM, above the kernel; returns (address,
+/// size).
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    hdr: Option<setup_header>,
+    low_end: u64,
+    kernel_end: u64,
+) -> Result<(u64, u64)> {
+    let data = std::fs::read(path).map_err(|source| Error::InitrdFile {
+        path: path.into(),
+        source,
+    })?;
+    let max = hdr
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|&m| m != 0)
+        .unwrap_or(0x37ff_ffff);
+    let limit = low_end.min(max + 1);
+    let size = data.len() as u64;
+    match limit.checked_sub(size).map(|a| a & !0xfff) {
+        Some(a) if a >= kernel_end => {
+            mem.write_slice(&data, GuestAddress(a))?;
+            Ok((a, size))
         }
+        _ => Err(Error::InitrdTooLarge {
+            path: path.into(),
+            size,
+            limit,
+            kernel_end,
+        }),
     }
+}
 
-    let e820 = e820_map(ram);
-    if kind == ImageKind::Elf {
-        if let PvhBootCapability::PvhEntryPresent(entry) = res.pvh_boot_cap {
-            write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty(), acpi.rsdp_addr())?;
-            return Ok(Loaded {
-                entry: Entry::Pvh { rip: entry.0 },
-                kind,
-                kernel_end,
-            });
-        }
-    }
+/// The zero page (`struct boot_params`): the kernel's setup header (or a minimal one for
+/// an ELF without), the command line, the initrd, the RSDP and the e820 map.
+fn zero_page(
+    hdr: Option<setup_header>,
+    cmdline: &str,
+    initrd: Option<(u64, u64)>,
+    rsdp: u64,
+    e820: &[(u64, u64, u32)],
+) -> boot_params {
     let mut params = boot_params::default();
-    if let Some(h) = res.setup_header {
+    if let Some(h) = hdr {
         params.hdr = h;
     } else {
         params.hdr.boot_flag = 0xaa55;
@@ -363,35 +417,22 @@ pub fn load_image(
     params.hdr.type_of_loader = 0xff;
     params.hdr.cmd_line_ptr = CMDLINE as u32;
     params.hdr.cmdline_size = cmdline.len() as u32 + 1;
-    if let Some((a, s)) = initrd_at {
+    if let Some((a, s)) = initrd {
         params.hdr.ramdisk_image = a as u32;
         params.hdr.ramdisk_size = s as u32;
     }
     // Boot protocol 2.14+: no RSDP scan needed (older kernels scan 0xE0000-0xFFFFF and
     // find it there).
-    params.acpi_rsdp_addr = acpi.rsdp_addr();
-    params.e820_entries = e820.len() as u8;
-    for (i, (addr, size, type_)) in e820.iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry {
-            addr: *addr,
-            size: *size,
-            r#type: *type_,
+    params.acpi_rsdp_addr = rsdp;
+    params.e820_entries = e820.len().min(params.e820_table.len()) as u8;
+    for (slot, &(addr, size, type_)) in params.e820_table.iter_mut().zip(e820) {
+        *slot = boot_e820_entry {
+            addr,
+            size,
+            r#type: type_,
         };
     }
-    mem.write_obj(params, GuestAddress(ZERO_PAGE))
-        .map_err(mem_err)?;
-    let rip = match (kind, vmlinux_entry) {
-        // A vmlinux taken out of the bzImage: its ELF entry is startup_64's physical address.
-        (_, Some(entry)) => entry,
-        // startup_64 sits 0x200 bytes into the protected-mode kernel.
-        (ImageKind::BzImage, None) => res.kernel_load.0 + 0x200,
-        (ImageKind::Elf, None) => elf_entry(image).unwrap_or(res.kernel_load.0),
-    };
-    Ok(Loaded {
-        entry: Entry::Linux64 { rip },
-        kind,
-        kernel_end,
-    })
+    params
 }
 
 /// e_entry of a 64-bit ELF header.
@@ -422,8 +463,7 @@ fn write_pvh_info(
     info.extend_from_slice(&memmap.to_le_bytes());
     info.extend_from_slice(&(e820.len() as u32).to_le_bytes());
     info.extend_from_slice(&0u32.to_le_bytes());
-    mem.write_slice(&info, GuestAddress(PVH_INFO))
-        .map_err(mem_err)?;
+    mem.write_slice(&info, GuestAddress(PVH_INFO))?;
     let mut mm = Vec::new();
     for (addr, size, t) in e820 {
         mm.extend_from_slice(&addr.to_le_bytes());
@@ -431,16 +471,14 @@ fn write_pvh_info(
         mm.extend_from_slice(&t.to_le_bytes());
         mm.extend_from_slice(&0u32.to_le_bytes());
     }
-    mem.write_slice(&mm, GuestAddress(memmap))
-        .map_err(mem_err)?;
+    mem.write_slice(&mm, GuestAddress(memmap))?;
     if let Some((a, s)) = initrd {
         let mut m = Vec::new();
         m.extend_from_slice(&a.to_le_bytes());
         m.extend_from_slice(&s.to_le_bytes());
         m.extend_from_slice(&0u64.to_le_bytes());
         m.extend_from_slice(&0u64.to_le_bytes());
-        mem.write_slice(&m, GuestAddress(modlist))
-            .map_err(mem_err)?;
+        mem.write_slice(&m, GuestAddress(modlist))?;
     }
     Ok(())
 }
@@ -452,7 +490,7 @@ pub fn load_flat(ram: &GuestRam, image: &[u8], at: u64) -> Result<Loaded> {
     if !ram.contains(at, image.len() as u64) {
         return Err(Error::TooSmall(ram.size()));
     }
-    mem.write_slice(image, GuestAddress(at)).map_err(mem_err)?;
+    mem.write_slice(image, GuestAddress(at))?;
     write_long_mode_tables(mem)?;
     Ok(Loaded {
         entry: Entry::Linux64 { rip: at },

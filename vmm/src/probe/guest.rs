@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_dtable, kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress};
 use workloads::kernels::Workload;
 use workloads::protocol::*;
@@ -14,6 +14,7 @@ use super::device::{Outcome, ProbeDevice, PtsnapHook};
 use super::image::{self, Image, PROBE_ELF};
 use super::layout::{self, Layout, Mapping, PageSize, PageTables};
 use super::{Measurement, WorkloadSpec};
+use crate::arch::x86_64::gdt;
 use crate::devices::SIGNAL_MMIO_BASE;
 use crate::host::{self, MmuRequest};
 use crate::memory::{Backing, GuestRam, MemoryConfig, MMIO_HOLE_END, MMIO_HOLE_START};
@@ -413,28 +414,18 @@ fn words_to_bytes(words: &[u64]) -> Vec<u8> {
 
 /// The GDT: null, kernel code/data, user code32/data/code64, then the TSS descriptor.
 pub fn gdt() -> [u64; 8] {
-    let (lo, hi) = tss_descriptor(TSS_VA, TSS_BYTES - 1);
+    let (lo, hi) = gdt::tss_descriptor(TSS_VA, (TSS_BYTES - 1) as u32);
+    let flat = |flags| gdt::entry(flags, 0, 0xfffff);
     [
         0,
-        0x00af_9b00_0000_ffff,
-        0x00cf_9300_0000_ffff,
-        0x00cf_fb00_0000_ffff,
-        0x00cf_f300_0000_ffff,
-        0x00af_fb00_0000_ffff,
+        flat(gdt::CODE64_KERNEL),
+        flat(gdt::DATA_KERNEL),
+        flat(gdt::CODE32_USER),
+        flat(gdt::DATA_USER),
+        flat(gdt::CODE64_USER),
         lo,
         hi,
     ]
-}
-
-/// A busy 64-bit TSS descriptor (TR is loaded with it by KVM_SET_SREGS).
-fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
-    let lo = (limit & 0xffff)
-        | ((base & 0xff_ffff) << 16)
-        | (0xb << 40)
-        | (1 << 47)
-        | (((limit >> 16) & 0xf) << 48)
-        | (((base >> 24) & 0xff) << 56);
-    (lo, base >> 32)
 }
 
 /// The 64-bit TSS: RSP0 = top of the ring-0 stack, no I/O bitmap.
@@ -461,34 +452,17 @@ pub fn idt() -> Vec<u64> {
     idt
 }
 
-fn segment(selector: u16, type_: u8, long: bool, dpl: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl,
-        db: u8::from(!long),
-        s: 1,
-        l: u8::from(long),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// vCPU 0's state: long mode, paging on CR3, SSE enabled, CS/SS at ring 3, TR on the TSS,
 /// interrupts off (nothing in this guest wants them).
 pub fn vcpu_init(cr3: u64, entry: u64) -> VcpuInit {
-    let data = segment(USER_DS, 3, false, 3);
-    let mut tr = segment(TSS_SEL, 11, false, 0);
-    (tr.s, tr.g, tr.db, tr.base, tr.limit) = (0, 0, 0, TSS_VA, (TSS_BYTES - 1) as u32);
-    let mut ldt = segment(0, 2, false, 0);
-    (ldt.s, ldt.present, ldt.unusable) = (0, 0, 1);
+    let table = gdt();
+    let data = gdt::segment_of(&table, USER_DS);
+    let tr = gdt::segment_of(&table, TSS_SEL);
+    // No LDT: unusable (type 2 = LDT, as KVM reports an unused one).
+    let mut ldt = gdt::segment(0, 0);
+    ldt.type_ = 2;
     let sregs = kvm_sregs {
-        cs: segment(USER_CS, 11, true, 3),
+        cs: gdt::segment_of(&table, USER_CS),
         ds: data,
         es: data,
         fs: data,

@@ -1,6 +1,7 @@
 //! VM and vCPU state: creation, registers, CPUID, the run loop, exits and statistics.
 
-pub mod cpuid;
+/// CPUID set-up lives in [`crate::arch::x86_64::cpuid`]; re-exported for its callers.
+pub use crate::arch::x86_64::cpuid;
 pub mod emulate;
 pub mod stats;
 pub mod vcpu;
