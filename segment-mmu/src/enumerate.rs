@@ -79,12 +79,21 @@ pub enum Error {
     Mem(#[from] MemError),
     /// More leaf entries than [`MAX_LEAVES`]: tables shared many times over (legal in a
     /// DAG, but a hostile ptsnap could make enumeration take forever).
-    #[error("more than {0} leaf entries: refusing to enumerate")]
+    #[error("more than {0} leaf entries (the cap MAX_LEAVES): refusing to enumerate (tables shared many times over?)")]
     TooManyLeaves(u64),
+    /// More coalesced ranges than [`MAX_RANGES`]: the output would not fit in a bounded
+    /// amount of memory.
+    #[error("more than {0} separate mapping ranges (the cap MAX_RANGES, 48 bytes each): refusing to enumerate (tables shared many times over?)")]
+    TooManyRanges(usize),
 }
 
 /// Most leaf entries the enumerator visits (2^28: 1 TiB in 4 KiB pages).
 pub const MAX_LEAVES: u64 = 1 << 28;
+
+/// Most coalesced ranges the enumerator returns (2^21, about 100 MB of output): a real
+/// guest has a few thousand; tables shared many times over (a DAG) can fan out to
+/// billions of distinct leaves from a few KiB of ptsnap.
+pub const MAX_RANGES: usize = 1 << 21;
 
 /// Lists all present mappings reachable from `cr3`, coalesced, in ascending VA order.
 /// Entries with reserved bits (which would fault) are skipped; a table that cannot be
@@ -115,8 +124,10 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
                 if leaves > MAX_LEAVES {
                     return Err(Error::TooManyLeaves(MAX_LEAVES));
                 }
+                let full = out.len() >= MAX_RANGES;
                 match out.last_mut() {
                     Some(prev) if MappingRange::extends(prev, &r) => prev.len += r.len,
+                    _ if full => return Err(Error::TooManyRanges(MAX_RANGES)),
                     _ => out.push(r),
                 }
                 continue;

@@ -24,6 +24,7 @@ pub mod placement;
 pub mod bloom;
 pub mod census;
 pub mod designs;
+pub mod duration;
 pub mod enumerate;
 pub mod host;
 pub mod hotness;

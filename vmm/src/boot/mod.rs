@@ -64,6 +64,32 @@ pub enum Error {
         /// Where the kernel ends.
         kernel_end: u64,
     },
+    /// A file is larger than it may be (checked from its metadata, before reading it).
+    #[error("{what} {path} is {size} bytes, more than the {cap}-byte cap ({why})")]
+    FileTooLarge {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        cap: u64,
+        /// Where the cap comes from.
+        why: &'static str,
+    },
+    /// The image's entry point or extent lies outside guest memory (or wraps).
+    #[error("kernel {path}: {what} {addr:#x} is outside guest memory ({ram} bytes)")]
+    OutsideRam {
+        /// Path.
+        path: PathBuf,
+        /// "entry point" or "end".
+        what: &'static str,
+        /// The address from the file.
+        addr: u64,
+        /// Guest memory size.
+        ram: u64,
+    },
     /// Command line too long.
     #[error("kernel command line is {0} bytes; at most {max} fit", max = CMDLINE_MAX - 1)]
     CmdlineTooLong(usize),
@@ -168,16 +194,50 @@ pub fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
     v
 }
 
-/// Checks that `path` is a readable, non-empty file.
-fn open_kernel(path: &Path) -> Result<()> {
+/// Most bytes a kernel image may have: a bzImage or vmlinux larger than guest memory
+/// cannot be loaded, and 512 MiB is far above any real kernel.
+pub const MAX_KERNEL_FILE: u64 = 512 << 20;
+
+/// Checks that `path` is a readable, non-empty file of at most `cap` bytes (from its
+/// metadata, before anything is read).
+fn open_kernel(path: &Path, cap: u64) -> Result<()> {
     let f = File::open(path).map_err(|source| Error::KernelFile {
         path: path.into(),
         source,
     })?;
     match f.metadata() {
+        Ok(m) if m.len() > cap => Err(Error::FileTooLarge {
+            what: "kernel",
+            path: path.into(),
+            size: m.len(),
+            cap,
+            why: "the smaller of guest memory and 512 MiB",
+        }),
         Ok(m) if m.len() > 0 => Ok(()),
         _ => Err(Error::NotAKernel(path.into())),
     }
+}
+
+/// Reads the initrd at `path` if its size (from metadata, before reading) is at most `cap`.
+fn read_initrd(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let io = |source| Error::InitrdFile {
+        path: path.into(),
+        source,
+    };
+    let f = File::open(path).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    if size > cap {
+        return Err(Error::FileTooLarge {
+            what: "initrd",
+            path: path.into(),
+            size,
+            cap,
+            why: "the room in low guest memory below the initrd limit",
+        });
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, cap), &mut data).map_err(io)?;
+    Ok(data)
 }
 
 /// How to treat a bzImage.
@@ -213,7 +273,7 @@ pub fn load_kernel(
     cpus: u8,
     mode: BzImageMode,
 ) -> Result<Loaded> {
-    open_kernel(kernel)?;
+    open_kernel(kernel, ram.size().min(MAX_KERNEL_FILE))?;
     let image = std::fs::read(kernel).map_err(|source| Error::KernelFile {
         path: kernel.into(),
         source,
@@ -258,7 +318,7 @@ pub fn load_image(
             None,
         )
     } else if is_bz && mode == BzImageMode::HostDecompress {
-        let vmlinux = bzimage::extract_vmlinux(image).map_err(|e| Error::Load {
+        let vmlinux = bzimage::extract_vmlinux(image, ram.size()).map_err(|e| Error::Load {
             path: kernel.into(),
             what: e.to_string(),
         })?;
@@ -296,7 +356,17 @@ pub fn load_image(
     } else {
         return Err(Error::NotAKernel(kernel.into()));
     };
-    let kernel_end = res.kernel_load.0 + res.kernel_end;
+    let outside = |what: &'static str, addr: u64| Error::OutsideRam {
+        path: kernel.into(),
+        what,
+        addr,
+        ram: ram.size(),
+    };
+    // linux-loader's kernel_end is absolute (the highest segment end, p_paddr + p_memsz).
+    let kernel_end = res.kernel_end;
+    if kernel_end > low_end {
+        return Err(outside("end", kernel_end));
+    }
     mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE))
         .map_err(mem_err)?;
     mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64))
@@ -313,16 +383,13 @@ pub fn load_image(
     // The initrd goes as high as it may, below the kernel's limit and the end of low RAM.
     let mut initrd_at = None;
     if let Some(p) = initrd {
-        let data = std::fs::read(p).map_err(|source| Error::InitrdFile {
-            path: p.into(),
-            source,
-        })?;
         let max = res
             .setup_header
             .map(|h| h.initrd_addr_max as u64)
             .filter(|&m| m != 0)
             .unwrap_or(0x37ff_ffff);
         let limit = low_end.min(max + 1);
+        let data = read_initrd(p, limit.saturating_sub(kernel_end))?;
         let size = data.len() as u64;
         let addr = limit.checked_sub(size).map(|a| a & !0xfff);
         match addr {
@@ -344,6 +411,9 @@ pub fn load_image(
     let e820 = e820_map(ram);
     if kind == ImageKind::Elf {
         if let PvhBootCapability::PvhEntryPresent(entry) = res.pvh_boot_cap {
+            if entry.0 >= low_end {
+                return Err(outside("PVH entry point", entry.0));
+            }
             write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty(), acpi.rsdp_addr())?;
             return Ok(Loaded {
                 entry: Entry::Pvh { rip: entry.0 },
@@ -384,9 +454,12 @@ pub fn load_image(
         // A vmlinux taken out of the bzImage: its ELF entry is startup_64's physical address.
         (_, Some(entry)) => entry,
         // startup_64 sits 0x200 bytes into the protected-mode kernel.
-        (ImageKind::BzImage, None) => res.kernel_load.0 + 0x200,
+        (ImageKind::BzImage, None) => res.kernel_load.0.saturating_add(0x200),
         (ImageKind::Elf, None) => elf_entry(image).unwrap_or(res.kernel_load.0),
     };
+    if rip >= low_end {
+        return Err(outside("entry point", rip));
+    }
     Ok(Loaded {
         entry: Entry::Linux64 { rip },
         kind,

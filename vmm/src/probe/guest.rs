@@ -16,8 +16,8 @@ use super::layout::{self, Layout, Mapping, PageSize, PageTables};
 use super::{Measurement, WorkloadSpec};
 use crate::devices::SIGNAL_MMIO_BASE;
 use crate::host::{self, MmuRequest};
-use crate::vm::{self, Payload, RunReport, VmConfig};
 use crate::memory::{Backing, GuestRam, MemoryConfig, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::vm::{self, Payload, RunReport, VmConfig};
 use crate::vstate::vcpu::VcpuInit;
 
 /// Largest footprint accepted (guest RAM is footprint plus a few MiB).
