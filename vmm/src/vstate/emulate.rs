@@ -679,4 +679,154 @@ mod tests {
         r.rcx = 0xabcd;
         assert_eq!(reg_value(&r, &s, Register::CH), Some(0xab));
     }
+
+    mod fidelity {
+        use super::super::fake::{FakeCpu, FakeMem, Injected};
+        use super::super::*;
+
+        const P: u64 = 1;
+        const W: u64 = 2;
+        const U: u64 = 4;
+        const NX: u64 = 1 << 63;
+        const STMXCSR_RAX: &[u8] = &[0x0f, 0xae, 0x18];
+        const LDMXCSR_RAX: &[u8] = &[0x0f, 0xae, 0x10];
+
+        /// Tables at 0x1000..0x4000; 0x5000 RW supervisor, 0x6000 read-only supervisor,
+        /// 0x7000 RW user NX, 0x8000 not present, 0x9000 RW user.
+        fn setup() -> FakeMem {
+            let m = FakeMem::new(0x10000);
+            m.put_u64(0x1000, 0x2000 | P | W | U);
+            m.put_u64(0x2000, 0x3000 | P | W | U);
+            m.put_u64(0x3000, 0x4000 | P | W | U);
+            m.put_u64(0x4000 + 5 * 8, 0x5000 | P | W);
+            m.put_u64(0x4000 + 6 * 8, 0x6000 | P);
+            m.put_u64(0x4000 + 7 * 8, 0x7000 | P | W | U | NX);
+            m.put_u64(0x4000 + 9 * 8, 0x9000 | P | W | U);
+            m
+        }
+
+        fn run(cpu: &mut FakeCpu, m: &FakeMem, insn: &[u8], rax: u64) {
+            cpu.insn = Some(insn.to_vec());
+            cpu.regs.rip = 0x5000;
+            cpu.regs.rax = rax;
+            complete_on(cpu, m, &Counters::default()).unwrap();
+        }
+
+        fn pf(va: u64, code: u32) -> Vec<Injected> {
+            vec![Injected {
+                vector: 14,
+                error_code: Some(code),
+                cr2: Some(va),
+            }]
+        }
+
+        #[test]
+        fn stmxcsr_to_a_read_only_page_faults_and_writes_nothing() {
+            let m = setup();
+            let mut cpu = FakeCpu::long_mode(0x1000);
+            run(&mut cpu, &m, STMXCSR_RAX, 0x6010);
+            assert_eq!(cpu.injected, pf(0x6010, 0b11));
+            assert_eq!(cpu.regs.rip, 0x5000, "a fault leaves RIP at the instruction");
+            assert_eq!(m.get_u64(0x6010), 0);
+            assert!(m.dirty.borrow().is_empty());
+            // CR0.WP clear: a supervisor write to a read-only page succeeds.
+            cpu.sregs.cr0 &= !CR0_WP;
+            cpu.injected.clear();
+            run(&mut cpu, &m, STMXCSR_RAX, 0x6010);
+            assert!(cpu.injected.is_empty());
+            assert_eq!(m.get_u64(0x6010), 0x1f80);
+        }
+
+        #[test]
+        fn emulated_writes_are_dirty_and_advance_rip() {
+            let m = setup();
+            let mut cpu = FakeCpu::long_mode(0x1000);
+            run(&mut cpu, &m, STMXCSR_RAX, 0x5ffe); // crosses into 0x6000: read-only
+            assert_eq!(cpu.injected, pf(0x6000, 0b11));
+            assert_eq!(m.get_u64(0x5ff8), 0, "no byte written before the fault");
+            cpu.injected.clear();
+            run(&mut cpu, &m, STMXCSR_RAX, 0x5008);
+            assert!(cpu.injected.is_empty());
+            assert_eq!(m.get_u64(0x5008) as u32, 0x1f80);
+            assert_eq!(*m.dirty.borrow(), vec![5]);
+            assert_eq!(cpu.regs.rip, 0x5003);
+        }
+
+        #[test]
+        fn smap_blocks_supervisor_data_access_to_user_pages_unless_ac() {
+            let m = setup();
+            let mut cpu = FakeCpu::long_mode(0x1000);
+            cpu.sregs.cr4 |= CR4_SMAP;
+            run(&mut cpu, &m, STMXCSR_RAX, 0x9000);
+            assert_eq!(cpu.injected, pf(0x9000, 0b11));
+            cpu.injected.clear();
+            cpu.regs.rflags |= RFLAGS_AC;
+            run(&mut cpu, &m, STMXCSR_RAX, 0x9000);
+            assert!(cpu.injected.is_empty());
+            assert_eq!(m.get_u64(0x9000) as u32, 0x1f80);
+        }
+
+        #[test]
+        fn user_mode_cannot_touch_supervisor_pages() {
+            let m = setup();
+            let mut cpu = FakeCpu::long_mode(0x1000);
+            cpu.sregs.cs.selector = 0x33;
+            // popcnt rax, [rbx]
+            cpu.regs.rbx = 0x5000;
+            run(&mut cpu, &m, &[0xf3, 0x48, 0x0f, 0xb8, 0x03], 0);
+            assert_eq!(cpu.injected, pf(0x5000, 0b101));
+            cpu.injected.clear();
+            cpu.regs.rbx = 0x8000; // not present
+            run(&mut cpu, &m, &[0xf3, 0x48, 0x0f, 0xb8, 0x03], 0);
+            assert_eq!(cpu.injected, pf(0x8000, 0b100));
+        }
+
+        #[test]
+        fn fetch_from_an_nx_page_faults_with_the_id_bit() {
+            let m = setup();
+            let mut cpu = FakeCpu::long_mode(0x1000);
+            cpu.insn = None;
+            cpu.regs.rip = 0x7000;
+            complete_on(&mut cpu, &m, &Counters::default()).unwrap();
+            assert_eq!(cpu.injected, pf(0x7000, 0b1_0001));
+        }
+
+        #[test]
+        fn ldmxcsr_reserved_bits_raise_gp() {
+            let m = setup();
+            m.put_u64(0x5100, 0x1_0000 | 0x1f80);
+            let mut cpu = FakeCpu::long_mode(0x1000);
+            run(&mut cpu, &m, LDMXCSR_RAX, 0x5100);
+            assert_eq!(cpu.injected[0].vector, 13);
+            assert_eq!(cpu.mxcsr, 0x1f80);
+            cpu.injected.clear();
+            m.put_u64(0x5100, 0x1fc0); // DAZ (bit 6) is outside the default mask 0xffbf
+            run(&mut cpu, &m, LDMXCSR_RAX, 0x5100);
+            assert_eq!(cpu.injected[0].vector, 13);
+            cpu.injected.clear();
+            m.put_u64(0x5100, 0x1f00);
+            run(&mut cpu, &m, LDMXCSR_RAX, 0x5100);
+            assert!(cpu.injected.is_empty());
+            assert_eq!(cpu.mxcsr, 0x1f00);
+        }
+
+        #[test]
+        fn cmpxchg16b_checks_alignment_and_write_permission() {
+            let m = setup();
+            let mut cpu = FakeCpu::long_mode(0x1000);
+            let lock_cmpxchg16b_rax = &[0xf0, 0x48, 0x0f, 0xc7, 0x08];
+            run(&mut cpu, &m, lock_cmpxchg16b_rax, 0x5008);
+            assert_eq!(cpu.injected[0].vector, 13);
+            cpu.injected.clear();
+            run(&mut cpu, &m, lock_cmpxchg16b_rax, 0x6000);
+            assert_eq!(cpu.injected, pf(0x6000, 0b11));
+            cpu.injected.clear();
+            (cpu.regs.rbx, cpu.regs.rcx) = (7, 8);
+            m.put_u64(0x5010, 0x5010); // rdx:rax = 0:0x5010 (rax is also the address)
+            run(&mut cpu, &m, lock_cmpxchg16b_rax, 0x5010);
+            assert!(cpu.injected.is_empty());
+            assert_eq!((m.get_u64(0x5010), m.get_u64(0x5018)), (7, 8));
+            assert_eq!(*m.dirty.borrow(), vec![5]);
+        }
+    }
 }
