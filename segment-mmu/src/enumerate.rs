@@ -103,6 +103,16 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
     cfg: &WalkConfig,
     cr3: u64,
 ) -> Result<Vec<MappingRange>, Error> {
+    enumerate_capped(mem, cfg, cr3, MAX_LEAVES)
+}
+
+/// As [`enumerate`], visiting at most `max_leaves` leaf entries (fuzzers use a small cap).
+pub fn enumerate_capped<M: GuestPhysMemory + ?Sized>(
+    mem: &M,
+    cfg: &WalkConfig,
+    cr3: u64,
+    max_leaves: u64,
+) -> Result<Vec<MappingRange>, Error> {
     let mut leaves = 0u64;
     let mut out = Vec::new();
     let top = cfg.mode.levels();
@@ -121,8 +131,8 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
         let (table, level, prefix, (rw, us, nx)) = match item {
             Item::Leaf(r) => {
                 leaves += 1;
-                if leaves > MAX_LEAVES {
-                    return Err(Error::TooManyLeaves(MAX_LEAVES));
+                if leaves > max_leaves {
+                    return Err(Error::TooManyLeaves(max_leaves));
                 }
                 let full = out.len() >= MAX_RANGES;
                 match out.last_mut() {

@@ -26,6 +26,7 @@ pub mod census;
 pub mod designs;
 pub mod duration;
 pub mod enumerate;
+pub mod fuzz_entry;
 pub mod host;
 pub mod hotness;
 pub mod mem;

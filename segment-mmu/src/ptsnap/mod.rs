@@ -32,6 +32,8 @@ mod capture;
 mod format;
 mod synth;
 
+pub(crate) use format::fnv1a;
+
 pub use capture::{Capture, CpuState};
 pub use synth::{SynthError, SyntheticSpec};
 

@@ -726,7 +726,10 @@ mod tests {
             let mut cpu = FakeCpu::long_mode(0x1000);
             run(&mut cpu, &m, STMXCSR_RAX, 0x6010);
             assert_eq!(cpu.injected, pf(0x6010, 0b11));
-            assert_eq!(cpu.regs.rip, 0x5000, "a fault leaves RIP at the instruction");
+            assert_eq!(
+                cpu.regs.rip, 0x5000,
+                "a fault leaves RIP at the instruction"
+            );
             assert_eq!(m.get_u64(0x6010), 0);
             assert!(m.dirty.borrow().is_empty());
             // CR0.WP clear: a supervisor write to a read-only page succeeds.
