@@ -444,7 +444,7 @@ impl HotnessLog {
                         "interval {k}: run {j} touches the previous one (not canonical)"
                     )));
                 }
-                if pages.len() as u64 + len > count {
+                if (pages.len() as u64).saturating_add(len) > count {
                     return Err(Error::Malformed(format!(
                         "interval {k}: runs hold more than the {count} pages stated"
                     )));
