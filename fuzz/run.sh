@@ -30,7 +30,8 @@ for t in "${targets[@]}"; do
         echo "FINDING in $t:" >&2
         tail -30 "$log" >&2
     fi
-    execs=$(grep -h "stat::number_of_executed_units" "$log" fuzz-*.log 2>/dev/null | awk '{s+=$2} END {print s+0}')
+    # (in -jobs mode the parent log repeats the worker's fuzz-N.log: count the parent only)
+    execs=$(grep -h "stat::number_of_executed_units" "$log" 2>/dev/null | awk '{s+=$2} END {print s+0}')
     echo "$t: $execs executions in ${secs}s, $(ls "artifacts/$t" | wc -l) artifacts"
     rm -f "$log" fuzz-*.log
 done
