@@ -159,7 +159,11 @@ fn initrd_size_is_checked_before_reading() {
     let initrd = initrd.display().to_string();
     let mut a = SMALL.to_vec();
     a.extend(["--kernel", &kernel, "--initrd", &initrd]);
-    assert_refused(&a, &["initrd", "314572800 bytes", "cap"], 200);
+    assert_refused(
+        &a,
+        &["initrd", "314572800 bytes", "does not fit in guest memory"],
+        200,
+    );
 }
 
 #[test]

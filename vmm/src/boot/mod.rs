@@ -218,21 +218,22 @@ fn open_kernel(path: &Path, cap: u64) -> Result<()> {
     }
 }
 
-/// Reads the initrd at `path` if its size (from metadata, before reading) is at most `cap`.
-fn read_initrd(path: &Path, cap: u64) -> Result<Vec<u8>> {
+/// Reads the initrd at `path` if its size (from metadata, before reading) fits between
+/// `kernel_end` and `limit`.
+fn read_initrd(path: &Path, limit: u64, kernel_end: u64) -> Result<Vec<u8>> {
     let io = |source| Error::InitrdFile {
         path: path.into(),
         source,
     };
     let f = File::open(path).map_err(io)?;
     let size = f.metadata().map_err(io)?.len();
+    let cap = limit.saturating_sub(kernel_end);
     if size > cap {
-        return Err(Error::FileTooLarge {
-            what: "initrd",
+        return Err(Error::InitrdTooLarge {
             path: path.into(),
             size,
-            cap,
-            why: "the room in low guest memory below the initrd limit",
+            limit,
+            kernel_end,
         });
     }
     let mut data = Vec::with_capacity(size as usize);
@@ -389,7 +390,7 @@ pub fn load_image(
             .filter(|&m| m != 0)
             .unwrap_or(0x37ff_ffff);
         let limit = low_end.min(max + 1);
-        let data = read_initrd(p, limit.saturating_sub(kernel_end))?;
+        let data = read_initrd(p, limit, kernel_end)?;
         let size = data.len() as u64;
         let addr = limit.checked_sub(size).map(|a| a & !0xfff);
         match addr {
