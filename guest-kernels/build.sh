@@ -27,12 +27,20 @@
 set -euo pipefail
 
 # ---------------------------------------------------------------- pins ----
-# Exact Debian bookworm versions. If apt can no longer find one of these,
-# the build stops and names it: bump the pin (and re-test) on purpose.
+# Exact Debian bookworm versions. The archive keeps only recent versions: when a
+# pin is gone, the newest package of the same series (the *_SERIES regex, versions
+# of the pin's upstream major.minor) is used with a warning, and the version used is
+# recorded in out/*.info (pinned= beside version=). `--resolve-only` prints what
+# would be used and builds nothing (SEGVMM_FAKE_MADISON=FILE replaces
+# `apt-cache madison` output, for tests/kernel_pins.rs).
 STOCK_PKG="linux-image-6.1.0-47-cloud-amd64"
 STOCK_VERSION="6.1.170-3"
+STOCK_SERIES='linux-image-6\.1\.0-[0-9]+-cloud-amd64'
 SRC_PKG="linux-source-6.1"
 SRC_VERSION="6.1.170-3"
+SRC_SERIES='linux-source-6\.1'
+STOCK_PINNED="$STOCK_PKG=$STOCK_VERSION"
+SRC_PINNED="$SRC_PKG=$SRC_VERSION"
 # Build dependencies (Debian package names; versions are whatever bookworm has).
 BUILD_DEPS=(gcc make binutils libc6-dev flex bison bc libelf-dev libssl-dev
 	xz-utils lz4 cpio patch perl python3)
@@ -116,6 +124,40 @@ ensure_deps() {
 	fi
 }
 
+# available REGEX -> "PKG VERSION" lines for every package whose name matches REGEX
+# (from apt-cache madison, or the file $SEGVMM_FAKE_MADISON in its format).
+available() {
+	local re="$1"
+	if [[ -n "${SEGVMM_FAKE_MADISON:-}" ]]; then
+		cat "$SEGVMM_FAKE_MADISON"
+	else
+		ensure_apt_lists
+		local p
+		for p in $(apt-cache pkgnames "${re%%\\*}" | grep -E "^${re}\$" || true); do
+			apt-cache madison "$p"
+		done
+	fi | awk -F'|' '{ gsub(/ /, "", $1); gsub(/ /, "", $2); if ($2 != "") print $1, $2 }' |
+		grep -E "^${re} " || true
+}
+
+# resolve NAME PKG VERSION SERIES_REGEX -> sets ${NAME}_PKG/${NAME}_VERSION: the pin
+# when the archive still has it, else the newest of the series (same upstream
+# major.minor) with a warning; dies when the series is gone too.
+resolve() {
+	local name="$1" pkg="$2" ver="$3" re="$4" list mm best
+	list="$(available "$re")"
+	if grep -qxF "$pkg $ver" <<<"$list"; then
+		return 0
+	fi
+	mm="$(sed -E 's/^([0-9]+\.[0-9]+)\..*/\1/' <<<"$ver")"
+	best="$(awk -v mm="$mm." 'index($2, mm) == 1' <<<"$list" |
+		sort -k2,2V -k1,1V | tail -n 1)"
+	[[ -n "$best" ]] || die "pinned package $pkg=$ver is gone from the Debian archives and no $mm.x package matching '$re' is left; bump the pin at the top of $0"
+	echo "build.sh: warning: pinned $pkg=$ver is no longer in the archive; using the newest of the $mm series: ${best% *}=${best#* }" >&2
+	printf -v "${name}_PKG" '%s' "${best% *}"
+	printf -v "${name}_VERSION" '%s' "${best#* }"
+}
+
 # fetch_deb PKG VERSION -> prints the path of the downloaded .deb
 fetch_deb() {
 	local pkg="$1" ver="$2" deb
@@ -164,6 +206,12 @@ build_stock() {
 		log "stock-kernel up to date ($STOCK_PKG $STOCK_VERSION)"
 		return 0
 	fi
+	resolve STOCK "$STOCK_PKG" "$STOCK_VERSION" "$STOCK_SERIES"
+	stamp="pkg=$STOCK_PKG=$STOCK_VERSION"
+	if stamp_ok stock "$stamp" "$OUT/stock-kernel"; then
+		log "stock-kernel up to date ($STOCK_PKG $STOCK_VERSION, fallback for $STOCK_PINNED)"
+		return 0
+	fi
 	ensure_deps dpkg
 	deb="$(fetch_deb "$STOCK_PKG" "$STOCK_VERSION")"
 	tmp="$WORK/stock-extract"
@@ -175,7 +223,7 @@ build_stock() {
 	if compgen -G "$tmp/boot/config-*" >/dev/null; then
 		install -m 0644 "$(compgen -G "$tmp/boot/config-*" | head -n1)" "$OUT/stock-kernel.config"
 	fi
-	printf 'package=%s\nversion=%s\nfile=%s\nsha256=%s\n' "$STOCK_PKG" "$STOCK_VERSION" \
+	printf 'pinned=%s\npackage=%s\nversion=%s\nfile=%s\nsha256=%s\n' "$STOCK_PINNED" "$STOCK_PKG" "$STOCK_VERSION" \
 		"${img#"$tmp"}" "$(sha "$OUT/stock-kernel")" >"$OUT/stock-kernel.info"
 	rm -rf "$tmp"
 	stamp_write stock "$stamp"
@@ -326,6 +374,14 @@ build_small() {
 		log "small-kernel up to date (pvm fixup: $fixup)"
 		return 0
 	fi
+	resolve SRC "$SRC_PKG" "$SRC_VERSION" "$SRC_SERIES"
+	SRC_TREE="$WORK/linux-source-$SRC_VERSION"
+	APPLIED_PATCH="$SRC_TREE/.segvmm-applied.patch"
+	stamp="src=$SRC_PKG=$SRC_VERSION config=$(sha "$HERE/small.config") fixup=$fixup patches=$(wanted_patch_text | sha -) gcc=$(gcc -dumpfullversion)"
+	if stamp_ok small "$stamp" "$OUT/small-kernel" "$OUT/small-vmlinux"; then
+		log "small-kernel up to date ($SRC_PKG $SRC_VERSION, fallback for $SRC_PINNED)"
+		return 0
+	fi
 	ensure_deps "${BUILD_DEPS[@]}"
 	step "small: source" prepare_source
 	mkdir -p "$SMALL_BUILD"
@@ -341,6 +397,7 @@ build_small() {
 	install -m 0644 "$SMALL_BUILD/.config" "$OUT/small-kernel.config"
 	readelf -n "$OUT/small-vmlinux" | grep -q 'Xen' || die "small-vmlinux has no Xen/PVH ELF note (CONFIG_PVH?)"
 	{
+		echo "pinned=$SRC_PINNED"
 		echo "source=$SRC_PKG=$SRC_VERSION"
 		echo "kernelrelease=$(make -s -C "$SRC_TREE" O="$SMALL_BUILD" kernelrelease)"
 		echo "pvm_syscall_fixup=$fixup"
@@ -367,9 +424,10 @@ make_small_config() {
 }
 
 # ------------------------------------------------------------------ main ----
-DO_STOCK=0 DO_SMALL=0 DO_INITRAMFS=0 DO_BENCH=0 PVM_FIXUP=auto FORCE=0
+DO_STOCK=0 DO_SMALL=0 DO_INITRAMFS=0 DO_BENCH=0 PVM_FIXUP=auto FORCE=0 RESOLVE_ONLY=0
 for arg in "$@"; do
 	case "$arg" in
+	--resolve-only) RESOLVE_ONLY=1 ;;
 	--stock) DO_STOCK=1 ;;
 	--small) DO_SMALL=1 ;;
 	--initramfs) DO_INITRAMFS=1 ;;
@@ -387,6 +445,14 @@ for arg in "$@"; do
 done
 if [[ $((DO_STOCK + DO_SMALL + DO_INITRAMFS + DO_BENCH)) == 0 ]]; then
 	DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 DO_BENCH=1
+fi
+
+if [[ "$RESOLVE_ONLY" == 1 ]]; then
+	resolve STOCK "$STOCK_PKG" "$STOCK_VERSION" "$STOCK_SERIES"
+	resolve SRC "$SRC_PKG" "$SRC_VERSION" "$SRC_SERIES"
+	echo "stock $STOCK_PKG $STOCK_VERSION"
+	echo "source $SRC_PKG $SRC_VERSION"
+	exit 0
 fi
 
 mkdir -p "$OUT" "$WORK"

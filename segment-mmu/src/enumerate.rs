@@ -79,12 +79,21 @@ pub enum Error {
     Mem(#[from] MemError),
     /// More leaf entries than [`MAX_LEAVES`]: tables shared many times over (legal in a
     /// DAG, but a hostile ptsnap could make enumeration take forever).
-    #[error("more than {0} leaf entries: refusing to enumerate")]
+    #[error("more than {0} leaf entries (the cap MAX_LEAVES): refusing to enumerate (tables shared many times over?)")]
     TooManyLeaves(u64),
+    /// More coalesced ranges than [`MAX_RANGES`]: the output would not fit in a bounded
+    /// amount of memory.
+    #[error("more than {0} separate mapping ranges (the cap MAX_RANGES, 48 bytes each): refusing to enumerate (tables shared many times over?)")]
+    TooManyRanges(usize),
 }
 
 /// Most leaf entries the enumerator visits (2^28: 1 TiB in 4 KiB pages).
 pub const MAX_LEAVES: u64 = 1 << 28;
+
+/// Most coalesced ranges the enumerator returns (2^21, about 100 MB of output): a real
+/// guest has a few thousand; tables shared many times over (a DAG) can fan out to
+/// billions of distinct leaves from a few KiB of ptsnap.
+pub const MAX_RANGES: usize = 1 << 21;
 
 /// Lists all present mappings reachable from `cr3`, coalesced, in ascending VA order.
 /// Entries with reserved bits (which would fault) are skipped; a table that cannot be
@@ -93,6 +102,16 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
     mem: &M,
     cfg: &WalkConfig,
     cr3: u64,
+) -> Result<Vec<MappingRange>, Error> {
+    enumerate_capped(mem, cfg, cr3, MAX_LEAVES)
+}
+
+/// As [`enumerate`], visiting at most `max_leaves` leaf entries (fuzzers use a small cap).
+pub fn enumerate_capped<M: GuestPhysMemory + ?Sized>(
+    mem: &M,
+    cfg: &WalkConfig,
+    cr3: u64,
+    max_leaves: u64,
 ) -> Result<Vec<MappingRange>, Error> {
     let mut leaves = 0u64;
     let mut out = Vec::new();
@@ -112,11 +131,13 @@ pub fn enumerate<M: GuestPhysMemory + ?Sized>(
         let (table, level, prefix, (rw, us, nx)) = match item {
             Item::Leaf(r) => {
                 leaves += 1;
-                if leaves > MAX_LEAVES {
-                    return Err(Error::TooManyLeaves(MAX_LEAVES));
+                if leaves > max_leaves {
+                    return Err(Error::TooManyLeaves(max_leaves));
                 }
+                let full = out.len() >= MAX_RANGES;
                 match out.last_mut() {
                     Some(prev) if MappingRange::extends(prev, &r) => prev.len += r.len,
+                    _ if full => return Err(Error::TooManyRanges(MAX_RANGES)),
                     _ => out.push(r),
                 }
                 continue;

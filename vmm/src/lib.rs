@@ -7,6 +7,7 @@ pub mod boot;
 pub mod cli;
 pub mod devices;
 pub mod dirty;
+pub mod fuzz_entry;
 pub mod host;
 pub mod memory;
 pub mod outdir;

@@ -72,20 +72,28 @@ impl GuestPhysMemory for GuestRam {
         if gpa % 8 != 0 {
             return Err(MemError::Unaligned(gpa));
         }
-        let p = self.host_ptr(gpa, 8).ok_or(MemError::Unreadable(gpa))?;
-        // SAFETY: host_ptr checked that the 8 aligned bytes lie in mapped guest RAM; the
-        // guest may write concurrently (it is paused during ptsnaps), hence volatile.
-        Ok(unsafe { std::ptr::read_volatile(p as *const u64) })
+        if !self.contains(gpa, 8) {
+            return Err(MemError::Unreadable(gpa));
+        }
+        // vm-memory reads an aligned u64 with one volatile load (the guest is paused
+        // during ptsnaps, but KVM may still touch the memory).
+        vm_memory::Bytes::read_obj(self.memory(), vm_memory::GuestAddress(gpa))
+            .map_err(|_| MemError::Unreadable(gpa))
     }
 
     fn read_page(&self, gpa: u64, out: &mut [u64; 512]) -> Result<(), MemError> {
         if gpa % 4096 != 0 {
             return Err(MemError::Unaligned(gpa));
         }
-        let p = self.host_ptr(gpa, 4096).ok_or(MemError::Unreadable(gpa))?;
-        // SAFETY: a whole page of mapped guest RAM (checked by host_ptr), copied into a
-        // distinct local buffer.
-        unsafe { std::ptr::copy_nonoverlapping(p as *const u64, out.as_mut_ptr(), 512) };
+        if !self.contains(gpa, 4096) {
+            return Err(MemError::Unreadable(gpa));
+        }
+        let mut page = [0u8; 4096];
+        vm_memory::Bytes::read_slice(self.memory(), &mut page, vm_memory::GuestAddress(gpa))
+            .map_err(|_| MemError::Unreadable(gpa))?;
+        for (o, b) in out.iter_mut().zip(page.chunks_exact(8)) {
+            *o = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        }
         Ok(())
     }
 }

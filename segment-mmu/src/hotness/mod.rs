@@ -76,8 +76,10 @@ pub const PAGE_SHIFT: u32 = 12;
 /// 4 KiB pages per 2 MiB frame.
 pub const PAGES_PER_HUGE: u64 = 512;
 /// Most dirty page-intervals (sum over intervals of dirty pages) a reader accepts, so that
-/// a corrupt count cannot make it allocate more than 2 GiB of page numbers.
-pub const MAX_PAGE_INTERVALS: u64 = 1 << 28;
+/// a corrupt count or one long run cannot make it allocate more than 256 MiB of page numbers.
+pub const MAX_PAGE_INTERVALS: u64 = 1 << 25;
+/// Most guest RAM a log may describe (1 TiB): the tier model keeps state per RAM page.
+pub const MAX_RAM_BYTES: u64 = 1 << 40;
 /// Default temperature half-life, in intervals.
 pub const DEFAULT_HALF_LIFE: f64 = 4.0;
 
@@ -493,6 +495,12 @@ fn check_ranges(r: &[(u64, u64)]) -> Result<(), String> {
         }
         end = e;
     }
+    let total = r.iter().fold(0u64, |a, &(_, l)| a.saturating_add(l));
+    if total > MAX_RAM_BYTES {
+        return Err(format!(
+            "RAM ranges hold {total} bytes, more than the {MAX_RAM_BYTES}-byte cap (MAX_RAM_BYTES)"
+        ));
+    }
     Ok(())
 }
 
@@ -603,7 +611,7 @@ fn decode_interval(
     *total = total.saturating_add(count);
     if *total > MAX_PAGE_INTERVALS {
         return Err(Error::Malformed(format!(
-            "more than {MAX_PAGE_INTERVALS} dirty page-intervals: too large to replay in memory"
+            "more than {MAX_PAGE_INTERVALS} dirty page-intervals (the cap MAX_PAGE_INTERVALS): too large to replay in memory"
         )));
     }
     let pages = decode_runs(r, k, count, nruns)?;
@@ -641,7 +649,7 @@ fn decode_runs(r: &mut Reader, k: usize, count: u64, nruns: usize) -> Result<Vec
                 "interval {k}: run {j} touches the previous one (not canonical)"
             )));
         }
-        if pages.len() as u64 + len > count {
+        if (pages.len() as u64).saturating_add(len) > count {
             return Err(Error::Malformed(format!(
                 "interval {k}: runs hold more than the {count} pages stated"
             )));

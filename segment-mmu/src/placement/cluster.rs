@@ -29,6 +29,12 @@ pub enum Error {
     },
 }
 
+/// Most hosts a simulated cluster may have (each costs a few hundred bytes plus its free
+/// lists; 10^5 hosts is a large datacenter cell).
+pub const MAX_HOSTS: usize = 100_000;
+/// Most hard-faulted pages over the whole cluster (8 bytes each, plus the hosts' extents).
+pub const MAX_BAD_PAGES: usize = 1 << 20;
+
 /// How many hosts, of what kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSpec {
@@ -127,8 +133,18 @@ impl Cluster {
     /// Builds the cluster, with faulted pages drawn from the spec's seed, and escape filters
     /// of `escape_filter` pages.
     pub fn new(spec: &ClusterSpec, mode: Mode, escape_filter: u32) -> Result<Self, Error> {
-        if spec.hosts == 0 || spec.hosts > u32::MAX as usize {
-            return Err(Error::Config(format!("{} hosts", spec.hosts)));
+        if spec.hosts == 0 || spec.hosts > MAX_HOSTS {
+            return Err(Error::Config(format!(
+                "{} hosts: must be between 1 and {MAX_HOSTS} (the cap MAX_HOSTS)",
+                spec.hosts
+            )));
+        }
+        let total_bad = spec.hosts.saturating_mul(spec.bad_pages_per_host);
+        if spec.bad_pages_per_host as u64 > spec.host_memory / PAGE || total_bad > MAX_BAD_PAGES {
+            return Err(Error::Config(format!(
+                "{} bad pages per host over {} hosts: more than the host's pages or the {MAX_BAD_PAGES} in all (the cap MAX_BAD_PAGES)",
+                spec.bad_pages_per_host, spec.hosts
+            )));
         }
         let mut rng = Rng::new(spec.seed ^ 0xBAD_BA6E);
         let mut hosts = Vec::with_capacity(spec.hosts);

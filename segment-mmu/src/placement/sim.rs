@@ -31,6 +31,9 @@ pub enum Error {
     Config(String),
 }
 
+/// Most fragmentation samples one run takes (each walks every host).
+pub const MAX_SAMPLES: usize = 100_000;
+
 /// Policy knobs of one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -98,6 +101,12 @@ impl<'w> Simulator<'w> {
     pub fn new(w: &'w Workload, spec: &ClusterSpec, cfg: Config) -> Result<Self, Error> {
         if cfg.max_segments == 0 {
             return Err(Error::Config("max segments must be at least 1".into()));
+        }
+        if cfg.samples > MAX_SAMPLES {
+            return Err(Error::Config(format!(
+                "{} fragmentation samples: more than {MAX_SAMPLES} (the cap MAX_SAMPLES)",
+                cfg.samples
+            )));
         }
         let cluster = Cluster::new(spec, cfg.mode, cfg.escape_filter)?;
         let usable = cluster.hosts().iter().map(|h| h.usable()).sum();
@@ -177,7 +186,7 @@ impl<'w> Simulator<'w> {
         for (n, &(t, arrive, i)) in events.iter().enumerate() {
             while t >= next_sample && next_sample < self.w.end {
                 self.sample(next_sample);
-                next_sample += every;
+                next_sample = next_sample.saturating_add(every);
             }
             if arrive {
                 self.arrive(i as usize)?;
@@ -190,7 +199,7 @@ impl<'w> Simulator<'w> {
         }
         while next_sample < self.w.end {
             self.sample(next_sample);
-            next_sample += every;
+            next_sample = next_sample.saturating_add(every);
         }
         progress(total, total);
         let r = &mut self.report;

@@ -90,12 +90,21 @@ fn num(key: &str, v: &str) -> Result<f64, Error> {
     let x: f64 = v
         .parse()
         .map_err(|_| Error::Spec(format!("{key}: {v:?} is not a number")))?;
-    if x.is_finite() && x > 0.0 {
-        Ok(x)
-    } else {
-        Err(Error::Spec(format!("{key}: {v:?} must be positive")))
+    if !(x.is_finite() && x > 0.0) {
+        return Err(Error::Spec(format!("{key}: {v:?} must be positive")));
     }
+    if key == "lifetime" && x > MAX_SECONDS as f64 {
+        return Err(Error::Spec(format!(
+            "{key}: {v:?} is more than {MAX_SECONDS} s (the cap MAX_SECONDS)"
+        )));
+    }
+    Ok(x)
 }
+
+/// Most VMs a synthetic workload may hold (each is kept in memory, 24 bytes).
+pub const MAX_VMS: usize = 1 << 24;
+/// Longest lifetime or end time of a synthetic workload, in seconds (about 31,700 years).
+pub const MAX_SECONDS: u64 = 1_000_000_000_000;
 
 impl FromStr for Spec {
     type Err = Error;
@@ -109,14 +118,24 @@ impl FromStr for Spec {
                 "vms" => {
                     spec.vms = v
                         .parse()
-                        .map_err(|_| Error::Spec(format!("vms: {v:?} is not a count")))?
+                        .map_err(|_| Error::Spec(format!("vms: {v:?} is not a count")))?;
+                    if spec.vms > MAX_VMS {
+                        return Err(Error::Spec(format!(
+                            "vms: {v} is more than {MAX_VMS} (the cap MAX_VMS)"
+                        )));
+                    }
                 }
                 "rate" => spec.rate = num("rate", v)?,
                 "end" => {
-                    spec.end = Some(
-                        v.parse()
-                            .map_err(|_| Error::Spec(format!("end: {v:?} is not seconds")))?,
-                    )
+                    let end: u64 = v
+                        .parse()
+                        .map_err(|_| Error::Spec(format!("end: {v:?} is not seconds")))?;
+                    if end > MAX_SECONDS {
+                        return Err(Error::Spec(format!(
+                            "end: {v} is more than {MAX_SECONDS} s (the cap MAX_SECONDS)"
+                        )));
+                    }
+                    spec.end = Some(end);
                 }
                 "sizes" => {
                     spec.sizes = v
@@ -184,7 +203,7 @@ pub fn generate(spec: &Spec, seed: u64) -> Workload {
             .lifetime
             .sample(&mut r)
             .max(1.0)
-            .min(u64::MAX as f64 / 4.0);
+            .min(MAX_SECONDS as f64);
         vms.push(VmRequest {
             arrival: t as u64,
             lifetime: Some(life as u64),

@@ -32,6 +32,7 @@ mod capture;
 mod format;
 mod synth;
 
+
 pub use capture::{Capture, CpuState};
 pub use synth::{SynthError, SyntheticSpec};
 

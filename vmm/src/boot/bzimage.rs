@@ -27,6 +27,22 @@ pub enum Error {
         /// Decoder's words.
         why: String,
     },
+    /// The size trailer asks for more than the cap (guest RAM).
+    #[error("bzImage payload says it decompresses to {size} bytes, more than the {cap}-byte cap (guest memory)")]
+    TooLarge {
+        /// Size the trailer states.
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// The payload inflates past its own size trailer (a decompression bomb).
+    #[error("bzImage payload ({format}) inflates past the {size} bytes its size trailer states; stopped there")]
+    Overflow {
+        /// Format.
+        format: &'static str,
+        /// Size the trailer states.
+        size: u64,
+    },
     /// The result is not an ELF image.
     #[error("bzImage payload decompressed to something that is not an ELF vmlinux")]
     NotElf,
@@ -44,8 +60,11 @@ pub fn compression(payload: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Returns the decompressed vmlinux (ELF) inside bzImage `image`.
-pub fn extract_vmlinux(image: &[u8]) -> Result<Vec<u8>, Error> {
+/// Returns the decompressed vmlinux (ELF) inside bzImage `image`. Decompression never
+/// produces more than the payload's size trailer states, and that must be at most `cap`
+/// bytes (the guest's memory): a payload that inflates further is an error, found
+/// without holding more than `size + 1` bytes.
+pub fn extract_vmlinux(image: &[u8], cap: u64) -> Result<Vec<u8>, Error> {
     let u32_at = |off: usize| {
         image
             .get(off..off + 4)
@@ -58,7 +77,8 @@ pub fn extract_vmlinux(image: &[u8]) -> Result<Vec<u8>, Error> {
     let offset = u32_at(0x248).ok_or(Error::Truncated)?;
     let length = u32_at(0x24c).ok_or(Error::Truncated)?;
     let start = (setup_sects + 1) * 512 + offset;
-    let payload = image.get(start..start + length).ok_or(Error::Truncated)?;
+    let end = start.checked_add(length).ok_or(Error::Truncated)?;
+    let payload = image.get(start..end).ok_or(Error::Truncated)?;
     if payload.len() < 8 {
         return Err(Error::Truncated);
     }
@@ -68,29 +88,54 @@ pub fn extract_vmlinux(image: &[u8]) -> Result<Vec<u8>, Error> {
     let format = compression(payload).ok_or_else(|| {
         Error::UnknownCompression(payload[..4].iter().map(|b| format!("{b:02x}")).collect())
     })?;
+    if format != "none" && size as u64 > cap {
+        return Err(Error::TooLarge {
+            size: size as u64,
+            cap,
+        });
+    }
     let corrupt = |why: String| Error::Corrupt { format, why };
+    let overflow = || Error::Overflow {
+        format,
+        size: size as u64,
+    };
+    // Every decoder may write at most `size + 1` bytes: one more than the trailer proves a bomb.
+    let limit = size.saturating_add(1);
     let out = match format {
         "lz4" => lz4_legacy(body, size).map_err(corrupt)?,
         "gzip" => {
             let deflate = gzip_body(body).ok_or_else(|| corrupt("bad gzip header".into()))?;
-            miniz_oxide::inflate::decompress_to_vec(deflate)
-                .map_err(|e| corrupt(format!("{e:?}")))?
+            match miniz_oxide::inflate::decompress_to_vec_with_limit(deflate, limit) {
+                Ok(v) => v,
+                Err(e) if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+                    return Err(overflow())
+                }
+                Err(e) => return Err(corrupt(format!("{:?}", e.status))),
+            }
         }
         "zstd" => {
-            let mut d = ruzstd::decoding::StreamingDecoder::new(body)
+            let d = ruzstd::decoding::StreamingDecoder::new(body)
                 .map_err(|e| corrupt(e.to_string()))?;
             let mut v = Vec::with_capacity(size);
-            d.read_to_end(&mut v).map_err(|e| corrupt(e.to_string()))?;
+            d.take(limit as u64)
+                .read_to_end(&mut v)
+                .map_err(|e| corrupt(e.to_string()))?;
             v
         }
         "xz" => {
-            let mut v = Vec::with_capacity(size);
-            lzma_rs::xz_decompress(&mut std::io::BufReader::new(body), &mut v)
+            let mut w = Capped {
+                v: Vec::with_capacity(size),
+                limit,
+            };
+            lzma_rs::xz_decompress(&mut std::io::BufReader::new(body), &mut w)
                 .map_err(|e| corrupt(e.to_string()))?;
-            v
+            w.v
         }
         _ => payload.to_vec(),
     };
+    if format != "none" && out.len() > size {
+        return Err(overflow());
+    }
     if format != "none" && out.len() != size {
         return Err(corrupt(format!(
             "decompressed {} bytes, the trailer says {size}",
@@ -103,12 +148,33 @@ pub fn extract_vmlinux(image: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// A writer that refuses to grow past `limit` bytes (keeps the xz decoder bounded).
+struct Capped {
+    v: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit.saturating_sub(self.v.len());
+        if room == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other("output past the size trailer"));
+        }
+        let n = buf.len().min(room);
+        self.v.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The LZ4 "legacy" frame the kernel uses: magic, then blocks of (u32 compressed size,
 /// data), each decompressing to at most 8 MiB; a repeated magic starts a new frame.
 fn lz4_legacy(mut data: &[u8], size: usize) -> Result<Vec<u8>, String> {
     const MAGIC: u32 = 0x184c_2102;
     let mut out = vec![0u8; size];
-    let mut pos = 0;
+    let mut pos = 0usize;
     while data.len() >= 4 {
         let n = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         data = &data[4..];
@@ -118,7 +184,7 @@ fn lz4_legacy(mut data: &[u8], size: usize) -> Result<Vec<u8>, String> {
         let n = n as usize;
         let block = data.get(..n).ok_or("block runs past the end")?;
         data = &data[n..];
-        let end = (pos + (8 << 20)).min(size);
+        let end = pos.saturating_add(8 << 20).min(size);
         pos += lz4_flex::block::decompress_into(block, &mut out[pos..end])
             .map_err(|e| e.to_string())?;
         if pos == size {
@@ -176,19 +242,22 @@ mod tests {
         payload.extend((block.len() as u32).to_le_bytes());
         payload.extend(&block);
         payload.extend((raw.len() as u32).to_le_bytes());
-        assert_eq!(extract_vmlinux(&fake_bzimage(&payload)).unwrap(), raw);
+        assert_eq!(
+            extract_vmlinux(&fake_bzimage(&payload), 1 << 30).unwrap(),
+            raw
+        );
     }
 
     #[test]
     fn bad_payloads_are_errors() {
         assert!(matches!(
-            extract_vmlinux(&[0u8; 100]),
+            extract_vmlinux(&[0u8; 100], 1 << 30),
             Err(Error::Truncated)
         ));
         let mut p = b"????".to_vec();
         p.extend([0u8; 8]);
         assert!(matches!(
-            extract_vmlinux(&fake_bzimage(&p)),
+            extract_vmlinux(&fake_bzimage(&p), 1 << 30),
             Err(Error::UnknownCompression(_))
         ));
         let mut p = 0x184c_2102u32.to_le_bytes().to_vec();
@@ -196,7 +265,7 @@ mod tests {
         p.extend([0xffu8; 8]);
         p.extend(1000u32.to_le_bytes());
         assert!(matches!(
-            extract_vmlinux(&fake_bzimage(&p)),
+            extract_vmlinux(&fake_bzimage(&p), 1 << 30),
             Err(Error::Corrupt { .. })
         ));
     }

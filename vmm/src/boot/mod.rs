@@ -65,6 +65,32 @@ pub enum Error {
         /// Where the kernel ends.
         kernel_end: u64,
     },
+    /// A file is larger than it may be (checked from its metadata, before reading it).
+    #[error("{what} {path} is {size} bytes, more than the {cap}-byte cap ({why})")]
+    FileTooLarge {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        cap: u64,
+        /// Where the cap comes from.
+        why: &'static str,
+    },
+    /// The image's entry point or extent lies outside guest memory (or wraps).
+    #[error("kernel {path}: {what} {addr:#x} is outside guest memory ({ram} bytes)")]
+    OutsideRam {
+        /// Path.
+        path: PathBuf,
+        /// "entry point" or "end".
+        what: &'static str,
+        /// The address from the file.
+        addr: u64,
+        /// Guest memory size.
+        ram: u64,
+    },
     /// Command line too long.
     #[error("kernel command line is {0} bytes; at most {max} fit", max = CMDLINE_MAX - 1)]
     CmdlineTooLong(usize),
@@ -148,16 +174,51 @@ pub fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
     v
 }
 
-/// Checks that `path` is a readable, non-empty file.
-fn open_kernel(path: &Path) -> Result<()> {
+/// Most bytes a kernel image may have: a bzImage or vmlinux larger than guest memory
+/// cannot be loaded, and 512 MiB is far above any real kernel.
+pub const MAX_KERNEL_FILE: u64 = 512 << 20;
+
+/// Checks that `path` is a readable, non-empty file of at most `cap` bytes (from its
+/// metadata, before anything is read).
+fn open_kernel(path: &Path, cap: u64) -> Result<()> {
     let f = File::open(path).map_err(|source| Error::KernelFile {
         path: path.into(),
         source,
     })?;
     match f.metadata() {
+        Ok(m) if m.len() > cap => Err(Error::FileTooLarge {
+            what: "kernel",
+            path: path.into(),
+            size: m.len(),
+            cap,
+            why: "the smaller of guest memory and 512 MiB",
+        }),
         Ok(m) if m.len() > 0 => Ok(()),
         _ => Err(Error::NotAKernel(path.into())),
     }
+}
+
+/// Reads the initrd at `path` if its size (from metadata, before reading) fits between
+/// `kernel_end` and `limit`.
+fn read_initrd(path: &Path, limit: u64, kernel_end: u64) -> Result<Vec<u8>> {
+    let io = |source| Error::InitrdFile {
+        path: path.into(),
+        source,
+    };
+    let f = File::open(path).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let cap = limit.saturating_sub(kernel_end);
+    if size > cap {
+        return Err(Error::InitrdTooLarge {
+            path: path.into(),
+            size,
+            limit,
+            kernel_end,
+        });
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, cap), &mut data).map_err(io)?;
+    Ok(data)
 }
 
 /// How to treat a bzImage.
@@ -193,7 +254,7 @@ pub fn load_kernel(
     cpus: u8,
     mode: BzImageMode,
 ) -> Result<Loaded> {
-    open_kernel(kernel)?;
+    open_kernel(kernel, ram.size().min(MAX_KERNEL_FILE))?;
     let image = std::fs::read(kernel).map_err(|source| Error::KernelFile {
         path: kernel.into(),
         source,
@@ -214,7 +275,8 @@ struct Placed {
 impl Placed {
     /// End of the kernel in guest memory.
     fn end(&self) -> u64 {
-        self.res.kernel_load.0 + self.res.kernel_end
+        // linux-loader's kernel_end is absolute (the highest segment end, p_paddr + p_memsz).
+        self.res.kernel_end
     }
 }
 
@@ -230,8 +292,17 @@ pub fn load_image(
 ) -> Result<Loaded> {
     let mem = ram.memory();
     let low_end = check_fits(ram, cmdline)?;
-    let placed = place_image(mem, kernel, image, mode)?;
+    let placed = place_image(mem, kernel, image, mode, ram.size())?;
     let kernel_end = placed.end();
+    let outside = |what: &'static str, addr: u64| Error::OutsideRam {
+        path: kernel.into(),
+        what,
+        addr,
+        ram: ram.size(),
+    };
+    if kernel_end > low_end {
+        return Err(outside("end", kernel_end));
+    }
     let rsdp = write_boot_tables(mem, cmdline, cpus)?;
     let initrd_at = match initrd {
         Some(p) => Some(load_initrd(
@@ -248,6 +319,9 @@ pub fn load_image(
     if let (ImageKind::Elf, PvhBootCapability::PvhEntryPresent(entry)) =
         (kind, placed.res.pvh_boot_cap)
     {
+        if entry.0 >= low_end {
+            return Err(outside("PVH entry point", entry.0));
+        }
         write_pvh_info(mem, &e820, initrd_at, cmdline.is_empty(), rsdp)?;
         let entry = Entry::Pvh { rip: entry.0 };
         return Ok(Loaded {
@@ -262,9 +336,12 @@ pub fn load_image(
         // A vmlinux taken out of the bzImage: its ELF entry is startup_64's physical address.
         (_, Some(entry)) => entry,
         // startup_64 sits 0x200 bytes into the protected-mode kernel.
-        (ImageKind::BzImage, None) => placed.res.kernel_load.0 + 0x200,
+        (ImageKind::BzImage, None) => placed.res.kernel_load.0.saturating_add(0x200),
         (ImageKind::Elf, None) => elf_entry(image).unwrap_or(placed.res.kernel_load.0),
     };
+    if rip >= low_end {
+        return Err(outside("entry point", rip));
+    }
     Ok(Loaded {
         entry: Entry::Linux64 { rip },
         kind,
@@ -285,12 +362,14 @@ fn check_fits(ram: &GuestRam, cmdline: &str) -> Result<u64> {
     Ok(low_end)
 }
 
-/// Places an ELF, a bzImage, or the vmlinux inside a bzImage at [`HIMEM`].
+/// Places an ELF, a bzImage, or the vmlinux inside a bzImage at [`HIMEM`]; a vmlinux
+/// may not decompress to more than `ram_size` bytes.
 fn place_image(
     mem: &GuestMemoryMmap,
     kernel: &Path,
     image: &[u8],
     mode: BzImageMode,
+    ram_size: u64,
 ) -> Result<Placed> {
     let load_err = |e: linux_loader::loader::Error| Error::Load {
         path: kernel.into(),
@@ -307,7 +386,7 @@ fn place_image(
             vmlinux_entry: None,
         })
     } else if is_bz && mode == BzImageMode::HostDecompress {
-        place_bzimage_payload(mem, kernel, image)
+        place_bzimage_payload(mem, kernel, image, ram_size)
     } else if is_bz {
         let res = BzImage::load(mem, None, &mut Cursor::new(image), at).map_err(load_err)?;
         Ok(Placed {
@@ -322,12 +401,17 @@ fn place_image(
 
 /// Decompresses a bzImage's payload on the host and places the vmlinux inside, keeping
 /// the bzImage's own setup header (boot protocol version, initrd limit...).
-fn place_bzimage_payload(mem: &GuestMemoryMmap, kernel: &Path, image: &[u8]) -> Result<Placed> {
+fn place_bzimage_payload(
+    mem: &GuestMemoryMmap,
+    kernel: &Path,
+    image: &[u8],
+    ram_size: u64,
+) -> Result<Placed> {
     let load_err = |what: String| Error::Load {
         path: kernel.into(),
         what,
     };
-    let vmlinux = bzimage::extract_vmlinux(image).map_err(|e| load_err(e.to_string()))?;
+    let vmlinux = bzimage::extract_vmlinux(image, ram_size).map_err(|e| load_err(e.to_string()))?;
     let mut res = Elf::load(
         mem,
         None,
@@ -373,15 +457,12 @@ fn load_initrd(
     low_end: u64,
     kernel_end: u64,
 ) -> Result<(u64, u64)> {
-    let data = std::fs::read(path).map_err(|source| Error::InitrdFile {
-        path: path.into(),
-        source,
-    })?;
     let max = hdr
         .map(|h| u64::from(h.initrd_addr_max))
         .filter(|&m| m != 0)
         .unwrap_or(0x37ff_ffff);
     let limit = low_end.min(max + 1);
+    let data = read_initrd(path, limit, kernel_end)?;
     let size = data.len() as u64;
     match limit.checked_sub(size).map(|a| a & !0xfff) {
         Some(a) if a >= kernel_end => {

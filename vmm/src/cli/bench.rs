@@ -51,8 +51,8 @@ pub struct Args {
     #[arg(long)]
     pub no_grow_pool: bool,
     /// Per-run timeout, seconds.
-    #[arg(long, default_value_t = 600.0)]
-    pub timeout: f64,
+    #[arg(long, default_value = "600", value_parser = segment_mmu::duration::parse)]
+    pub timeout: Duration,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -147,12 +147,6 @@ fn spec(args: &Args) -> Result<MatrixSpec, CliError> {
     if args.repeat == 0 {
         return Err(CliError::bad_input("--repeat must be at least 1"));
     }
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(CliError::bad_input(format!(
-            "--timeout {}: must be a positive number of seconds",
-            args.timeout
-        )));
-    }
     let linux = match args.linux.as_deref() {
         None => None,
         Some([k, i]) => Some((k.clone(), i.clone())),
@@ -172,7 +166,7 @@ fn spec(args: &Args) -> Result<MatrixSpec, CliError> {
         seed: args.seed,
         count: args.count,
         grow_pool: !args.no_grow_pool,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: args.timeout,
         track_dirty: args.track_dirty.map(|interval| bench::MatrixDirty {
             interval,
             mode: args.dirty_mode,

@@ -58,8 +58,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = MmuRequest::Auto)]
     pub mmu: MmuRequest,
     /// Stop the guest after this many seconds.
-    #[arg(long, default_value_t = 1800.0)]
-    pub timeout: f64,
+    #[arg(long, default_value = "1800", value_parser = segment_mmu::duration::parse)]
+    pub timeout: Duration,
     /// Serve the API socket here (created 0600; see `segvmm ptsnap`).
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
@@ -168,12 +168,6 @@ pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
 /// Runs `segvmm run`.
 pub fn run(args: Args) -> CliResult {
     let started = Instant::now();
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(CliError::bad_input(format!(
-            "--timeout {}: must be a positive number of seconds",
-            args.timeout
-        )));
-    }
     let payload = match &args.kernel {
         Some(k) => Payload::Linux {
             kernel: k.clone(),
@@ -208,7 +202,7 @@ pub fn run(args: Args) -> CliResult {
         },
         vcpus: args.vcpus,
         mmu: args.mmu,
-        timeout: Some(Duration::from_secs_f64(args.timeout)),
+        timeout: Some(args.timeout),
         echo_console: !args.quiet,
         stdin: args.kernel.is_some(),
         payload,
@@ -247,7 +241,7 @@ fn run_probe(args: &Args) -> CliResult {
     let opts = guest::GuestOptions {
         backing: args.backing,
         grow_pool: args.grow_pool,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: args.timeout,
         ptsnap: None,
         track_dirty: args.dirty(),
     };

@@ -287,57 +287,9 @@ impl DirtyConfig {
     }
 }
 
-/// An interval that did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IntervalError {
-    /// No number.
-    #[error("interval '{0}': not a number (use e.g. 100ms, 1s)")]
-    NotANumber(String),
-    /// A unit other than us, ms, s.
-    #[error("interval '{text}': unknown unit '{unit}' (use us, ms or s)")]
-    Unit {
-        /// The whole text.
-        text: String,
-        /// The unit.
-        unit: String,
-    },
-    /// Zero, negative or not finite.
-    #[error("interval '{0}': must be positive")]
-    NotPositive(String),
-    /// Outside [`MIN_INTERVAL`, `MAX_INTERVAL`].
-    #[error("interval '{0}': must be between 1ms and 1h")]
-    Range(String),
-}
-
 /// Parses an interval: `100ms`, `1s`, `250us`, `0.5s` (a bare number is milliseconds).
-pub fn parse_interval(s: &str) -> Result<Duration, IntervalError> {
-    let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| IntervalError::NotANumber(s.to_string()))?;
-    let scale = match unit.trim() {
-        "" | "ms" => 1e-3,
-        "s" => 1.0,
-        "us" => 1e-6,
-        u => {
-            return Err(IntervalError::Unit {
-                text: s.to_string(),
-                unit: u.to_string(),
-            })
-        }
-    };
-    let secs = v * scale;
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(IntervalError::NotPositive(s.to_string()));
-    }
-    let d = Duration::from_secs_f64(secs);
-    if d < MIN_INTERVAL || d > MAX_INTERVAL {
-        return Err(IntervalError::Range(s.to_string()));
-    }
-    Ok(d)
+pub fn parse_interval(s: &str) -> Result<Duration, segment_mmu::duration::Error> {
+    segment_mmu::duration::parse_in(s, 1e-3, MIN_INTERVAL, MAX_INTERVAL)
 }
 
 /// What tracking found, for the run report (`"dirty"`).
@@ -360,6 +312,10 @@ pub struct DirtyReport {
     pub ring_harvested: Option<u64>,
     /// Intervals collected (the last one is cut short by the guest's end).
     pub intervals: u64,
+    /// Intervals collected but not kept: the log reached
+    /// `segment_mmu::hotness::MAX_PAGE_INTERVALS` dirty page-intervals (the file stays
+    /// readable and memory bounded on a long run).
+    pub intervals_dropped: u64,
     /// Nominal interval, ms.
     pub interval_ms: f64,
     /// Mean time of one collection (bitmap: get + clear of all slots; ring: harvest of all
@@ -514,22 +470,43 @@ enum Source {
 #[derive(Debug)]
 struct Collector {
     vm: Arc<VmFd>,
+    /// Guest RAM, for the pages the VMM wrote itself (emulated instructions).
+    ram: Arc<GuestRam>,
     source: Source,
     start: Instant,
     log: HotnessLog,
-    collect_ns: Vec<u64>,
+    /// Collections made, their summed and largest duration.
+    collect_n: u64,
+    collect_sum_ns: u64,
+    collect_max_ns: u64,
+    /// Dirty page-intervals held in `log`, capped at [`hotness::MAX_PAGE_INTERVALS`] so the
+    /// log stays bounded (and readable back) however long the guest runs.
+    held: u64,
+    /// Intervals not kept because the cap was reached.
+    dropped: u64,
 }
 
 impl Collector {
     /// One collection: every page dirtied since the last one.
     fn collect(&mut self) -> Result<(), Error> {
         let t0 = Instant::now();
-        let pages = match &self.source {
+        let mut pages = match &self.source {
             Source::Ring(r) => r.collect()?,
             Source::Bitmap { slots, manual } => collect_bitmap(&self.vm, slots, *manual)?,
         };
-        self.collect_ns.push(t0.elapsed().as_nanos() as u64);
+        // KVM logs only what the vCPUs wrote; add what the VMM wrote for the guest.
+        pages.extend(self.ram.take_vmm_dirty());
+        let took = t0.elapsed().as_nanos() as u64;
+        self.collect_n += 1;
+        self.collect_sum_ns = self.collect_sum_ns.saturating_add(took);
+        self.collect_max_ns = self.collect_max_ns.max(took);
         let end = self.start.elapsed().as_nanos() as u64;
+        let n = pages.len() as u64;
+        if self.dropped > 0 || self.held.saturating_add(n) > hotness::MAX_PAGE_INTERVALS {
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.held += n;
         self.log.push_interval(end, pages)?;
         Ok(())
     }
@@ -632,15 +609,20 @@ impl Tracker {
         )?;
         let mut c = Collector {
             vm,
+            ram: ram.clone(),
             source,
             start: Instant::now(),
             log,
-            collect_ns: Vec::new(),
+            collect_n: 0,
+            collect_sum_ns: 0,
+            collect_max_ns: 0,
+            held: 0,
+            dropped: 0,
         };
         // Drain anything logged before the guest runs, then restart the clock.
         c.collect()?;
         c.log.intervals.clear();
-        c.collect_ns.clear();
+        (c.collect_n, c.collect_sum_ns, c.collect_max_ns, c.held) = (0, 0, 0, 0);
         c.start = Instant::now();
         let (stop, rx) = channel::<()>();
         let interval = cfg.interval;
@@ -698,7 +680,7 @@ impl Tracker {
             Source::Ring(r) => Some((r.entries(), r.full_exits(), r.harvested())),
             Source::Bitmap { .. } => None,
         };
-        let n = c.collect_ns.len().max(1) as f64;
+        let n = c.collect_n.max(1) as f64;
         Ok(DirtyReport {
             method: c.log.method.clone(),
             mode: cfg.mode,
@@ -707,9 +689,10 @@ impl Tracker {
             ring_full_exits: ring.map(|r| r.1),
             ring_harvested: ring.map(|r| r.2),
             intervals: c.log.intervals.len() as u64,
+            intervals_dropped: c.dropped,
             interval_ms: cfg.interval.as_secs_f64() * 1e3,
-            collect_mean_us: c.collect_ns.iter().sum::<u64>() as f64 / n / 1e3,
-            collect_max_us: c.collect_ns.iter().copied().max().unwrap_or(0) as f64 / 1e3,
+            collect_mean_us: c.collect_sum_ns as f64 / n / 1e3,
+            collect_max_us: c.collect_max_ns as f64 / 1e3,
             hotness_file,
             heatmap,
             summary: c.log.summary(),

@@ -245,6 +245,10 @@ pub struct GuestRam {
     mem: GuestMemoryMmap,
     prefault_ns: u64,
     prefault: bool,
+    /// Pages (frame numbers) the VMM itself wrote on the guest's behalf (emulated
+    /// instructions) since the dirty log last took them: KVM's dirty log sees only writes
+    /// made through the vCPUs. At most one entry per RAM page.
+    vmm_dirty: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 // SAFETY: the raw pointer is the base of a mapping this struct owns for its whole life;
@@ -399,6 +403,7 @@ impl GuestRam {
         }
         let base = base_addr as *mut u8;
         let mut ram = GuestRam {
+            vmm_dirty: Default::default(),
             base,
             span,
             ranges: ranges.clone(),
@@ -538,12 +543,77 @@ impl GuestRam {
             .any(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|e| e <= r.end()))
     }
 
-    /// A host pointer to `len` bytes of RAM at `gpa`, if they lie inside one RAM range.
-    pub fn host_ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        // SAFETY: the offset stays inside the reservation because the range was checked.
-        self.contains(gpa, len)
-            .then(|| unsafe { self.base.add(gpa as usize) })
+    /// Writes `data` at `gpa` on the guest's behalf (an emulated instruction) and records
+    /// the pages as dirty for the dirty log. `false` if the bytes are not all RAM.
+    pub fn write_for_guest(&self, gpa: u64, data: &[u8]) -> bool {
+        use vm_memory::Bytes;
+        if !self.contains(gpa, data.len() as u64) {
+            return false;
+        }
+        if self.mem.write_slice(data, GuestAddress(gpa)).is_err() {
+            return false;
+        }
+        self.mark_dirty(gpa, data.len() as u64);
+        true
     }
+
+    /// Records `[gpa, gpa + len)` as written by the VMM.
+    fn mark_dirty(&self, gpa: u64, len: u64) {
+        let last = gpa.saturating_add(len.max(1) - 1) >> 12;
+        if let Ok(mut set) = self.vmm_dirty.lock() {
+            set.extend((gpa >> 12)..=last);
+        }
+    }
+
+    /// Takes the pages the VMM wrote since the last call (frame numbers, ascending).
+    pub fn take_vmm_dirty(&self) -> Vec<u64> {
+        match self.vmm_dirty.lock() {
+            Ok(mut set) => std::mem::take(&mut *set).into_iter().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The one place guest RAM is touched through a raw host pointer: an atomic 16-byte
+    /// compare-and-exchange (`lock cmpxchg16b` completed for the guest), which vm-memory
+    /// has no operation for. `gpa` must be 16-byte aligned and RAM. Returns (swapped, the
+    /// value found); the page is recorded as dirty.
+    pub fn cmpxchg16b(&self, gpa: u64, old: [u64; 2], new: [u64; 2]) -> Option<(bool, [u64; 2])> {
+        if gpa % 16 != 0 || !self.contains(gpa, 16) {
+            return None;
+        }
+        let slice =
+            vm_memory::GuestMemoryBackend::get_slice(&self.mem, GuestAddress(gpa), 16).ok()?;
+        let guard = slice.ptr_guard_mut();
+        let p = guard.as_ptr();
+        let (ok, lo, hi) = host_cmpxchg16b(p, old, new);
+        self.mark_dirty(gpa, 16);
+        Some((ok, [lo, hi]))
+    }
+}
+
+/// `lock cmpxchg16b` on 16 bytes at `p`.
+fn host_cmpxchg16b(p: *mut u8, old: [u64; 2], new: [u64; 2]) -> (bool, u64, u64) {
+    let (mut lo, mut hi) = (old[0], old[1]);
+    let ok: u8;
+    // SAFETY: `p` points at 16 bytes, 16-byte aligned, of mapped guest RAM (checked by
+    // `GuestRam::cmpxchg16b` through vm-memory's slice); cmpxchg16b is available on every
+    // x86-64 host KVM runs on. rbx is reserved by LLVM, so it is swapped through a scratch
+    // register.
+    unsafe {
+        std::arch::asm!(
+            "xchg {b}, rbx",
+            "lock cmpxchg16b [{p}]",
+            "sete {ok}",
+            "xchg {b}, rbx",
+            p = in(reg) p,
+            b = inout(reg) new[0] => _,
+            ok = out(reg_byte) ok,
+            inout("rax") lo,
+            inout("rdx") hi,
+            in("rcx") new[1],
+        );
+    }
+    (ok != 0, lo, hi)
 }
 
 impl Drop for GuestRam {

@@ -81,7 +81,12 @@ impl ExitReason {
     /// guest exit, 3 guest crashed, 4 timeout, 5 host cannot run guest user space.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::GuestExit { status } => (*status).clamp(0, 125),
+            // A status the shell cannot carry (negative, > 125) is still a failure: 125.
+            ExitReason::GuestExit { status } => match *status {
+                0 => 0,
+                s @ 1..=125 => s,
+                _ => 125,
+            },
             ExitReason::PowerOff | ExitReason::Reset | ExitReason::Shutdown => 0,
             ExitReason::Timeout { .. } => 4,
             ExitReason::UserSyscallsUnavailable { .. } => 5,
