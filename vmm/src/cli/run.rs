@@ -55,8 +55,9 @@ pub struct Args {
     #[arg(long)]
     pub grow_pool: bool,
     /// Fault guest RAM in at set-up: off (lazily, on the guest's first touch), on (one
-    /// thread per online CPU) or threads=N. Default: off with --kernel and the test guests,
-    /// on for the measurement guest (a timed guest must not take host faults; off is
+    /// thread per online CPU) or threads=N. Default: off with --kernel (Linux touches a
+    /// tenth of its RAM while booting), on for the built-in guests (the test guest touches
+    /// every 2 MiB; the measurement guest is timed and must not take host faults, off is
     /// refused there). See the README, "Launch cost".
     #[arg(long)]
     pub prefault: Option<Prefault>,
@@ -210,7 +211,7 @@ pub fn run(args: Args) -> CliResult {
             size: args.memory,
             backing: args.backing,
             grow_pool: args.grow_pool,
-            prefault: args.prefault.unwrap_or(Prefault::Off),
+            prefault: args.prefault.unwrap_or(Prefault::from(args.kernel.is_none())),
         },
         vcpus: args.vcpus,
         mmu: args.mmu,
