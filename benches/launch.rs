@@ -33,6 +33,7 @@ const OFF_REPEAT: usize = 10;
 struct Sample {
     boot_ms: f64,
     memory_ms: f64,
+    kvm_vm_ms: f64,
     prefault_gib_s: Option<f64>,
     memset_gib_s: Option<f64>,
     resident_mib: f64,
@@ -85,15 +86,18 @@ fn sample(size: u64, backing: Backing, prefault: &str) -> Result<Sample, String>
     })?;
     let r: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let steps = r["setup_ms"].as_array().cloned().unwrap_or_default();
-    let memory_ms = steps
-        .iter()
-        .find(|s| s["step"] == "memory")
-        .and_then(|s| s["ms"].as_f64())
-        .unwrap_or(0.0);
+    let step_ms = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .and_then(|s| s["ms"].as_f64())
+            .unwrap_or(0.0)
+    };
     let p = &r["memory"]["prefault"];
     Ok(Sample {
         boot_ms: r["boot_ms"].as_f64().unwrap_or(0.0),
-        memory_ms,
+        memory_ms: step_ms("memory"),
+        kvm_vm_ms: step_ms("kvm_vm"),
         prefault_gib_s: p["gib_per_s"].as_f64(),
         memset_gib_s: p["memset_gib_per_s"].as_f64(),
         resident_mib: mib(&p["resident_at_start_bytes"]),
@@ -167,7 +171,7 @@ fn print_table(cells: &BTreeMap<Cell, Vec<Sample>>) {
             .fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
         let m = |f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
         println!(
-            "{:>5}M {:>4} {:>10} {:>3} {:>8.1} ({:>5.1}-{:>6.1}) {:>10.1} {:>9} {:>9} {:>9.0} {:>6.2}/{:.2}",
+            "{:>5}M {:>4} {:>10} {:>3} {:>8.1} ({:>5.1}-{:>6.1}) {:>10.1} {:>9.1} {:>9} {:>9} {:>9.0} {:>6.2}/{:.2}",
             size >> 20,
             backing.to_string(),
             mode,
@@ -176,6 +180,7 @@ fn print_table(cells: &BTreeMap<Cell, Vec<Sample>>) {
             lo,
             hi,
             m(|x| x.memory_ms),
+            m(|x| x.kvm_vm_ms),
             opt_median(s.iter().map(|x| x.prefault_gib_s)),
             opt_median(s.iter().map(|x| x.memset_gib_s)),
             m(|x| x.resident_mib),

@@ -211,7 +211,9 @@ pub fn run(args: Args) -> CliResult {
             size: args.memory,
             backing: args.backing,
             grow_pool: args.grow_pool,
-            prefault: args.prefault.unwrap_or(Prefault::from(args.kernel.is_none())),
+            prefault: args
+                .prefault
+                .unwrap_or(Prefault::from(args.kernel.is_none())),
         },
         vcpus: args.vcpus,
         mmu: args.mmu,
