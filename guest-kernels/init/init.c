@@ -5,8 +5,8 @@
  * Freestanding, static, no libc: every guest system call is expensive on the
  * kvm_pvm host (milliseconds each), so this does the minimum:
  *   mount("proc", "/proc", "proc")  open("/proc/uptime")  read()
- *   write(1, line)  reboot(POWER_OFF)
- * i.e. 5 system calls on the happy path.  If /proc cannot be mounted or read
+ *   write(1, line)  ioctl(1, TCSBRK, 1) (tcdrain)  reboot(POWER_OFF)
+ * i.e. 6 system calls on the happy path.  If /proc cannot be mounted or read
  * it falls back to clock_gettime(CLOCK_BOOTTIME), which is the same clock
  * /proc/uptime reports.  If the power-off call returns, it exits, which makes
  * the kernel panic ("Attempted to kill init"); with panic=-1 that reboots.
@@ -26,12 +26,14 @@
 #define SYS_read 0
 #define SYS_write 1
 #define SYS_open 2
+#define SYS_ioctl 16
 #define SYS_exit 60
 #define SYS_mount 165
 #define SYS_reboot 169
 #define SYS_clock_gettime 228
 
 #define O_RDONLY 0
+#define TCSBRK 0x5409 /* with a non-zero argument: tcdrain() */
 #define CLOCK_BOOTTIME 7
 #define LINUX_REBOOT_MAGIC1 0xfee1deadL
 #define LINUX_REBOOT_MAGIC2 672274793L
@@ -141,6 +143,12 @@ __attribute__((noreturn, used)) void init_main(void)
 	p = q ? q : uptime_from_clock(p);
 	*p++ = '\n';
 	sys3(SYS_write, 1, (long)line, p - line);
+	/*
+	 * Wait until the UART has sent the line: the tty layer transmits it
+	 * interrupt by interrupt, and the power-off below prints straight to the
+	 * console, so without this a slow host can lose the marker.
+	 */
+	sys3(SYS_ioctl, 1, TCSBRK, 1);
 
 	sys5(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,
 	     LINUX_REBOOT_CMD_POWER_OFF, 0, 0);

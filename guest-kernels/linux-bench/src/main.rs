@@ -48,6 +48,9 @@ const SYS_MUNMAP: usize = 11;
 const SYS_EXIT: usize = 60;
 const SYS_MOUNT: usize = 165;
 const SYS_REBOOT: usize = 169;
+const SYS_IOCTL: usize = 16;
+/// `ioctl(fd, TCSBRK, 1)` is `tcdrain(fd)`.
+const TCSBRK: usize = 0x5409;
 const SYS_CLOCK_GETTIME: usize = 228;
 
 const PROT_READ: usize = 1;
@@ -112,8 +115,11 @@ fn write_console(bytes: &[u8]) {
 /// Powers the machine off; if that fails, exits, which panics the kernel (and with
 /// `panic=-1` reboots it), so the VMM sees the run end either way.
 fn power_off() -> ! {
-    // SAFETY: reboot takes no pointers with these arguments; exit takes none.
+    // SAFETY: ioctl(TCSBRK, 1) (tcdrain) and reboot take no pointers with these arguments;
+    // exit takes none. The drain lets the UART send what the tty layer still holds: the
+    // power-off prints straight to the console and would otherwise race it.
     unsafe {
+        syscall6(SYS_IOCTL, [1, TCSBRK, 1, 0, 0, 0]);
         syscall6(
             SYS_REBOOT,
             [

@@ -524,8 +524,8 @@ pub fn run_with_prefault(
     let (p, d) = (plan.clone(), device.clone());
     let payload = Payload::Custom(Box::new(move |ram: &GuestRam, _: &host::HostInfo| {
         d.attach(ram.memory().clone());
-        let img = Image::parse(PROBE_ELF).map_err(|e| e.to_string())?;
-        p.load(ram, &img).map_err(|e| e.to_string())
+        let img = Image::parse(PROBE_ELF)?;
+        Ok(p.load(ram, &img)?)
     }));
     let cfg = VmConfig {
         // Hugetlb backings need whole host pages: round RAM up (the rest stays unused).

@@ -36,7 +36,10 @@ pub enum Payload {
 }
 
 /// Fills guest memory for a custom payload and returns vCPU 0's initial registers.
-pub type CustomLoader = Box<dyn FnOnce(&GuestRam, &HostInfo) -> Result<VcpuInit, String> + Send>;
+pub type CustomLoader = Box<dyn FnOnce(&GuestRam, &HostInfo) -> Result<VcpuInit, LoaderError> + Send>;
+
+/// Why a custom loader failed: its own error, kept as the source.
+pub type LoaderError = Box<dyn std::error::Error + Send + Sync>;
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

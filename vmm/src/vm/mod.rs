@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{VcpuFd, VmFd};
 
 pub use builder::{host_cmdline_additions, VmBuilder, MAX_VCPUS, TEST_GUEST};
-pub use config::{CustomLoader, Payload, VmConfig};
+pub use config::{CustomLoader, LoaderError, Payload, VmConfig};
 pub use report::{ExitReason, Milestone, RunReport, SetupStep};
 
 use crate::api::ApiServer;
@@ -68,7 +68,7 @@ pub enum Error {
     VcpuCount(u8),
     /// A custom payload's loader failed.
     #[error("loading the guest: {0}")]
-    Payload(String),
+    Payload(#[source] LoaderError),
     /// A KVM call outside the above.
     #[error("{what}: {source}")]
     Kvm {
