@@ -27,7 +27,7 @@ fn memory_setup(c: &mut Criterion) {
             size: GIB,
             backing,
             grow_pool: true,
-            prefault: true,
+            prefault: segvmm::memory::Prefault::On,
         };
         match GuestRam::new(&cfg) {
             Ok(r) => drop(r),
@@ -64,7 +64,7 @@ fn boot_to_first_instruction(c: &mut Criterion) {
                                 size: 64 << 20,
                                 backing,
                                 grow_pool: false,
-                                prefault: true,
+                                prefault: segvmm::memory::Prefault::On,
                             },
                             vcpus: 1,
                             mmu: MmuRequest::Auto,

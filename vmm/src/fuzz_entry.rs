@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::boot::{self, BzImageMode};
-use crate::memory::{Backing, GuestRam, MemoryConfig};
+use crate::memory::{Backing, GuestRam, MemoryConfig, Prefault};
 use crate::vstate::emulate::{self, fake::FakeCpu, fake::FakeMem, Counters};
 
 /// Guest memory the loader target loads into (32 MiB, mapped once, not prefaulted).
@@ -27,7 +27,7 @@ pub fn loader(data: &[u8]) {
             size: LOADER_RAM,
             backing: Backing::Anon4k,
             grow_pool: false,
-            prefault: false,
+            prefault: Prefault::Off,
         })
         .ok()
     });

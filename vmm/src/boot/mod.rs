@@ -590,7 +590,7 @@ mod tests {
             size,
             backing: Backing::Anon4k,
             grow_pool: false,
-            prefault: true,
+            prefault: crate::memory::Prefault::On,
         })
         .unwrap()
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{parse_size, CliError, CliResult};
 use crate::api::ApiConfig;
 use crate::host::MmuRequest;
-use crate::memory::{Backing, MemoryConfig};
+use crate::memory::{Backing, MemoryConfig, Prefault};
 use crate::probe::{self, guest, layout::PageSize, WorkloadSpec};
 use crate::vm::{Payload, RunReport, Vm, VmBuilder, VmConfig};
 use workloads::kernels::Workload;
@@ -54,6 +54,13 @@ pub struct Args {
     /// Grow the hugetlb pool (root) when it is too small for --backing 2m/1g.
     #[arg(long)]
     pub grow_pool: bool,
+    /// Fault guest RAM in at set-up: off (lazily, on the guest's first touch), on (one
+    /// thread per online CPU) or threads=N. Default: off with --kernel (Linux touches a
+    /// tenth of its RAM while booting), on for the built-in guests (the test guest touches
+    /// every 2 MiB; the measurement guest is timed and must not take host faults, off is
+    /// refused there). See the README, "Launch cost".
+    #[arg(long)]
+    pub prefault: Option<Prefault>,
     /// MMU mode: refused when the host cannot give it.
     #[arg(long, value_enum, default_value_t = MmuRequest::Auto)]
     pub mmu: MmuRequest,
@@ -198,7 +205,9 @@ pub fn run(args: Args) -> CliResult {
             size: args.memory,
             backing: args.backing,
             grow_pool: args.grow_pool,
-            prefault: true,
+            prefault: args
+                .prefault
+                .unwrap_or(Prefault::from(args.kernel.is_none())),
         },
         vcpus: args.vcpus,
         mmu: args.mmu,
@@ -245,7 +254,11 @@ fn run_probe(args: &Args) -> CliResult {
         ptsnap: None,
         track_dirty: args.dirty(),
     };
-    let run = guest::run(spec, &opts).map_err(|e| match e {
+    let prefault = match args.prefault {
+        Some(Prefault::Off) => return Err(CliError::bad_input("--prefault off: the measurement guest is timed and must not take host faults; use on or threads=N")),
+        p => p.unwrap_or(Prefault::On),
+    };
+    let run = guest::run_with_prefault(spec, &opts, prefault).map_err(|e| match e {
         guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),
         e => CliError::failed(e),
     })?;

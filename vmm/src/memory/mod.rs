@@ -8,6 +8,7 @@
 //! backs it with physically contiguous frames is then a question of page size and
 //! placement, which [`report`] answers from `/proc/self/pagemap`.
 
+pub mod prefault;
 pub mod report;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::io;
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
+pub use prefault::{Prefault, PrefaultReport};
 pub use report::MemoryReport;
 
 /// Start of the MMIO hole below 4 GiB (the LAPIC, IOAPIC and the VMM's devices live here).
@@ -101,6 +103,9 @@ pub enum Error {
     /// vm-memory refused the set of regions (overlap, order).
     #[error("guest memory regions: {0}")]
     Regions(#[source] vm_memory::GuestRegionCollectionError),
+    /// A prefault thread panicked.
+    #[error("a prefault thread panicked")]
+    PrefaultPanicked,
 }
 
 /// How guest RAM is backed on the host.
@@ -226,13 +231,15 @@ pub struct MemoryConfig {
     pub backing: Backing,
     /// Grow the hugetlb pool (as root) when it is too small.
     pub grow_pool: bool,
-    /// Fault every page in at set-up (the default everywhere), so the guest never takes a
-    /// host fault and the report shows what the host really gave. `false` leaves guest RAM
-    /// unpopulated (`MAP_NORESERVE`, no size check against available memory): pages
-    /// the guest never touches cost no host memory, which is what lets a 16 GiB guest
-    /// whose tables map all of its RAM run on a smaller host (the ptsnap scale
+    /// Fault every page in at set-up ([`Prefault::On`], [`Prefault::Threads`]: in parallel),
+    /// so the guest never takes a host fault and the report shows what the host really gave
+    /// (every measurement does). [`Prefault::Off`] leaves guest RAM unpopulated
+    /// (`MAP_NORESERVE` for anonymous backings, no size check against available memory;
+    /// hugetlb pages are still reserved at mmap): pages the guest never touches cost no
+    /// host memory and set-up does not grow with RAM, which is also what lets a 16 GiB
+    /// guest whose tables map all of its RAM run on a smaller host (the ptsnap scale
     /// benchmark); the host-physical runs are then unknown until everything is touched.
-    pub prefault: bool,
+    pub prefault: Prefault,
 }
 
 /// Guest RAM: one reservation, RAM ranges mapped inside it, and the vm-memory view of it.
@@ -244,7 +251,7 @@ pub struct GuestRam {
     backing: Backing,
     mem: GuestMemoryMmap,
     prefault_ns: u64,
-    prefault: bool,
+    prefault: PrefaultReport,
     /// Pages (frame numbers) the VMM itself wrote on the guest's behalf (emulated
     /// instructions) since the dirty log last took them: KVM's dirty log sees only writes
     /// made through the vCPUs. At most one entry per RAM page.
@@ -316,9 +323,9 @@ fn os_err(what: &'static str) -> Error {
     }
 }
 
-/// The size must be non-zero, a multiple of the backing's page, within what the host
-/// can give, and (hugetlb) within the pool, grown first when `grow_pool` asks.
-fn check_config(cfg: &MemoryConfig) -> Result<(), Error> {
+/// Refuses sizes the backing or the host cannot give, before anything is mapped: zero,
+/// unaligned, more than available (when prefaulting), more than the hugetlb pool holds.
+fn check(cfg: &MemoryConfig) -> Result<(), Error> {
     let size = cfg.size;
     if size == 0 {
         return Err(Error::ZeroSize);
@@ -331,7 +338,7 @@ fn check_config(cfg: &MemoryConfig) -> Result<(), Error> {
             page,
         });
     }
-    if let Some(avail) = host_available_bytes().filter(|_| cfg.prefault) {
+    if let Some(avail) = host_available_bytes().filter(|_| cfg.prefault.is_on()) {
         if size > avail {
             return Err(Error::TooLarge {
                 size,
@@ -339,69 +346,74 @@ fn check_config(cfg: &MemoryConfig) -> Result<(), Error> {
             });
         }
     }
-    if cfg.backing.hugetlb_flags().is_some() {
-        let need = size / page;
-        let mut free = hugetlb_free(page);
-        if free < need && cfg.grow_pool {
-            free = grow_hugetlb_pool(page, need)?;
-        }
-        if free < need {
-            let total: u64 =
-                std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0);
-            return Err(Error::PoolTooSmall {
-                backing: cfg.backing,
-                size,
-                need,
-                free,
-                page_kib: page / KIB,
-                suggest: total + (need - free),
-            });
-        }
+    if cfg.backing.hugetlb_flags().is_none() {
+        return Ok(());
+    }
+    let need = size / page;
+    let mut free = hugetlb_free(page);
+    if free < need && cfg.grow_pool {
+        free = grow_hugetlb_pool(page, need)?;
+    }
+    if free < need {
+        let total: u64 =
+            std::fs::read_to_string(format!("{}/nr_hugepages", hugetlb_pool_path(page)))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+        return Err(Error::PoolTooSmall {
+            backing: cfg.backing,
+            size,
+            need,
+            free,
+            page_kib: page / KIB,
+            suggest: total + (need - free),
+        });
     }
     Ok(())
 }
 
+/// Reserves `span` bytes of address space, PROT_NONE, with a 1 GiB-aligned base so that any
+/// backing's pages line up with guest-physical page boundaries (a 2 MiB guest page must sit
+/// on one 2 MiB host page).
+fn reserve(span: usize) -> Result<*mut u8, Error> {
+    let align = GIB as usize;
+    // SAFETY: a fresh anonymous PROT_NONE reservation; no existing memory is affected.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span + align,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(os_err("mmap (reserve guest address range)"));
+    }
+    let raw_addr = raw as usize;
+    let base_addr = (raw_addr + align - 1) & !(align - 1);
+    // SAFETY: trimming the unaligned head and the tail of our own reservation.
+    unsafe {
+        if base_addr > raw_addr {
+            libc::munmap(raw, base_addr - raw_addr);
+        }
+        let tail = raw_addr + span + align - (base_addr + span);
+        if tail > 0 {
+            libc::munmap((base_addr + span) as *mut libc::c_void, tail);
+        }
+    }
+    Ok(base_addr as *mut u8)
+}
+
 impl GuestRam {
-    /// Reserves the address range, maps and prefaults every RAM range with the backing,
-    /// and builds the vm-memory view.
+    /// Reserves the address range, maps every RAM range with the backing, prefaults it as
+    /// [`MemoryConfig::prefault`] says, and builds the vm-memory view.
     pub fn new(cfg: &MemoryConfig) -> Result<Self, Error> {
-        check_config(cfg)?;
-        let size = cfg.size;
-        let ranges = ram_layout(size);
+        check(cfg)?;
+        let ranges = ram_layout(cfg.size);
         let span = ranges.last().map(|r| r.end()).unwrap_or(0) as usize;
-        // Align the base to 1 GiB so that any backing's pages line up with guest-physical
-        // page boundaries (a 2 MiB guest page must sit on one 2 MiB host page).
-        let align = GIB as usize;
-        // SAFETY: a fresh anonymous PROT_NONE reservation; no existing memory is affected.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                span + align,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(os_err("mmap (reserve guest address range)"));
-        }
-        let raw_addr = raw as usize;
-        let base_addr = (raw_addr + align - 1) & !(align - 1);
-        // SAFETY: trimming the unaligned head and the tail of our own reservation.
-        unsafe {
-            if base_addr > raw_addr {
-                libc::munmap(raw, base_addr - raw_addr);
-            }
-            let tail = raw_addr + span + align - (base_addr + span);
-            if tail > 0 {
-                libc::munmap((base_addr + span) as *mut libc::c_void, tail);
-            }
-        }
-        let base = base_addr as *mut u8;
+        let base = reserve(span)?;
         let mut ram = GuestRam {
             vmm_dirty: Default::default(),
             base,
@@ -410,7 +422,16 @@ impl GuestRam {
             backing: cfg.backing,
             mem: GuestMemoryMmap::default(),
             prefault_ns: 0,
-            prefault: cfg.prefault,
+            prefault: PrefaultReport {
+                mode: cfg.prefault,
+                threads: 0,
+                touched: false,
+                ms: 0.0,
+                gib_per_s: None,
+                memset_gib_per_s: None,
+                memset_bytes: 0,
+                resident_at_start_bytes: 0,
+            },
         };
         let t0 = std::time::Instant::now();
         let mut regions = Vec::new();
@@ -432,62 +453,83 @@ impl GuestRam {
                     .ok_or(Error::RegionWraps(r.gpa))?,
             );
         }
+        ram.populate(cfg.prefault)?;
         ram.prefault_ns = t0.elapsed().as_nanos() as u64;
+        ram.measure_start()?;
         ram.mem = GuestMemoryMmap::from_regions(regions).map_err(Error::Regions)?;
         Ok(ram)
     }
 
-    /// Maps one RAM range over the reservation with the backing and prefaults it.
+    /// Maps one RAM range over the reservation with the backing (populated later, by
+    /// [`GuestRam::populate`]).
     fn map_range(&self, r: &RamRange) -> Result<libc::c_int, Error> {
         let addr = self.hva(r.gpa) as *mut libc::c_void;
         let len = r.len as usize;
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
         if let Some(h) = self.backing.hugetlb_flags() {
-            // Hugetlb reserves the pages at mmap time (no SIGBUS later) and MAP_POPULATE
-            // faults them in now.
+            // Hugetlb reserves the pages at mmap time (no SIGBUS later, and mmap fails now
+            // if the pool cannot give them); the pages are faulted in by `populate`, in
+            // parallel, rather than by MAP_POPULATE in this one thread.
             flags |= h;
-            if self.prefault {
-                flags |= libc::MAP_POPULATE;
-            }
-        } else if !self.prefault {
+        } else if !self.prefault.mode.is_on() {
             // Lazy RAM: untouched pages must not count against the host's commit limit.
             flags |= libc::MAP_NORESERVE;
-        } else if self.backing == Backing::Anon4k {
-            flags |= libc::MAP_POPULATE;
         }
         // SAFETY: MAP_FIXED over our own PROT_NONE reservation, inside [base, base+span).
         let p = unsafe { libc::mmap(addr, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
         if p == libc::MAP_FAILED {
             return Err(os_err("mmap (guest RAM)"));
         }
-        match self.backing {
-            Backing::Anon4k => {
-                // SAFETY: advice on our own mapping. Explicit, so a THP=always host still
-                // gives 4 KiB pages for this backing. (Population already happened, with
-                // 4 KiB pages only if THP is not `always`; the report shows what we got.)
-                unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
-            }
-            Backing::Thp => {
-                // SAFETY: advice on our own mapping, then populate it writable so the guest
-                // never takes a host fault later.
-                if unsafe { libc::madvise(addr, len, libc::MADV_HUGEPAGE) } != 0 {
-                    return Err(os_err("madvise(MADV_HUGEPAGE)"));
-                }
-                if !self.prefault {
-                    return Ok(flags);
-                }
-                // SAFETY: as above; MADV_POPULATE_WRITE (Linux 5.14) faults pages in.
-                if unsafe { libc::madvise(addr, len, libc::MADV_POPULATE_WRITE) } != 0 {
-                    // Older kernels: touch one byte per 4 KiB page.
-                    for off in (0..len).step_by(4096) {
-                        // SAFETY: inside the mapping just created, read-write.
-                        unsafe { std::ptr::write_volatile((addr as *mut u8).add(off), 0) };
-                    }
-                }
-            }
-            Backing::Huge2m | Backing::Huge1g => {}
+        let advice = match self.backing {
+            // Explicit, so a THP=always host still gives 4 KiB pages for this backing.
+            Backing::Anon4k => libc::MADV_NOHUGEPAGE,
+            Backing::Thp => libc::MADV_HUGEPAGE,
+            Backing::Huge2m | Backing::Huge1g => return Ok(flags),
+        };
+        // SAFETY: advice on our own mapping, before any page of it is faulted in.
+        if unsafe { libc::madvise(addr, len, advice) } != 0 {
+            return Err(os_err("madvise(MADV_HUGEPAGE/MADV_NOHUGEPAGE)"));
         }
         Ok(flags)
+    }
+
+    /// Faults every RAM range in with the mode's threads (nothing when off), each thread on
+    /// a slice aligned to the page size the backing should end up on.
+    fn populate(&mut self, mode: Prefault) -> Result<(), Error> {
+        let threads = mode.threads();
+        if threads == 0 {
+            return Ok(());
+        }
+        let align = self.backing.intended_page_size().max(2 * MIB) as usize;
+        let step = self.backing.page_size() as usize;
+        let t = std::time::Instant::now();
+        for r in &self.ranges {
+            let (addr, len) = (self.hva(r.gpa) as usize, r.len as usize);
+            self.prefault.touched |= prefault::populate(addr, len, align, step, threads)?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        self.prefault.threads = threads;
+        self.prefault.ms = secs * 1e3;
+        self.prefault.gib_per_s = Some(prefault::gib_per_s(self.size(), secs));
+        Ok(())
+    }
+
+    /// Counts what is resident right after set-up and, when RAM was populated, measures
+    /// memory bandwidth with a memset of (still zero) guest RAM.
+    fn measure_start(&mut self) -> Result<(), Error> {
+        let mut resident = 0;
+        for r in &self.ranges {
+            resident += prefault::resident_bytes(self.hva(r.gpa) as usize, r.len as usize)?;
+        }
+        self.prefault.resident_at_start_bytes = resident;
+        if self.prefault.mode.is_on() {
+            let first = self.ranges[0];
+            let len = (first.len as usize).min(prefault::MEMSET_BYTES);
+            let bw = prefault::memset_gib_per_s(self.hva(first.gpa) as usize, len);
+            self.prefault.memset_gib_per_s = Some(bw);
+            self.prefault.memset_bytes = len as u64;
+        }
+        Ok(())
     }
 
     /// The host virtual address of guest-physical `gpa` (valid for RAM, and for the hole
@@ -523,7 +565,12 @@ impl GuestRam {
 
     /// Whether guest RAM was faulted in at set-up ([`MemoryConfig::prefault`]).
     pub fn prefaulted(&self) -> bool {
-        self.prefault
+        self.prefault.mode.is_on()
+    }
+
+    /// What the prefault did and what was resident at start.
+    pub fn prefault_report(&self) -> &PrefaultReport {
+        &self.prefault
     }
 
     /// Time spent mapping and prefaulting, in nanoseconds.
@@ -661,7 +708,7 @@ mod tests {
             size,
             backing,
             grow_pool: false,
-            prefault: true,
+            prefault: Prefault::On,
         };
         assert!(matches!(
             GuestRam::new(&cfg(0, Backing::Thp)),
@@ -687,7 +734,7 @@ mod tests {
             size: 8 * MIB,
             backing: Backing::Anon4k,
             grow_pool: false,
-            prefault: true,
+            prefault: Prefault::On,
         })
         .unwrap();
         ram.memory()

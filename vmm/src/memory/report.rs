@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 
 use serde::Serialize;
 
-use super::{Backing, GuestRam};
+use super::{Backing, GuestRam, PrefaultReport};
 
 /// One host-physically contiguous run of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,6 +44,9 @@ pub struct MemoryReport {
     pub rss_bytes: u64,
     /// Time spent mapping and prefaulting guest RAM, ms.
     pub setup_ms: f64,
+    /// The prefault: mode, threads, throughput beside a memset's bandwidth, and what was
+    /// resident right after set-up.
+    pub prefault: PrefaultReport,
     /// The runs themselves (not serialized: can be millions; the ptsnap carries them).
     #[serde(skip)]
     pub runs: Vec<HostRun>,
@@ -184,6 +187,7 @@ pub fn measure(ram: &GuestRam) -> MemoryReport {
         runs_unavailable: why,
         rss_bytes,
         setup_ms: ram.prefault_ns() as f64 / 1e6,
+        prefault: ram.prefault_report().clone(),
         runs,
     }
 }
@@ -203,6 +207,7 @@ impl std::fmt::Display for MemoryReport {
             pages.join(", "),
             self.setup_ms
         )?;
+        write!(f, "{}; ", self.prefault)?;
         match (self.contiguous_runs, &self.runs_unavailable) {
             (Some(n), _) => write!(
                 f,

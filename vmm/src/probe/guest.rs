@@ -17,7 +17,7 @@ use super::{Measurement, WorkloadSpec};
 use crate::arch::x86_64::gdt;
 use crate::devices::SIGNAL_MMIO_BASE;
 use crate::host::{self, MmuRequest};
-use crate::memory::{Backing, GuestRam, MemoryConfig, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::memory::{Backing, GuestRam, MemoryConfig, Prefault, MMIO_HOLE_END, MMIO_HOLE_START};
 use crate::vm::{self, Payload, RunReport, VmConfig};
 use crate::vstate::vcpu::VcpuInit;
 
@@ -512,7 +512,7 @@ pub struct GuestRun {
 
 /// Boots the measurement guest on `spec` and collects its result.
 pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
-    run_with_prefault(spec, opts, true)
+    run_with_prefault(spec, opts, Prefault::On)
 }
 
 /// [`run`], choosing whether guest RAM is faulted in at set-up
@@ -523,8 +523,9 @@ pub fn run(spec: GuestSpec, opts: &GuestOptions) -> Result<GuestRun, Error> {
 pub fn run_with_prefault(
     spec: GuestSpec,
     opts: &GuestOptions,
-    prefault: bool,
+    prefault: impl Into<Prefault>,
 ) -> Result<GuestRun, Error> {
+    let prefault = prefault.into();
     let info = host::probe()?;
     if spec.guest_pages == PageSize::Size1G && !info.guest_1g_pages {
         return Err(Error::Unavailable(

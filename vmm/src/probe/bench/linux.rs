@@ -110,7 +110,7 @@ pub fn run(
             size: work.footprint + LINUX_OVERHEAD,
             backing,
             grow_pool: spec.grow_pool,
-            prefault: true,
+            prefault: crate::memory::Prefault::On,
         },
         vcpus: 1,
         mmu: MmuRequest::Auto,
