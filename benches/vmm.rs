@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use segvmm::host::MmuRequest;
-use segvmm::vm::{self, Payload, VmConfig};
 use segvmm::memory::{Backing, GuestRam, MemoryConfig};
+use segvmm::vm::{self, Payload, VmConfig};
 
 const GIB: u64 = 1 << 30;
 

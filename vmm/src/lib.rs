@@ -11,5 +11,6 @@ pub mod memory;
 pub mod outdir;
 pub mod probe;
 pub mod ptsnap;
+pub mod seccomp;
 pub mod vm;
 pub mod vstate;

@@ -67,6 +67,11 @@ pub struct Args {
     /// as plain names, created new; fixed at start. Without it the API writes no files.
     #[arg(long, requires = "api_socket")]
     pub snapshot_dir: Option<PathBuf>,
+    /// Seccomp filters, one per kind of thread (vCPU, event loop, stdin copier, ptsnap
+    /// writer, dirty collector): `kill` ends the VMM on a call outside a thread's list,
+    /// `log` allows and logs it (kernel audit log), `off` installs none.
+    #[arg(long, value_enum, default_value_t = crate::seccomp::SeccompLevel::Kill)]
+    pub seccomp: crate::seccomp::SeccompLevel,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -165,8 +170,17 @@ pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
     Ok(report.exit_reason.exit_code())
 }
 
+/// The API socket asked for, if any.
+fn api_config(args: &Args) -> Option<ApiConfig> {
+    args.api_socket.as_ref().map(|socket| ApiConfig {
+        socket: socket.clone(),
+        snapshot_dir: args.snapshot_dir.clone(),
+    })
+}
+
 /// Runs `segvmm run`.
 pub fn run(args: Args) -> CliResult {
+    crate::seccomp::set_level(args.seccomp);
     let started = Instant::now();
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(CliError::bad_input(format!(
@@ -186,11 +200,6 @@ pub fn run(args: Args) -> CliResult {
                 return Err(CliError::bad_input("--initrd needs --kernel"));
             }
             let mode = match args.guest {
-                BuiltinGuest::Probe if args.api_socket.is_some() => {
-                    return Err(CliError::bad_input(
-                        "--api-socket is not served for the measurement guest (it asks for its own ptsnaps); use --guest test or --kernel",
-                    ))
-                }
                 BuiltinGuest::Probe => return run_probe(&args),
                 BuiltinGuest::Test => "",
                 BuiltinGuest::TestTriple => "triple",
@@ -217,12 +226,9 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: args.dirty(),
     };
-    let mut builder = VmBuilder::new(cfg);
-    if let Some(socket) = &args.api_socket {
-        builder = builder.api(ApiConfig {
-            socket: socket.clone(),
-            snapshot_dir: args.snapshot_dir.clone(),
-        });
+    let mut builder = VmBuilder::new(cfg).confine_main_thread();
+    if let Some(api) = api_config(&args) {
+        builder = builder.api(api);
     }
     let report = builder
         .build()
@@ -250,7 +256,7 @@ fn run_probe(args: &Args) -> CliResult {
         ptsnap: None,
         track_dirty: args.dirty(),
     };
-    let run = guest::run(spec, &opts).map_err(|e| match e {
+    let run = guest::run_with_api(spec, &opts, api_config(args)).map_err(|e| match e {
         guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),
         e => CliError::failed(e),
     })?;

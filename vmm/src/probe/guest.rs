@@ -14,10 +14,11 @@ use super::device::{Outcome, ProbeDevice, PtsnapHook};
 use super::image::{self, Image, PROBE_ELF};
 use super::layout::{self, Layout, Mapping, PageSize, PageTables};
 use super::{Measurement, WorkloadSpec};
+use crate::api::ApiConfig;
 use crate::devices::SIGNAL_MMIO_BASE;
 use crate::host::{self, MmuRequest};
-use crate::vm::{self, Payload, RunReport, VmConfig};
 use crate::memory::{Backing, GuestRam, MemoryConfig, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::vm::{self, Payload, RunReport, VmBuilder, VmConfig};
 use crate::vstate::vcpu::VcpuInit;
 
 /// Largest footprint accepted (guest RAM is footprint plus a few MiB).
@@ -512,6 +513,26 @@ pub fn run_with_prefault(
     opts: &GuestOptions,
     prefault: bool,
 ) -> Result<GuestRun, Error> {
+    run_inner(spec, opts, prefault, None)
+}
+
+/// [`run`] serving the API socket `api` while the guest runs (ping, pause, resume,
+/// ptsnap into its snapshot directory, shutdown), as `segvmm run --api-socket` does for
+/// every guest.
+pub fn run_with_api(
+    spec: GuestSpec,
+    opts: &GuestOptions,
+    api: Option<ApiConfig>,
+) -> Result<GuestRun, Error> {
+    run_inner(spec, opts, true, api)
+}
+
+fn run_inner(
+    spec: GuestSpec,
+    opts: &GuestOptions,
+    prefault: bool,
+    api: Option<ApiConfig>,
+) -> Result<GuestRun, Error> {
     let info = host::probe()?;
     if spec.guest_pages == PageSize::Size1G && !info.guest_1g_pages {
         return Err(Error::Unavailable(
@@ -545,7 +566,11 @@ pub fn run_with_prefault(
         api_socket: None,
         track_dirty: opts.track_dirty.clone(),
     };
-    let report = vm::run(cfg)?;
+    let mut builder = VmBuilder::new(cfg);
+    if let Some(api) = api {
+        builder = builder.api(api);
+    }
+    let report = builder.build()?.run()?;
     let outcome = device.outcome();
     let measurement = measurement(&spec, opts.backing, &report, &outcome, info.tsc_khz);
     Ok(GuestRun {

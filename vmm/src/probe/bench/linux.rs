@@ -22,9 +22,9 @@ use super::output::Status;
 use super::MatrixSpec;
 use crate::boot::BzImageMode;
 use crate::host::MmuRequest;
-use crate::vm::{self, ExitReason, Payload, VmConfig};
 use crate::memory::{Backing, MemoryConfig};
 use crate::probe::{Measurement, WorkloadSpec};
+use crate::vm::{self, ExitReason, Payload, VmConfig};
 
 /// Prefix of the result line on the console.
 pub const RESULT_PREFIX: &str = "SEGVMM-RESULT";

@@ -18,8 +18,8 @@ use super::guest::{self, GuestOptions, GuestSpec};
 use super::layout::PageSize;
 use super::{native, Measurement, WorkloadSpec};
 use crate::host::HostInfo;
-use crate::vm;
 use crate::memory::Backing;
+use crate::vm;
 use output::{DirtyRow, Row, Status};
 
 /// Where a workload runs.
