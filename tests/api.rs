@@ -234,9 +234,17 @@ fn socket_is_0600_and_removed_at_exit() {
     let d = tempfile::tempdir().unwrap();
     let sock = d.path().join("api.sock");
     let mut vm = start(&sock, None, &[]);
-    let mode = std::fs::symlink_metadata(&sock).unwrap().permissions().mode();
+    let mode = std::fs::symlink_metadata(&sock)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
-    let (code, _, stderr) = run(&["ptsnap", "--api-socket", sock.to_str().unwrap(), "--shutdown"]);
+    let (code, _, stderr) = run(&[
+        "ptsnap",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--shutdown",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(vm.wait(Duration::from_secs(10)), Some(0));
     assert!(!sock.exists(), "the socket was left behind");
@@ -321,8 +329,12 @@ fn many_clients_and_an_idle_one_does_not_block_shutdown() {
         assert_eq!(a["vcpus"], 1, "{a}");
     }
     let t = Instant::now();
-    let (code, stdout, stderr) =
-        run(&["ptsnap", "--api-socket", sock.to_str().unwrap(), "--shutdown"]);
+    let (code, stdout, stderr) = run(&[
+        "ptsnap",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--shutdown",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("shut down"), "{stdout}");
     assert_eq!(vm.wait(Duration::from_secs(10)), Some(0));
@@ -457,8 +469,16 @@ fn the_measurement_guest_serves_the_api() {
     let (code, stdout, stderr) = vm.ptsnap(&out);
     assert_eq!(code, 0, "stdout {stdout} stderr {stderr}");
     assert!(std::fs::metadata(&out).unwrap().len() > 0);
-    let (code, _, stderr) = run(&["ptsnap", "--api-socket", sock.to_str().unwrap(), "--shutdown"]);
+    let (code, _, stderr) = run(&[
+        "ptsnap",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--shutdown",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let code = vm.wait(Duration::from_secs(20));
-    assert!(code.is_some(), "the measurement guest did not end on shutdown");
+    assert!(
+        code.is_some(),
+        "the measurement guest did not end on shutdown"
+    );
 }

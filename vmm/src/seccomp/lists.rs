@@ -115,7 +115,11 @@ const WRITER: &[i64] = &[
     SYS_fsync,
     SYS_fdatasync,
     SYS_renameat2,
+    SYS_faccessat2,
+    SYS_access,
     SYS_unlinkat,
+    SYS_unlink,
+    SYS_rename,
     SYS_getdents64,
 ];
 
@@ -139,7 +143,11 @@ const MAIN: &[i64] = &[
     SYS_fdatasync,
     SYS_ftruncate,
     SYS_renameat2,
+    SYS_faccessat2,
+    SYS_access,
     SYS_unlinkat,
+    SYS_unlink,
+    SYS_rename,
     SYS_mkdirat,
     SYS_getdents64,
     SYS_readlinkat,
