@@ -7,6 +7,7 @@ pub mod cli;
 pub mod devices;
 pub mod dirty;
 pub mod host;
+pub mod jail;
 pub mod memory;
 pub mod outdir;
 pub mod probe;

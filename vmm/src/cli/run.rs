@@ -72,6 +72,17 @@ pub struct Args {
     /// `log` allows and logs it (kernel audit log), `off` installs none.
     #[arg(long, value_enum, default_value_t = crate::seccomp::SeccompLevel::Kill)]
     pub seccomp: crate::seccomp::SeccompLevel,
+    /// Once the VM is built (/dev/kvm, guest RAM, files and the API socket open), chroot
+    /// here, drop every capability, become --uid/--gid and set no_new_privs (an in-process
+    /// jailer). Paths written at the end (--report, --hotness-out) are then inside DIR.
+    #[arg(long, requires_all = ["uid", "gid"])]
+    pub jail: Option<PathBuf>,
+    /// With --jail: the user to run the guest as.
+    #[arg(long, requires = "jail")]
+    pub uid: Option<u32>,
+    /// With --jail: the group to run the guest as (supplementary groups are cleared).
+    #[arg(long, requires = "jail")]
+    pub gid: Option<u32>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -200,6 +211,11 @@ pub fn run(args: Args) -> CliResult {
                 return Err(CliError::bad_input("--initrd needs --kernel"));
             }
             let mode = match args.guest {
+                BuiltinGuest::Probe if args.jail.is_some() => {
+                    return Err(CliError::bad_input(
+                        "--jail is not served for the measurement guest (its native twin and report need the host); use --guest test or --kernel",
+                    ))
+                }
                 BuiltinGuest::Probe => return run_probe(&args),
                 BuiltinGuest::Test => "",
                 BuiltinGuest::TestTriple => "triple",
@@ -229,6 +245,13 @@ pub fn run(args: Args) -> CliResult {
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(api) = api_config(&args) {
         builder = builder.api(api);
+    }
+    if let (Some(dir), Some(uid), Some(gid)) = (&args.jail, args.uid, args.gid) {
+        builder = builder.jail(crate::jail::JailConfig {
+            dir: dir.clone(),
+            uid,
+            gid,
+        });
     }
     let report = builder
         .build()

@@ -61,6 +61,7 @@ pub struct VmBuilder {
     cfg: VmConfig,
     api: Option<ApiConfig>,
     confine_main: bool,
+    jail: Option<crate::jail::JailConfig>,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -96,12 +97,21 @@ impl VmBuilder {
             cfg,
             api,
             confine_main: false,
+            jail: None,
         }
     }
 
     /// Serves the API as `api` says.
     pub fn api(mut self, api: ApiConfig) -> Self {
         self.api = Some(api);
+        self
+    }
+
+    /// Enters `jail` ([`crate::jail`]) at the end of the build, once /dev/kvm, guest RAM,
+    /// files and the API socket are open: the guest runs chrooted, as the given user,
+    /// without capabilities, with no_new_privs.
+    pub fn jail(mut self, jail: crate::jail::JailConfig) -> Self {
+        self.jail = Some(jail);
         self
     }
 
@@ -119,6 +129,7 @@ impl VmBuilder {
             cfg,
             api,
             confine_main,
+            jail,
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
@@ -171,6 +182,10 @@ impl VmBuilder {
         };
         let api = api.map(ApiServer::bind).transpose()?;
         t.step("observers");
+        if let Some(j) = &jail {
+            crate::jail::enter(j)?;
+            t.step("jail");
+        }
         Ok(Vm {
             info,
             mmu_mode,

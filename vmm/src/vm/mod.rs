@@ -66,6 +66,9 @@ pub enum Error {
     /// A seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
+    /// Entering the jail.
+    #[error(transparent)]
+    Jail(#[from] crate::jail::Error),
     /// `--vcpus` out of range.
     #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
     VcpuCount(u8),
