@@ -372,6 +372,7 @@ impl Ptsnapper {
         let thread = std::thread::Builder::new()
             .name("ptsnap-writer".into())
             .spawn(move || {
+                crate::seccomp::install_or_warn(crate::seccomp::ThreadKind::PtsnapWriter);
                 for job in rx {
                     let report = report.get_or_init(|| ram.report());
                     match finish_file(job.capture, report, &job.out, job.started, job.paused_ms) {

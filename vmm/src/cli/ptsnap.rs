@@ -59,10 +59,19 @@ fn name_in_dir(socket: &Path, out: &Path) -> Result<String, CliError> {
     }
 }
 
+/// A request the VMM refused (a bad name, an existing file) is bad input (exit 2); not
+/// reaching it is a failure (exit 1).
+fn refused_is_bad_input(e: api::Error) -> CliError {
+    match e {
+        api::Error::Refused(_) => CliError::bad_input(e),
+        e => CliError::failed(e),
+    }
+}
+
 /// Asks for one capture into `out` and prints what the VMM answered.
 fn ptsnap(socket: &Path, out: &Path) -> Result<(), CliError> {
     let file = name_in_dir(socket, out)?;
-    let a = api::request(socket, &Request::Ptsnap { file }).map_err(CliError::failed)?;
+    let a = api::request(socket, &Request::Ptsnap { file }).map_err(refused_is_bad_input)?;
     println!(
         "ptsnap {}: {} bytes, {} page-table pages, {:.3} ms ({:.3} ms with the guest paused)",
         a["path"].as_str().unwrap_or("?"),

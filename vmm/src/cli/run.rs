@@ -74,6 +74,22 @@ pub struct Args {
     /// as plain names, created new; fixed at start. Without it the API writes no files.
     #[arg(long, requires = "api_socket")]
     pub snapshot_dir: Option<PathBuf>,
+    /// Seccomp filters, one per kind of thread (vCPU, event loop, stdin copier, ptsnap
+    /// writer, dirty collector): `kill` ends the VMM on a call outside a thread's list,
+    /// `log` allows and logs it (kernel audit log), `off` installs none.
+    #[arg(long, value_enum, default_value_t = crate::seccomp::SeccompLevel::Kill)]
+    pub seccomp: crate::seccomp::SeccompLevel,
+    /// Once the VM is built (/dev/kvm, guest RAM, files and the API socket open), chroot
+    /// here, drop every capability, become --uid/--gid and set no_new_privs (an in-process
+    /// jailer). Paths written at the end (--report, --hotness-out) are then inside DIR.
+    #[arg(long, requires_all = ["uid", "gid"])]
+    pub jail: Option<PathBuf>,
+    /// With --jail: the user to run the guest as.
+    #[arg(long, requires = "jail")]
+    pub uid: Option<u32>,
+    /// With --jail: the group to run the guest as (supplementary groups are cleared).
+    #[arg(long, requires = "jail")]
+    pub gid: Option<u32>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -172,8 +188,17 @@ pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
     Ok(report.exit_reason.exit_code())
 }
 
+/// The API socket asked for, if any.
+fn api_config(args: &Args) -> Option<ApiConfig> {
+    args.api_socket.as_ref().map(|socket| ApiConfig {
+        socket: socket.clone(),
+        snapshot_dir: args.snapshot_dir.clone(),
+    })
+}
+
 /// Runs `segvmm run`.
 pub fn run(args: Args) -> CliResult {
+    crate::seccomp::set_level(args.seccomp);
     let started = Instant::now();
     let payload = match &args.kernel {
         Some(k) => Payload::Linux {
@@ -187,9 +212,9 @@ pub fn run(args: Args) -> CliResult {
                 return Err(CliError::bad_input("--initrd needs --kernel"));
             }
             let mode = match args.guest {
-                BuiltinGuest::Probe if args.api_socket.is_some() => {
+                BuiltinGuest::Probe if args.jail.is_some() => {
                     return Err(CliError::bad_input(
-                        "--api-socket is not served for the measurement guest (it asks for its own ptsnaps); use --guest test or --kernel",
+                        "--jail is not served for the measurement guest (its native twin and report need the host); use --guest test or --kernel",
                     ))
                 }
                 BuiltinGuest::Probe => return run_probe(&args),
@@ -220,11 +245,15 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: args.dirty(),
     };
-    let mut builder = VmBuilder::new(cfg);
-    if let Some(socket) = &args.api_socket {
-        builder = builder.api(ApiConfig {
-            socket: socket.clone(),
-            snapshot_dir: args.snapshot_dir.clone(),
+    let mut builder = VmBuilder::new(cfg).confine_main_thread();
+    if let Some(api) = api_config(&args) {
+        builder = builder.api(api);
+    }
+    if let (Some(dir), Some(uid), Some(gid)) = (&args.jail, args.uid, args.gid) {
+        builder = builder.jail(crate::jail::JailConfig {
+            dir: dir.clone(),
+            uid,
+            gid,
         });
     }
     let report = builder
@@ -258,7 +287,7 @@ fn run_probe(args: &Args) -> CliResult {
         Some(Prefault::Off) => return Err(CliError::bad_input("--prefault off: the measurement guest is timed and must not take host faults; use on or threads=N")),
         p => p.unwrap_or(Prefault::On),
     };
-    let run = guest::run_with_prefault(spec, &opts, prefault).map_err(|e| match e {
+    let run = guest::run_with_api(spec, &opts, prefault, api_config(args)).map_err(|e| match e {
         guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),
         e => CliError::failed(e),
     })?;

@@ -629,6 +629,8 @@ impl Tracker {
         let thread = std::thread::Builder::new()
             .name("dirty-log".into())
             .spawn(move || {
+                crate::seccomp::install(crate::seccomp::ThreadKind::DirtyCollector)
+                    .map_err(|e| Error::Thread(e.to_string()))?;
                 let mut next = Instant::now() + interval;
                 loop {
                     match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {

@@ -15,10 +15,11 @@ use super::image::{self, Image, PROBE_ELF};
 use super::layout::{self, Layout, Mapping, PageSize, PageTables};
 use super::{Measurement, WorkloadSpec};
 use crate::arch::x86_64::gdt;
+use crate::api::ApiConfig;
 use crate::devices::SIGNAL_MMIO_BASE;
 use crate::host::{self, MmuRequest};
 use crate::memory::{Backing, GuestRam, MemoryConfig, Prefault, MMIO_HOLE_END, MMIO_HOLE_START};
-use crate::vm::{self, Payload, RunReport, VmConfig};
+use crate::vm::{self, Payload, RunReport, VmBuilder, VmConfig};
 use crate::vstate::vcpu::VcpuInit;
 
 /// Largest footprint accepted (guest RAM is footprint plus a few MiB).
@@ -525,7 +526,27 @@ pub fn run_with_prefault(
     opts: &GuestOptions,
     prefault: impl Into<Prefault>,
 ) -> Result<GuestRun, Error> {
-    let prefault = prefault.into();
+    run_inner(spec, opts, prefault.into(), None)
+}
+
+/// [`run`] serving the API socket `api` while the guest runs (ping, pause, resume,
+/// ptsnap into its snapshot directory, shutdown), as `segvmm run --api-socket` does for
+/// every guest.
+pub fn run_with_api(
+    spec: GuestSpec,
+    opts: &GuestOptions,
+    prefault: Prefault,
+    api: Option<ApiConfig>,
+) -> Result<GuestRun, Error> {
+    run_inner(spec, opts, prefault, api)
+}
+
+fn run_inner(
+    spec: GuestSpec,
+    opts: &GuestOptions,
+    prefault: Prefault,
+    api: Option<ApiConfig>,
+) -> Result<GuestRun, Error> {
     let info = host::probe()?;
     if spec.guest_pages == PageSize::Size1G && !info.guest_1g_pages {
         return Err(Error::Unavailable(
@@ -559,7 +580,11 @@ pub fn run_with_prefault(
         api_socket: None,
         track_dirty: opts.track_dirty.clone(),
     };
-    let report = vm::run(cfg)?;
+    let mut builder = VmBuilder::new(cfg);
+    if let Some(api) = api {
+        builder = builder.api(api);
+    }
+    let report = builder.build()?.run()?;
     let outcome = device.outcome();
     let measurement = measurement(&spec, opts.backing, &report, &outcome, info.tsc_khz);
     Ok(GuestRun {

@@ -60,6 +60,8 @@ impl SetupTimer {
 pub struct VmBuilder {
     cfg: VmConfig,
     api: Option<ApiConfig>,
+    confine_main: bool,
+    jail: Option<crate::jail::JailConfig>,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -91,7 +93,12 @@ impl VmBuilder {
     /// directory unless [`VmBuilder::api`] says otherwise.
     pub fn new(cfg: VmConfig) -> Self {
         let api = cfg.api_socket.clone().map(ApiConfig::new);
-        VmBuilder { cfg, api }
+        VmBuilder {
+            cfg,
+            api,
+            confine_main: false,
+            jail: None,
+        }
     }
 
     /// Serves the API as `api` says.
@@ -100,9 +107,30 @@ impl VmBuilder {
         self
     }
 
+    /// Enters `jail` ([`crate::jail`]) at the end of the build, once /dev/kvm, guest RAM,
+    /// files and the API socket are open: the guest runs chrooted, as the given user,
+    /// without capabilities, with no_new_privs.
+    pub fn jail(mut self, jail: crate::jail::JailConfig) -> Self {
+        self.jail = Some(jail);
+        self
+    }
+
+    /// Confines the thread that calls [`Vm::run`] with the main thread's seccomp filter
+    /// (at the process-wide level, [`crate::seccomp::set_level`]) once the vCPUs run. For
+    /// a caller that only reports after the run (the CLI); the filter stays on the thread.
+    pub fn confine_main_thread(mut self) -> Self {
+        self.confine_main = true;
+        self
+    }
+
     /// Builds the VM: everything up to, not including, the first guest instruction.
     pub fn build(self) -> Result<Vm, Error> {
-        let VmBuilder { cfg, api } = self;
+        let VmBuilder {
+            cfg,
+            api,
+            confine_main,
+            jail,
+        } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
         if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
@@ -154,6 +182,10 @@ impl VmBuilder {
         };
         let api = api.map(ApiServer::bind).transpose()?;
         t.step("observers");
+        if let Some(j) = &jail {
+            crate::jail::enter(j)?;
+            t.step("jail");
+        }
         Ok(Vm {
             info,
             mmu_mode,
@@ -173,6 +205,7 @@ impl VmBuilder {
             counters: Arc::new(emulate::Counters::default()),
             api,
             stdin: cfg.stdin,
+            confine_main,
             timeout: cfg.timeout,
             cmdline,
             started,

@@ -117,6 +117,7 @@ fn spawn_stdin_copier(com1: Arc<Com1>) {
         .name("stdin".into())
         .spawn(move || {
             use std::io::Read;
+            crate::seccomp::install_or_warn(crate::seccomp::ThreadKind::Stdin);
             let mut buf = [0u8; 256];
             let mut stdin = std::io::stdin();
             while let Ok(n) = stdin.read(&mut buf) {

@@ -63,6 +63,12 @@ pub enum Error {
     /// The API socket.
     #[error(transparent)]
     Api(#[from] api::Error),
+    /// A seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
+    /// Entering the jail.
+    #[error(transparent)]
+    Jail(#[from] crate::jail::Error),
     /// `--vcpus` out of range.
     #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
     VcpuCount(u8),
@@ -120,6 +126,9 @@ pub struct Vm {
     counters: Arc<vstate::emulate::Counters>,
     api: Option<ApiServer>,
     stdin: bool,
+    /// Confine the calling thread (the event loop) with the main filter once the vCPUs
+    /// run: only for a caller that ends after the run (the CLI), not a test harness.
+    confine_main: bool,
     timeout: Option<Duration>,
     cmdline: Option<String>,
     started: Instant,
@@ -177,7 +186,12 @@ impl Vm {
         self.start_vcpus()?;
         let boot_ms = (self.setup_last - self.started).as_secs_f64() * 1e3;
         let run_start = self.setup_last;
-        let outcome = control::Loop::new(&mut self)?.run(run_start);
+        let confine = self.confine_main;
+        let lp = control::Loop::new(&mut self)?;
+        if confine {
+            crate::seccomp::install(crate::seccomp::ThreadKind::Main)?;
+        }
+        let outcome = lp.run(run_start);
         let (exit_reason, milestones) = outcome?;
         let run_ms = run_start.elapsed().as_secs_f64() * 1e3;
         self.finish(exit_reason, milestones, boot_ms, run_ms)

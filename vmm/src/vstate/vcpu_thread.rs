@@ -295,7 +295,11 @@ impl Vcpu {
     /// The state machine; returns the fd when told to finish.
     fn run(mut self) -> VcpuFd {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run()));
-        let mut state = State::Running;
+        // Confined before the guest's first instruction on this vCPU.
+        let mut state = match crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+            Ok(()) => State::Running,
+            Err(e) => self.stop(VcpuStop::Unhandled(e.to_string())),
+        };
         while state != State::Finished {
             state = match state {
                 State::Running => self.running(),
