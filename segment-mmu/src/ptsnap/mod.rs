@@ -32,7 +32,6 @@ mod capture;
 mod format;
 mod synth;
 
-
 pub use capture::{Capture, CpuState};
 pub use synth::{SynthError, SyntheticSpec};
 

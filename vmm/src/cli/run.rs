@@ -287,10 +287,11 @@ fn run_probe(args: &Args) -> CliResult {
         Some(Prefault::Off) => return Err(CliError::bad_input("--prefault off: the measurement guest is timed and must not take host faults; use on or threads=N")),
         p => p.unwrap_or(Prefault::On),
     };
-    let run = guest::run_with_api(spec, &opts, prefault, api_config(args)).map_err(|e| match e {
-        guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),
-        e => CliError::failed(e),
-    })?;
+    let run =
+        guest::run_with_api(spec, &opts, prefault, api_config(args)).map_err(|e| match e {
+            guest::Error::BadSpec(_) | guest::Error::Unavailable(_) => CliError::bad_input(e),
+            e => CliError::failed(e),
+        })?;
     match &run.measurement {
         Ok(m) => println!("{m}"),
         Err(e) => eprintln!("segvmm: measurement guest failed: {e}"),

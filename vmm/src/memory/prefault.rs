@@ -215,9 +215,7 @@ pub(super) fn populate(
             .collect();
         let mut touched = false;
         for w in workers {
-            touched |= w
-                .join()
-                .map_err(|_| Error::PrefaultPanicked)??;
+            touched |= w.join().map_err(|_| Error::PrefaultPanicked)??;
         }
         Ok(touched)
     })
