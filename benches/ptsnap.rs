@@ -99,7 +99,7 @@ fn run_one(size: u64, dir: &std::path::Path) -> Result<Sample, String> {
         ..GuestOptions::default()
     };
     let run = guest::run_with_prefault(spec, &opts, false).map_err(|e| e.to_string())?;
-    run.measurement.as_ref().map_err(|e| e.clone())?;
+    run.measurement.as_ref().map_err(|e| e.to_string())?;
     let s = run
         .report
         .ptsnaps

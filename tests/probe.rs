@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{have_kvm, run};
 use segvmm::memory::Backing;
+use segvmm::probe::device::HookError;
 use segvmm::probe::guest::{self, GuestOptions, GuestPlan, GuestSpec};
 use segvmm::probe::layout::PageSize;
 use segvmm::probe::{native, WorkloadSpec};
@@ -122,8 +123,9 @@ fn ptsnap_hook_sees_the_planned_page_tables() {
     let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
     let s = seen.clone();
     let hook: segvmm::probe::device::PtsnapHook = Arc::new(move |vcpu| {
-        let sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
-        s.lock().map_err(|e| e.to_string())?.push(sregs.cr3);
+        let err = |e: &dyn std::fmt::Display| HookError(e.to_string());
+        let sregs = vcpu.get_sregs().map_err(|e| err(&e))?;
+        s.lock().map_err(|e| err(&e))?.push(sregs.cr3);
         Ok(None)
     });
     let spec = GuestSpec {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::designs::{Design, DesignKind, DesignReport, Env, EnvError, ModelConfig, Translation};
 use crate::ptsnap::Ptsnap;
-use crate::stream::{AddressStream, EventKind};
+use crate::stream::{AddressStream, Event, EventKind};
 use crate::walker::Fault;
 
 pub mod repro;
@@ -245,47 +245,13 @@ pub fn replay_phased(
             settled |= accesses >= cap && warmup != Warmup::Auto;
             boundary = Some((snapshot(&ds, env), accesses));
         }
-        events.clear();
-        let at_boundary = boundary.is_none() && warmup != Warmup::Auto;
-        while events.len() < CHUNK {
-            let want = if at_boundary {
-                (cap - accesses).min((CHUNK - events.len()) as u64) as usize
-            } else {
-                CHUNK - events.len()
-            };
-            if want == 0 {
-                break;
-            }
-            let before = events.len();
-            stream.fill(&mut events, before + want)?;
-            if events.len() == before {
-                break;
-            }
-            accesses += events[before..].iter().filter(|e| e.is_access()).count() as u64;
-        }
+        // Up to the warm-up boundary exactly, so the boundary falls between chunks.
+        let limit = (boundary.is_none() && warmup != Warmup::Auto).then(|| cap - accesses);
+        accesses += fill_chunk(stream, &mut events, limit)?;
         if events.is_empty() {
             break;
         }
-        events
-            .par_iter()
-            .with_min_len(1024)
-            .map(|e| {
-                if e.is_access() {
-                    env.translate(e.va, e.kind == EventKind::Write)
-                } else {
-                    Err(Fault::NonCanonical(e.va)) // unused for page-table events
-                }
-            })
-            .collect_into_vec(&mut walks);
-        ds.par_iter_mut().for_each(|d| {
-            for (e, t) in events.iter().zip(walks.iter()) {
-                match e.kind {
-                    EventKind::Read => d.access(env, e.va, false, t),
-                    EventKind::Write => d.access(env, e.va, true, t),
-                    EventKind::Unmap | EventKind::Map => d.pt_write(env, e.va),
-                }
-            }
-        });
+        run_chunk(env, &mut ds, &events, &mut walks);
         done += events.len() as u64;
         if boundary.is_none() && warmup == Warmup::Auto {
             settled = settle.step(snapshot(&ds, env), exit);
@@ -296,11 +262,82 @@ pub fn replay_phased(
     }
     let end = snapshot(&ds, env);
     let (start, warm_accesses) = boundary.unwrap_or_else(|| (end.clone(), accesses));
+    Ok(Replay {
+        warmup: WarmupReport {
+            rule: warmup,
+            accesses: warm_accesses,
+            settled,
+        },
+        designs: phased_reports(&end, &start, exit),
+    })
+}
+
+/// Refills `events` with up to [`CHUNK`] events (at most `limit` accesses when given);
+/// returns the accesses among them.
+fn fill_chunk(
+    stream: &mut dyn AddressStream,
+    events: &mut Vec<Event>,
+    limit: Option<u64>,
+) -> Result<u64, Error> {
+    events.clear();
+    let mut accesses = 0u64;
+    while events.len() < CHUNK {
+        let room = (CHUNK - events.len()) as u64;
+        let want = limit.map_or(room, |l| (l - accesses).min(room)) as usize;
+        if want == 0 {
+            break;
+        }
+        let before = events.len();
+        stream.fill(events, before + want)?;
+        if events.len() == before {
+            break;
+        }
+        accesses += events[before..].iter().filter(|e| e.is_access()).count() as u64;
+    }
+    Ok(accesses)
+}
+
+/// Walks the chunk's accesses once (in parallel) and feeds every design the whole chunk.
+fn run_chunk(
+    env: &Env,
+    ds: &mut [Box<dyn Design>],
+    events: &[Event],
+    walks: &mut Vec<Translation>,
+) {
+    events
+        .par_iter()
+        .with_min_len(1024)
+        .map(|e| {
+            if e.is_access() {
+                env.translate(e.va, e.kind == EventKind::Write)
+            } else {
+                Err(Fault::NonCanonical(e.va)) // unused for page-table events
+            }
+        })
+        .collect_into_vec(walks);
+    ds.par_iter_mut().for_each(|d| {
+        for (e, t) in events.iter().zip(walks.iter()) {
+            match e.kind {
+                EventKind::Read => d.access(env, e.va, false, t),
+                EventKind::Write => d.access(env, e.va, true, t),
+                EventKind::Unmap | EventKind::Map => d.pt_write(env, e.va),
+            }
+        }
+    });
+}
+
+/// Each design's totals split at the warm-up boundary `start` into cold start and
+/// steady state (fill exits after the boundary count as cold, not steady).
+fn phased_reports(
+    end: &[(DesignReport, u64)],
+    start: &[(DesignReport, u64)],
+    exit: f64,
+) -> Vec<PhasedReport> {
     let mut totals: Vec<DesignReport> = end.iter().map(|(r, _)| r.clone()).collect();
     compare_switching(&mut totals);
-    let designs = totals
+    totals
         .into_iter()
-        .zip(end.iter().zip(&start))
+        .zip(end.iter().zip(start))
         .map(|(total, ((e, ef), (s, sf)))| {
             let warm = s.clone();
             let after = e.since(s);
@@ -322,15 +359,7 @@ pub fn replay_phased(
                 after_warmup: after,
             }
         })
-        .collect();
-    Ok(Replay {
-        warmup: WarmupReport {
-            rule: warmup,
-            accesses: warm_accesses,
-            settled,
-        },
-        designs,
-    })
+        .collect()
 }
 
 /// Fills dynamic-switch's cost relative to fixed shadow and nested, when they ran.

@@ -121,6 +121,41 @@ pub enum Error {
     /// A bad argument to the API (not file contents).
     #[error("{0}")]
     Invalid(String),
+    /// RAM ranges given to the API that cannot be right.
+    #[error(transparent)]
+    InvalidRanges(RangeError),
+    /// RAM ranges in a file that cannot be right.
+    #[error("malformed hotness file: {0}")]
+    MalformedRanges(#[source] RangeError),
+}
+
+/// Guest RAM ranges that cannot be right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// Empty or not 4 KiB aligned.
+    #[error("RAM range {index} ({gpa:#x}, {len:#x}) is empty or not 4 KiB aligned")]
+    Unaligned {
+        /// Which range.
+        index: usize,
+        /// Start.
+        gpa: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Its end wraps.
+    #[error("RAM range {0} overflows")]
+    Overflows(usize),
+    /// Not above the previous one.
+    #[error("RAM range {index} ({gpa:#x}) overlaps or precedes range {}", index - 1)]
+    Overlaps {
+        /// Which range.
+        index: usize,
+        /// Start.
+        gpa: u64,
+    },
+    /// More RAM than [`MAX_RAM_BYTES`].
+    #[error("RAM ranges hold {0} bytes, more than the {MAX_RAM_BYTES}-byte cap (MAX_RAM_BYTES)")]
+    TooLarge(u64),
 }
 
 /// One collection interval: the 4 KiB pages written during it.
@@ -174,7 +209,7 @@ impl HotnessLog {
         if method.len() > 255 {
             return Err(Error::Invalid("method name longer than 255 bytes".into()));
         }
-        check_ranges(&ranges).map_err(Error::Invalid)?;
+        check_ranges(&ranges).map_err(Error::InvalidRanges)?;
         Ok(Self {
             interval_ns,
             half_life,
@@ -476,30 +511,21 @@ pub fn temperatures_of<'a>(
         .collect()
 }
 
-fn check_ranges(r: &[(u64, u64)]) -> Result<(), String> {
+fn check_ranges(r: &[(u64, u64)]) -> Result<(), RangeError> {
     let mut end = 0u64;
-    for (i, &(g, l)) in r.iter().enumerate() {
-        if g % 4096 != 0 || l % 4096 != 0 || l == 0 {
-            return Err(format!(
-                "RAM range {i} ({g:#x}, {l:#x}) is empty or not 4 KiB aligned"
-            ));
+    for (index, &(gpa, len)) in r.iter().enumerate() {
+        if gpa % 4096 != 0 || len % 4096 != 0 || len == 0 {
+            return Err(RangeError::Unaligned { index, gpa, len });
         }
-        let e = g
-            .checked_add(l)
-            .ok_or_else(|| format!("RAM range {i} overflows"))?;
-        if i > 0 && g < end {
-            return Err(format!(
-                "RAM range {i} ({g:#x}) overlaps or precedes range {}",
-                i - 1
-            ));
+        let e = gpa.checked_add(len).ok_or(RangeError::Overflows(index))?;
+        if index > 0 && gpa < end {
+            return Err(RangeError::Overlaps { index, gpa });
         }
         end = e;
     }
     let total = r.iter().fold(0u64, |a, &(_, l)| a.saturating_add(l));
     if total > MAX_RAM_BYTES {
-        return Err(format!(
-            "RAM ranges hold {total} bytes, more than the {MAX_RAM_BYTES}-byte cap (MAX_RAM_BYTES)"
-        ));
+        return Err(RangeError::TooLarge(total));
     }
     Ok(())
 }
@@ -576,7 +602,7 @@ fn decode_header(r: &mut Reader) -> Result<HotnessLog, Error> {
     for _ in 0..nr {
         ranges.push((r.u64("range address")?, r.u64("range length")?));
     }
-    check_ranges(&ranges).map_err(Error::Malformed)?;
+    check_ranges(&ranges).map_err(Error::MalformedRanges)?;
     Ok(HotnessLog {
         interval_ns,
         half_life,

@@ -215,6 +215,70 @@ pub fn parse(
 ) -> Result<Workload, Error> {
     let flav = parse_flavors(flavors)?;
     let bins = parse_intervals(intervals)?;
+    let parsed = pair_lines(&trace, &lifetimes)?;
+    let start = parsed[0].0;
+    let end = parsed[parsed.len() - 1].0 + BIN_SECONDS;
+    let mut rng = Rng::new(seed);
+    let mut vms = Vec::new();
+    for (t, tn, fi, ln, lt) in parsed {
+        if fi.len() != lt.len() {
+            return Err(line_err(
+                lifetimes.name,
+                ln,
+                format!(
+                    "{} items, but {}:{tn} has {}",
+                    lt.len(),
+                    trace.name,
+                    fi.len()
+                ),
+            ));
+        }
+        for (k, (f, l)) in fi.iter().zip(&lt).enumerate() {
+            if *f == "|" || *l == "|" {
+                if f != l {
+                    return Err(line_err(
+                        lifetimes.name,
+                        ln,
+                        format!(
+                            "item {}: batch separators of the two files do not line up",
+                            k + 1
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let memory = *flav.get(*f).ok_or_else(|| {
+                line_err(
+                    trace.name,
+                    tn,
+                    format!("item {}: unknown flavor {f:?}", k + 1),
+                )
+            })?;
+            let lifetime = draw_lifetime(l, &bins, (t, end), &mut rng).map_err(|e| {
+                line_err(lifetimes.name, ln, format!("item {} ({l:?}): {e}", k + 1))
+            })?;
+            vms.push(VmRequest {
+                arrival: t,
+                lifetime,
+                memory,
+            });
+        }
+    }
+    Ok(Workload {
+        source: trace.name.to_string(),
+        vms,
+        start,
+        end,
+    })
+}
+
+/// One arrival line and its lifetime line: (timestamp, arrival line number, flavors,
+/// lifetime line number, lifetimes).
+type LinePair<'a> = (u64, usize, Vec<&'a str>, usize, Vec<&'a str>);
+
+/// Pairs the arrival and lifetime lines, checking that their timestamps agree and never go
+/// backwards.
+fn pair_lines<'a>(trace: &Source<'a>, lifetimes: &Source<'a>) -> Result<Vec<LinePair<'a>>, Error> {
     let tl: Vec<(usize, &str)> = trace
         .text
         .lines()
@@ -258,81 +322,52 @@ pub fn parse(
         prev = Some(t);
         parsed.push((t, ti + 1, fi, li + 1, lt));
     }
-    let start = parsed[0].0;
-    let end = parsed[parsed.len() - 1].0 + BIN_SECONDS;
-    let mut rng = Rng::new(seed);
-    let mut vms = Vec::new();
-    for (t, tn, fi, ln, lt) in parsed {
-        if fi.len() != lt.len() {
-            return Err(line_err(
-                lifetimes.name,
-                ln,
-                format!(
-                    "{} items, but {}:{tn} has {}",
-                    lt.len(),
-                    trace.name,
-                    fi.len()
-                ),
-            ));
-        }
-        for (k, (f, l)) in fi.iter().zip(&lt).enumerate() {
-            if *f == "|" || *l == "|" {
-                if f != l {
-                    return Err(line_err(
-                        lifetimes.name,
-                        ln,
-                        format!(
-                            "item {}: batch separators of the two files do not line up",
-                            k + 1
-                        ),
-                    ));
-                }
-                continue;
+    Ok(parsed)
+}
+
+/// A lifetime item that cannot be right.
+#[derive(Debug, thiserror::Error)]
+enum LifetimeError {
+    /// Neither `U<bin>` nor `C<bin>`.
+    #[error("expected U<bin> or C<bin>")]
+    Syntax,
+    /// A bin the interval map lacks.
+    #[error("bin {0} is not in the interval map")]
+    NoBin(usize),
+    /// A bin that starts after the trace ends.
+    #[error("bin [{lo}, {hi}) s cannot end before the trace ends at {end}")]
+    AfterEnd {
+        /// Bin start, s.
+        lo: u64,
+        /// Bin end, s.
+        hi: u64,
+        /// End of the trace, s.
+        end: u64,
+    },
+}
+
+/// A lifetime `U<bin>` (ended: uniform in the bin, at least 1 s, cut at `end`, the end of
+/// the trace, for a VM that arrived at `t`) or `C<bin>` (still running at the end: `None`).
+fn draw_lifetime(
+    l: &str,
+    bins: &[(u64, u64)],
+    (t, end): (u64, u64),
+    rng: &mut Rng,
+) -> Result<Option<u64>, LifetimeError> {
+    let (kind, bin) = l.split_at(l.chars().next().map_or(0, char::len_utf8));
+    let bin: usize = bin.parse().map_err(|_| LifetimeError::Syntax)?;
+    let &(lo, hi) = bins.get(bin).ok_or(LifetimeError::NoBin(bin))?;
+    match kind {
+        "U" => {
+            let (a, b) = (lo.max(1), hi.min(end - t));
+            if a >= b {
+                return Err(LifetimeError::AfterEnd { lo, hi, end });
             }
-            let memory = *flav.get(*f).ok_or_else(|| {
-                line_err(
-                    trace.name,
-                    tn,
-                    format!("item {}: unknown flavor {f:?}", k + 1),
-                )
-            })?;
-            let bad_lt =
-                |m: String| line_err(lifetimes.name, ln, format!("item {} ({l:?}): {m}", k + 1));
-            let (kind, bin) = l.split_at(l.chars().next().map_or(0, char::len_utf8));
-            let bin: usize = bin
-                .parse()
-                .map_err(|_| bad_lt("expected U<bin> or C<bin>".into()))?;
-            let &(lo, hi) = bins
-                .get(bin)
-                .ok_or_else(|| bad_lt(format!("bin {bin} is not in the interval map")))?;
-            let lifetime = match kind {
-                // Ended inside the trace: uniform in the bin, cut at the end of the trace, and
-                // at least one second so a VM never leaves before it arrives.
-                "U" => {
-                    let (a, b) = (lo.max(1), hi.min(end - t));
-                    if a >= b {
-                        return Err(bad_lt(format!(
-                            "bin [{lo}, {hi}) s cannot end before the trace ends at {end}"
-                        )));
-                    }
-                    Some(rng.range(a, b))
-                }
-                "C" => None,
-                _ => return Err(bad_lt("expected U<bin> or C<bin>".into())),
-            };
-            vms.push(VmRequest {
-                arrival: t,
-                lifetime,
-                memory,
-            });
+            Ok(Some(rng.range(a, b)))
         }
+        "C" => Ok(None),
+        _ => Err(LifetimeError::Syntax),
     }
-    Ok(Workload {
-        source: trace.name.to_string(),
-        vms,
-        start,
-        end,
-    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub mod server;
 use std::path::PathBuf;
 
 pub use client::request;
-pub use protocol::Request;
+pub use protocol::{Request, RequestError};
 pub use server::{ApiServer, ClientId};
 
 /// Errors of the API socket, served or spoken to.

@@ -29,18 +29,27 @@ pub enum Request {
     Shutdown {},
 }
 
-/// Parses one request line (without its newline).
-pub fn parse(line: &[u8]) -> Result<Request, String> {
-    if line.len() > LINE_LIMIT {
-        return Err(format!("request longer than {LINE_LIMIT} bytes"));
-    }
-    serde_json::from_slice(line).map_err(|e| {
-        format!("bad request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"ping\"}}")
-    })
+/// A request line that is not a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Longer than [`LINE_LIMIT`].
+    #[error("request longer than {LINE_LIMIT} bytes")]
+    TooLong,
+    /// Not one of the requests.
+    #[error("bad request ({0}); send one JSON object per line, e.g. {{\"cmd\":\"ping\"}}")]
+    Malformed(#[source] serde_json::Error),
 }
 
-/// The answer line for `r` (with its newline).
-pub fn answer(r: &Result<Value, String>) -> Vec<u8> {
+/// Parses one request line (without its newline).
+pub fn parse(line: &[u8]) -> Result<Request, RequestError> {
+    if line.len() > LINE_LIMIT {
+        return Err(RequestError::TooLong);
+    }
+    serde_json::from_slice(line).map_err(RequestError::Malformed)
+}
+
+/// The answer line for `r` (with its newline): the error's message, sources included.
+pub fn answer<E: std::error::Error>(r: &Result<Value, E>) -> Vec<u8> {
     let mut m = Map::new();
     match r {
         Ok(v) => {
@@ -51,7 +60,16 @@ pub fn answer(r: &Result<Value, String>) -> Vec<u8> {
         }
         Err(e) => {
             m.insert("ok".into(), Value::Bool(false));
-            m.insert("error".into(), Value::String(e.clone()));
+            let mut text = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text = format!("{text}: {s_text}");
+                }
+                source = s.source();
+            }
+            m.insert("error".into(), Value::String(text));
         }
     }
     let mut line = serde_json::to_vec(&Value::Object(m)).unwrap_or_else(|_| b"{}".to_vec());
@@ -65,10 +83,10 @@ mod tests {
 
     #[test]
     fn requests_are_json_objects_with_paths_as_data() {
-        assert_eq!(parse(br#"{"cmd":"ping"}"#), Ok(Request::Ping {}));
+        assert_eq!(parse(br#"{"cmd":"ping"}"#).ok(), Some(Request::Ping {}));
         assert_eq!(
-            parse(br#"{"cmd":"ptsnap","file":"my dir/x\nshutdown"}"#),
-            Ok(Request::Ptsnap {
+            parse(br#"{"cmd":"ptsnap","file":"my dir/x\nshutdown"}"#).ok(),
+            Some(Request::Ptsnap {
                 file: "my dir/x\nshutdown".into()
             })
         );
@@ -87,9 +105,9 @@ mod tests {
 
     #[test]
     fn answers_are_one_json_line() {
-        let a = answer(&Ok(serde_json::json!({"vcpus": 2})));
+        let a = answer::<RequestError>(&Ok(serde_json::json!({"vcpus": 2})));
         assert_eq!(a, b"{\"ok\":true,\"vcpus\":2}\n");
-        let e = answer(&Err("no \"such\"\nthing".into()));
+        let e = answer(&Err(RequestError::TooLong));
         let v: Value = serde_json::from_slice(&e[..e.len() - 1]).unwrap();
         assert_eq!(v["ok"], false);
         assert_eq!(e.iter().filter(|&&b| b == b'\n').count(), 1);

@@ -15,7 +15,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde_json::Value;
 use vmm_sys_util::epoll::EventSet;
 
-use super::protocol::{self, Request, LINE_LIMIT};
+use super::protocol::{self, Request, RequestError, LINE_LIMIT};
 use super::{ApiConfig, Error};
 use crate::outdir::{self, OutDir, OutFile};
 
@@ -44,7 +44,7 @@ pub struct ApiServer {
     id: (u64, u64),
     dir: Option<Arc<OutDir>>,
     clients: HashMap<ClientId, Client>,
-    queue: Vec<(ClientId, Result<Request, String>)>,
+    queue: Vec<(ClientId, Result<Request, RequestError>)>,
     to_close: Vec<ClientId>,
 }
 
@@ -167,7 +167,10 @@ impl ApiServer {
     }
 
     /// Requests received so far; closes clients past their deadlines first.
-    pub fn take_requests(&mut self, now: Instant) -> Vec<(ClientId, Result<Request, String>)> {
+    pub fn take_requests(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(ClientId, Result<Request, RequestError>)> {
         for (id, c) in &self.clients {
             let idle = now.duration_since(c.last) > IDLE_TIMEOUT;
             let slow = c
@@ -181,7 +184,7 @@ impl ApiServer {
     }
 
     /// Sends the answer to `client` (a client that cannot take it is closed).
-    pub fn reply(&mut self, client: ClientId, r: Result<Value, String>) {
+    pub fn reply<E: std::error::Error>(&mut self, client: ClientId, r: Result<Value, E>) {
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
@@ -199,9 +202,9 @@ impl ApiServer {
         }
     }
 
-    fn refuse(mut s: UnixStream, why: &str) {
+    fn refuse(mut s: UnixStream, why: Refusal) {
         let _ = s.set_nonblocking(true);
-        let _ = s.write_all(&protocol::answer(&Err(why.into())));
+        let _ = s.write_all(&protocol::answer(&Err(why)));
     }
 
     fn accept_all(&mut self, ops: &mut EventOps) {
@@ -211,12 +214,12 @@ impl ApiServer {
             match peer_uid(&s) {
                 Some(uid) if uid == me || uid == 0 => {}
                 _ => {
-                    Self::refuse(s, "permission denied: not the VMM's user");
+                    Self::refuse(s, Refusal::NotOwner);
                     continue;
                 }
             }
             if self.clients.len() >= MAX_CLIENTS {
-                Self::refuse(s, "too many clients");
+                Self::refuse(s, Refusal::TooMany);
                 continue;
             }
             if s.set_nonblocking(true).is_err() || ops.add(Events::new(&s, EventSet::IN)).is_err() {
@@ -263,8 +266,7 @@ impl ApiServer {
             self.queue.push((id, protocol::parse(&line[..end])));
         }
         if c.buf.len() > LINE_LIMIT {
-            self.queue
-                .push((id, Err(format!("request longer than {LINE_LIMIT} bytes"))));
+            self.queue.push((id, Err(RequestError::TooLong)));
             c.buf.clear();
             eof = true;
         }
@@ -307,4 +309,15 @@ impl Drop for ApiServer {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The peer is not the VMM's user.
+    #[error("permission denied: not the VMM's user")]
+    NotOwner,
+    /// The client limit is reached.
+    #[error("too many clients")]
+    TooMany,
 }

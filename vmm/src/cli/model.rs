@@ -123,54 +123,9 @@ pub fn run(a: Args) -> CliResult {
             .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
     }
     let designs = DesignKind::parse_list(&a.designs).map_err(bad)?;
-    let mut tlb = TlbConfig::preset(&a.tlb).map_err(bad)?;
-    if let Some(v) = a.vm_exit_cycles {
-        tlb.costs.vm_exit_cycles = positive("--vm-exit-cycles", v)?;
-    }
-    if let Some(v) = a.ref_cycles {
-        tlb.costs.ref_cycles = positive("--ref-cycles", v)?;
-    }
     let warmup: Warmup = a.warmup.parse().map_err(bad)?;
-    let npt = match a.npt.as_str() {
-        "lazy" => NptMode::Lazy,
-        "eager" => NptMode::Eager,
-        v => return Err(bad(format!("--npt {v:?}: expected lazy or eager"))),
-    };
-    let cfg = ModelConfig {
-        tlb,
-        npt,
-        host_levels: a.host_levels,
-        enlarged_levels: a.enlarged_levels,
-        escape_pages: a.escape,
-        ..ModelConfig::default()
-    };
-    let env = Env::new(&snap, a.space, cfg).map_err(bad)?;
-
-    let (mut stream, stream_name): (Box<dyn AddressStream>, String) = match (&a.stream, &a.trace) {
-        (Some(s), _) => {
-            let spec: StreamSpec = s.parse().map_err(bad)?;
-            let region = env
-                .guest_segment
-                .ok_or_else(|| bad("the address space maps nothing"))?;
-            if spec.base.is_none() && spec.footprint > region.len() {
-                return Err(bad(format!(
-                    "stream footprint {} MiB exceeds the mapped heap ({} MiB at {:#x}); shrink footprint= or grow heap=",
-                    spec.footprint >> 20,
-                    region.len() >> 20,
-                    region.base
-                )));
-            }
-            (spec.build(region.base), s.clone())
-        }
-        (None, Some(p)) => {
-            let f = File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
-            let len = f.metadata().ok().map(|m| m.len());
-            let r = TraceReader::new(f, len).map_err(|e| bad(format!("{}: {e}", p.display())))?;
-            (Box::new(r), format!("trace:{}", p.display()))
-        }
-        (None, None) => return Err(bad("give --stream SPEC or --trace FILE")),
-    };
-
+    let env = Env::new(&snap, a.space, model_config(&a)?).map_err(bad)?;
+    let (mut stream, stream_name) = open_stream(&a, &env)?;
     let bar = ProgressBar::with_draw_target(stream.len_hint(), ProgressDrawTarget::hidden());
     bar.set_style(
         ProgressStyle::with_template(
@@ -210,13 +165,69 @@ pub fn run(a: Args) -> CliResult {
             tlb: &env.cfg.tlb,
             ptsnap: snap.summary(),
         };
-        let text = serde_json::to_string_pretty(&out).map_err(CliError::failed)?;
-        let mut f =
-            File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
+        write_json(p, &out)?;
     }
     Ok(0)
+}
+
+/// The model's configuration from the arguments.
+fn model_config(a: &Args) -> Result<ModelConfig, CliError> {
+    let mut tlb = TlbConfig::preset(&a.tlb).map_err(bad)?;
+    if let Some(v) = a.vm_exit_cycles {
+        tlb.costs.vm_exit_cycles = positive("--vm-exit-cycles", v)?;
+    }
+    if let Some(v) = a.ref_cycles {
+        tlb.costs.ref_cycles = positive("--ref-cycles", v)?;
+    }
+    let npt = match a.npt.as_str() {
+        "lazy" => NptMode::Lazy,
+        "eager" => NptMode::Eager,
+        v => return Err(bad(format!("--npt {v:?}: expected lazy or eager"))),
+    };
+    Ok(ModelConfig {
+        tlb,
+        npt,
+        host_levels: a.host_levels,
+        enlarged_levels: a.enlarged_levels,
+        escape_pages: a.escape,
+        ..ModelConfig::default()
+    })
+}
+
+/// The address stream (`--stream` or `--trace`) and how the report names it.
+fn open_stream(a: &Args, env: &Env) -> Result<(Box<dyn AddressStream>, String), CliError> {
+    Ok(match (&a.stream, &a.trace) {
+        (Some(s), _) => {
+            let spec: StreamSpec = s.parse().map_err(bad)?;
+            let region = env
+                .guest_segment
+                .ok_or_else(|| bad("the address space maps nothing"))?;
+            if spec.base.is_none() && spec.footprint > region.len() {
+                return Err(bad(format!(
+                    "stream footprint {} MiB exceeds the mapped heap ({} MiB at {:#x}); shrink footprint= or grow heap=",
+                    spec.footprint >> 20,
+                    region.len() >> 20,
+                    region.base
+                )));
+            }
+            (spec.build(region.base), s.clone())
+        }
+        (None, Some(p)) => {
+            let f = File::open(p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            let r = TraceReader::new(f, len).map_err(|e| bad(format!("{}: {e}", p.display())))?;
+            (Box::new(r), format!("trace:{}", p.display()))
+        }
+        (None, None) => return Err(bad("give --stream SPEC or --trace FILE")),
+    })
+}
+
+/// Writes the JSON report to `p`.
+fn write_json(p: &std::path::Path, out: &JsonOut) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(out).map_err(CliError::failed)?;
+    let mut f = File::create(p).map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))
 }
 
 /// The page tables to model (`--ptsnap` or `--synthetic`) and how the report names them.

@@ -316,7 +316,7 @@ fn run_probe(args: &Args) -> CliResult {
     }
     let code = finish(&run.report, None)?;
     if let Some(p) = &args.report {
-        let json = serde_json::json!({ "measurement": run.measurement.as_ref().ok(), "error": run.measurement.as_ref().err(), "run": run.report });
+        let json = serde_json::json!({ "measurement": run.measurement.as_ref().ok(), "error": run.measurement.as_ref().err().map(ToString::to_string), "run": run.report });
         let s = serde_json::to_string_pretty(&json).map_err(CliError::failed)?;
         std::fs::write(p, s)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;

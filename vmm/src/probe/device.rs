@@ -21,7 +21,12 @@ use crate::vstate::stats::StatsFd;
 /// file asks the VMM for a page-table capture there (`DeviceAction::Ptsnap`: the vCPU
 /// loop pauses the other vCPUs, captures and resumes); `None` asks for nothing.
 pub type PtsnapHook =
-    Arc<dyn Fn(&VcpuFd) -> Result<Option<std::path::PathBuf>, String> + Send + Sync>;
+    Arc<dyn Fn(&VcpuFd) -> Result<Option<std::path::PathBuf>, HookError> + Send + Sync>;
+
+/// Why a ptsnap hook failed: its own words (the hook is the caller's code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ptsnap hook: {0}")]
+pub struct HookError(pub String);
 
 /// Exit status the device gives the VM when the guest's ring-0 stub reports a fault.
 pub const FAULT_EXIT_STATUS: i32 = 70;
@@ -45,7 +50,7 @@ pub struct Outcome {
     /// Whether the ring-0 stub reported a fault.
     pub fault: bool,
     /// Ptsnap hook calls and their outcome.
-    pub ptsnaps: Vec<Result<(), String>>,
+    pub ptsnaps: Vec<Result<(), HookError>>,
 }
 
 /// The device behind the window.

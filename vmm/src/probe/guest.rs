@@ -504,7 +504,7 @@ pub struct GuestRun {
     /// The VM's report (memory, KVM counters of the whole run, exit).
     pub report: RunReport,
     /// The measurement, or why there is none.
-    pub measurement: Result<Measurement, String>,
+    pub measurement: Result<Measurement, MeasureError>,
     /// What the device saw.
     pub outcome: Outcome,
     /// The plan that ran.
@@ -595,6 +595,52 @@ fn run_inner(
     })
 }
 
+/// Why a guest run gave no measurement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeasureError {
+    /// The guest ended without writing its results page.
+    #[error("the guest gave no result: {0}")]
+    NoResult(String),
+    /// The guest took an exception (vector 255: it panicked).
+    #[error("{} in the measurement guest: error code {error:#x}, rip {rip:#x}, cr2 {cr2:#x}, cs {cs:#x}, rsp {rsp:#x}", fault_name(*.vector))]
+    Fault {
+        /// Exception vector (255: a guest panic).
+        vector: u64,
+        /// Error code.
+        error: u64,
+        /// Faulting RIP.
+        rip: u64,
+        /// CR2.
+        cr2: u64,
+        /// CS.
+        cs: u64,
+        /// RSP.
+        rsp: u64,
+    },
+    /// The results page lacks the magic.
+    #[error("the results page carries no result")]
+    NoMagic,
+    /// The guest reported a failure status.
+    #[error("the guest reported status {code}: {text}")]
+    Status {
+        /// Status code.
+        code: u64,
+        /// What it means.
+        text: String,
+    },
+    /// The guest never signalled start and stop.
+    #[error("the guest never signalled start and stop")]
+    NoStartStop,
+}
+
+fn fault_name(vector: u64) -> String {
+    if vector == 255 {
+        "the guest panicked".to_string()
+    } else {
+        format!("exception vector {vector}")
+    }
+}
+
 /// Turns the guest's results page and the device's timestamps into a measurement.
 pub fn measurement(
     spec: &GuestSpec,
@@ -602,34 +648,31 @@ pub fn measurement(
     report: &RunReport,
     o: &Outcome,
     tsc_khz: Option<u32>,
-) -> Result<Measurement, String> {
+) -> Result<Measurement, MeasureError> {
     let Some(r) = o.results else {
-        return Err(format!("the guest gave no result: {}", report.exit_message));
+        return Err(MeasureError::NoResult(report.exit_message.clone()));
     };
     if o.fault {
-        let v = r[RES_FAULT_VECTOR];
-        let what = if v == 255 {
-            "the guest panicked".to_string()
-        } else {
-            format!("exception vector {v}")
-        };
-        return Err(format!(
-            "{what} in the measurement guest: error code {:#x}, rip {:#x}, cr2 {:#x}, cs {:#x}, rsp {:#x}",
-            r[RES_FAULT_ERROR], r[RES_FAULT_RIP], r[RES_FAULT_CR2], r[RES_FAULT_CS], r[RES_FAULT_RSP]
-        ));
+        return Err(MeasureError::Fault {
+            vector: r[RES_FAULT_VECTOR],
+            error: r[RES_FAULT_ERROR],
+            rip: r[RES_FAULT_RIP],
+            cr2: r[RES_FAULT_CR2],
+            cs: r[RES_FAULT_CS],
+            rsp: r[RES_FAULT_RSP],
+        });
     }
     if r[RES_MAGIC] != RESULTS_MAGIC {
-        return Err("the results page carries no result".into());
+        return Err(MeasureError::NoMagic);
     }
     if r[RES_STATUS] != STATUS_OK {
-        return Err(format!(
-            "the guest reported status {}: {}",
-            r[RES_STATUS],
-            status_text(r[RES_STATUS])
-        ));
+        return Err(MeasureError::Status {
+            code: r[RES_STATUS],
+            text: status_text(r[RES_STATUS]).to_string(),
+        });
     }
     let (Some(start), Some(stop)) = (o.start, o.stop) else {
-        return Err("the guest never signalled start and stop".into());
+        return Err(MeasureError::NoStartStop);
     };
     let wall_ns = stop.duration_since(start).as_secs_f64() * 1e9;
     let ops = r[RES_OPS];

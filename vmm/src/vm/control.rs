@@ -310,22 +310,19 @@ impl<'a> Loop<'a> {
     }
 
     /// Pauses every vCPU, copies the tables, resumes, and writes `out`.
-    fn api_ptsnap(&mut self, out: OutFile) -> Result<Value, String> {
+    fn api_ptsnap(&mut self, out: OutFile) -> Result<Value, ApiError> {
         let started = Instant::now();
         let snapper = self.vm.observers.ptsnapper.clone();
         let buf = snapper.buffer();
         let pause = Instant::now();
         let deadline = pause + PAUSE_TIMEOUT;
-        let states =
-            vcpu_thread::pause_all(&self.vm.handles, None, deadline).map_err(|e| e.to_string())?;
+        let states = vcpu_thread::pause_all(&self.vm.handles, None, deadline)?;
         let states: Vec<VcpuState> = states.into_iter().map(|(_, s)| s).collect();
         let capture = snapper.capture(&states, buf);
         vcpu_thread::resume_all(&self.vm.handles);
         let paused_ms = pause.elapsed().as_secs_f64() * 1e3;
-        let info = capture
-            .and_then(|c| snapper.write_now(c, &out, started, paused_ms))
-            .map_err(|e| e.to_string())?;
-        serde_json::to_value(info).map_err(|e| e.to_string())
+        let info = capture.and_then(|c| snapper.write_now(c, &out, started, paused_ms))?;
+        Ok(serde_json::to_value(info)?)
     }
 
     /// Answers queued API requests; the outcome when one ends the run.
@@ -336,7 +333,7 @@ impl<'a> Loop<'a> {
         for (client, req) in requests {
             let reply = match req {
                 Ok(r) => self.api_request(r, &mut end),
-                Err(e) => Err(e),
+                Err(e) => Err(ApiError::Request(e)),
             };
             api.borrow_mut().reply(client, reply);
         }
@@ -346,7 +343,7 @@ impl<'a> Loop<'a> {
         end
     }
 
-    fn api_request(&mut self, r: Request, end: &mut Option<ExitReason>) -> Result<Value, String> {
+    fn api_request(&mut self, r: Request, end: &mut Option<ExitReason>) -> Result<Value, ApiError> {
         let api = self.api.as_ref().map(|(a, _)| a.clone());
         match r {
             Request::Ping {} => Ok(json!({
@@ -358,18 +355,13 @@ impl<'a> Loop<'a> {
                 Ok(json!({}))
             }
             Request::Ptsnap { file } => {
-                let out = api
-                    .ok_or("no API")?
-                    .borrow()
-                    .out_file(&file)
-                    .map_err(|e| e.to_string())?;
+                let out = api.ok_or(ApiError::NoApi)?.borrow().out_file(&file)?;
                 self.api_ptsnap(out)
             }
             Request::Pause {} => {
                 let deadline = Instant::now() + PAUSE_TIMEOUT;
-                vcpu_thread::pause_all(&self.vm.handles, None, deadline)
-                    .map(|s| json!({ "paused": s.len() }))
-                    .map_err(|e| e.to_string())
+                let s = vcpu_thread::pause_all(&self.vm.handles, None, deadline)?;
+                Ok(json!({ "paused": s.len() }))
             }
             Request::Resume {} => {
                 vcpu_thread::resume_all(&self.vm.handles);
@@ -389,6 +381,29 @@ impl<'a> Loop<'a> {
             rips,
         }
     }
+}
+
+/// Why an API request failed (its answer's `error`).
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    /// The line was not a request.
+    #[error(transparent)]
+    Request(#[from] crate::api::RequestError),
+    /// No API server (cannot happen for a request that came from one).
+    #[error("no API server")]
+    NoApi,
+    /// The output file was refused.
+    #[error(transparent)]
+    OutFile(#[from] crate::outdir::Error),
+    /// The vCPUs did not pause.
+    #[error(transparent)]
+    Pause(#[from] vcpu_thread::Error),
+    /// The capture failed.
+    #[error(transparent)]
+    Ptsnap(#[from] crate::ptsnap::Error),
+    /// The answer could not be encoded.
+    #[error("encoding the answer: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// The run's outcome when vCPU `id` stopped.

@@ -550,24 +550,7 @@ fn perform(
             return Ok(());
         }
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => {
-            let size = ins.op0_register().size();
-            let src = match ins.op1_kind() {
-                OpKind::Register => reg_value(regs, &sregs, ins.op1_register()).unwrap_or(0),
-                OpKind::Memory => {
-                    let va = mem_addr(&ins, regs, &sregs, 1).ok_or_else(|| unsupported(&ins))?;
-                    let mut b = [0u8; 8];
-                    ctx.access(va, &mut b[..size.min(8)], Access::Read)?;
-                    u64::from_le_bytes(b)
-                }
-                _ => return Err(unsupported(&ins)),
-            };
-            bit_count(
-                regs,
-                ins.mnemonic(),
-                ins.op0_register(),
-                src,
-                size as u32 * 8,
-            );
+            perform_bit_count(ctx, regs, &ins, &unsupported)?
         }
         Mnemonic::Clac => regs.rflags &= !RFLAGS_AC,
         Mnemonic::Stac => regs.rflags |= RFLAGS_AC,
@@ -580,14 +563,7 @@ fn perform(
         Mnemonic::Fnclex | Mnemonic::Fninit => cpu.x87_reset(ins.mnemonic() == Mnemonic::Fninit)?,
         Mnemonic::Ldmxcsr | Mnemonic::Vldmxcsr => {
             let va = mem_addr(&ins, regs, &sregs, 0).ok_or_else(|| unsupported(&ins))?;
-            let mut b = [0u8; 4];
-            ctx.access(va, &mut b, Access::Read)?;
-            let v = u32::from_le_bytes(b);
-            let (_, mask) = cpu.mxcsr()?;
-            if v & !mask != 0 {
-                return Err(Stop::Fault(Fault::General)); // reserved bits set: #GP(0)
-            }
-            cpu.set_mxcsr(v)?;
+            perform_ldmxcsr(cpu, ctx, va)?;
         }
         Mnemonic::Stmxcsr | Mnemonic::Vstmxcsr => {
             let va = mem_addr(&ins, regs, &sregs, 0).ok_or_else(|| unsupported(&ins))?;
@@ -596,34 +572,82 @@ fn perform(
         }
         Mnemonic::Cmpxchg16b if ins.code() == Code::Cmpxchg16b_m128 => {
             let va = mem_addr(&ins, regs, &sregs, 0).ok_or_else(|| unsupported(&ins))?;
-            if va % 16 != 0 {
-                return Err(Stop::Fault(Fault::General)); // misaligned m128: #GP(0)
-            }
-            // Always a write access (the CPU writes back the old value on failure).
-            let gpa = ctx.gpa(va, Access::Write)?;
-            let (ok, found) = ctx
-                .mem
-                .cmpxchg16b(gpa, [regs.rax, regs.rdx], [regs.rbx, regs.rcx])
-                .ok_or_else(|| {
-                    Stop::Err(Error::Access {
-                        rip: ctx.rip,
-                        va,
-                        why: format!("gpa {gpa:#x} is not RAM"),
-                    })
-                })?;
-            if ok {
-                regs.rflags |= 1 << 6;
-            } else {
-                regs.rflags &= !(1 << 6);
-                regs.rax = found[0];
-                regs.rdx = found[1];
-            }
+            perform_cmpxchg16b(ctx, regs, va)?;
         }
         _ => return Err(unsupported(&ins)),
     }
     regs.rip = next;
     cpu.set_regs(regs)?;
     counters.other.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// popcnt/lzcnt/tzcnt with a register or memory source.
+fn perform_bit_count(
+    ctx: &Ctx,
+    regs: &mut kvm_regs,
+    ins: &Instruction,
+    unsupported: &dyn Fn(&Instruction) -> Stop,
+) -> std::result::Result<(), Stop> {
+    let sregs = ctx.sregs;
+    let size = ins.op0_register().size();
+    let src = match ins.op1_kind() {
+        OpKind::Register => reg_value(regs, &sregs, ins.op1_register()).unwrap_or(0),
+        OpKind::Memory => {
+            let va = mem_addr(ins, regs, &sregs, 1).ok_or_else(|| unsupported(ins))?;
+            let mut b = [0u8; 8];
+            ctx.access(va, &mut b[..size.min(8)], Access::Read)?;
+            u64::from_le_bytes(b)
+        }
+        _ => return Err(unsupported(ins)),
+    };
+    bit_count(
+        regs,
+        ins.mnemonic(),
+        ins.op0_register(),
+        src,
+        size as u32 * 8,
+    );
+    Ok(())
+}
+
+/// ldmxcsr from `va`: reserved bits set raise #GP(0).
+fn perform_ldmxcsr(cpu: &mut dyn CpuState, ctx: &Ctx, va: u64) -> std::result::Result<(), Stop> {
+    let mut b = [0u8; 4];
+    ctx.access(va, &mut b, Access::Read)?;
+    let v = u32::from_le_bytes(b);
+    let (_, mask) = cpu.mxcsr()?;
+    if v & !mask != 0 {
+        return Err(Stop::Fault(Fault::General)); // reserved bits set: #GP(0)
+    }
+    cpu.set_mxcsr(v)?;
+    Ok(())
+}
+
+/// cmpxchg16b on the 16 bytes at `va` (a write access even when the compare fails).
+fn perform_cmpxchg16b(ctx: &Ctx, regs: &mut kvm_regs, va: u64) -> std::result::Result<(), Stop> {
+    if va % 16 != 0 {
+        return Err(Stop::Fault(Fault::General)); // misaligned m128: #GP(0)
+    }
+    // Always a write access (the CPU writes back the old value on failure).
+    let gpa = ctx.gpa(va, Access::Write)?;
+    let (ok, found) = ctx
+        .mem
+        .cmpxchg16b(gpa, [regs.rax, regs.rdx], [regs.rbx, regs.rcx])
+        .ok_or_else(|| {
+            Stop::Err(Error::Access {
+                rip: ctx.rip,
+                va,
+                why: format!("gpa {gpa:#x} is not RAM"),
+            })
+        })?;
+    if ok {
+        regs.rflags |= 1 << 6;
+    } else {
+        regs.rflags &= !(1 << 6);
+        regs.rax = found[0];
+        regs.rdx = found[1];
+    }
     Ok(())
 }
 

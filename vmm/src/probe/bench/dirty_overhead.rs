@@ -57,7 +57,8 @@ pub enum Error {
         /// Workload.
         workload: &'static str,
         /// What the guest reported.
-        why: String,
+        #[source]
+        why: guest::MeasureError,
     },
 }
 

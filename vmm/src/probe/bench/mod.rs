@@ -234,7 +234,7 @@ pub fn run_cell_with_ptsnap(
                     if let (Some(d), Some((name, _))) = (&run.report.dirty, &hot) {
                         tracked = Some(DirtyRow::new(d, name));
                     }
-                    run.measurement.map_err(|e| (Status::Failed, e))
+                    run.measurement.map_err(|e| (Status::Failed, e.to_string()))
                 }
                 Err(e) => Err((classify(&e), e.to_string())),
             }
