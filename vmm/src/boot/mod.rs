@@ -5,7 +5,6 @@
 //! tables, MP and ACPI tables, registers) are built in [`crate::arch::x86_64`].
 
 pub mod bzimage;
-pub mod layout;
 
 use std::fs::File;
 use std::io::Cursor;
@@ -17,6 +16,8 @@ use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+pub use crate::arch::x86_64::layout;
+pub use crate::arch::x86_64::regs::Entry;
 use crate::arch::x86_64::{acpi, gdt, mptable, paging};
 use crate::memory::GuestRam;
 use layout::*;
@@ -109,21 +110,6 @@ pub enum Error {
 }
 
 type Result<T> = std::result::Result<T, Error>;
-
-/// How the first vCPU enters the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entry {
-    /// 64-bit long mode, paging on (identity map), `rsi` = zero page (Linux 64-bit boot protocol).
-    Linux64 {
-        /// First instruction.
-        rip: u64,
-    },
-    /// 32-bit protected mode, paging off, `rbx` = start_info (PVH boot protocol).
-    Pvh {
-        /// First instruction.
-        rip: u64,
-    },
-}
 
 /// What kind of image was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -222,7 +208,7 @@ fn read_initrd(path: &Path, limit: u64, kernel_end: u64) -> Result<Vec<u8>> {
 }
 
 /// How to treat a bzImage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BzImageMode {
     /// Decompress on the host where guest ring-0 code is emulated (kvm_pvm), else as is.
     Auto,
@@ -231,6 +217,24 @@ pub enum BzImageMode {
     AsIs,
     /// Decompress its payload on the host and boot the vmlinux inside (see [`bzimage`]).
     HostDecompress,
+}
+
+impl segment_mmu::named::Named for BzImageMode {
+    const ALL: &'static [Self] = &[Self::Auto, Self::AsIs, Self::HostDecompress];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::AsIs => "as-is",
+            Self::HostDecompress => "host-decompress",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Self::Auto => "decompress on the host where guest ring 0 is emulated (kvm_pvm)",
+            Self::AsIs => "the kernel's own decompressor runs in the guest",
+            Self::HostDecompress => "decompress on the host and boot the vmlinux inside",
+        }
+    }
 }
 
 impl BzImageMode {

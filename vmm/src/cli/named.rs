@@ -31,6 +31,8 @@ value_enum!(
     crate::dirty::DirtyMode,
     crate::memory::Backing,
     crate::probe::layout::PageSize,
+    crate::boot::BzImageMode,
+    crate::seccomp::SeccompLevel,
 );
 
 #[cfg(test)]

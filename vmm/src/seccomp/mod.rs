@@ -22,7 +22,7 @@ use seccompiler::{
 pub use lists::ThreadKind;
 
 /// What a filtered thread's forbidden system call gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SeccompLevel {
     /// The process is killed (SIGSYS).
     #[default]
@@ -31,6 +31,24 @@ pub enum SeccompLevel {
     Log,
     /// No filters.
     Off,
+}
+
+impl segment_mmu::named::Named for SeccompLevel {
+    const ALL: &'static [Self] = &[Self::Kill, Self::Log, Self::Off];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Log => "log",
+            Self::Off => "off",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Self::Kill => "a forbidden system call kills the process (SIGSYS)",
+            Self::Log => "forbidden calls are allowed and logged by the kernel",
+            Self::Off => "no filters",
+        }
+    }
 }
 
 /// Errors of building or installing a filter.

@@ -40,8 +40,8 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 
+use super::layout::ACPI_TABLES;
 use super::{IOAPIC_ADDR, LAPIC_ADDR};
-use crate::boot::layout::ACPI_TABLES;
 
 /// OEM id in every header.
 const OEM_ID: [u8; 6] = *b"SEGVMM";

@@ -9,7 +9,7 @@
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::boot::layout::GDT;
+use super::layout::GDT;
 
 /// Access byte + flags of a 64-bit ring-0 code segment (G, L; P, S, type 0xb).
 pub const CODE64_KERNEL: u16 = 0xa09b;
@@ -102,7 +102,7 @@ pub fn write_boot_gdt(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemor
     for (i, e) in BOOT_GDT.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT + 8 * i as u64))?;
     }
-    mem.write_obj(0u64, GuestAddress(crate::boot::layout::IDT))
+    mem.write_obj(0u64, GuestAddress(super::layout::IDT))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod interrupts;
+pub mod layout;
 pub mod mptable;
 pub mod msr;
 pub mod paging;

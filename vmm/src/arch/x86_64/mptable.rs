@@ -7,8 +7,8 @@
 
 use zerocopy::{Immutable, IntoBytes};
 
+use super::layout::MPTABLE;
 use super::{checksum, IOAPIC_ADDR, IOAPIC_PINS, LAPIC_ADDR};
-use crate::boot::layout::MPTABLE;
 
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;

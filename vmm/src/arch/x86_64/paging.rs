@@ -4,7 +4,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
-use crate::boot::layout::{PD, PDPT, PML4};
+use super::layout::{PD, PDPT, PML4};
 
 /// Present | writable.
 const PRESENT_RW: u64 = 0x3;

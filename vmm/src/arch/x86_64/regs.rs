@@ -5,8 +5,22 @@
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 use super::gdt::{self, BOOT_CS32, BOOT_CS64, BOOT_DS, BOOT_GDT};
-use crate::boot::layout::{BOOT_STACK, GDT, IDT, PML4, PVH_INFO, ZERO_PAGE};
-use crate::boot::Entry;
+use super::layout::{BOOT_STACK, GDT, IDT, PML4, PVH_INFO, ZERO_PAGE};
+
+/// How the first vCPU enters the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// 64-bit long mode, paging on (identity map), `rsi` = zero page (Linux 64-bit boot protocol).
+    Linux64 {
+        /// First instruction.
+        rip: u64,
+    },
+    /// 32-bit protected mode, paging off, `rbx` = start_info (PVH boot protocol).
+    Pvh {
+        /// First instruction.
+        rip: u64,
+    },
+}
 
 /// CR0 bits.
 pub const CR0_PE: u64 = 1;
