@@ -67,3 +67,48 @@ pub fn artifact(name: &str) -> Option<PathBuf> {
     eprintln!("SKIP: {why}");
     None
 }
+
+/// `segvmm ptsnap --api-socket SOCK --out OUT`, retried for up to 4 s while the guest may
+/// still be setting up paging; the last outcome.
+pub fn ptsnap_when_ready(sock: &Path, out: &Path) -> (i32, String, String) {
+    let mut last = (1, String::new(), String::new());
+    for _ in 0..40 {
+        last = run(&[
+            "ptsnap",
+            "--api-socket",
+            sock.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        if last.0 == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    last
+}
+
+/// Ends a `segvmm run` child over its API socket (`segvmm ptsnap --shutdown`); the child's
+/// exit status and stderr.
+pub fn shutdown_over_api(
+    sock: &Path,
+    mut child: std::process::Child,
+) -> (std::process::ExitStatus, String) {
+    let (code, _, stderr) = run(&[
+        "ptsnap",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--shutdown",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (st, err)
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, is_root, run, segvmm};
+use common::{have_kvm, is_root, ptsnap_when_ready, run, segvmm, shutdown_over_api};
 
 fn status_field(pid: u32, tid: Option<&str>, key: &str) -> String {
     let p = match tid {
@@ -37,7 +37,7 @@ fn a_jailed_vmm_runs_as_nobody_without_capabilities() {
     std::fs::create_dir_all(&snaps).unwrap();
     std::os::unix::fs::chown(&snaps, Some(65534), Some(65534)).unwrap();
     let sock = d.path().join("api.sock");
-    let mut child = segvmm()
+    let child = segvmm()
         .args([
             "run",
             "--guest",
@@ -89,41 +89,13 @@ fn a_jailed_vmm_runs_as_nobody_without_capabilities() {
     }
     // It still serves: a ptsnap into the directory opened before the chroot.
     let out = snaps.join("jailed.ptsnap");
-    let mut last = (1, String::new(), String::new());
-    for _ in 0..40 {
-        last = run(&[
-            "ptsnap",
-            "--api-socket",
-            sock.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        if last.0 == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let last = ptsnap_when_ready(&sock, &out);
     assert_eq!(last.0, 0, "{last:?}");
     let m = std::fs::metadata(&out).unwrap();
     assert!(m.len() > 0);
     use std::os::unix::fs::MetadataExt;
     assert_eq!(m.uid(), 65534, "the ptsnap was written as the jailed user");
-    let (code, _, stderr) = run(&[
-        "ptsnap",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--shutdown",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let st = child.wait().unwrap();
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (st, err) = shutdown_over_api(&sock, child);
     assert_eq!(st.code(), Some(0), "{err}");
     assert!(err.contains("shut down over the API socket"), "{err}");
 }

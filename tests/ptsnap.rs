@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, run, segvmm};
+use common::{have_kvm, ptsnap_when_ready, run, segvmm};
 use segment_mmu::ptsnap::Ptsnap;
 use segment_mmu::stream::StreamSpec;
 use workloads::kernels;
@@ -77,20 +77,7 @@ fn api_socket_ptsnap_of_a_running_guest() {
     );
     // The guest may still be setting up long mode right after the socket appears: retry
     // briefly until it pages.
-    let mut last = (0, String::new(), String::new());
-    for _ in 0..40 {
-        last = run(&[
-            "ptsnap",
-            "--api-socket",
-            sock.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        if last.0 == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let last = ptsnap_when_ready(&sock, &out);
     let (code, stdout, stderr) = last;
     assert_eq!(code, 0, "stdout {stdout} stderr {stderr}");
     assert!(

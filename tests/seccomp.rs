@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, run, segvmm};
+use common::{have_kvm, segvmm, shutdown_over_api};
 use segvmm::seccomp::{self, SeccompLevel, ThreadKind};
 
 const CHILD: &str = "SEGVMM_SECCOMP_TEST_CHILD";
@@ -94,7 +94,7 @@ fn thread_modes(pid: u32) -> Vec<(String, u32)> {
 fn threads_of_a_running_vmm(level: &str) -> Vec<(String, u32)> {
     let d = tempfile::tempdir().unwrap();
     let sock = d.path().join("api.sock");
-    let mut child = segvmm()
+    let child = segvmm()
         .args([
             "run",
             "--guest",
@@ -126,22 +126,7 @@ fn threads_of_a_running_vmm(level: &str) -> Vec<(String, u32)> {
     // The event loop confines itself once the vCPUs run: give it a moment.
     std::thread::sleep(Duration::from_millis(300));
     let modes = thread_modes(child.id());
-    let (code, _, stderr) = run(&[
-        "ptsnap",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--shutdown",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let st = child.wait().unwrap();
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (st, err) = shutdown_over_api(&sock, child);
     assert_eq!(st.code(), Some(0), "{level}: {st:?} {err}");
     assert!(err.contains("dirty tracking"), "{err}");
     assert!(!Path::new(&sock).exists());
