@@ -36,7 +36,12 @@ fn a_jailed_vmm_runs_as_nobody_without_capabilities() {
     std::fs::create_dir_all(&jail).unwrap();
     std::fs::create_dir_all(&snaps).unwrap();
     std::os::unix::fs::chown(&snaps, Some(65534), Some(65534)).unwrap();
-    let sock = d.path().join("api.sock");
+    // The socket's directory belongs to the jailed user, so the VMM can remove the socket
+    // at exit from inside the jail.
+    let run_dir = d.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::os::unix::fs::chown(&run_dir, Some(65534), Some(65534)).unwrap();
+    let sock = run_dir.join("api.sock");
     let child = segvmm()
         .args([
             "run",
@@ -86,6 +91,11 @@ fn a_jailed_vmm_runs_as_nobody_without_capabilities() {
             "65534 65534 65534 65534"
         );
         assert_eq!(status_field(pid, Some(&tid), "CapEff:"), "0000000000000000");
+        assert_eq!(
+            status_field(pid, Some(&tid), "NoNewPrivs:"),
+            "1",
+            "thread {tid}"
+        );
     }
     // It still serves: a ptsnap into the directory opened before the chroot.
     let out = snaps.join("jailed.ptsnap");
@@ -98,6 +108,7 @@ fn a_jailed_vmm_runs_as_nobody_without_capabilities() {
     let (st, err) = shutdown_over_api(&sock, child);
     assert_eq!(st.code(), Some(0), "{err}");
     assert!(err.contains("shut down over the API socket"), "{err}");
+    assert!(!sock.exists(), "the jailed VMM removed its socket at exit");
 }
 
 #[test]

@@ -42,6 +42,9 @@ pub struct ApiServer {
     path: PathBuf,
     /// Device and inode of the socket we bound: removed at exit only if still ours.
     id: (u64, u64),
+    /// The socket's directory, held open so that the socket can be removed at exit even
+    /// from inside a `--jail` chroot where its path no longer resolves.
+    parent: Option<std::fs::File>,
     dir: Option<Arc<OutDir>>,
     clients: HashMap<ClientId, Client>,
     queue: Vec<(ClientId, Result<Request, RequestError>)>,
@@ -60,10 +63,7 @@ impl std::fmt::Debug for ApiServer {
 /// Refuses a directory that other users may write to without the sticky bit (they could
 /// replace the socket).
 fn check_dir(path: &Path) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = socket_dir(path);
     let m = std::fs::metadata(&dir).map_err(|source| Error::Bind {
         path: path.into(),
         source,
@@ -145,9 +145,11 @@ impl ApiServer {
         let listener = bound.map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let m = std::fs::symlink_metadata(&path).map_err(err)?;
+        let parent = std::fs::File::open(socket_dir(&path)).ok();
         Ok(ApiServer {
             listener,
             id: (m.dev(), m.ino()),
+            parent,
             path,
             dir,
             clients: HashMap::new(),
@@ -302,12 +304,55 @@ impl MutEventSubscriber for ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .map(|m| (m.dev(), m.ino()) == self.id)
-            .unwrap_or(false);
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
+        match (&self.parent, self.path.file_name()) {
+            (Some(dir), Some(name)) => unlink_if_ours(dir, name, self.id),
+            _ => {
+                let ours = std::fs::symlink_metadata(&self.path)
+                    .map(|m| (m.dev(), m.ino()) == self.id)
+                    .unwrap_or(false);
+                if ours {
+                    let _ = std::fs::remove_file(&self.path);
+                }
+            }
         }
+    }
+}
+
+/// The directory a socket path lives in.
+fn socket_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Removes `name` inside `dir` if it is still the socket `id` (device, inode) we bound;
+/// works after a chroot, relative to the directory's descriptor.
+fn unlink_if_ours(dir: &std::fs::File, name: &std::ffi::OsStr, id: (u64, u64)) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
+        return;
+    };
+    let fd = dir.as_raw_fd();
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `fd` is an open directory we own, `cname` a NUL-terminated name, `st` a
+    // writable stat buffer; AT_SYMLINK_NOFOLLOW looks at the entry itself.
+    let r = unsafe {
+        libc::fstatat(
+            fd,
+            cname.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return;
+    }
+    // SAFETY: fstatat succeeded, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    if (st.st_dev, st.st_ino) == id {
+        // SAFETY: as above; removes one directory entry, no memory is passed but the name.
+        unsafe { libc::unlinkat(fd, cname.as_ptr(), 0) };
     }
 }
 

@@ -70,9 +70,18 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
-    /// The collector thread could not be started or died.
+    /// The collector thread could not be started.
+    #[error("starting the dirty-log collector thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The collector thread could not confine itself.
     #[error("dirty-log collector thread: {0}")]
-    Thread(String),
+    Seccomp(#[source] crate::seccomp::Error),
+    /// The collector thread panicked.
+    #[error("the dirty-log collector thread panicked")]
+    Panicked,
+    /// A thread panicked holding the dirty ring's lock.
+    #[error("dirty ring lock poisoned")]
+    Poisoned,
     /// Building or writing the hotness outputs.
     #[error(transparent)]
     Hotness(#[from] hotness::Error),
@@ -630,7 +639,7 @@ impl Tracker {
             .name("dirty-log".into())
             .spawn(move || {
                 crate::seccomp::install(crate::seccomp::ThreadKind::DirtyCollector)
-                    .map_err(|e| Error::Thread(e.to_string()))?;
+                    .map_err(Error::Seccomp)?;
                 let mut next = Instant::now() + interval;
                 loop {
                     match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
@@ -647,7 +656,7 @@ impl Tracker {
                     }
                 }
             })
-            .map_err(|e| Error::Thread(e.to_string()))?;
+            .map_err(Error::Spawn)?;
         Ok(Tracker {
             stop,
             thread,
@@ -660,10 +669,7 @@ impl Tracker {
     /// the tracker's hold on the rings.
     pub fn finish(self) -> Result<DirtyReport, Error> {
         let _ = self.stop.send(());
-        let mut c = self
-            .thread
-            .join()
-            .map_err(|_| Error::Thread("panicked".into()))??;
+        let mut c = self.thread.join().map_err(|_| Error::Panicked)??;
         c.collect()?;
         let cfg = &self.prepared.cfg;
         let (mut hotness_file, mut heatmap) = (None, None);

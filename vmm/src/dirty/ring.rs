@@ -278,9 +278,7 @@ impl Rings {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Error> {
-        self.state
-            .lock()
-            .map_err(|_| Error::Thread("dirty ring lock poisoned".into()))
+        self.state.lock().map_err(|_| Error::Poisoned)
     }
 
     /// The vCPU thread's answer to `KVM_EXIT_DIRTY_RING_FULL`: harvest its own ring into

@@ -54,6 +54,9 @@ impl segment_mmu::named::Named for SeccompLevel {
 /// Errors of building or installing a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// PR_SET_NO_NEW_PRIVS failed.
+    #[error("setting no_new_privs: {0}")]
+    NoNewPrivs(#[source] std::io::Error),
     /// seccompiler refused the filter.
     #[error("seccomp filter for the {kind} thread: {source}")]
     Build {
@@ -125,6 +128,13 @@ pub fn program(kind: ThreadKind, on_forbidden: SeccompAction) -> Result<BpfProgr
 /// Installs the filter of `kind` on the calling thread at the process-wide level (nothing
 /// when it is `off`). Sets no_new_privs, which seccomp needs without CAP_SYS_ADMIN.
 pub fn install(kind: ThreadKind) -> Result<(), Error> {
+    // Every confined thread also gets no_new_privs, whatever the level: a thread started
+    // before `--jail` (the dirty collector) would otherwise lack it.
+    // SAFETY: prctl with integer arguments only; it changes only this thread's flags.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if r != 0 {
+        return Err(Error::NoNewPrivs(std::io::Error::last_os_error()));
+    }
     let action = match level() {
         SeccompLevel::Kill => SeccompAction::KillProcess,
         SeccompLevel::Log => SeccompAction::Log,
