@@ -148,3 +148,17 @@ fn model_prints_the_papers_table_without_tlbs() {
         assert!(get(d)["cycles_per_access"].as_f64().is_some(), "{d}");
     }
 }
+
+#[test]
+fn a_report_path_that_cannot_be_written_is_refused_before_the_guest_runs() {
+    let (code, _, stderr) = run(&[
+        "run",
+        "--guest",
+        "test",
+        "--report",
+        "/nonexistent-segvmm-dir/r.json",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--report /nonexistent-segvmm-dir/r.json"), "{stderr}");
+    assert!(!stderr.contains("guest exited"), "{stderr}");
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, is_root, ptsnap_when_ready, run, segvmm, shutdown_over_api};
+use common::{artifact, have_kvm, is_root, ptsnap_when_ready, run, segvmm, shutdown_over_api};
 
 fn status_field(pid: u32, tid: Option<&str>, key: &str) -> String {
     let p = match tid {
@@ -133,4 +133,50 @@ fn jail_needs_uid_and_gid_and_a_directory() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("chroot"), "{stderr}");
     assert!(!Path::new("/nonexistent-segvmm-jail").exists());
+}
+
+#[test]
+fn a_jailed_vmm_boots_linux_and_writes_its_report() {
+    if !have_kvm() || !is_root() {
+        eprintln!("SKIP: needs /dev/kvm and root");
+        return;
+    }
+    let (Some(k), Some(i)) = (artifact("small-kernel"), artifact("initramfs.cpio")) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let jail = d.path().join("jail");
+    std::fs::create_dir_all(&jail).unwrap();
+    let report = d.path().join("r.json");
+    let (code, _, stderr) = run(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--memory",
+        "256M",
+        "--timeout",
+        "600",
+        "--quiet",
+        "--jail",
+        jail.to_str().unwrap(),
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("SEGVMM_INIT_OK"), "{stderr}");
+    // The report lies outside the jail: opened before the chroot, written at the end.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["exit_reason"]["kind"], "power_off", "{v}");
+    assert_eq!(
+        std::fs::read_dir(&jail).unwrap().count(),
+        0,
+        "nothing written in the jail"
+    );
 }

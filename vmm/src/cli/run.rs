@@ -1,7 +1,7 @@
 //! `segvmm run`: boot a Linux kernel, the measurement guest (default without --kernel) or
 //! the bare-metal test guest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{parse_size, CliError, CliResult};
@@ -81,7 +81,8 @@ pub struct Args {
     pub seccomp: crate::seccomp::SeccompLevel,
     /// Once the VM is built (/dev/kvm, guest RAM, files and the API socket open), chroot
     /// here, drop every capability, become --uid/--gid and set no_new_privs (an in-process
-    /// jailer). Paths written at the end (--report, --hotness-out) are then inside DIR.
+    /// jailer). --report is opened before; --hotness-out, written at the end, is then
+    /// inside DIR.
     #[arg(long, requires_all = ["uid", "gid"])]
     pub jail: Option<PathBuf>,
     /// With --jail: the user to run the guest as.
@@ -154,8 +155,8 @@ pub fn parse_workload(s: &str) -> Result<Workload, String> {
     })
 }
 
-/// Prints the report's summary to stderr and writes the JSON.
-pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
+/// Prints the report's summary to stderr; the exit code.
+pub fn finish(report: &RunReport) -> CliResult {
     eprintln!("segvmm: {}", report.memory);
     eprintln!(
         "segvmm: host {} ({} paging); VMM set-up {:.1} ms, guest ran {:.1} ms, VMM resident memory beside guest RAM {:.1} MiB ({:.1} MiB anonymous, the rest file-backed code: the binary and libc)",
@@ -180,12 +181,21 @@ pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
         );
     }
     eprintln!("segvmm: {}", report.exit_message);
-    if let Some(p) = json {
-        let s = serde_json::to_string_pretty(report).map_err(CliError::failed)?;
-        std::fs::write(p, s)
-            .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))?;
-    }
     Ok(report.exit_reason.exit_code())
+}
+
+/// Creates the report file (before the VM runs, so that a path that cannot be written is
+/// refused up front, and so that a `--jail`ed run can still write it from the chroot).
+fn open_report(p: &Path) -> Result<std::fs::File, CliError> {
+    std::fs::File::create(p)
+        .map_err(|e| CliError::bad_input(format!("--report {}: {e}", p.display())))
+}
+
+/// Writes `report` as JSON into the file opened for `p`.
+fn write_report(report: &RunReport, p: &Path, mut f: std::fs::File) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(report).map_err(CliError::failed)?;
+    std::io::Write::write_all(&mut f, s.as_bytes())
+        .map_err(|e| CliError::failed(format!("writing {}: {e}", p.display())))
 }
 
 /// The API socket asked for, if any.
@@ -245,6 +255,11 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: args.dirty(),
     };
+    let report_file = args
+        .report
+        .as_ref()
+        .map(|p| open_report(p).map(|f| (p, f)))
+        .transpose()?;
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(api) = api_config(&args) {
         builder = builder.api(api);
@@ -260,7 +275,11 @@ pub fn run(args: Args) -> CliResult {
         .build()
         .and_then(Vm::run)
         .map_err(CliError::bad_input)?;
-    finish(&report, args.report.as_ref())
+    let code = finish(&report)?;
+    if let Some((p, f)) = report_file {
+        write_report(&report, p, f)?;
+    }
+    Ok(code)
 }
 
 /// Boots the measurement guest on one workload and prints its result (stdout), then the
@@ -314,7 +333,7 @@ fn run_probe(args: &Args) -> CliResult {
             println!("guest/native: {:.2}x ({same})", m.ns_per_op / n.ns_per_op);
         }
     }
-    let code = finish(&run.report, None)?;
+    let code = finish(&run.report)?;
     if let Some(p) = &args.report {
         let json = serde_json::json!({ "measurement": run.measurement.as_ref().ok(), "error": run.measurement.as_ref().err().map(ToString::to_string), "run": run.report });
         let s = serde_json::to_string_pretty(&json).map_err(CliError::failed)?;
