@@ -159,6 +159,9 @@ fn a_report_path_that_cannot_be_written_is_refused_before_the_guest_runs() {
         "/nonexistent-segvmm-dir/r.json",
     ]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--report /nonexistent-segvmm-dir/r.json"), "{stderr}");
+    assert!(
+        stderr.contains("--report /nonexistent-segvmm-dir/r.json"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("guest exited"), "{stderr}");
 }

@@ -132,7 +132,10 @@ fn run_reports_resident_memory_at_start() {
     assert!(p["memset_gib_per_s"].is_null());
     // Plain `on` (the built-in guests' default) does not pay for the bandwidth memset.
     let on = run_report("on");
-    assert_eq!(on["memory"]["prefault"]["resident_at_start_bytes"], 64 * MIB);
+    assert_eq!(
+        on["memory"]["prefault"]["resident_at_start_bytes"],
+        64 * MIB
+    );
     assert!(on["memory"]["prefault"]["memset_gib_per_s"].is_null());
     let on = run_report("threads=2");
     let p = &on["memory"]["prefault"];
