@@ -148,3 +148,6 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
 
 /// A shared interrupt.
 pub type SharedInterrupt = Arc<dyn Interrupt>;
+
+#[cfg(test)]
+mod tests;
