@@ -1,5 +1,6 @@
 //! virtio-mmio and virtio-blk without a guest: the tests play the driver, writing the
-//! transport's registers and virtio-queue's mock split rings in a GuestMemoryMmap.
+//! transport's registers and split rings (virtio-queue's descriptor types) in a
+//! GuestMemoryMmap.
 
 use std::sync::Arc;
 
@@ -8,7 +9,6 @@ use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::block::{self, Block, DiskConfig, DiskConfigError};
@@ -83,11 +83,13 @@ impl Rig {
         u32::from_le_bytes(b)
     }
 
-    /// The split rings at `self.ring`, laid out as virtio-queue's mock lays them out: the
-    /// descriptor table, the available ring, the used ring (aligned to 4).
+    /// The split rings at `self.ring`: the descriptor table, the available ring, the used
+    /// ring (aligned to 4). Laid out here rather than with virtio-queue's MockSplitQueue:
+    /// in 0.18 its used ring starts inside the available ring (`AvailRing::end` adds the
+    /// entry count as bytes), so a full available ring would overwrite used entries.
     fn layout(&self) -> (GuestAddress, GuestAddress, GuestAddress) {
         let avail = self.ring + 16 * u64::from(QSIZE);
-        let used = (avail + 6 + 2 * u64::from(QSIZE) + 3) & !3;
+        let used = (avail + 8 + 2 * u64::from(QSIZE) + 3) & !3;
         (
             GuestAddress(self.ring),
             GuestAddress(avail),
@@ -114,34 +116,19 @@ impl Rig {
     fn program_queue(&self, size: u32) {
         let (d, a, u) = self.layout();
         if self.ring < RAM {
-            // The mock zeroes the rings' indices, as a driver initialises them.
-            let mq = MockSplitQueue::create(&*self.mem, GuestAddress(self.ring), QSIZE);
-            assert_eq!(
-                (mq.desc_table_addr(), mq.avail_addr(), mq.used_addr()),
-                (d, a, u)
-            );
+            // The driver zeroes its rings (indices and flags) before handing them over.
+            let zero = vec![0u8; (u.0 + 8 + 8 * u64::from(QSIZE) - d.0) as usize];
+            self.mem.write_slice(&zero, d).unwrap();
         }
         self.w(VIRTIO_MMIO_QUEUE_SEL, 0);
         self.w(VIRTIO_MMIO_QUEUE_NUM, size);
         let split = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
-        for (a, lo, hi) in [
-            (
-                mq.desc_table_addr(),
-                VIRTIO_MMIO_QUEUE_DESC_LOW,
-                VIRTIO_MMIO_QUEUE_DESC_HIGH,
-            ),
-            (
-                mq.avail_addr(),
-                VIRTIO_MMIO_QUEUE_AVAIL_LOW,
-                VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
-            ),
-            (
-                mq.used_addr(),
-                VIRTIO_MMIO_QUEUE_USED_LOW,
-                VIRTIO_MMIO_QUEUE_USED_HIGH,
-            ),
+        for (addr, lo, hi) in [
+            (d, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH),
+            (a, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_AVAIL_HIGH),
+            (u, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_QUEUE_USED_HIGH),
         ] {
-            let (l, h) = split(a);
+            let (l, h) = split(addr);
             self.w(lo, l);
             self.w(hi, h);
         }
