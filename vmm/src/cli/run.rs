@@ -23,6 +23,10 @@ pub enum BuiltinGuest {
     TestTriple,
     /// The test guest, told to hang (for testing --timeout).
     TestHang,
+    /// The test guest driving the first --disk through its virtio-mmio registers (its
+    /// sector 0 must start with "SEGV"): exit 0 when the device behaved, else 20 + the step
+    /// that failed (see guest-kernels/testguest).
+    TestVirtio,
 }
 
 /// Options of `segvmm run`.
@@ -242,6 +246,7 @@ pub fn run(args: Args) -> CliResult {
                 BuiltinGuest::Test => "",
                 BuiltinGuest::TestTriple => "triple",
                 BuiltinGuest::TestHang => "hang",
+                BuiltinGuest::TestVirtio => "virtio",
             };
             Payload::TestGuest { mode: mode.into() }
         }
