@@ -373,3 +373,35 @@ fn virtio_devices(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_guests_are_told_where_their_virtio_devices_are() {
+        let mut p = Payload::Linux {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            bzimage: boot::BzImageMode::Auto,
+        };
+        announce_virtio(&mut p, 2);
+        let Payload::Linux { cmdline, .. } = &p else {
+            unreachable!()
+        };
+        assert_eq!(
+            cmdline,
+            "console=ttyS0 virtio_mmio.device=4K@0xd0001000:5 virtio_mmio.device=4K@0xd0002000:6"
+        );
+        let mut t = Payload::TestGuest {
+            mode: String::new(),
+        };
+        announce_virtio(&mut t, 1);
+        assert!(matches!(t, Payload::TestGuest { mode } if mode.is_empty()));
+        assert_eq!(virtio::slot(7), Some((0xd000_8000, 15)));
+        assert_eq!(virtio::slot(virtio::MAX_VIRTIO_DEVICES), None);
+        let many = vec!["x".parse::<DiskConfig>().unwrap(); virtio::MAX_VIRTIO_DEVICES + 1];
+        assert!(matches!(open_disks(&many), Err(Error::TooManyDevices(9))));
+    }
+}
