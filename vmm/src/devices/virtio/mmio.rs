@@ -10,6 +10,7 @@
 //! DRIVER_OK, a chain no status can answer) gets DEVICE_NEEDS_RESET and a config-change
 //! interrupt, with one log line; the device serves again after a reset.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::{
@@ -29,6 +30,8 @@ use crate::devices::DeviceAction;
 pub const MAGIC: u32 = 0x7472_6976;
 /// The transport version: 2, modern.
 pub const VERSION: u32 = 2;
+/// Lines a transport logs before going quiet.
+const LOG_LIMIT: u32 = 32;
 /// Offset of the configuration space.
 pub const CONFIG_OFFSET: u64 = VIRTIO_MMIO_CONFIG as u64;
 
@@ -54,6 +57,7 @@ pub struct MmioTransport {
     state: Mutex<State>,
     mem: Arc<dyn GuestMemoryView>,
     irq: SharedInterrupt,
+    logged: AtomicU32,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -116,6 +120,7 @@ impl MmioTransport {
             }),
             mem,
             irq,
+            logged: AtomicU32::new(0),
         })
     }
 
@@ -129,8 +134,17 @@ impl MmioTransport {
         self.status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0
     }
 
+    /// One line on stderr, at most [`LOG_LIMIT`] per device: a guest cannot flood the log.
     fn log(&self, what: &str) {
-        eprintln!("segvmm: {}: {what}", self.name);
+        let n = self.logged.fetch_add(1, Ordering::Relaxed);
+        if n < LOG_LIMIT {
+            let more = if n + 1 == LOG_LIMIT {
+                " (further messages from this device not logged)"
+            } else {
+                ""
+            };
+            eprintln!("segvmm: {}: {what}{more}", self.name);
+        }
     }
 
     fn signal(&self, st: &mut State, bit: u32) {
