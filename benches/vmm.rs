@@ -78,6 +78,7 @@ fn boot_to_first_instruction(c: &mut Criterion) {
                             started: Some(started),
                             api_socket: None,
                             track_dirty: None,
+                            disks: Vec::new(),
                         })
                         .expect("test guest run");
                         total += Duration::from_secs_f64(r.boot_ms / 1e3);

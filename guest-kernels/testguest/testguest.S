@@ -6,10 +6,23 @@
  * the outcome on the signal port (0xf4): 0 = all good, 1 = memory mismatch.
  *
  * The first byte of the command line selects a failure mode for the VMM's tests:
- * 't' triple-faults (no IDT, then int3), 'h' hangs (cli; hlt).
+ * 't' triple-faults (no IDT, then int3), 'h' hangs (cli; hlt). 'v' drives the first
+ * virtio-mmio device (a virtio-blk disk whose sector 0 starts with "SEGV") through its
+ * registers instead of the memory check: identification, feature negotiation, one queue,
+ * a read of sector 0, the interrupt status, a looping chain (DEVICE_NEEDS_RESET expected,
+ * nothing used), a reset, the same read again, then a write of it to sector 1 and a
+ * flush. It reports 0 when every step went as expected, else 20 + the number of the step
+ * that did not (22-28).
  */
 #define COM1 0x3f8
 #define SIGNAL_PORT 0xf4
+#define VIO 0xd0001000          /* the first virtio-mmio window */
+#define VQ_DESC 0x380000        /* rings and buffers, in RAM above the image */
+#define VQ_AVAIL 0x380100
+#define VQ_USED 0x380200
+#define VQ_HDR 0x381000
+#define VQ_DATA 0x382000
+#define VQ_STATUS 0x383000
 
     .section .note.Xen, "a"
     .p2align 2
@@ -84,6 +97,8 @@ long_mode:
     je triple
     cmp $'h', %al
     je hang
+    cmp $'v', %al
+    je virtio
 3:
     lea msg_hello(%rip), %rdi
     call puts
@@ -149,6 +164,149 @@ triple:
     lidt null_idt(%rip)
     int3
 
+/* The virtio-blk check ('v'); %r15d is the step being checked. */
+virtio:
+    lea msg_virtio(%rip), %rdi
+    call puts
+    mov $VIO, %rbp
+    mov $2, %r15d
+    cmpl $0x74726976, 0x00(%rbp)   /* magic "virt" */
+    jne vfail
+    cmpl $2, 0x04(%rbp)            /* version 2 */
+    jne vfail
+    cmpl $2, 0x08(%rbp)            /* device: block */
+    jne vfail
+    mov $3, %r15d
+    call vsetup
+    jne vfail
+    mov $4, %r15d
+    call vread
+    jne vfail
+    mov $5, %r15d
+    cmpl $1, 0x60(%rbp)            /* InterruptStatus: used buffer */
+    jne vfail
+    movl $1, 0x64(%rbp)            /* InterruptACK */
+    cmpl $0, 0x60(%rbp)
+    jne vfail
+    mov $6, %r15d                  /* descriptor 0 chained to itself */
+    movw $0, VQ_DESC+14
+    movw $0, VQ_AVAIL+6
+    movw $2, VQ_AVAIL+2
+    movl $0, 0x50(%rbp)            /* QueueNotify */
+    testl $0x40, 0x70(%rbp)        /* DEVICE_NEEDS_RESET */
+    jz vfail
+    cmpw $1, VQ_USED+2             /* the bad chain was not used */
+    jne vfail
+    mov $7, %r15d
+    call vsetup
+    jne vfail
+    call vread
+    jne vfail
+    mov $8, %r15d
+    call vwrite
+    jne vfail
+    lea msg_virtio_ok(%rip), %rdi
+    call puts
+    mov $SIGNAL_PORT, %dx
+    xor %eax, %eax
+    out %eax, %dx
+    jmp hang
+vfail:
+    lea msg_virtio_bad(%rip), %rdi
+    call puts
+    mov $SIGNAL_PORT, %dx
+    lea 20(%r15), %eax
+    out %eax, %dx
+    jmp hang
+
+/* vsetup: reset, zeroed rings, VERSION_1 only, queue 0 of 8 entries, DRIVER_OK; ZF set
+ * when the device accepted it all. */
+vsetup:
+    movl $0, 0x70(%rbp)
+    mov $VQ_DESC, %rdi
+    xor %eax, %eax
+    mov $0x4000 / 8, %ecx
+    rep stosq
+    movl $1, 0x70(%rbp)            /* ACKNOWLEDGE */
+    movl $3, 0x70(%rbp)            /* DRIVER */
+    movl $1, 0x24(%rbp)            /* DriverFeaturesSel 1 */
+    movl $1, 0x20(%rbp)            /* VIRTIO_F_VERSION_1 */
+    movl $0, 0x24(%rbp)
+    movl $0, 0x20(%rbp)
+    movl $0xb, 0x70(%rbp)          /* FEATURES_OK */
+    cmpl $0xb, 0x70(%rbp)
+    jne 1f
+    movl $0, 0x30(%rbp)            /* QueueSel */
+    movl $8, 0x38(%rbp)            /* QueueNum */
+    movl $VQ_DESC, 0x80(%rbp)
+    movl $0, 0x84(%rbp)
+    movl $VQ_AVAIL, 0x90(%rbp)
+    movl $0, 0x94(%rbp)
+    movl $VQ_USED, 0xa0(%rbp)
+    movl $0, 0xa4(%rbp)
+    movl $1, 0x44(%rbp)            /* QueueReady */
+    movl $0xf, 0x70(%rbp)          /* DRIVER_OK */
+    cmpl $0xf, 0x70(%rbp)
+1:  ret
+
+/* vread: sector 0 into VQ_DATA (header, data, status: descriptors 0-2); ZF set when the
+ * chain was used with status OK and the data starts with "SEGV". */
+vread:
+    movl $0, VQ_HDR                /* VIRTIO_BLK_T_IN */
+    movq $0, VQ_HDR+8              /* sector 0 */
+    movl $0, VQ_DATA
+    mov $3, %eax                   /* data: NEXT | WRITE */
+    call vchain
+    call vsubmit
+    jne 1f
+    cmpl $0x56474553, VQ_DATA      /* "SEGV" */
+1:  ret
+
+/* vwrite: VQ_DATA to sector 1, then FLUSH; ZF set when both answered OK. */
+vwrite:
+    movl $1, VQ_HDR                /* VIRTIO_BLK_T_OUT */
+    movq $1, VQ_HDR+8
+    mov $1, %eax                   /* data: NEXT (device-readable) */
+    call vchain
+    call vsubmit
+    jne 1f
+    movl $4, VQ_HDR                /* VIRTIO_BLK_T_FLUSH: header, status */
+    movq $0, VQ_HDR+8
+    movw $2, VQ_DESC+14
+    call vsubmit
+1:  ret
+
+/* vchain: descriptors 0 (header) -> 1 (512 bytes at VQ_DATA, flags %ax) -> 2 (status). */
+vchain:
+    movq $VQ_HDR, VQ_DESC
+    movl $16, VQ_DESC+8
+    movw $1, VQ_DESC+12            /* NEXT */
+    movw $1, VQ_DESC+14
+    movq $VQ_DATA, VQ_DESC+16
+    movl $512, VQ_DESC+24
+    movw %ax, VQ_DESC+28
+    movw $2, VQ_DESC+30
+    movq $VQ_STATUS, VQ_DESC+32
+    movl $1, VQ_DESC+40
+    movw $2, VQ_DESC+44            /* WRITE */
+    ret
+
+/* vsubmit: offers the chain at descriptor 0 and notifies; ZF set when it was used (the
+ * device serves it before the notify write returns) with status OK. */
+vsubmit:
+    movb $0xff, VQ_STATUS
+    movzwl VQ_AVAIL+2, %eax
+    mov %eax, %ecx
+    and $7, %ecx
+    movw $0, VQ_AVAIL+4(,%rcx,2)
+    inc %eax
+    movw %ax, VQ_AVAIL+2
+    movl $0, 0x50(%rbp)            /* QueueNotify */
+    cmpw %ax, VQ_USED+2
+    jne 1f
+    cmpb $0, VQ_STATUS
+1:  ret
+
 /* puts(%rdi): NUL-terminated string to COM1. */
 puts:
     mov $COM1, %dx
@@ -164,6 +322,9 @@ puts:
 msg_hello: .asciz "segvmm test guest: long mode on, paging on\n"
 msg_ok:    .asciz "segvmm test guest: memory check ok\n"
 msg_bad:   .asciz "segvmm test guest: memory check FAILED\n"
+msg_virtio:     .asciz "segvmm test guest: virtio-blk check\n"
+msg_virtio_ok:  .asciz "segvmm test guest: virtio-blk ok\n"
+msg_virtio_bad: .asciz "segvmm test guest: virtio-blk FAILED\n"
     .p2align 3
 gdt:
     .quad 0

@@ -23,6 +23,10 @@ pub enum BuiltinGuest {
     TestTriple,
     /// The test guest, told to hang (for testing --timeout).
     TestHang,
+    /// The test guest driving the first --disk through its virtio-mmio registers (its
+    /// sector 0 must start with "SEGV"): exit 0 when the device behaved, else 20 + the step
+    /// that failed (see guest-kernels/testguest).
+    TestVirtio,
 }
 
 /// Options of `segvmm run`.
@@ -91,6 +95,12 @@ pub struct Args {
     /// With --jail: the group to run the guest as (supplementary groups are cleared).
     #[arg(long, requires = "jail")]
     pub gid: Option<u32>,
+    /// A virtio-blk disk on a raw image (repeatable): `PATH[,ro][,id=NAME]`. The image is
+    /// locked (flock; shared with `ro`) for the run; a missing, unreadable or locked image
+    /// is refused before the guest starts. A Linux guest is told where it is
+    /// (`virtio_mmio.device=` on its command line).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
+    pub disks: Vec<crate::devices::virtio::DiskConfig>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -227,10 +237,16 @@ pub fn run(args: Args) -> CliResult {
                         "--jail is not served for the measurement guest (its native twin and report need the host); use --guest test or --kernel",
                     ))
                 }
+                BuiltinGuest::Probe if !args.disks.is_empty() => {
+                    return Err(CliError::bad_input(
+                        "--disk is not served for the measurement guest; use --guest test or --kernel",
+                    ))
+                }
                 BuiltinGuest::Probe => return run_probe(&args),
                 BuiltinGuest::Test => "",
                 BuiltinGuest::TestTriple => "triple",
                 BuiltinGuest::TestHang => "hang",
+                BuiltinGuest::TestVirtio => "virtio",
             };
             Payload::TestGuest { mode: mode.into() }
         }
@@ -254,6 +270,7 @@ pub fn run(args: Args) -> CliResult {
         started: Some(started),
         api_socket: args.api_socket.clone(),
         track_dirty: args.dirty(),
+        disks: args.disks.clone(),
     };
     let report_file = args
         .report

@@ -7,6 +7,7 @@ pub mod console;
 pub mod legacy;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
 
 use kvm_ioctls::VcpuFd;
 

@@ -579,6 +579,7 @@ fn run_inner(
         started: None,
         api_socket: None,
         track_dirty: opts.track_dirty.clone(),
+        disks: Vec::new(),
     };
     let mut builder = VmBuilder::new(cfg);
     if let Some(api) = api {

@@ -92,8 +92,15 @@ pub const COMMON: &[i64] = &[
     SYS_exit_group,
 ];
 
-/// A vCPU: its run ioctls, console output, reading KVM's binary stats, waking the loop.
-const VCPU: &[i64] = &[SYS_pread64, SYS_read, SYS_writev];
+/// A vCPU: its run ioctls, console output, reading KVM's binary stats, waking the loop,
+/// and virtio-blk requests served on the notifying vCPU (pread64, pwrite64, fdatasync).
+const VCPU: &[i64] = &[
+    SYS_pread64,
+    SYS_read,
+    SYS_writev,
+    SYS_pwrite64,
+    SYS_fdatasync,
+];
 
 /// The stdin copier: reads fd 0.
 const STDIN: &[i64] = &[SYS_read];

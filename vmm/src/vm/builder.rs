@@ -15,6 +15,7 @@ use super::report::SetupStep;
 use super::{Error, Observers, Vm};
 use crate::api::{ApiConfig, ApiServer};
 use crate::devices::legacy::{CmosRtc, Com1, SignalPort, SignalWindow, I8042};
+use crate::devices::virtio::{self, Block, DiskConfig, IrqFd, MmioTransport};
 use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
 use crate::memory::GuestRam;
@@ -136,6 +137,10 @@ impl VmBuilder {
         if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
             return Err(Error::VcpuCount(cfg.vcpus));
         }
+        // Disks first: a missing or locked image is refused before anything is set up.
+        let disks = open_disks(&cfg.disks)?;
+        let mut payload = cfg.payload;
+        announce_virtio(&mut payload, disks.len());
         let info = host::probe()?;
         let mmu_mode = host::check_mode(&info, cfg.mmu)?;
         t.step("host");
@@ -155,7 +160,7 @@ impl VmBuilder {
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
         let base = fds[0].get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        let (init0, cmdline) = load_payload(cfg.payload, &ram, &info, cfg.vcpus, base)?;
+        let (init0, cmdline) = load_payload(payload, &ram, &info, cfg.vcpus, base)?;
         t.step("load");
         configure_vcpus(&kvm, &fds, &info, &init0)?;
         t.step("vcpu_state");
@@ -166,7 +171,8 @@ impl VmBuilder {
         let console = Arc::new(Console::new(cfg.echo_console, started));
         let n = notifier.clone();
         console.set_events(Box::new(move |e| n.console(e)));
-        let (bus, com1) = legacy_devices(&vm_fd, &console, cfg.mmio.clone())?;
+        let (mut bus, com1) = legacy_devices(&vm_fd, &console, cfg.mmio.clone())?;
+        virtio_devices(&vm_fd, &mut bus, &ram, disks)?;
         t.step("devices");
         let stats = (
             StatsFd::open(&*vm_fd).ok(),
@@ -322,4 +328,80 @@ fn legacy_devices(
         )?;
     }
     Ok((bus, com1))
+}
+
+/// Opens and locks every `--disk` image.
+fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, Error> {
+    if disks.len() > virtio::MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices(disks.len()));
+    }
+    Ok(disks.iter().map(Block::open).collect::<Result<_, _>>()?)
+}
+
+/// Tells a Linux guest where its `n` virtio-mmio devices are (`virtio_mmio.device=`).
+fn announce_virtio(payload: &mut Payload, n: usize) {
+    if let Payload::Linux { cmdline, .. } = payload {
+        for entry in (0..n).filter_map(virtio::cmdline_entry) {
+            cmdline.push(' ');
+            cmdline.push_str(&entry);
+        }
+    }
+}
+
+/// Each disk behind a virtio-mmio transport at its slot on the MMIO bus, its interrupt an
+/// irqfd on its IOAPIC pin (the in-kernel irqchip always exists here, see
+/// [`vm::add_ram_and_devices`]).
+fn virtio_devices(
+    vm_fd: &VmFd,
+    bus: &mut IoBus,
+    ram: &Arc<GuestRam>,
+    disks: Vec<Block>,
+) -> Result<(), Error> {
+    for (i, disk) in disks.into_iter().enumerate() {
+        let (base, gsi) = virtio::slot(i).ok_or(Error::TooManyDevices(i + 1))?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+            what: "eventfd",
+            source,
+        })?;
+        vm_fd
+            .register_irqfd(&irq, gsi)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        let mem: Arc<dyn virtio::GuestMemoryView> = ram.clone();
+        let t = MmioTransport::new(Box::new(disk), mem, Arc::new(IrqFd(irq)))?;
+        bus.mmio
+            .insert(base, virtio::VIRTIO_MMIO_SIZE, Arc::new(t))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_guests_are_told_where_their_virtio_devices_are() {
+        let mut p = Payload::Linux {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            bzimage: boot::BzImageMode::Auto,
+        };
+        announce_virtio(&mut p, 2);
+        let Payload::Linux { cmdline, .. } = &p else {
+            unreachable!()
+        };
+        assert_eq!(
+            cmdline,
+            "console=ttyS0 virtio_mmio.device=4K@0xd0001000:5 virtio_mmio.device=4K@0xd0002000:6"
+        );
+        let mut t = Payload::TestGuest {
+            mode: String::new(),
+        };
+        announce_virtio(&mut t, 1);
+        assert!(matches!(t, Payload::TestGuest { mode } if mode.is_empty()));
+        assert_eq!(virtio::slot(7), Some((0xd000_8000, 15)));
+        assert_eq!(virtio::slot(virtio::MAX_VIRTIO_DEVICES), None);
+        let many = vec!["x".parse::<DiskConfig>().unwrap(); virtio::MAX_VIRTIO_DEVICES + 1];
+        assert!(matches!(open_disks(&many), Err(Error::TooManyDevices(9))));
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::boot;
+use crate::devices::virtio::DiskConfig;
 use crate::devices::MmioHandler;
 use crate::host::{HostInfo, MmuRequest};
 use crate::memory::{GuestRam, MemoryConfig};
@@ -76,6 +77,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Track dirty pages (KVM dirty log) while the guest runs.
     pub track_dirty: Option<crate::dirty::DirtyConfig>,
+    /// virtio-blk disks (`--disk`), opened and locked first thing at build time.
+    pub disks: Vec<DiskConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for VmConfig {
             .field("vcpus", &self.vcpus)
             .field("payload", &self.payload)
             .field("timeout", &self.timeout)
+            .field("disks", &self.disks)
             .finish()
     }
 }

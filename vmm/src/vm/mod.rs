@@ -69,6 +69,15 @@ pub enum Error {
     /// Entering the jail.
     #[error(transparent)]
     Jail(#[from] crate::jail::Error),
+    /// A `--disk` image cannot be used.
+    #[error(transparent)]
+    Disk(#[from] crate::devices::virtio::block::Error),
+    /// A virtio transport.
+    #[error(transparent)]
+    Virtio(#[from] crate::devices::virtio::mmio::Error),
+    /// More virtio devices than interrupt lines for them.
+    #[error("{0} disks: at most {max} virtio devices", max = crate::devices::virtio::MAX_VIRTIO_DEVICES)]
+    TooManyDevices(usize),
     /// `--vcpus` out of range.
     #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
     VcpuCount(u8),

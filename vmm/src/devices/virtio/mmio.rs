@@ -1,0 +1,406 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x "modern" only; the legacy v1 page-frame
+//! registers are not decoded). Registers are 32-bit, 4-byte aligned below 0x100; the
+//! device's configuration space starts at 0x100.
+//!
+//! The status register follows the driver's initialisation sequence: ACKNOWLEDGE, DRIVER,
+//! FEATURES_OK (accepted only for a subset of the offered features that includes
+//! VIRTIO_F_VERSION_1), DRIVER_OK; writing 0 resets the device. Queue registers are
+//! accepted between FEATURES_OK and DRIVER_OK. A guest that breaks the contract (a queue
+//! size that is not a power of two, a misaligned or out-of-RAM ring, a notify before
+//! DRIVER_OK, a chain no status can answer) gets DEVICE_NEEDS_RESET and a config-change
+//! interrupt, with one log line; the device serves again after a reset.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+
+use super::{GuestMemoryView, SharedInterrupt, VirtioDevice};
+use crate::devices::bus::{Access, BusDevice};
+use crate::devices::DeviceAction;
+
+/// "virt", little-endian.
+pub const MAGIC: u32 = 0x7472_6976;
+/// The transport version: 2, modern.
+pub const VERSION: u32 = 2;
+/// Lines a transport logs before going quiet.
+const LOG_LIMIT: u32 = 32;
+/// Offset of the configuration space.
+pub const CONFIG_OFFSET: u64 = VIRTIO_MMIO_CONFIG as u64;
+
+/// Errors creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The device asked for a queue size virtio-queue refuses.
+    #[error("{device}: queue of {size} entries: {source}")]
+    Queue {
+        /// Device name.
+        device: &'static str,
+        /// The size asked for.
+        size: u16,
+        /// Why.
+        #[source]
+        source: virtio_queue::Error,
+    },
+}
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    name: &'static str,
+    state: Mutex<State>,
+    mem: Arc<dyn GuestMemoryView>,
+    irq: SharedInterrupt,
+    logged: AtomicU32,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("name", &self.name)
+            .field("irq", &self.irq)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    device: Box<dyn VirtioDevice>,
+    queues: Vec<Queue>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    interrupt_status: u32,
+}
+
+const STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_FAILED;
+
+impl MmioTransport {
+    /// `device` behind a transport that reaches guest RAM through `mem` and signals `irq`.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<dyn GuestMemoryView>,
+        irq: SharedInterrupt,
+    ) -> Result<Self, Error> {
+        let name = device.name();
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&size| {
+                <Queue as QueueT>::new(size).map_err(|source| Error::Queue {
+                    device: name,
+                    size,
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(MmioTransport {
+            name,
+            state: Mutex::new(State {
+                device,
+                queues,
+                status: 0,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                queue_sel: 0,
+                interrupt_status: 0,
+            }),
+            mem,
+            irq,
+            logged: AtomicU32::new(0),
+        })
+    }
+
+    /// The device status register (tests and reports).
+    pub fn status(&self) -> u32 {
+        self.state.lock().map(|s| s.status).unwrap_or(0)
+    }
+
+    /// Whether the device has set DEVICE_NEEDS_RESET.
+    pub fn needs_reset(&self) -> bool {
+        self.status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0
+    }
+
+    /// One line on stderr, at most [`LOG_LIMIT`] per device: a guest cannot flood the log.
+    fn log(&self, what: &str) {
+        let n = self.logged.fetch_add(1, Ordering::Relaxed);
+        if n < LOG_LIMIT {
+            let more = if n + 1 == LOG_LIMIT {
+                " (further messages from this device not logged)"
+            } else {
+                ""
+            };
+            eprintln!("segvmm: {}: {what}{more}", self.name);
+        }
+    }
+
+    fn signal(&self, st: &mut State, bit: u32) {
+        st.interrupt_status |= bit;
+        if let Err(e) = self.irq.trigger() {
+            self.log(&format!("cannot raise the interrupt: {e}"));
+        }
+    }
+
+    /// Sets DEVICE_NEEDS_RESET (once per reset cycle, with one log line) and tells a
+    /// running driver through a config-change interrupt.
+    fn fail(&self, st: &mut State, why: &str) {
+        if st.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            return;
+        }
+        st.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+        self.log(&format!("{why}; device needs reset"));
+        if st.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.signal(st, VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    fn offered_features(st: &State) -> u64 {
+        st.device.features() | (1 << VIRTIO_F_VERSION_1)
+    }
+
+    fn read_register(st: &State, offset: u32) -> u32 {
+        let queue = st.queues.get(st.queue_sel as usize);
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => st.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => 0,
+            VIRTIO_MMIO_DEVICE_FEATURES => match st.device_features_sel {
+                0 => Self::offered_features(st) as u32,
+                1 => (Self::offered_features(st) >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => st.interrupt_status,
+            VIRTIO_MMIO_STATUS => st.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&self, st: &mut State, offset: u32, v: u32) {
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => st.device_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => st.driver_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(st, v),
+            VIRTIO_MMIO_QUEUE_SEL => st.queue_sel = v,
+            VIRTIO_MMIO_QUEUE_NUM
+            | VIRTIO_MMIO_QUEUE_READY
+            | VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue(st, offset, v),
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(st, v),
+            VIRTIO_MMIO_INTERRUPT_ACK => st.interrupt_status &= !v,
+            VIRTIO_MMIO_STATUS => self.write_status(st, v),
+            _ => {}
+        }
+    }
+
+    fn write_driver_features(&self, st: &mut State, v: u32) {
+        let s = st.status;
+        if s & VIRTIO_CONFIG_S_DRIVER == 0 || s & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            return self.log("driver features written outside negotiation; ignored");
+        }
+        match st.driver_features_sel {
+            0 => st.driver_features = (st.driver_features & !0xffff_ffff) | u64::from(v),
+            1 => st.driver_features = (st.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+            _ => {}
+        }
+    }
+
+    fn write_status(&self, st: &mut State, v: u32) {
+        if v == 0 {
+            return Self::reset(st);
+        }
+        let old = st.status & STATUS_BITS;
+        let mut new = v & STATUS_BITS;
+        if new & old != old {
+            return self.log(&format!(
+                "status {v:#x} clears bits of {old:#x} without a reset; ignored"
+            ));
+        }
+        let has = |bits: u32| new & bits == bits;
+        let order_ok = (!has(VIRTIO_CONFIG_S_DRIVER) || has(VIRTIO_CONFIG_S_ACKNOWLEDGE))
+            && (!has(VIRTIO_CONFIG_S_FEATURES_OK) || has(VIRTIO_CONFIG_S_DRIVER))
+            && (!has(VIRTIO_CONFIG_S_DRIVER_OK) || has(VIRTIO_CONFIG_S_FEATURES_OK));
+        if !order_ok {
+            return self.log(&format!("status {v:#x} skips a step; ignored"));
+        }
+        if new & !old & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            let offered = Self::offered_features(st);
+            let f = st.driver_features;
+            if f & !offered != 0 || f & (1 << VIRTIO_F_VERSION_1) == 0 {
+                self.log(&format!(
+                    "driver features {f:#x} are not a subset of {offered:#x} with VERSION_1; FEATURES_OK refused"
+                ));
+                new &= !VIRTIO_CONFIG_S_FEATURES_OK;
+            }
+        }
+        st.status = new | (st.status & VIRTIO_CONFIG_S_NEEDS_RESET);
+        if new & !old & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.check_queues(st);
+        }
+    }
+
+    /// At DRIVER_OK: every queue the driver made ready lies in guest RAM.
+    fn check_queues(&self, st: &mut State) {
+        let mem = self.mem.memory();
+        let bad = st.queues.iter().position(|q| q.ready() && !q.is_valid(mem));
+        if let Some(i) = bad {
+            self.fail(st, &format!("queue {i} is not in guest RAM"));
+        }
+    }
+
+    fn reset(st: &mut State) {
+        st.device.reset();
+        st.queues.iter_mut().for_each(QueueT::reset);
+        st.status = 0;
+        st.device_features_sel = 0;
+        st.driver_features_sel = 0;
+        st.driver_features = 0;
+        st.queue_sel = 0;
+        st.interrupt_status = 0;
+    }
+
+    fn write_queue(&self, st: &mut State, offset: u32, v: u32) {
+        let s = st.status;
+        if s & VIRTIO_CONFIG_S_FEATURES_OK == 0 || s & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            return self.log("queue register written outside queue set-up; ignored");
+        }
+        let sel = st.queue_sel;
+        let Some(q) = st.queues.get_mut(sel as usize) else {
+            return self.log(&format!("queue {sel} does not exist; write ignored"));
+        };
+        if q.ready() && offset != VIRTIO_MMIO_QUEUE_READY {
+            return self.log(&format!("queue {sel} changed while ready; ignored"));
+        }
+        let low = |old: u64| (old & !0xffff_ffff) | u64::from(v);
+        let high = |old: u64| (old & 0xffff_ffff) | (u64::from(v) << 32);
+        let r = match offset {
+            VIRTIO_MMIO_QUEUE_NUM => u16::try_from(v)
+                .map_err(|_| virtio_queue::Error::InvalidSize)
+                .and_then(|n| q.try_set_size(n)),
+            VIRTIO_MMIO_QUEUE_READY => {
+                q.set_ready(v == 1);
+                Ok(())
+            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                q.try_set_desc_table_address(GuestAddress(low(q.desc_table())))
+            }
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                q.try_set_desc_table_address(GuestAddress(high(q.desc_table())))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                q.try_set_avail_ring_address(GuestAddress(low(q.avail_ring())))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                q.try_set_avail_ring_address(GuestAddress(high(q.avail_ring())))
+            }
+            VIRTIO_MMIO_QUEUE_USED_LOW => {
+                q.try_set_used_ring_address(GuestAddress(low(q.used_ring())))
+            }
+            VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                q.try_set_used_ring_address(GuestAddress(high(q.used_ring())))
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            self.fail(
+                st,
+                &format!("queue {sel}: register {offset:#x} = {v:#x}: {e}"),
+            );
+        }
+    }
+
+    /// QueueNotify: the device serves queue `v`.
+    fn notify(&self, st: &mut State, v: u32) {
+        if st.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            return;
+        }
+        if st.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            return self.fail(st, &format!("notify of queue {v} before DRIVER_OK"));
+        }
+        let mem = self.mem.memory();
+        let State { device, queues, .. } = &mut *st;
+        let Some(q) = queues.get_mut(v as usize) else {
+            return self.fail(st, &format!("notify of queue {v}, which does not exist"));
+        };
+        if !q.ready() || !q.is_valid(mem) {
+            return self.fail(
+                st,
+                &format!("notify of queue {v}, not ready or not in guest RAM"),
+            );
+        }
+        match device.process_queue(v as usize, q, mem) {
+            Ok(false) => {}
+            Ok(true) => match q.needs_notification(mem) {
+                Ok(true) => self.signal(st, VIRTIO_MMIO_INT_VRING),
+                Ok(false) => {}
+                Err(e) => self.fail(st, &format!("queue {v}: used ring: {e}")),
+            },
+            Err(e) => self.fail(st, &format!("queue {v}: {e}")),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let Ok(st) = self.state.lock() else {
+            return data.fill(0xff);
+        };
+        if offset >= CONFIG_OFFSET {
+            return st.device.read_config(offset - CONFIG_OFFSET, data);
+        }
+        data.fill(0);
+        if data.len() == 4 && offset % 4 == 0 {
+            let v = Self::read_register(&st, offset as u32);
+            data.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn write(&self, _: &Access<'_>, offset: u64, data: &[u8]) -> DeviceAction {
+        self.write_at(offset, data);
+        DeviceAction::Continue
+    }
+}
+
+impl MmioTransport {
+    /// A guest write of `data` at `offset` (what [`BusDevice::write`] does, without the
+    /// vCPU, for tests and other callers).
+    pub fn write_at(&self, offset: u64, data: &[u8]) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if offset >= CONFIG_OFFSET {
+            st.device.write_config(offset - CONFIG_OFFSET, data);
+        } else if let (Ok(b), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
+            self.write_register(&mut st, offset as u32, u32::from_le_bytes(b));
+        } else {
+            self.log(&format!(
+                "{}-byte register write at {offset:#x} ignored (32-bit aligned only)",
+                data.len()
+            ));
+        }
+    }
+}
