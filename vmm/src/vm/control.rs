@@ -358,6 +358,11 @@ impl<'a> Loop<'a> {
                 let out = api.ok_or(ApiError::NoApi)?.borrow().out_file(&file)?;
                 self.api_ptsnap(out)
             }
+            Request::SnapshotCreate { dir } => {
+                let out = api.ok_or(ApiError::NoApi)?.borrow().out_dir()?;
+                let taken = self.vm.take_snapshot(&out, &dir)?;
+                Ok(serde_json::to_value(taken)?)
+            }
             Request::Pause {} => {
                 let deadline = Instant::now() + PAUSE_TIMEOUT;
                 let s = vcpu_thread::pause_all(&self.vm.handles, None, deadline)?;
@@ -401,6 +406,9 @@ enum ApiError {
     /// The capture failed.
     #[error(transparent)]
     Ptsnap(#[from] crate::ptsnap::Error),
+    /// The snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] super::SaveError),
     /// The answer could not be encoded.
     #[error("encoding the answer: {0}")]
     Json(#[from] serde_json::Error),
