@@ -47,11 +47,11 @@ pub fn run(args: Args) -> CliResult {
         e => CliError::failed(e),
     })?;
     println!(
-        "snapshot {}: {} vCPUs, {} of {} MiB of RAM written, guest paused {:.1} ms (state {:.1} ms, memory {:.1} ms)",
+        "snapshot {}: {} vCPUs, {:.1} of {:.1} MiB of RAM written, guest paused {:.1} ms (state {:.1} ms, memory {:.1} ms)",
         r["path"].as_str().unwrap_or("?"),
         r["vcpus"],
-        r["memory_data_bytes"].as_u64().unwrap_or(0) >> 20,
-        r["memory_bytes"].as_u64().unwrap_or(0) >> 20,
+        r["memory_data_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        r["memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         r["paused_ms"].as_f64().unwrap_or(f64::NAN),
         r["state_ms"].as_f64().unwrap_or(f64::NAN),
         r["memory_ms"].as_f64().unwrap_or(f64::NAN),

@@ -146,14 +146,14 @@ impl VmBuilder {
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
-        if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
-            return Err(Error::VcpuCount(cfg.vcpus));
-        }
         let info = host::probe()?;
         let mmu_mode = host::check_mode(&info, cfg.mmu)?;
         let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
         if let Payload::Snapshot(l) = &cfg.payload {
             check_restore(&kvm, &l.state, cfg.vcpus)?;
+        }
+        if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
+            return Err(Error::VcpuCount(cfg.vcpus));
         }
         t.step("host");
         let ram = Arc::new(make_ram(&cfg)?);
