@@ -136,12 +136,23 @@ pub fn restore_ram(
         }
         MemoryMode::Copy => {
             let ram = GuestRam::new(cfg)?;
-            for &(gpa, len) in saved {
-                copy_range(&ram, file, path, gpa, len)?;
-            }
+            fill(&ram, file, path, saved)?;
             Ok(ram)
         }
     }
+}
+
+/// Copies the saved ranges' data from `file` into `ram` (fresh, zero memory).
+pub fn fill(ram: &GuestRam, file: &File, path: &Path, saved: &[(u64, u64)]) -> Result<(), Error> {
+    for &(gpa, len) in saved {
+        if !ram.contains(gpa, len) {
+            return Err(Error::Inconsistent(format!(
+                "saved RAM range {gpa:#x}+{len:#x} lies outside the restored VM's RAM"
+            )));
+        }
+        copy_range(ram, file, path, gpa, len)?;
+    }
+    Ok(())
 }
 
 /// Reads the data extents of `[gpa, gpa+len)` of `file` into guest RAM (holes skipped:
