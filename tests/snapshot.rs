@@ -336,3 +336,67 @@ fn bad_snapshots_are_refused_before_any_guest_runs() {
         refused(&good, &["--backing", "1g"], "hugetlb pool too small");
     }
 }
+
+/// The small Linux kernel, snapshotted in the middle of its boot and shut down, goes on
+/// after a restore (the file mapped): it reaches /init, which prints its marker and powers
+/// the guest off (exit 0).
+#[test]
+fn linux_boot_continues_after_restore() {
+    if !have_kvm() {
+        return;
+    }
+    let (Some(k), Some(i)) = (
+        common::artifact("small-kernel"),
+        common::artifact("initramfs.cpio"),
+    ) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let (sock, dir) = (d.path().join("l.sock"), d.path().join("snaps"));
+    std::fs::create_dir(&dir).unwrap();
+    let mut vm = start(
+        &sock,
+        &dir,
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--timeout",
+            "300",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, out, err) = run(&[
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        "boot",
+        "--shutdown",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, before) = vm.wait_output();
+    assert_eq!(code, 0, "shut down over the API");
+    assert!(
+        !before.contains("SEGVMM_INIT_OK"),
+        "snapshot after /init ran"
+    );
+    let snap = dir.join("boot");
+    let (code, out, err) = run(&[
+        "restore",
+        "--from",
+        snap.to_str().unwrap(),
+        "--memory-mode",
+        "map",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SEGVMM_INIT_OK"), "{out}{err}");
+    assert!(err.contains("guest powered off"), "{err}");
+}

@@ -31,6 +31,7 @@ value_enum!(
     crate::dirty::DirtyMode,
     crate::memory::Backing,
     crate::probe::layout::PageSize,
+    crate::snapshot::MemoryMode,
 );
 
 #[cfg(test)]

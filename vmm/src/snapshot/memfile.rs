@@ -14,7 +14,7 @@ const PAGE: usize = 4096;
 const CHUNK_PAGES: usize = 512;
 
 /// How a restore fills guest RAM from the memory file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemoryMode {
     /// Read the file into fresh memory of the chosen backing.
@@ -23,12 +23,25 @@ pub enum MemoryMode {
     Map,
 }
 
-impl std::fmt::Display for MemoryMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl segment_mmu::named::Named for MemoryMode {
+    const ALL: &'static [Self] = &[MemoryMode::Copy, MemoryMode::Map];
+    fn name(self) -> &'static str {
+        match self {
             MemoryMode::Copy => "copy",
             MemoryMode::Map => "map",
-        })
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            MemoryMode::Copy => "read the memory file into fresh memory of the backing",
+            MemoryMode::Map => "map the memory file privately (4k): pages load on first touch",
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(segment_mmu::named::Named::name(*self))
     }
 }
 
