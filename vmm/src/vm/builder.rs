@@ -172,28 +172,11 @@ impl VmBuilder {
         t.step("kvm_vm");
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
-        let (notifier, inbox) = Notifier::new().map_err(|source| Error::Io {
-            what: "eventfd",
-            source,
-        })?;
-        let console = Arc::new(Console::new(cfg.echo_console, started));
-        let n = notifier.clone();
-        console.set_events(Box::new(move |e| n.console(e)));
+        let (notifier, inbox, console) = console(cfg.echo_console, started)?;
         let loaded = load_state(&kvm, &vm_fd, &fds, &ram, &info, cfg.payload, &mut t)?;
         let devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
         t.step("devices");
-        let stats = (
-            StatsFd::open(&*vm_fd).ok(),
-            fds.iter().map(|v| StatsFd::open(v).ok()).collect(),
-        );
-        let dirty = match dirty_prep {
-            Some(p) => {
-                let rings = p.map_rings(&vm_fd, &fds, &ram)?;
-                let tracker = dirty::Tracker::start(vm_fd.clone(), ram.clone(), p, rings.clone())?;
-                Some((tracker, rings))
-            }
-            None => None,
-        };
+        let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
         let api = api.map(ApiServer::bind).transpose()?;
         t.step("observers");
         if let Some(j) = &jail {
@@ -360,6 +343,48 @@ fn describe_payload(payload: &Payload) -> PayloadInfo {
             ..Default::default()
         },
     }
+}
+
+/// The VM's wake-up channel and the console that posts to it.
+fn console(
+    echo: bool,
+    started: Instant,
+) -> Result<(Notifier, super::events::Inbox, Arc<Console>), Error> {
+    let (notifier, inbox) = Notifier::new().map_err(|source| Error::Io {
+        what: "eventfd",
+        source,
+    })?;
+    let console = Arc::new(Console::new(echo, started));
+    let n = notifier.clone();
+    console.set_events(Box::new(move |e| n.console(e)));
+    Ok((notifier, inbox, console))
+}
+
+/// The VM's and vCPUs' statistics, and dirty tracking when it was prepared.
+type Watch = (
+    (Option<StatsFd>, Vec<Option<StatsFd>>),
+    Option<(dirty::Tracker, Option<Arc<crate::dirty::ring::Rings>>)>,
+);
+
+fn watch(
+    vm_fd: &Arc<VmFd>,
+    fds: &[VcpuFd],
+    ram: &Arc<GuestRam>,
+    dirty_prep: Option<dirty::Prepared>,
+) -> Result<Watch, Error> {
+    let stats = (
+        StatsFd::open(&**vm_fd).ok(),
+        fds.iter().map(|v| StatsFd::open(v).ok()).collect(),
+    );
+    let dirty = match dirty_prep {
+        Some(p) => {
+            let rings = p.map_rings(vm_fd, fds, ram)?;
+            let tracker = dirty::Tracker::start(vm_fd.clone(), ram.clone(), p, rings.clone())?;
+            Some((tracker, rings))
+        }
+        None => None,
+    };
+    Ok((stats, dirty))
 }
 
 fn create_vcpus(vm_fd: &VmFd, n: u8) -> Result<Vec<VcpuFd>, Error> {
