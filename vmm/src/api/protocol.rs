@@ -27,6 +27,10 @@ pub enum Request {
     SnapshotCreate {
         /// The directory's name.
         dir: String,
+        /// Write only the pages dirtied since this run's previous snapshot (needs
+        /// `--track-dirty`); restore follows the chain.
+        #[serde(default)]
+        diff: bool,
     },
     /// Pause every vCPU.
     Pause {},

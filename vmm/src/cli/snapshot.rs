@@ -36,12 +36,19 @@ pub struct CreateArgs {
     /// Then end the VMM's run (exit reason `shutdown`, exit code 0).
     #[arg(long)]
     pub shutdown: bool,
+    /// A diff snapshot: only the pages dirtied since this run's previous snapshot (the
+    /// VMM must run with --track-dirty); `restore` applies it over that one.
+    #[arg(long)]
+    pub diff: bool,
 }
 
 /// Runs `segvmm snapshot`.
 pub fn run(args: Args) -> CliResult {
     let Command::Create(a) = args.command;
-    let req = Request::SnapshotCreate { dir: a.out.clone() };
+    let req = Request::SnapshotCreate {
+        dir: a.out.clone(),
+        diff: a.diff,
+    };
     let r = api::request(&a.api_socket, &req).map_err(|e| match e {
         api::Error::Refused(_) => CliError::bad_input(e),
         e => CliError::failed(e),

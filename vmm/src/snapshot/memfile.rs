@@ -127,6 +127,56 @@ fn write_chunk(ram: &GuestRam, f: &File, gpa: u64, len: usize, path: &Path) -> R
     Ok(written)
 }
 
+/// Writes the 4 KiB pages `pages` (frame numbers, sorted) of guest RAM into a new file
+/// at `path`, at their guest-physical offsets (a diff snapshot: zero pages are written
+/// too, they may have been cleared since). Every vCPU must be paused. Returns the bytes
+/// written.
+pub fn write_pages(ram: &GuestRam, path: &Path, pages: &[u64]) -> Result<u64, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io(path))?;
+    let end = ram.ranges().last().map_or(0, |r| r.end());
+    f.set_len(end).map_err(io(path))?;
+    let mut written = 0;
+    for &pfn in pages {
+        let gpa = pfn.saturating_mul(PAGE as u64);
+        if !ram.contains(gpa, PAGE as u64) {
+            continue;
+        }
+        // SAFETY: one RAM page inside the mapping (checked above); every vCPU is paused.
+        let bytes = unsafe { std::slice::from_raw_parts(ram.hva(gpa) as *const u8, PAGE) };
+        f.write_all_at(bytes, gpa).map_err(io(path))?;
+        written += PAGE as u64;
+    }
+    f.sync_data().map_err(io(path))?;
+    Ok(written)
+}
+
+/// Applies a diff snapshot's pages over guest RAM (before any vCPU runs).
+pub fn apply_diff(ram: &GuestRam, layer: &super::DiffLayer) -> Result<(), Error> {
+    for &pfn in &layer.pages {
+        let gpa = pfn.saturating_mul(PAGE as u64);
+        if !ram.contains(gpa, PAGE as u64) {
+            return Err(Error::Inconsistent(format!(
+                "{}: page {pfn:#x} lies outside guest RAM",
+                layer.path.display()
+            )));
+        }
+        // SAFETY: one RAM page inside the mapping (checked above); no vCPU runs yet.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ram.hva(gpa) as *mut u8, PAGE) };
+        layer
+            .file
+            .read_exact_at(dst, gpa)
+            .map_err(io(&layer.path))?;
+    }
+    Ok(())
+}
+
 /// Guest RAM for a restore: fresh memory of `cfg`'s backing filled from `file`
 /// ([`MemoryMode::Copy`]), or `file` mapped privately ([`MemoryMode::Map`], 4 KiB only).
 /// `saved` is the saved RAM's (gpa, len) ranges.

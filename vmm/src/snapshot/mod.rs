@@ -183,6 +183,13 @@ pub struct MemoryInfo {
     pub file_len: u64,
     /// Bytes of data written (the rest are holes).
     pub data_bytes: u64,
+    /// A diff snapshot: the snapshot (a sibling directory's name) whose memory this one's
+    /// `memory` file updates; only the pages in `pages` are in it.
+    #[serde(default)]
+    pub diff_of: Option<String>,
+    /// A diff snapshot's pages (frame numbers), dirtied since `diff_of` was taken.
+    #[serde(default)]
+    pub pages: Vec<u64>,
 }
 
 /// The serial port's registers and FIFO (vm-superio's `SerialState`).
@@ -328,6 +335,20 @@ impl SnapshotState {
     }
 }
 
+/// Most diff snapshots stacked on one full snapshot.
+pub const MAX_DIFF_CHAIN: usize = 64;
+
+/// A diff snapshot's memory, applied over its parent's.
+#[derive(Debug)]
+pub struct DiffLayer {
+    /// Its memory file's path.
+    pub path: PathBuf,
+    /// The memory file, open.
+    pub file: std::fs::File,
+    /// The pages it holds (frame numbers).
+    pub pages: Vec<u64>,
+}
+
 /// A snapshot read from its directory and checked, ready for [`crate::vm::VmBuilder`].
 #[derive(Debug)]
 pub struct Loaded {
@@ -335,15 +356,63 @@ pub struct Loaded {
     pub dir: PathBuf,
     /// Its state.
     pub state: SnapshotState,
-    /// The memory file, open.
+    /// The full snapshot's memory file (this one's, or the base of its diff chain).
     pub memory: std::fs::File,
+    /// Its path.
+    pub memory_path: PathBuf,
+    /// Diff snapshots' memory to apply over it, oldest first (empty for a full one).
+    pub diffs: Vec<DiffLayer>,
     /// How guest RAM is filled from it.
     pub mode: MemoryMode,
 }
 
 /// Reads and checks the snapshot in `dir`: the state file's envelope and consistency, and
-/// that the memory file is as long as the layout. Nothing is mapped or run.
+/// that the memory file is as long as the layout; for a diff snapshot, every snapshot of
+/// its chain down to the full one (siblings of `dir`). Nothing is mapped or run.
 pub fn load(dir: &Path, mode: MemoryMode) -> Result<Loaded, Error> {
+    let (state, memory, memory_path) = load_one(dir)?;
+    let mut diffs = Vec::new();
+    let mut at = (dir.to_path_buf(), state.memory.diff_of.clone());
+    let (mut base_file, mut base_path) = (memory, memory_path);
+    let mut pages = state.memory.pages.clone();
+    while let Some(parent) = at.1.take() {
+        crate::outdir::OutDir::check_name(&parent)?;
+        if diffs.len() >= MAX_DIFF_CHAIN {
+            return Err(Error::Inconsistent(format!(
+                "{}: more than {MAX_DIFF_CHAIN} diff snapshots in its chain",
+                dir.display()
+            )));
+        }
+        diffs.push(DiffLayer {
+            path: base_path,
+            file: base_file,
+            pages: std::mem::take(&mut pages),
+        });
+        let pdir = at.0.parent().unwrap_or(Path::new(".")).join(&parent);
+        let (pstate, pfile, ppath) = load_one(&pdir)?;
+        if pstate.memory.ranges != state.memory.ranges {
+            return Err(Error::Inconsistent(format!(
+                "{}: its memory layout differs from the diff snapshot {}",
+                pdir.display(),
+                dir.display()
+            )));
+        }
+        (base_file, base_path, pages) = (pfile, ppath, pstate.memory.pages);
+        at = (pdir, pstate.memory.diff_of);
+    }
+    diffs.reverse();
+    Ok(Loaded {
+        dir: dir.into(),
+        state,
+        memory: base_file,
+        memory_path: base_path,
+        diffs,
+        mode,
+    })
+}
+
+/// One snapshot directory: its checked state and its open memory file.
+fn load_one(dir: &Path) -> Result<(SnapshotState, std::fs::File, PathBuf), Error> {
     let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Io {
         path: dir.into(),
         source,
@@ -374,12 +443,7 @@ pub fn load(dir: &Path, mode: MemoryMode) -> Result<Loaded, Error> {
             need: state.memory.file_len,
         });
     }
-    Ok(Loaded {
-        dir: dir.into(),
-        state,
-        memory,
-        mode,
-    })
+    Ok((state, memory, mem_path))
 }
 
 fn open_nofollow(path: &Path) -> Result<std::fs::File, Error> {
@@ -473,6 +537,8 @@ mod tests {
                 backing: "4k".into(),
                 file_len: 1 << 20,
                 data_bytes: 0,
+                diff_of: None,
+                pages: vec![],
             },
             vcpu: vec![VcpuSnapshot::default()],
             vm: VmState::default(),

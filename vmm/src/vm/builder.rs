@@ -213,6 +213,8 @@ impl VmBuilder {
             timeout: cfg.timeout,
             cmdline: loaded.cmdline,
             snap,
+            last_snapshot: None,
+            api_paused: false,
             started,
             setup: t.steps,
             setup_last: t.last,
@@ -280,21 +282,21 @@ fn make_ram(cfg: &VmConfig, t: &mut SetupTimer) -> Result<GuestRam, Error> {
     let Payload::Snapshot(l) = &cfg.payload else {
         return Ok(GuestRam::new(&cfg.memory)?);
     };
-    let path = l.dir.join(crate::snapshot::MEMORY_FILE);
     let ranges = &l.state.memory.ranges;
-    if l.mode == memfile::MemoryMode::Map {
-        return Ok(memfile::restore_ram(
-            &cfg.memory,
-            &l.memory,
-            &path,
-            l.mode,
-            ranges,
-        )?);
+    let ram = if l.mode == memfile::MemoryMode::Map {
+        memfile::restore_ram(&cfg.memory, &l.memory, &l.memory_path, l.mode, ranges)?
+    } else {
+        let ram = GuestRam::new(&cfg.memory)?;
+        t.step("memory");
+        memfile::fill(&ram, &l.memory, &l.memory_path, ranges)?;
+        ram
+    };
+    for d in &l.diffs {
+        memfile::apply_diff(&ram, d)?;
     }
-    let ram = GuestRam::new(&cfg.memory)?;
-    t.step("memory");
-    memfile::fill(&ram, &l.memory, &path, ranges)?;
-    t.step("memory_copy");
+    if l.mode == memfile::MemoryMode::Copy {
+        t.step("memory_copy");
+    }
     Ok(ram)
 }
 

@@ -155,6 +155,10 @@ pub struct Vm {
     timeout: Option<Duration>,
     cmdline: Option<String>,
     snap: SnapshotInfo,
+    /// The name of this run's last snapshot (what a diff snapshot updates).
+    last_snapshot: Option<String>,
+    /// Paused through the API: a snapshot leaves it paused.
+    api_paused: bool,
     started: Instant,
     setup: Vec<SetupStep>,
     setup_last: Instant,

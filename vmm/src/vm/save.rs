@@ -28,6 +28,12 @@ pub enum SaveError {
     /// The directory could not be created or written.
     #[error(transparent)]
     OutDir(#[from] crate::outdir::Error),
+    /// A diff snapshot without dirty tracking or without a snapshot to diff against.
+    #[error("a diff snapshot needs {0}")]
+    NoDiff(&'static str),
+    /// The dirty log could not be read.
+    #[error(transparent)]
+    Dirty(#[from] crate::dirty::Error),
 }
 
 /// What a snapshot took (the API's answer).
@@ -55,18 +61,32 @@ pub struct SnapshotTaken {
 
 impl Vm {
     /// Pauses every vCPU, saves the whole VM into a new directory `name` inside `dir`,
-    /// and resumes (also on failure).
+    /// and resumes (also on failure) unless the VM was paused through the API. With
+    /// `diff`, only the pages dirtied since this VM's previous snapshot are written (dirty
+    /// tracking must be on).
     pub(super) fn take_snapshot(
-        &self,
+        &mut self,
         dir: &OutDir,
         name: &str,
+        diff: bool,
     ) -> Result<SnapshotTaken, SaveError> {
         OutDir::check_name(name)?;
+        let parent = match (diff, &self.observers.dirty, &self.last_snapshot) {
+            (false, _, _) => None,
+            (true, None, _) => return Err(SaveError::NoDiff("--track-dirty on the VMM")),
+            (true, _, None) => return Err(SaveError::NoDiff("an earlier snapshot of this run")),
+            (true, Some(_), Some(p)) => Some(p.clone()),
+        };
         let t0 = Instant::now();
         vcpu_thread::pause_all(&self.handles, None, t0 + SAVE_TIMEOUT)?;
-        let r = self.save_paused(dir, name, t0);
-        vcpu_thread::resume_all(&self.handles);
+        let r = self.save_paused(dir, name, parent, t0);
+        if !self.api_paused {
+            vcpu_thread::resume_all(&self.handles);
+        }
         let paused_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // A failed snapshot may have drained the dirty log: no diff against anything
+        // until the next full snapshot.
+        self.last_snapshot = r.is_ok().then(|| name.to_string());
         r.map(|t| SnapshotTaken { paused_ms, ..t })
     }
 
@@ -74,8 +94,15 @@ impl Vm {
         &self,
         dir: &OutDir,
         name: &str,
+        parent: Option<String>,
         t0: Instant,
     ) -> Result<SnapshotTaken, SaveError> {
+        // Every snapshot starts a new diff interval: what the tracker holds is dropped
+        // unless this snapshot writes it.
+        let pages = match &self.observers.dirty {
+            Some((tracker, _)) => tracker.drain()?,
+            None => Vec::new(),
+        };
         let deadline = Instant::now() + SAVE_TIMEOUT;
         let vcpu = vcpu_thread::save_all(&self.handles, &self.snap.msr_index, deadline)?;
         let vm = snapshot::cpu::save_vm(&self.vm_fd)?;
@@ -100,6 +127,8 @@ impl Vm {
                 backing: self.ram.backing().to_string(),
                 file_len: ranges.last().map_or(0, |r| r.end()),
                 data_bytes: 0,
+                pages: if parent.is_some() { pages } else { Vec::new() },
+                diff_of: parent,
             },
             vcpu,
             vm,
@@ -139,7 +168,11 @@ fn write_files(
         source: std::io::Error::other(e.to_string()),
     };
     let mem_path = p.join(snapshot::MEMORY_FILE);
-    let data = memfile::write(ram, &mem_path).map_err(|e| werr(&mem_path, e))?;
+    let data = match state.memory.diff_of {
+        Some(_) => memfile::write_pages(ram, &mem_path, &state.memory.pages),
+        None => memfile::write(ram, &mem_path),
+    }
+    .map_err(|e| werr(&mem_path, e))?;
     state.memory.data_bytes = data;
     let state_path = p.join(snapshot::STATE_FILE);
     let bytes = state.encode().map_err(|e| {
