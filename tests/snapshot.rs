@@ -400,3 +400,93 @@ fn linux_boot_continues_after_restore() {
     assert!(out.contains("SEGVMM_INIT_OK"), "{out}{err}");
     assert!(err.contains("guest powered off"), "{err}");
 }
+
+fn create(sock: &Path, name: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// A diff snapshot (pages dirtied since the previous snapshot, from the dirty log) over a
+/// full one gives byte for byte the memory of a full snapshot taken at the same moment
+/// (the guest paused), and restores (copy and map) to the uninterrupted checksum.
+#[test]
+fn diff_snapshot_restores_to_the_same_memory_as_a_full_one() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (sock, dir) = (d.path().join("d.sock"), d.path().join("snaps"));
+    std::fs::create_dir(&dir).unwrap();
+    let hot = d.path().join("h.hot");
+    let mut args = PROBE.to_vec();
+    args.extend_from_slice(&[
+        "--track-dirty",
+        "100ms",
+        "--hotness-out",
+        hot.to_str().unwrap(),
+    ]);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let want = checksum(&out).expect("a checksum");
+    let mut vm = start(&sock, &dir, &args);
+    // No earlier snapshot: a diff is refused.
+    let (code, _, err) = create(&sock, "early", &["--diff"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("an earlier snapshot"), "{err}");
+    std::thread::sleep(Duration::from_millis(800));
+    let (code, out, err) = create(&sock, "full", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    let v = request(&sock, r#"{"cmd":"pause"}"#).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let (code, out, err) = create(&sock, "diff", &["--diff"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = create(&sock, "same", &["--shutdown"]);
+    assert_eq!(code, 0, "{out}{err}");
+    vm.wait_output();
+
+    let state = |n: &str| {
+        let b = std::fs::read(dir.join(n).join("state")).unwrap();
+        SnapshotState::decode(Path::new(n), &b).unwrap()
+    };
+    let diff = state("diff");
+    assert_eq!(diff.memory.diff_of.as_deref(), Some("full"));
+    assert!(!diff.memory.pages.is_empty());
+    let mut mem = std::fs::read(dir.join("full/memory")).unwrap();
+    let dm = std::fs::read(dir.join("diff/memory")).unwrap();
+    for &p in &diff.memory.pages {
+        let r = (p as usize * 4096)..(p as usize + 1) * 4096;
+        mem[r.clone()].copy_from_slice(&dm[r]);
+    }
+    assert!(
+        mem == std::fs::read(dir.join("same/memory")).unwrap(),
+        "full + diff differs from the full snapshot of the same moment"
+    );
+    for mode in ["copy", "map"] {
+        let (code, out, err) = run(&[
+            "restore",
+            "--from",
+            dir.join("diff").to_str().unwrap(),
+            "--memory-mode",
+            mode,
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            checksum(&out).as_deref(),
+            Some(want.as_str()),
+            "{mode}: {out}"
+        );
+    }
+    // A diff whose full snapshot is gone is refused.
+    std::fs::remove_dir_all(dir.join("full")).unwrap();
+    refused(&dir.join("diff"), &[], "full");
+}
