@@ -54,7 +54,7 @@ pub fn run(args: Args) -> CliResult {
         e => CliError::failed(e),
     })?;
     println!(
-        "snapshot {}: {} vCPUs, {:.1} of {:.1} MiB of RAM written, guest paused {:.1} ms (state {:.1} ms, memory {:.1} ms)",
+        "snapshot {}: {} vCPUs, {:.1} of {:.1} MiB of RAM written, guest paused {:.1} ms (state {:.1} ms, memory {:.1} ms), {:.1} ms in all (with the sync to disk)",
         r["path"].as_str().unwrap_or("?"),
         r["vcpus"],
         r["memory_data_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
@@ -62,6 +62,7 @@ pub fn run(args: Args) -> CliResult {
         r["paused_ms"].as_f64().unwrap_or(f64::NAN),
         r["state_ms"].as_f64().unwrap_or(f64::NAN),
         r["memory_ms"].as_f64().unwrap_or(f64::NAN),
+        r["total_ms"].as_f64().unwrap_or(f64::NAN),
     );
     if let Some(u) = r["unsupported"].as_array().filter(|u| !u.is_empty()) {
         eprintln!("segvmm: not saved (KVM refused): {u:?}");

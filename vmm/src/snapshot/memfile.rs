@@ -65,8 +65,9 @@ unsafe fn zero_page(p: *const u8) -> bool {
 
 /// Writes guest RAM into a new file at `path` (created O_EXCL|O_NOFOLLOW), sparse: pages
 /// that are not resident (mincore) or all zero are left as holes. Every vCPU must be
-/// paused. Returns the bytes of data written.
-pub fn write(ram: &GuestRam, path: &Path) -> Result<u64, Error> {
+/// paused. Returns the file, not yet synced (the caller syncs it once the guest runs
+/// again), and the bytes of data written.
+pub fn write(ram: &GuestRam, path: &Path) -> Result<(File, u64), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -87,8 +88,7 @@ pub fn write(ram: &GuestRam, path: &Path) -> Result<u64, Error> {
             off += n;
         }
     }
-    f.sync_data().map_err(io(path))?;
-    Ok(data)
+    Ok((f, data))
 }
 
 /// One chunk of [`write`]: resident non-zero pages, written as runs.
@@ -129,9 +129,9 @@ fn write_chunk(ram: &GuestRam, f: &File, gpa: u64, len: usize, path: &Path) -> R
 
 /// Writes the 4 KiB pages `pages` (frame numbers, sorted) of guest RAM into a new file
 /// at `path`, at their guest-physical offsets (a diff snapshot: zero pages are written
-/// too, they may have been cleared since). Every vCPU must be paused. Returns the bytes
-/// written.
-pub fn write_pages(ram: &GuestRam, path: &Path, pages: &[u64]) -> Result<u64, Error> {
+/// too, they may have been cleared since). Every vCPU must be paused. Returns the file,
+/// not yet synced, and the bytes written.
+pub fn write_pages(ram: &GuestRam, path: &Path, pages: &[u64]) -> Result<(File, u64), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -153,8 +153,7 @@ pub fn write_pages(ram: &GuestRam, path: &Path, pages: &[u64]) -> Result<u64, Er
         f.write_all_at(bytes, gpa).map_err(io(path))?;
         written += PAGE as u64;
     }
-    f.sync_data().map_err(io(path))?;
-    Ok(written)
+    Ok((f, written))
 }
 
 /// Applies a diff snapshot's pages over guest RAM (before any vCPU runs).

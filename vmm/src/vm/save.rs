@@ -43,12 +43,15 @@ pub struct SnapshotTaken {
     pub path: String,
     /// vCPUs saved.
     pub vcpus: usize,
-    /// Time the guest was paused, ms (pause, save, write, resume).
+    /// Time the guest was paused, ms (pause, save state, write both files, resume).
     pub paused_ms: f64,
     /// Of which: the vCPUs' and VM's state, ms.
     pub state_ms: f64,
-    /// Of which: writing the memory file, ms.
+    /// Of which: writing the memory and state files (to the page cache), ms.
     pub memory_ms: f64,
+    /// The whole request, ms: the pause, then syncing both files to disk and renaming
+    /// the directory into place while the guest runs.
+    pub total_ms: f64,
     /// Guest RAM bytes.
     pub memory_bytes: u64,
     /// Bytes of RAM data written (the rest are holes).
@@ -83,11 +86,13 @@ impl Vm {
         if !self.api_paused {
             vcpu_thread::resume_all(&self.handles);
         }
-        let paused_ms = t0.elapsed().as_secs_f64() * 1e3;
         // A failed snapshot may have drained the dirty log: no diff against anything
         // until the next full snapshot.
         self.last_snapshot = r.is_ok().then(|| name.to_string());
-        r.map(|t| SnapshotTaken { paused_ms, ..t })
+        r.map(|t| SnapshotTaken {
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..t
+        })
     }
 
     fn save_paused(
@@ -137,17 +142,28 @@ impl Vm {
         };
         let state_ms = t0.elapsed().as_secs_f64() * 1e3;
         let (mut data, mut state_bytes) = (0, 0);
+        let resumed = std::cell::Cell::new(None);
+        // The guest runs again once both files are written; they are synced after, and
+        // the directory appears only then.
+        let resume = || {
+            if !self.api_paused {
+                vcpu_thread::resume_all(&self.handles);
+            }
+            resumed.set(Some(Instant::now()));
+        };
         let path = dir.create_dir(name, |p| {
-            let w = write_files(p, &self.ram, state)?;
+            let w = write_files(p, &self.ram, state, &resume)?;
             (data, state_bytes) = w;
             Ok(())
         })?;
+        let paused_ms = resumed.get().unwrap_or_else(Instant::now) - t0;
         Ok(SnapshotTaken {
             path: path.display().to_string(),
             vcpus: self.handles.len(),
-            paused_ms: 0.0,
+            paused_ms: paused_ms.as_secs_f64() * 1e3,
             state_ms,
-            memory_ms: t0.elapsed().as_secs_f64() * 1e3 - state_ms,
+            memory_ms: paused_ms.as_secs_f64() * 1e3 - state_ms,
+            total_ms: 0.0,
             memory_bytes: self.ram.size(),
             memory_data_bytes: data,
             state_bytes,
@@ -157,18 +173,20 @@ impl Vm {
 }
 
 /// Writes the memory file, then the state file (which records the data written), both
-/// created new inside the (temporary) snapshot directory `p`.
+/// created new inside the (temporary) snapshot directory `p`; calls `resume` (the guest
+/// may run again: nothing more is read from it), then syncs both files.
 fn write_files(
     p: &Path,
     ram: &Arc<crate::memory::GuestRam>,
     mut state: SnapshotState,
+    resume: &dyn Fn(),
 ) -> Result<(u64, u64), crate::outdir::Error> {
     let werr = |path: &Path, e: snapshot::Error| crate::outdir::Error::Write {
         path: path.into(),
         source: std::io::Error::other(e.to_string()),
     };
     let mem_path = p.join(snapshot::MEMORY_FILE);
-    let data = match state.memory.diff_of {
+    let (mem, data) = match state.memory.diff_of {
         Some(_) => memfile::write_pages(ram, &mem_path, &state.memory.pages),
         None => memfile::write(ram, &mem_path),
     }
@@ -184,12 +202,22 @@ fn write_files(
             },
         )
     })?;
-    write_new(&state_path, &bytes)?;
+    let st = write_new(&state_path, &bytes);
+    resume();
+    let st = st?;
+    let sync = |f: &std::fs::File, path: &Path| {
+        f.sync_data().map_err(|source| crate::outdir::Error::Write {
+            path: path.into(),
+            source,
+        })
+    };
+    sync(&mem, &mem_path)?;
+    sync(&st, &state_path)?;
     Ok((data, bytes.len() as u64))
 }
 
-/// Creates `path` (O_EXCL|O_NOFOLLOW, 0600) with `bytes`, synced.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), crate::outdir::Error> {
+/// Creates `path` (O_EXCL|O_NOFOLLOW, 0600) with `bytes`; not synced.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<std::fs::File, crate::outdir::Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| crate::outdir::Error::Write {
@@ -203,5 +231,6 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), crate::outdir::Error> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(err)?;
-    f.write_all(bytes).and_then(|()| f.sync_data()).map_err(err)
+    f.write_all(bytes).map_err(err)?;
+    Ok(f)
 }
