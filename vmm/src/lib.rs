@@ -15,5 +15,6 @@ pub mod outdir;
 pub mod probe;
 pub mod ptsnap;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vm;
 pub mod vstate;

@@ -31,6 +31,10 @@ enum Command {
     /// Ask a running VMM (--api-socket) for a page-table capture of its guest (--shutdown:
     /// then end its run).
     Ptsnap(cli::ptsnap::Args),
+    /// Ask a running VMM (--api-socket) for a whole-VM snapshot (`snapshot create`).
+    Snapshot(cli::snapshot::Args),
+    /// Build a VM from a whole-VM snapshot and run it on.
+    Restore(cli::restore::Args),
     /// Show a guest's memory layout from a page-table capture.
     Layout(cli::layout::Args),
     /// Project each MMU design's cost next to measured runs.
@@ -82,6 +86,8 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Model(a) => cli::model::run(a),
         Command::Ptsnap(a) => cli::ptsnap::run(a),
+        Command::Snapshot(a) => cli::snapshot::run(a),
+        Command::Restore(a) => cli::restore::run(a),
         Command::Layout(a) => cli::layout::run(a),
         Command::Project(a) => cli::project::run(a),
         Command::Place(a) => cli::place::run(a),

@@ -1,6 +1,7 @@
 //! The API's wire format: one JSON object per line, both ways, as data (paths are JSON
 //! strings, never split on spaces). Requests: `{"cmd":"ping"}`, `{"cmd":"ptsnap",
-//! "file":NAME}`, `{"cmd":"pause"}`, `{"cmd":"resume"}`, `{"cmd":"shutdown"}`. Answers:
+//! "file":NAME}`, `{"cmd":"snapshot-create","dir":NAME}`, `{"cmd":"pause"}`, `{"cmd":"resume"}`,
+//! `{"cmd":"shutdown"}`. Answers:
 //! `{"ok":true,...}` or `{"ok":false,"error":MESSAGE}`.
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,16 @@ pub enum Request {
     Ptsnap {
         /// The file's name.
         file: String,
+    },
+    /// A whole-VM snapshot into `dir`, a new directory (plain name) inside the VMM's
+    /// `--snapshot-dir`: pause every vCPU, save, resume.
+    SnapshotCreate {
+        /// The directory's name.
+        dir: String,
+        /// Write only the pages dirtied since this run's previous snapshot (needs
+        /// `--track-dirty`); restore follows the chain.
+        #[serde(default)]
+        diff: bool,
     },
     /// Pause every vCPU.
     Pause {},

@@ -163,6 +163,11 @@ impl ApiServer {
         self.dir.as_ref().map(|d| d.path().display().to_string())
     }
 
+    /// The snapshot directory (whole-VM snapshots are directories inside it).
+    pub fn out_dir(&self) -> Result<Arc<OutDir>, outdir::Error> {
+        self.dir.clone().ok_or(outdir::Error::NoDir)
+    }
+
     /// A file inside the snapshot directory for a request.
     pub fn out_file(&self, name: &str) -> Result<OutFile, outdir::Error> {
         self.dir.as_ref().ok_or(outdir::Error::NoDir)?.file(name)

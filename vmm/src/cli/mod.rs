@@ -9,7 +9,9 @@ pub mod named;
 pub mod place;
 pub mod project;
 pub mod ptsnap;
+pub mod restore;
 pub mod run;
+pub mod snapshot;
 pub mod tier;
 
 /// A failed command: one line of text and the process exit code.

@@ -33,6 +33,7 @@ value_enum!(
     crate::probe::layout::PageSize,
     crate::boot::BzImageMode,
     crate::seccomp::SeccompLevel,
+    crate::snapshot::MemoryMode,
 );
 
 #[cfg(test)]

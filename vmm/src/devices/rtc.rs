@@ -66,6 +66,11 @@ impl Rtc {
         }
     }
 
+    /// The selected register (a snapshot's device state).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
     /// A read of port 0x70 or 0x71.
     pub fn read(&self, port: u16) -> u8 {
         if port != DATA_PORT {

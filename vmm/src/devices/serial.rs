@@ -41,6 +41,11 @@ impl Write for ConsoleWriter {
     }
 }
 
+/// A saved UART state vm-superio refuses (a FIFO longer than the UART's).
+#[derive(Debug, thiserror::Error)]
+#[error("saved serial state refused: {0} bytes in its FIFO (the UART holds 64)")]
+pub struct BadSerialState(pub usize);
+
 /// The serial device.
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleWriter>,
@@ -57,6 +62,52 @@ impl SerialDevice {
     pub fn new(irq: EventFd, console: Arc<Console>) -> Self {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), ConsoleWriter(console)),
+        }
+    }
+
+    /// A UART in the saved state `s` (a snapshot's restore); a FIFO longer than the
+    /// UART's is refused.
+    pub fn from_state(
+        irq: EventFd,
+        console: Arc<Console>,
+        s: &crate::snapshot::SerialSnapshot,
+    ) -> Result<Self, BadSerialState> {
+        let r = s.regs;
+        let in_buffer = s.in_buffer.clone();
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer,
+        };
+        let (trigger, writer) = (IrqTrigger(irq), ConsoleWriter(console));
+        Serial::from_state(&state, trigger, vm_superio::serial::NoEvents, writer)
+            .map(|uart| SerialDevice { uart })
+            .map_err(|_| BadSerialState(s.in_buffer.len()))
+    }
+
+    /// The UART's registers and FIFO, for a snapshot.
+    pub fn state(&self) -> crate::snapshot::SerialSnapshot {
+        let s = self.uart.state();
+        crate::snapshot::SerialSnapshot {
+            regs: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
         }
     }
 

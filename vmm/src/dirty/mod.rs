@@ -79,6 +79,12 @@ pub enum Error {
     /// The collector thread panicked.
     #[error("the dirty-log collector thread panicked")]
     Panicked,
+    /// The collector thread has ended.
+    #[error("the dirty-log collector thread has ended")]
+    Gone,
+    /// The collector thread did not answer a drain in time.
+    #[error("the dirty-log collector thread did not answer")]
+    NoAnswer,
     /// A thread panicked holding the dirty ring's lock.
     #[error("dirty ring lock poisoned")]
     Poisoned,
@@ -493,6 +499,9 @@ struct Collector {
     held: u64,
     /// Intervals not kept because the cap was reached.
     dropped: u64,
+    /// Pages (frame numbers) dirtied since the last [`Tracker::drain`]: what a diff
+    /// snapshot writes. At most one entry per RAM page.
+    since: std::collections::BTreeSet<u64>,
 }
 
 impl Collector {
@@ -505,6 +514,7 @@ impl Collector {
         };
         // KVM logs only what the vCPUs wrote; add what the VMM wrote for the guest.
         pages.extend(self.ram.take_vmm_dirty());
+        self.since.extend(pages.iter().copied());
         let took = t0.elapsed().as_nanos() as u64;
         self.collect_n += 1;
         self.collect_sum_ns = self.collect_sum_ns.saturating_add(took);
@@ -575,10 +585,19 @@ fn clear_dirty_log(vm: &VmFd, slot: u32, len: u64, bitmap: &mut [u64]) -> Result
     Ok(())
 }
 
+/// What the VMM asks of the collector thread.
+#[derive(Debug)]
+enum Msg {
+    /// Stop and hand the collector back.
+    Stop,
+    /// Collect now and answer every page dirtied since the last drain (then forget them).
+    Drain(Sender<Result<Vec<u64>, Error>>),
+}
+
 /// A running tracker.
 #[derive(Debug)]
 pub struct Tracker {
-    stop: Sender<()>,
+    stop: Sender<Msg>,
     thread: JoinHandle<Result<Collector, Error>>,
     prepared: Prepared,
 }
@@ -627,13 +646,15 @@ impl Tracker {
             collect_max_ns: 0,
             held: 0,
             dropped: 0,
+            since: Default::default(),
         };
         // Drain anything logged before the guest runs, then restart the clock.
         c.collect()?;
         c.log.intervals.clear();
+        c.since.clear();
         (c.collect_n, c.collect_sum_ns, c.collect_max_ns, c.held) = (0, 0, 0, 0);
         c.start = Instant::now();
-        let (stop, rx) = channel::<()>();
+        let (stop, rx) = channel::<Msg>();
         let interval = cfg.interval;
         let thread = std::thread::Builder::new()
             .name("dirty-log".into())
@@ -652,7 +673,13 @@ impl Tracker {
                                 next = now + interval;
                             }
                         }
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(c),
+                        Ok(Msg::Drain(answer)) => {
+                            let r = c
+                                .collect()
+                                .map(|()| std::mem::take(&mut c.since).into_iter().collect());
+                            let _ = answer.send(r);
+                        }
+                        Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(c),
                     }
                 }
             })
@@ -664,11 +691,21 @@ impl Tracker {
         })
     }
 
+    /// Every page (frame number) the guest or the VMM dirtied since the tracker started
+    /// or since the last drain, collected now (call it with every vCPU paused: a diff
+    /// snapshot writes these pages).
+    pub fn drain(&self) -> Result<Vec<u64>, Error> {
+        let (tx, rx) = channel();
+        self.stop.send(Msg::Drain(tx)).map_err(|_| Error::Gone)?;
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .map_err(|_| Error::NoAnswer)?
+    }
+
     /// Stops collecting (call it once the vCPUs have stopped), does a final collection
     /// and writes the hotness file and heat map when an output path was given. Releases
     /// the tracker's hold on the rings.
     pub fn finish(self) -> Result<DirtyReport, Error> {
-        let _ = self.stop.send(());
+        let _ = self.stop.send(Msg::Stop);
         let mut c = self.thread.join().map_err(|_| Error::Panicked)??;
         c.collect()?;
         let cfg = &self.prepared.cfg;

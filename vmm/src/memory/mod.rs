@@ -410,6 +410,24 @@ impl GuestRam {
     /// Reserves the address range, maps every RAM range with the backing, prefaults it as
     /// [`MemoryConfig::prefault`] says, and builds the vm-memory view.
     pub fn new(cfg: &MemoryConfig) -> Result<Self, Error> {
+        Self::build(cfg, None)
+    }
+
+    /// Guest RAM mapped privately from `file` (byte `gpa` at file offset `gpa`): pages load
+    /// lazily on the guest's first touch and writes stay private to this VM (a snapshot's
+    /// `map` restore, as Firecracker's file backend). 4 KiB pages only; nothing is
+    /// prefaulted whatever `cfg.prefault` says.
+    pub fn from_file(cfg: &MemoryConfig, file: &std::fs::File) -> Result<Self, Error> {
+        use std::os::fd::AsFd;
+        let cfg = MemoryConfig {
+            backing: Backing::Anon4k,
+            prefault: Prefault::Off,
+            ..cfg.clone()
+        };
+        Self::build(&cfg, Some(file.as_fd()))
+    }
+
+    fn build(cfg: &MemoryConfig, file: Option<std::os::fd::BorrowedFd<'_>>) -> Result<Self, Error> {
         check(cfg)?;
         let ranges = ram_layout(cfg.size);
         let span = ranges.last().map(|r| r.end()).unwrap_or(0) as usize;
@@ -436,7 +454,10 @@ impl GuestRam {
         let t0 = std::time::Instant::now();
         let mut regions = Vec::new();
         for r in &ranges {
-            let flags = ram.map_range(r)?;
+            let flags = match file {
+                Some(fd) => ram.map_file_range(r, fd)?,
+                None => ram.map_range(r)?,
+            };
             // SAFETY: [base+gpa, base+gpa+len) was just mapped read-write by map_range and
             // stays mapped until `self` is dropped, which outlives `mem`.
             let region = unsafe {
@@ -458,6 +479,36 @@ impl GuestRam {
         ram.measure_start()?;
         ram.mem = GuestMemoryMmap::from_regions(regions).map_err(Error::Regions)?;
         Ok(ram)
+    }
+
+    /// Maps one RAM range of `fd` privately over the reservation (file offset = gpa).
+    fn map_file_range(
+        &self,
+        r: &RamRange,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<libc::c_int, Error> {
+        use std::os::fd::AsRawFd;
+        let addr = self.hva(r.gpa) as *mut libc::c_void;
+        let flags = libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE;
+        let off = libc::off_t::try_from(r.gpa).map_err(|_| Error::RegionWraps(r.gpa))?;
+        // SAFETY: MAP_FIXED over our own PROT_NONE reservation, inside [base, base+span),
+        // from a file the caller keeps open for the call (the mapping holds its own ref).
+        let p = unsafe {
+            libc::mmap(
+                addr,
+                r.len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(os_err("mmap (guest RAM from the snapshot's memory file)"));
+        }
+        // SAFETY: advice on our own mapping.
+        unsafe { libc::madvise(addr, r.len as usize, libc::MADV_NOHUGEPAGE) };
+        Ok(flags)
     }
 
     /// Maps one RAM range over the reservation with the backing (populated later, by

@@ -581,7 +581,18 @@ fn run_inner(
         track_dirty: opts.track_dirty.clone(),
         disks: Vec::new(),
     };
-    let mut builder = VmBuilder::new(cfg);
+    let describe = crate::snapshot::PayloadInfo {
+        kind: "probe".into(),
+        probe: Some(serde_json::json!({
+            "workload": spec.work.workload.name(),
+            "footprint": spec.work.footprint,
+            "seed": spec.work.seed,
+            "count": spec.work.count,
+            "guest_pages": spec.guest_pages,
+        })),
+        ..Default::default()
+    };
+    let mut builder = VmBuilder::new(cfg).describe(describe);
     if let Some(api) = api {
         builder = builder.api(api);
     }

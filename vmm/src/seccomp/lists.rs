@@ -156,6 +156,7 @@ const MAIN: &[i64] = &[
     SYS_unlink,
     SYS_rename,
     SYS_mkdirat,
+    SYS_mincore,
     SYS_getdents64,
     SYS_readlinkat,
     SYS_getcwd,
@@ -237,6 +238,7 @@ pub mod kvm {
         ior(0xa4, size_of::<kvm_xsave>()),        // KVM_GET_XSAVE
         ior(0xcf, size_of::<kvm_xsave>()),        // KVM_GET_XSAVE2
         ior(0xa6, size_of::<kvm_xcrs>()),         // KVM_GET_XCRS
+        io(0xa3),                                 // KVM_GET_TSC_KHZ (snapshots)
         io(0xc7),                                 // KVM_RESET_DIRTY_RINGS
         io(0xce),                                 // KVM_GET_STATS_FD
     ];
@@ -265,5 +267,8 @@ pub mod kvm {
         ior(0x81, size_of::<kvm_regs>()),      // KVM_GET_REGS
         ior(0x83, size_of::<kvm_sregs>()),     // KVM_GET_SREGS
         ior(0x9f, size_of::<kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
+        iowr(0x62, size_of::<kvm_irqchip>()),  // KVM_GET_IRQCHIP (snapshots)
+        ior(0x9f, size_of::<kvm_pit_state2>()), // KVM_GET_PIT2 (snapshots)
+        ior(0x7c, size_of::<kvm_clock_data>()), // KVM_GET_CLOCK (snapshots)
     ];
 }

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::{Payload, VmConfig};
 use super::events::Notifier;
 use super::report::SetupStep;
-use super::{Error, Observers, Vm};
+use super::{Error, Observers, SnapshotInfo, Vm};
 use crate::api::{ApiConfig, ApiServer};
 use crate::devices::legacy::{CmosRtc, Com1, SignalPort, SignalWindow, I8042};
 use crate::devices::virtio::{self, Block, DiskConfig, IrqFd, MmioTransport};
@@ -20,6 +20,7 @@ use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
 use crate::memory::GuestRam;
 use crate::ptsnap::Ptsnapper;
+use crate::snapshot::{memfile, PayloadInfo, SnapshotState};
 use crate::vstate::stats::StatsFd;
 use crate::vstate::vcpu::{self, VcpuInit};
 use crate::vstate::{cpuid, emulate, vm};
@@ -63,6 +64,7 @@ pub struct VmBuilder {
     api: Option<ApiConfig>,
     confine_main: bool,
     jail: Option<crate::jail::JailConfig>,
+    describe: Option<PayloadInfo>,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -99,6 +101,7 @@ impl VmBuilder {
             api,
             confine_main: false,
             jail: None,
+            describe: None,
         }
     }
 
@@ -124,29 +127,44 @@ impl VmBuilder {
         self
     }
 
-    /// Builds the VM: everything up to, not including, the first guest instruction.
+    /// Describes the payload in snapshots taken of this VM (the measurement guest names
+    /// its workload here; others are described from their [`Payload`]).
+    pub fn describe(mut self, payload: PayloadInfo) -> Self {
+        self.describe = Some(payload);
+        self
+    }
+
+    /// Builds the VM: everything up to, not including, the first guest instruction. With
+    /// [`Payload::Snapshot`] the saved state is checked against the host first, then
+    /// loaded instead of booting.
     pub fn build(self) -> Result<Vm, Error> {
         let VmBuilder {
-            cfg,
+            mut cfg,
             api,
             confine_main,
             jail,
+            describe,
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
+        // Disks first: a missing or locked image is refused before anything is set up.
+        let disks = open_disks(&cfg.disks)?;
+        let n_disks = disks.len();
+        announce_virtio(&mut cfg.payload, n_disks);
+        let info = host::probe()?;
+        let mmu_mode = host::check_mode(&info, cfg.mmu)?;
+        let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
+        if let Payload::Snapshot(l) = &cfg.payload {
+            check_restore(&kvm, &l.state, cfg.vcpus)?;
+        }
         if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
             return Err(Error::VcpuCount(cfg.vcpus));
         }
-        // Disks first: a missing or locked image is refused before anything is set up.
-        let disks = open_disks(&cfg.disks)?;
-        let mut payload = cfg.payload;
-        announce_virtio(&mut payload, disks.len());
-        let info = host::probe()?;
-        let mmu_mode = host::check_mode(&info, cfg.mmu)?;
         t.step("host");
-        let ram = Arc::new(GuestRam::new(&cfg.memory)?);
-        t.step("memory");
-        let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
+        let ram = Arc::new(make_ram(&cfg, &mut t)?);
+        if !matches!(&cfg.payload, Payload::Snapshot(l) if l.mode == memfile::MemoryMode::Copy) {
+            t.step("memory");
+        }
         let vm_fd = Arc::new(vm::create_empty(&kvm)?);
         // Dirty logging is chosen before memory slots and vCPUs exist: KVM accepts the
         // dirty ring only before the first vCPU.
@@ -159,49 +177,35 @@ impl VmBuilder {
         t.step("kvm_vm");
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
-        let base = fds[0].get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        let (init0, cmdline) = load_payload(payload, &ram, &info, cfg.vcpus, base)?;
-        t.step("load");
-        configure_vcpus(&kvm, &fds, &info, &init0)?;
-        t.step("vcpu_state");
-        let (notifier, inbox) = Notifier::new().map_err(|source| Error::Io {
-            what: "eventfd",
-            source,
-        })?;
-        let console = Arc::new(Console::new(cfg.echo_console, started));
-        let n = notifier.clone();
-        console.set_events(Box::new(move |e| n.console(e)));
-        let (mut bus, com1) = legacy_devices(&vm_fd, &console, cfg.mmio.clone())?;
-        virtio_devices(&vm_fd, &mut bus, &ram, disks)?;
+        let (notifier, inbox, console) = console(cfg.echo_console, started)?;
+        let loaded = load_state(&kvm, &vm_fd, &fds, &ram, &info, cfg.payload, &mut t)?;
+        let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
+        virtio_devices(&vm_fd, &mut devs.bus, &ram, disks)?;
         t.step("devices");
-        let stats = (
-            StatsFd::open(&*vm_fd).ok(),
-            fds.iter().map(|v| StatsFd::open(v).ok()).collect(),
-        );
-        let dirty = match dirty_prep {
-            Some(p) => {
-                let rings = p.map_rings(&vm_fd, &fds, &ram)?;
-                let tracker = dirty::Tracker::start(vm_fd.clone(), ram.clone(), p, rings.clone())?;
-                Some((tracker, rings))
-            }
-            None => None,
-        };
+        let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
         let api = api.map(ApiServer::bind).transpose()?;
         t.step("observers");
         if let Some(j) = &jail {
             crate::jail::enter(j)?;
             t.step("jail");
         }
+        let snap = SnapshotInfo {
+            msr_index: Arc::new(msr_index(&kvm)),
+            cpuid: loaded.cpuid,
+            payload: describe.unwrap_or(loaded.payload),
+            kvm_module: info.kvm_module.clone(),
+        };
         Ok(Vm {
             info,
             mmu_mode,
             ram: ram.clone(),
-            _vm_fd: vm_fd,
+            vm_fd,
             fds,
             handles: Vec::new(),
-            bus: Arc::new(bus),
+            bus: Arc::new(devs.bus),
             console,
-            com1,
+            com1: devs.com1,
+            rtc: devs.rtc,
             notifier: (notifier, inbox),
             observers: Observers {
                 stats,
@@ -213,12 +217,183 @@ impl VmBuilder {
             stdin: cfg.stdin,
             confine_main,
             timeout: cfg.timeout,
-            cmdline,
+            cmdline: loaded.cmdline,
+            snap,
+            last_snapshot: None,
+            virtio_devices: n_disks,
+            api_paused: false,
             started,
             setup: t.steps,
             setup_last: t.last,
         })
     }
+}
+
+/// What loading the guest gave: vCPU CPUID tables, command line, payload description,
+/// saved device state.
+struct LoadedGuest {
+    cpuid: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+    cmdline: Option<String>,
+    payload: PayloadInfo,
+    devices: Option<crate::snapshot::DeviceState>,
+}
+
+/// Boots the payload into RAM and sets the vCPUs' boot state, or loads a snapshot's
+/// vCPU and VM state.
+fn load_state(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    fds: &[VcpuFd],
+    ram: &GuestRam,
+    info: &HostInfo,
+    payload: Payload,
+    t: &mut SetupTimer,
+) -> Result<LoadedGuest, Error> {
+    if let Payload::Snapshot(l) = payload {
+        let s = &l.state;
+        for ((fd, cpuid), st) in fds.iter().zip(&s.cpuid).zip(&s.vcpu) {
+            let c = kvm_bindings::CpuId::from_entries(cpuid)
+                .map_err(|_| crate::snapshot::Error::Cpuid("too many CPUID entries".into()))?;
+            fd.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            crate::snapshot::cpu::restore_vcpu(fd, st)?;
+        }
+        crate::snapshot::cpu::restore_vm(vm_fd, &s.vm)?;
+        t.step("vcpu_state");
+        return Ok(LoadedGuest {
+            cpuid: s.cpuid.clone(),
+            cmdline: s.payload.cmdline.clone(),
+            payload: s.payload.clone(),
+            devices: Some(s.devices.clone()),
+        });
+    }
+    let payload_info = describe_payload(&payload);
+    let base = fds[0].get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    let (init0, cmdline) = load_payload(payload, ram, info, fds.len() as u8, base)?;
+    t.step("load");
+    let cpuid = configure_vcpus(kvm, fds, info, &init0)?;
+    t.step("vcpu_state");
+    Ok(LoadedGuest {
+        cpuid,
+        payload: PayloadInfo {
+            cmdline: cmdline.clone(),
+            ..payload_info
+        },
+        cmdline,
+        devices: None,
+    })
+}
+
+/// Guest RAM: fresh, or filled from a snapshot's memory file (copy mode: the copy is
+/// timed apart, as the `memory_copy` step).
+fn make_ram(cfg: &VmConfig, t: &mut SetupTimer) -> Result<GuestRam, Error> {
+    let Payload::Snapshot(l) = &cfg.payload else {
+        return Ok(GuestRam::new(&cfg.memory)?);
+    };
+    let ranges = &l.state.memory.ranges;
+    let ram = if l.mode == memfile::MemoryMode::Map {
+        memfile::restore_ram(&cfg.memory, &l.memory, &l.memory_path, l.mode, ranges)?
+    } else {
+        let ram = GuestRam::new(&cfg.memory)?;
+        t.step("memory");
+        memfile::fill(&ram, &l.memory, &l.memory_path, ranges)?;
+        ram
+    };
+    for d in &l.diffs {
+        memfile::apply_diff(&ram, d)?;
+    }
+    if l.mode == memfile::MemoryMode::Copy {
+        t.step("memory_copy");
+    }
+    Ok(ram)
+}
+
+/// What a snapshot needs of the host, checked before anything is built: the vCPU count,
+/// the CPUID, and RAM that covers the saved layout.
+fn check_restore(kvm: &Kvm, s: &SnapshotState, vcpus: u8) -> Result<(), Error> {
+    let max = kvm.get_max_vcpus().min(usize::from(MAX_VCPUS));
+    if s.vcpus > max || s.vcpus != usize::from(vcpus) {
+        return Err(crate::snapshot::Error::Vcpus {
+            saved: s.vcpus,
+            max,
+        }
+        .into());
+    }
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    for c in &s.cpuid {
+        crate::snapshot::check_cpuid(c, supported.as_slice())?;
+    }
+    Ok(())
+}
+
+/// KVM_GET_MSR_INDEX_LIST (empty where refused), for snapshots.
+fn msr_index(kvm: &Kvm) -> Vec<u32> {
+    kvm.get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default()
+}
+
+/// How a snapshot names `payload`.
+fn describe_payload(payload: &Payload) -> PayloadInfo {
+    match payload {
+        Payload::Linux { kernel, .. } => PayloadInfo {
+            kind: "linux".into(),
+            kernel: Some(kernel.display().to_string()),
+            ..Default::default()
+        },
+        Payload::TestGuest { mode } => PayloadInfo {
+            kind: "test-guest".into(),
+            cmdline: Some(mode.clone()),
+            ..Default::default()
+        },
+        Payload::Custom(_) | Payload::Snapshot(_) => PayloadInfo {
+            kind: "custom".into(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The VM's wake-up channel and the console that posts to it.
+fn console(
+    echo: bool,
+    started: Instant,
+) -> Result<(Notifier, super::events::Inbox, Arc<Console>), Error> {
+    let (notifier, inbox) = Notifier::new().map_err(|source| Error::Io {
+        what: "eventfd",
+        source,
+    })?;
+    let console = Arc::new(Console::new(echo, started));
+    let n = notifier.clone();
+    console.set_events(Box::new(move |e| n.console(e)));
+    Ok((notifier, inbox, console))
+}
+
+/// The VM's and vCPUs' statistics, and dirty tracking when it was prepared.
+type Watch = (
+    (Option<StatsFd>, Vec<Option<StatsFd>>),
+    Option<(dirty::Tracker, Option<Arc<crate::dirty::ring::Rings>>)>,
+);
+
+fn watch(
+    vm_fd: &Arc<VmFd>,
+    fds: &[VcpuFd],
+    ram: &Arc<GuestRam>,
+    dirty_prep: Option<dirty::Prepared>,
+) -> Result<Watch, Error> {
+    let stats = (
+        StatsFd::open(&**vm_fd).ok(),
+        fds.iter().map(|v| StatsFd::open(v).ok()).collect(),
+    );
+    let dirty = match dirty_prep {
+        Some(p) => {
+            let rings = p.map_rings(vm_fd, fds, ram)?;
+            let tracker = dirty::Tracker::start(vm_fd.clone(), ram.clone(), p, rings.clone())?;
+            Some((tracker, rings))
+        }
+        None => None,
+    };
+    Ok((stats, dirty))
 }
 
 fn create_vcpus(vm_fd: &VmFd, n: u8) -> Result<Vec<VcpuFd>, Error> {
@@ -263,6 +438,8 @@ fn load_payload(
             Ok((VcpuInit::for_entry(loaded.entry, base), None))
         }
         Payload::Custom(f) => Ok((f(ram, info).map_err(Error::Payload)?, None)),
+        // Handled by `load_state` before this is called.
+        Payload::Snapshot(_) => Err(Error::Payload("a snapshot is not booted".into())),
     }
 }
 
@@ -273,7 +450,7 @@ fn configure_vcpus(
     fds: &[VcpuFd],
     info: &HostInfo,
     init0: &VcpuInit,
-) -> Result<(), Error> {
+) -> Result<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>, Error> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -283,21 +460,31 @@ fn configure_vcpus(
         &[]
     };
     let n = fds.len() as u8;
+    let mut tables = Vec::with_capacity(fds.len());
     for (id, v) in fds.iter().enumerate() {
         let mut c = supported.clone();
         cpuid::filter(&mut c, id as u8, n, hide);
         vcpu::configure(v, id as u8, &c, (id == 0).then_some(init0))?;
+        tables.push(c.as_slice().to_vec());
     }
-    Ok(())
+    Ok(tables)
+}
+
+/// The legacy devices on their bus.
+struct LegacyDevices {
+    bus: IoBus,
+    com1: Arc<Com1>,
+    rtc: Arc<CmosRtc>,
 }
 
 /// COM1 (irqfd on GSI 4), the RTC, the i8042, the signal port and, when given, the signal
-/// MMIO window, registered on a new bus.
+/// MMIO window, registered on a new bus; in `saved`'s state when restoring.
 fn legacy_devices(
     vm_fd: &VmFd,
     console: &Arc<Console>,
     mmio: Option<Arc<dyn devices::MmioHandler>>,
-) -> Result<(IoBus, Arc<Com1>), Error> {
+    saved: Option<&crate::snapshot::DeviceState>,
+) -> Result<LegacyDevices, Error> {
     use crate::devices::legacy::{I8042_PORTS, SIGNAL_MMIO_BASE, SIGNAL_MMIO_SIZE, SIGNAL_PORT};
     use crate::devices::{rtc, serial};
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
@@ -307,13 +494,22 @@ fn legacy_devices(
     vm_fd
         .register_irqfd(&irq, serial::COM1_GSI)
         .map_err(kvm_err("KVM_IRQFD"))?;
-    let com1 = Arc::new(Com1(Mutex::new(SerialDevice::new(irq, console.clone()))));
+    let uart = match saved {
+        Some(d) => SerialDevice::from_state(irq, console.clone(), &d.serial)?,
+        None => SerialDevice::new(irq, console.clone()),
+    };
+    let com1 = Arc::new(Com1(Mutex::new(uart)));
+    let mut clock = crate::devices::rtc::Rtc::default();
+    if let Some(d) = saved {
+        clock.write(rtc::INDEX_PORT, d.rtc_index);
+    }
+    let cmos = Arc::new(CmosRtc(Mutex::new(clock)));
     let mut bus = IoBus::default();
     let com1_len = u64::from(serial::COM1_END - serial::COM1 + 1);
     bus.pio
         .insert(u64::from(serial::COM1), com1_len, com1.clone())?;
     bus.pio
-        .insert(u64::from(rtc::INDEX_PORT), 2, Arc::new(CmosRtc::default()))?;
+        .insert(u64::from(rtc::INDEX_PORT), 2, cmos.clone())?;
     let (data, cmd) = I8042_PORTS;
     let i8042 = |command_port| Arc::new(I8042 { command_port });
     bus.pio.insert(u64::from(data), 1, i8042(false))?;
@@ -327,7 +523,11 @@ fn legacy_devices(
             Arc::new(SignalWindow(h)),
         )?;
     }
-    Ok((bus, com1))
+    Ok(LegacyDevices {
+        bus,
+        com1,
+        rtc: cmos,
+    })
 }
 
 /// Opens and locks every `--disk` image.

@@ -34,6 +34,10 @@ pub enum Payload {
     /// Anything else: a closure that fills guest memory and returns vCPU 0's registers
     /// (the measurement guest uses this).
     Custom(CustomLoader),
+    /// A saved VM ([`crate::snapshot`]): guest RAM, vCPUs, interrupt controllers and
+    /// devices come from the snapshot instead of a boot. `memory.size` and `vcpus` of the
+    /// [`VmConfig`] must cover the saved ones (the restore command takes them from it).
+    Snapshot(Box<crate::snapshot::Loaded>),
 }
 
 /// Fills guest memory for a custom payload and returns vCPU 0's initial registers.
@@ -49,6 +53,7 @@ impl std::fmt::Debug for Payload {
             Payload::Linux { kernel, .. } => write!(f, "Linux({})", kernel.display()),
             Payload::TestGuest { mode } => write!(f, "TestGuest({mode})"),
             Payload::Custom(_) => f.write_str("Custom"),
+            Payload::Snapshot(l) => write!(f, "Snapshot({})", l.dir.display()),
         }
     }
 }

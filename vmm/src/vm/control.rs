@@ -358,12 +358,19 @@ impl<'a> Loop<'a> {
                 let out = api.ok_or(ApiError::NoApi)?.borrow().out_file(&file)?;
                 self.api_ptsnap(out)
             }
+            Request::SnapshotCreate { dir, diff } => {
+                let out = api.ok_or(ApiError::NoApi)?.borrow().out_dir()?;
+                let taken = self.vm.take_snapshot(&out, &dir, diff)?;
+                Ok(serde_json::to_value(taken)?)
+            }
             Request::Pause {} => {
                 let deadline = Instant::now() + PAUSE_TIMEOUT;
                 let s = vcpu_thread::pause_all(&self.vm.handles, None, deadline)?;
+                self.vm.api_paused = true;
                 Ok(json!({ "paused": s.len() }))
             }
             Request::Resume {} => {
+                self.vm.api_paused = false;
                 vcpu_thread::resume_all(&self.vm.handles);
                 Ok(json!({}))
             }
@@ -401,6 +408,9 @@ enum ApiError {
     /// The capture failed.
     #[error(transparent)]
     Ptsnap(#[from] crate::ptsnap::Error),
+    /// The snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] super::SaveError),
     /// The answer could not be encoded.
     #[error("encoding the answer: {0}")]
     Json(#[from] serde_json::Error),

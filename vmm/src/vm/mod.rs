@@ -10,6 +10,7 @@ pub mod config;
 mod control;
 pub mod events;
 pub mod report;
+mod save;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 pub use builder::{host_cmdline_additions, VmBuilder, MAX_VCPUS, TEST_GUEST};
 pub use config::{CustomLoader, LoaderError, Payload, VmConfig};
 pub use report::{ExitReason, Milestone, RunReport, SetupStep};
+pub use save::{SaveError, SnapshotTaken};
 
 use crate::api::ApiServer;
 use crate::devices::legacy::Com1;
@@ -102,6 +104,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A snapshot could not be loaded.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+    /// A saved serial state was refused.
+    #[error(transparent)]
+    Serial(#[from] crate::devices::serial::BadSerialState),
     /// The event loop failed.
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
@@ -117,19 +125,34 @@ struct Observers {
     ptsnapper: Arc<Ptsnapper>,
 }
 
+/// What a snapshot of this VM records beside the live state.
+#[derive(Debug)]
+struct SnapshotInfo {
+    /// KVM_GET_MSR_INDEX_LIST: the MSRs each vCPU saves.
+    msr_index: Arc<Vec<u32>>,
+    /// Each vCPU's CPUID.
+    cpuid: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+    /// What was booted.
+    payload: crate::snapshot::PayloadInfo,
+    /// The host's KVM module.
+    kvm_module: String,
+}
+
 /// A built VM, ready to run (see the module's documentation).
 pub struct Vm {
     info: HostInfo,
     mmu_mode: MmuMode,
     ram: Arc<GuestRam>,
-    /// Kept open for the VM's lifetime (vCPU fds, irqfds and slots hang off it).
-    _vm_fd: Arc<VmFd>,
+    /// Kept open for the VM's lifetime (vCPU fds, irqfds and slots hang off it); VM-wide
+    /// state is saved through it.
+    vm_fd: Arc<VmFd>,
     /// vCPU fds until their threads start.
     fds: Vec<VcpuFd>,
     handles: Vec<VcpuHandle>,
     bus: Arc<IoBus>,
     console: Arc<Console>,
     com1: Arc<Com1>,
+    rtc: Arc<crate::devices::legacy::CmosRtc>,
     notifier: (events::Notifier, events::Inbox),
     observers: Observers,
     counters: Arc<vstate::emulate::Counters>,
@@ -140,6 +163,13 @@ pub struct Vm {
     confine_main: bool,
     timeout: Option<Duration>,
     cmdline: Option<String>,
+    snap: SnapshotInfo,
+    /// The name of this run's last snapshot (what a diff snapshot updates).
+    last_snapshot: Option<String>,
+    /// virtio devices on the bus (snapshots refuse them until they save their state).
+    virtio_devices: usize,
+    /// Paused through the API: a snapshot leaves it paused.
+    api_paused: bool,
     started: Instant,
     setup: Vec<SetupStep>,
     setup_last: Instant,
@@ -160,6 +190,11 @@ pub fn run(cfg: VmConfig) -> Result<RunReport, Error> {
 }
 
 impl Vm {
+    /// Guest RAM (a restored measurement guest's device reads its results from it).
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.ram
+    }
+
     /// The device bus (for reports and tests).
     pub fn bus(&self) -> &IoBus {
         &self.bus

@@ -58,6 +58,9 @@ pub enum Error {
         /// Its answer.
         why: String,
     },
+    /// A vCPU did not save its state.
+    #[error(transparent)]
+    Save(SaveError),
     /// A vCPU could not read its registers.
     #[error("vCPU {id}: reading registers: {source}")]
     Registers {
@@ -116,6 +119,10 @@ pub enum VcpuEvent {
     /// Run `f` on the vCPU (stopped: paused or exited) and answer with its result: whole-VM
     /// state is read and written on the vCPU's own thread, as KVM expects.
     With(Box<dyn FnOnce(&mut VcpuFd) -> VcpuResponse + Send>),
+    /// Save the whole vCPU state ([`crate::snapshot::save_vcpu`], every MSR of the given
+    /// KVM_GET_MSR_INDEX_LIST) and answer [`VcpuResponse::Saved`]. Answered from Paused
+    /// (or Exited) only: a running vCPU answers an error and keeps running.
+    SaveState(Arc<Vec<u32>>),
     /// End the thread; it returns its vCPU fd.
     Finish,
 }
@@ -126,6 +133,7 @@ impl std::fmt::Debug for VcpuEvent {
             VcpuEvent::Pause => "Pause",
             VcpuEvent::Resume => "Resume",
             VcpuEvent::With(_) => "With",
+            VcpuEvent::SaveState(_) => "SaveState",
             VcpuEvent::Finish => "Finish",
         })
     }
@@ -138,6 +146,25 @@ pub enum VcpuResponse {
     Paused(Box<VcpuState>),
     /// The answer of a [`VcpuEvent::With`] closure.
     Done(Result<Box<dyn std::any::Any + Send>, String>),
+    /// The answer of [`VcpuEvent::SaveState`].
+    Saved(Result<Box<crate::snapshot::VcpuSnapshot>, SaveError>),
+}
+
+/// Why a vCPU did not save its state.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// It was running: state is saved from Paused only.
+    #[error("vCPU {0} is running: pause it before saving its state")]
+    NotPaused(usize),
+    /// KVM refused.
+    #[error("vCPU {id}: {source}")]
+    Kvm {
+        /// vCPU.
+        id: usize,
+        /// Why.
+        #[source]
+        source: crate::snapshot::Error,
+    },
 }
 
 /// An observer's failure, as the vCPU reports it.
@@ -366,6 +393,21 @@ impl Vcpu {
                 let _ = self.responses.send(f(&mut self.fd));
                 state
             }
+            VcpuEvent::SaveState(msrs) => {
+                let r = if state == State::Running {
+                    Err(SaveError::NotPaused(self.id))
+                } else {
+                    crate::snapshot::cpu::complete_pending_io(&mut self.fd);
+                    crate::snapshot::cpu::save_vcpu(&self.fd, &msrs)
+                        .map(Box::new)
+                        .map_err(|source| SaveError::Kvm {
+                            id: self.id,
+                            source,
+                        })
+                };
+                let _ = self.responses.send(VcpuResponse::Saved(r));
+                state
+            }
             VcpuEvent::Finish => State::Finished,
         }
     }
@@ -467,7 +509,7 @@ pub fn pause_all(
                 resume_all(handles);
                 return Err(Error::Answer { id: h.id, why });
             }
-            Ok(VcpuResponse::Done(Ok(_))) => {}
+            Ok(VcpuResponse::Done(Ok(_)) | VcpuResponse::Saved(_)) => {}
             Err(e) => {
                 resume_all(handles);
                 return Err(e);
@@ -475,6 +517,31 @@ pub fn pause_all(
         }
     }
     Ok(states)
+}
+
+/// Asks every (paused) vCPU in `handles` to save its state; answers in handle order.
+pub fn save_all(
+    handles: &[VcpuHandle],
+    msrs: &Arc<Vec<u32>>,
+    deadline: Instant,
+) -> Result<Vec<crate::snapshot::VcpuSnapshot>, Error> {
+    for h in handles {
+        h.send(VcpuEvent::SaveState(msrs.clone()))?;
+    }
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.response(deadline)? {
+            VcpuResponse::Saved(Ok(s)) => out.push(*s),
+            VcpuResponse::Saved(Err(e)) => return Err(Error::Save(e)),
+            _ => {
+                return Err(Error::Answer {
+                    id: h.id,
+                    why: "answered something else than its saved state".into(),
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Lets every vCPU in `handles` run again (a vCPU that paused itself for a capture waits

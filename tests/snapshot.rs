@@ -1,0 +1,492 @@
+//! Whole-VM snapshots (issue #15), against the release binary:
+//!
+//! * the measurement guest paused mid-workload, snapshotted and restored under another
+//!   backing (copy) and mapped from the file (map), the two restores side by side,
+//!   finishes with the checksum of an uninterrupted run with the same seed;
+//! * every bad input of `segvmm restore` (missing directory, truncated state, another
+//!   version, a wrong checksum, a short memory file, a vCPU count or CPUID the host cannot
+//!   give, a backing that cannot be had) exits 2 with one line naming the problem, and no
+//!   guest runs;
+//! * snapshot directories are created new: an existing name or a symlink is refused.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{have_kvm, run, segvmm};
+use segvmm::snapshot::SnapshotState;
+use serde_json::Value;
+
+/// A running VMM; killed when dropped.
+struct Vm(Option<Child>);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Vm {
+    fn wait_output(&mut self) -> (i32, String) {
+        let c = self.0.take().unwrap();
+        let out = c.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+fn request(sock: &Path, line: &str) -> std::io::Result<Value> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(line.as_bytes())?;
+    s.write_all(b"\n")?;
+    let mut a = String::new();
+    BufReader::new(s).read_line(&mut a)?;
+    serde_json::from_str(a.trim_end()).map_err(std::io::Error::other)
+}
+
+/// Starts segvmm `args` with an API socket and snapshot directory and waits for a ping.
+fn start(sock: &Path, dir: &Path, args: &[&str]) -> Vm {
+    let child = segvmm()
+        .args(args)
+        .arg("--api-socket")
+        .arg(sock)
+        .arg("--snapshot-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn segvmm");
+    let vm = Vm(Some(child));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if request(sock, r#"{"cmd":"ping"}"#).is_ok_and(|v| v["ok"] == true) {
+            return vm;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the VMM never answered on {}", sock.display());
+}
+
+/// `checksum 0x...` from a measurement line.
+fn checksum(stdout: &str) -> Option<String> {
+    let at = stdout.find("checksum 0x")? + "checksum ".len();
+    let hex: String = stdout[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == 'x')
+        .collect();
+    Some(hex)
+}
+
+const PROBE: &[&str] = &[
+    "run",
+    "--footprint",
+    "32M",
+    "--seed",
+    "11",
+    "--count",
+    "14000000",
+    "--backing",
+    "thp",
+];
+
+#[test]
+fn paused_mid_workload_restores_to_the_uninterrupted_checksum_twice_side_by_side() {
+    if !have_kvm() {
+        return;
+    }
+    let (code, out, err) = run(PROBE);
+    assert_eq!(code, 0, "{err}");
+    let want = checksum(&out).expect("a checksum");
+
+    let d = tempfile::tempdir().unwrap();
+    let (sock, dir) = (d.path().join("s.sock"), d.path().join("snaps"));
+    std::fs::create_dir(&dir).unwrap();
+    let mut vm = start(&sock, &dir, PROBE);
+    // The guest runs its workload for seconds; pause it one second in.
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, out, err) = run(&[
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        "mid",
+        "--shutdown",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("guest paused"), "{out}");
+    // Shut down mid-workload: no measurement (exit 3: the guest gave no result).
+    let (code, stdout) = vm.wait_output();
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        checksum(&stdout).is_none(),
+        "it was stopped mid-workload: {stdout}"
+    );
+
+    let snap = dir.join("mid");
+    let spawn = |extra: &[&str]| {
+        segvmm()
+            .args(["restore", "--from", snap.to_str().unwrap(), "--quiet"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Two restores of one snapshot at once: another backing (copy) and the file mapped.
+    let a = spawn(&["--memory-mode", "copy", "--backing", "4k"]);
+    let b = spawn(&["--memory-mode", "map"]);
+    for c in [a, b] {
+        let o = c.wait_with_output().unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(o.status.code(), Some(0), "{out}{err}");
+        assert_eq!(checksum(&out).as_deref(), Some(want.as_str()), "{out}{err}");
+    }
+}
+
+/// A snapshot of the waiting test guest in `dir/NAME`.
+fn test_guest_snapshot(d: &Path, name: &str) -> PathBuf {
+    let (sock, dir) = (d.join("t.sock"), d.join("snaps"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut vm = start(
+        &sock,
+        &dir,
+        &[
+            "run",
+            "--guest",
+            "test-hang",
+            "--quiet",
+            "--memory",
+            "32M",
+            "--timeout",
+            "60",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = run(&[
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        name,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The name is taken now: a second snapshot under it is refused, nothing replaced.
+    let (code, _, err) = run(&[
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        name,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("exists already"), "{err}");
+    // A symlink in the snapshot directory is not followed.
+    let victim = d.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("link")).unwrap();
+    let (code, _, err) = run(&[
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        "link",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    for bad in ["../x", "a/b", ".hidden"] {
+        let (code, _, err) = run(&[
+            "snapshot",
+            "create",
+            "--api-socket",
+            sock.to_str().unwrap(),
+            "--out",
+            bad,
+        ]);
+        assert_eq!(code, 2, "{bad}: {err}");
+    }
+    assert!(request(&sock, r#"{"cmd":"shutdown"}"#).is_ok());
+    vm.wait_output();
+    dir.join(name)
+}
+
+/// `restore` of `from` must fail with exit 2, one line naming `what`, and no guest.
+fn refused(from: &Path, extra: &[&str], what: &str) {
+    let mut args = vec![
+        "restore",
+        "--from",
+        from.to_str().unwrap(),
+        "--timeout",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    let t = Instant::now();
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 2, "{what}: {out}{err}");
+    assert!(err.contains(what), "expected '{what}' in: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("segvmm: error:"), "{err}");
+    assert!(out.is_empty(), "no guest ran: {out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "refused before running"
+    );
+}
+
+/// A copy of the snapshot `src` at `d/name` with its state rewritten by `f`.
+fn variant(src: &Path, d: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let dst = d.join(name);
+    std::fs::create_dir(&dst).unwrap();
+    for file in ["state", "memory"] {
+        std::fs::copy(src.join(file), dst.join(file)).unwrap();
+    }
+    let mut state = std::fs::read(dst.join("state")).unwrap();
+    f(&mut state);
+    std::fs::write(dst.join("state"), state).unwrap();
+    dst
+}
+
+fn reencode(bytes: &mut Vec<u8>, f: impl FnOnce(&mut SnapshotState)) {
+    let mut s = SnapshotState::decode(Path::new("state"), bytes).unwrap();
+    f(&mut s);
+    *bytes = s.encode().unwrap();
+}
+
+#[test]
+fn bad_snapshots_are_refused_before_any_guest_runs() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let good = test_guest_snapshot(d.path(), "t1");
+    // The good one restores (and waits until its timeout: the test guest hangs).
+    let (code, _, err) = run(&[
+        "restore",
+        "--from",
+        good.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--quiet",
+    ]);
+    assert_ne!(code, 2, "{err}");
+    assert!(err.contains("did not finish within"), "{err}");
+
+    refused(&d.path().join("nope"), &[], "No such file");
+    let v = variant(&good, d.path(), "trunc", |s| s.truncate(s.len() - 10));
+    refused(&v, &[], "truncated");
+    let v = variant(&good, d.path(), "version", |s| s[8] = 99);
+    refused(&v, &[], "version 99");
+    let v = variant(&good, d.path(), "sum", |s| {
+        let i = s.len() - 3;
+        s[i] ^= 0x01;
+    });
+    refused(&v, &[], "checksum mismatch");
+    let v = variant(&good, d.path(), "short", |_| {});
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(v.join("memory"))
+        .unwrap();
+    f.set_len(1 << 20).unwrap();
+    refused(&v, &[], "memory file has 1048576 bytes");
+    let v = variant(&good, d.path(), "vcpus", |b| {
+        reencode(b, |s| {
+            let (one, cpuid) = (s.vcpu.remove(0), s.cpuid[0].clone());
+            let text = serde_json::to_string(&one).unwrap();
+            s.vcpus = 65;
+            s.vcpu = (0..65)
+                .map(|_| serde_json::from_str(&text).unwrap())
+                .collect();
+            s.cpuid = vec![cpuid; 65];
+        })
+    });
+    refused(&v, &[], "the snapshot has 65 vCPUs");
+    let v = variant(&good, d.path(), "cpuid", |b| {
+        reencode(b, |s| {
+            for e in s.cpuid.iter_mut().flatten().filter(|e| e.function == 0) {
+                e.ebx = u32::from_le_bytes(*b"Fake");
+            }
+        })
+    });
+    refused(&v, &[], "CPUID cannot be given by this host");
+    refused(
+        &good,
+        &["--memory-mode", "map", "--backing", "2m"],
+        "--backing 2m is not available",
+    );
+    let huge_free =
+        std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages")
+            .map_or(0, |s| s.trim().parse::<u64>().unwrap_or(0));
+    if huge_free == 0 {
+        refused(&good, &["--backing", "1g"], "hugetlb pool too small");
+    }
+}
+
+/// The small Linux kernel, snapshotted in the middle of its boot and shut down, goes on
+/// after a restore (the file mapped): it reaches /init, which prints its marker and powers
+/// the guest off (exit 0).
+#[test]
+fn linux_boot_continues_after_restore() {
+    if !have_kvm() {
+        return;
+    }
+    let (Some(k), Some(i)) = (
+        common::artifact("small-kernel"),
+        common::artifact("initramfs.cpio"),
+    ) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let (sock, dir) = (d.path().join("l.sock"), d.path().join("snaps"));
+    std::fs::create_dir(&dir).unwrap();
+    let mut vm = start(
+        &sock,
+        &dir,
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--timeout",
+            "300",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, out, err) = run(&[
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        "boot",
+        "--shutdown",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, before) = vm.wait_output();
+    assert_eq!(code, 0, "shut down over the API");
+    assert!(
+        !before.contains("SEGVMM_INIT_OK"),
+        "snapshot after /init ran"
+    );
+    let snap = dir.join("boot");
+    let (code, out, err) = run(&[
+        "restore",
+        "--from",
+        snap.to_str().unwrap(),
+        "--memory-mode",
+        "map",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SEGVMM_INIT_OK"), "{out}{err}");
+    assert!(err.contains("guest powered off"), "{err}");
+}
+
+fn create(sock: &Path, name: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// A diff snapshot (pages dirtied since the previous snapshot, from the dirty log) over a
+/// full one gives byte for byte the memory of a full snapshot taken at the same moment
+/// (the guest paused), and restores (copy and map) to the uninterrupted checksum.
+#[test]
+fn diff_snapshot_restores_to_the_same_memory_as_a_full_one() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (sock, dir) = (d.path().join("d.sock"), d.path().join("snaps"));
+    std::fs::create_dir(&dir).unwrap();
+    let hot = d.path().join("h.hot");
+    let mut args = PROBE.to_vec();
+    args.extend_from_slice(&[
+        "--track-dirty",
+        "100ms",
+        "--hotness-out",
+        hot.to_str().unwrap(),
+    ]);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let want = checksum(&out).expect("a checksum");
+    let mut vm = start(&sock, &dir, &args);
+    // No earlier snapshot: a diff is refused.
+    let (code, _, err) = create(&sock, "early", &["--diff"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("an earlier snapshot"), "{err}");
+    std::thread::sleep(Duration::from_millis(800));
+    let (code, out, err) = create(&sock, "full", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    let v = request(&sock, r#"{"cmd":"pause"}"#).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let (code, out, err) = create(&sock, "diff", &["--diff"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = create(&sock, "same", &["--shutdown"]);
+    assert_eq!(code, 0, "{out}{err}");
+    vm.wait_output();
+
+    let state = |n: &str| {
+        let b = std::fs::read(dir.join(n).join("state")).unwrap();
+        SnapshotState::decode(Path::new(n), &b).unwrap()
+    };
+    let diff = state("diff");
+    assert_eq!(diff.memory.diff_of.as_deref(), Some("full"));
+    assert!(!diff.memory.pages.is_empty());
+    let mut mem = std::fs::read(dir.join("full/memory")).unwrap();
+    let dm = std::fs::read(dir.join("diff/memory")).unwrap();
+    for &p in &diff.memory.pages {
+        let r = (p as usize * 4096)..(p as usize + 1) * 4096;
+        mem[r.clone()].copy_from_slice(&dm[r]);
+    }
+    assert!(
+        mem == std::fs::read(dir.join("same/memory")).unwrap(),
+        "full + diff differs from the full snapshot of the same moment"
+    );
+    for mode in ["copy", "map"] {
+        let (code, out, err) = run(&[
+            "restore",
+            "--from",
+            dir.join("diff").to_str().unwrap(),
+            "--memory-mode",
+            mode,
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            checksum(&out).as_deref(),
+            Some(want.as_str()),
+            "{mode}: {out}"
+        );
+    }
+    // A diff whose full snapshot is gone is refused.
+    std::fs::remove_dir_all(dir.join("full")).unwrap();
+    refused(&dir.join("diff"), &[], "full");
+}
