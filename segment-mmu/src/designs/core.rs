@@ -7,7 +7,7 @@ use crate::host::{HostModel, Segment};
 use crate::paging::PageSize;
 use crate::ptsnap::Ptsnap;
 use crate::tlb::{tlb_key, Costs, Hit, SetAssoc, TlbConfig, TlbHierarchy, WalkCaches};
-use crate::walker::{walk, Access, Walk, WalkConfig};
+use crate::walker::{prefetch_walk, walk, Access, Walk, WalkConfig};
 
 use super::shadow::PageSet;
 use super::{DesignKind, DesignReport, Error, Translation};
@@ -205,6 +205,13 @@ impl<'a> Env<'a> {
                 exec: false,
             },
         )
+    }
+
+    /// Prefetches the last-level entry a later [`Env::translate`] of `va` will read
+    /// (see [`crate::walker::prefetch_walk`]); no effect on any result.
+    #[inline]
+    pub fn prefetch(&self, va: u64) {
+        prefetch_walk(self.snap, &self.walk_cfg, self.cr3, va);
     }
 
     /// An escape filter over [`Env::escaped`], if any page escaped.
