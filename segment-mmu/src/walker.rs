@@ -111,7 +111,7 @@ impl Walk {
 }
 
 /// Walks the tables rooted at `cr3` for `va`, checking `access` permissions.
-#[inline]
+#[inline(always)]
 pub fn walk<M: GuestPhysMemory + ?Sized>(
     mem: &M,
     cfg: &WalkConfig,

@@ -422,7 +422,7 @@ impl Core {
     /// Host-dimension translation of `gpa` through an m-level radix table: nested TLB,
     /// then host page-walk caches, then the walk down to the host page size's leaf.
     /// `None` when `gpa` is outside guest RAM.
-    #[inline]
+    #[inline(always)]
     pub fn host_walk(&mut self, env: &Env, gpa: u64) -> Option<Cost> {
         let hp = env.host.page_size(gpa)?;
         self.npt_fill(env, gpa, hp);
@@ -442,7 +442,7 @@ impl Core {
 
     /// With [`NptMode::Lazy`], the first touch of a host page through the host table is
     /// an EPT/NPT violation exit that fills it (cold-start cost).
-    #[inline]
+    #[inline(always)]
     pub fn npt_fill(&mut self, env: &Env, gpa: u64, hp: PageSize) {
         if env.cfg.npt == NptMode::Lazy && self.npt_filled.insert(gpa, hp, u16::MAX) {
             self.c.vm_exits += 1;
@@ -496,7 +496,7 @@ impl Core {
     /// caches skip upper levels; a skipped level costs neither its read nor its
     /// translation (the cached entry holds the next table's final address, as in
     /// AMD's nested page-walk cache: Bhargava et al., ASPLOS'08).
-    #[inline]
+    #[inline(always)]
     pub fn guest_walk(
         &mut self,
         env: &Env,
