@@ -314,5 +314,27 @@ mod tests {
         assert_eq!(s.read_u64(0x7000), Err(MemError::Unreadable(0x7000)));
         assert_eq!(s.read_u64(0x1000), Err(MemError::Unreadable(0x1000)));
         assert_eq!(s.read_u64(0xa000), Err(MemError::Unreadable(0xa000)));
+        s.prefetch(0x5018); // a hint: no effect on what is read
+        s.prefetch(0x7000); // not held: nothing to prefetch, no panic
+        assert_eq!(s.read_u64(0x5018), Ok(0xdead));
+    }
+
+    #[test]
+    fn optimize_onto_huge_pages_keeps_every_page() {
+        // 600 pages (more than one 2 MiB page), inserted out of order.
+        let mut s = PageStore::new();
+        for i in (0..600u64).rev() {
+            let mut p = [0u64; 512];
+            p[(i % 512) as usize] = i + 1;
+            s.insert(0x10_0000 + i * PAGE_SIZE, p);
+        }
+        let before: Vec<(u64, [u64; 512])> = s.iter().map(|(g, p)| (g, *p)).collect();
+        s.optimize();
+        let after: Vec<(u64, [u64; 512])> = s.iter().map(|(g, p)| (g, *p)).collect();
+        assert_eq!(before, after);
+        for i in 0..600u64 {
+            let gpa = 0x10_0000 + i * PAGE_SIZE + 8 * (i % 512);
+            assert_eq!(s.read_u64(gpa), Ok(i + 1));
+        }
     }
 }

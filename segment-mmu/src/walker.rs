@@ -297,6 +297,19 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_walk_is_a_hint_on_any_path() {
+        let (s, cr3) = tables();
+        let cfg = WalkConfig::new(PagingMode::Level4);
+        // 4 KiB leaf, 2 MiB leaf, not present, missing table: none panics.
+        for va in [0x5123, 0x20_1234, 0x6000, 0x40_0000_0000] {
+            prefetch_walk(&s, &cfg, cr3, va);
+        }
+        prefetch_walk(&PageStore::new(), &cfg, cr3, 0);
+        let w = walk(&s, &cfg, cr3, 0x5123, Access::default()).unwrap();
+        assert_eq!(w.pa, 0x7_0123);
+    }
+
+    #[test]
     fn five_level_walk_reads_five_entries() {
         let (mut s, cr3) = tables();
         let mut p = [0u64; 512];
