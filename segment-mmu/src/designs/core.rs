@@ -507,15 +507,15 @@ impl Core {
         let leaf = w.size.leaf_level();
         let start = self.pwc.start_level(va, env.guest_levels, leaf);
         let (mut refs, mut bb) = (0u32, 0u32);
-        for e in w.entries() {
-            if e.level <= start {
-                let (r, b) = xlate(self, env, e.gpa)?;
-                refs += r + 1;
-                bb += b;
-            }
+        // The table reads not skipped (each costs its read), then the data address: one
+        // call site, so that `xlate` is inlined.
+        let reads = w.entries().iter().filter(|e| e.level <= start);
+        for (gpa, read) in reads.map(|e| (e.gpa, 1)).chain([(w.pa, 0)]) {
+            let (r, b) = xlate(self, env, gpa)?;
+            refs += r + read;
+            bb += b;
         }
-        let (r, b) = xlate(self, env, w.pa)?;
-        Some((refs + r, bb + b))
+        Some((refs, bb))
     }
 }
 
