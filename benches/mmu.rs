@@ -6,7 +6,9 @@
 //! * `gups_10m_all_designs`: a 10 M-access GUPS replay through all nine designs;
 //! * `end_to_end`: the whole pipeline for one design: `Env::new` (enumerating the
 //!   tables), stream generation, functional walks and the nested model with every cache
-//!   off, 10 M GUPS accesses over 4 GiB (issue #18 asks ≥ 10 M/s).
+//!   off, 10 M GUPS accesses over 4 GiB (issue #18 asks ≥ 10 M/s on one core: run it
+//!   with `RAYON_NUM_THREADS=1`; on a shared host the `replay_speed` example gives the
+//!   same pipeline's CPU time too).
 //!
 //! Run: `cargo bench -p segment-mmu --bench mmu`. Figures are recorded in
 //! docs/segment-mmu.md.

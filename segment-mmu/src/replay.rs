@@ -297,6 +297,28 @@ fn fill_chunk(
     Ok(accesses)
 }
 
+/// Events walked per rayon task (and the prefetch pipeline's length).
+const WALK_BATCH: usize = 1024;
+
+/// How many walks ahead [`walk_events`] prefetches: enough to overlap the last-level
+/// misses of several walks, few enough that the prefetched lines are still cached.
+const PREFETCH_AHEAD: usize = 12;
+
+/// The functional walks of `events` into `out` (same length), prefetching the
+/// last-level entry of the walk [`PREFETCH_AHEAD`] events ahead.
+fn walk_events(env: &Env, events: &[Event], out: &mut [Translation]) {
+    for (i, (e, o)) in events.iter().zip(out.iter_mut()).enumerate() {
+        if let Some(n) = events.get(i + PREFETCH_AHEAD).filter(|n| n.is_access()) {
+            env.prefetch(n.va);
+        }
+        *o = if e.is_access() {
+            env.translate(e.va, e.kind == EventKind::Write)
+        } else {
+            Err(Fault::NonCanonical(e.va)) // unused for page-table events
+        };
+    }
+}
+
 /// Walks the chunk's accesses once (in parallel) and feeds every design the whole chunk.
 fn run_chunk(
     env: &Env,
@@ -304,17 +326,12 @@ fn run_chunk(
     events: &[Event],
     walks: &mut Vec<Translation>,
 ) {
-    events
-        .par_iter()
-        .with_min_len(1024)
-        .map(|e| {
-            if e.is_access() {
-                env.translate(e.va, e.kind == EventKind::Write)
-            } else {
-                Err(Fault::NonCanonical(e.va)) // unused for page-table events
-            }
-        })
-        .collect_into_vec(walks);
+    walks.clear();
+    walks.resize(events.len(), Err(Fault::NonCanonical(0)));
+    walks
+        .par_chunks_mut(WALK_BATCH)
+        .zip(events.par_chunks(WALK_BATCH))
+        .for_each(|(w, e)| walk_events(env, e, w));
     ds.par_iter_mut().for_each(|d| {
         for (e, t) in events.iter().zip(walks.iter()) {
             match e.kind {

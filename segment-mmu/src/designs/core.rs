@@ -7,7 +7,7 @@ use crate::host::{HostModel, Segment};
 use crate::paging::PageSize;
 use crate::ptsnap::Ptsnap;
 use crate::tlb::{tlb_key, Costs, Hit, SetAssoc, TlbConfig, TlbHierarchy, WalkCaches};
-use crate::walker::{walk, Access, Walk, WalkConfig};
+use crate::walker::{prefetch_walk, walk, Access, Walk, WalkConfig};
 
 use super::shadow::PageSet;
 use super::{DesignKind, DesignReport, Error, Translation};
@@ -205,6 +205,13 @@ impl<'a> Env<'a> {
                 exec: false,
             },
         )
+    }
+
+    /// Prefetches the last-level entry a later [`Env::translate`] of `va` will read
+    /// (see [`crate::walker::prefetch_walk`]); no effect on any result.
+    #[inline]
+    pub fn prefetch(&self, va: u64) {
+        prefetch_walk(self.snap, &self.walk_cfg, self.cr3, va);
     }
 
     /// An escape filter over [`Env::escaped`], if any page escaped.
@@ -415,7 +422,7 @@ impl Core {
     /// Host-dimension translation of `gpa` through an m-level radix table: nested TLB,
     /// then host page-walk caches, then the walk down to the host page size's leaf.
     /// `None` when `gpa` is outside guest RAM.
-    #[inline]
+    #[inline(always)]
     pub fn host_walk(&mut self, env: &Env, gpa: u64) -> Option<Cost> {
         let hp = env.host.page_size(gpa)?;
         self.npt_fill(env, gpa, hp);
@@ -435,7 +442,7 @@ impl Core {
 
     /// With [`NptMode::Lazy`], the first touch of a host page through the host table is
     /// an EPT/NPT violation exit that fills it (cold-start cost).
-    #[inline]
+    #[inline(always)]
     pub fn npt_fill(&mut self, env: &Env, gpa: u64, hp: PageSize) {
         if env.cfg.npt == NptMode::Lazy && self.npt_filled.insert(gpa, hp, u16::MAX) {
             self.c.vm_exits += 1;
@@ -489,7 +496,7 @@ impl Core {
     /// caches skip upper levels; a skipped level costs neither its read nor its
     /// translation (the cached entry holds the next table's final address, as in
     /// AMD's nested page-walk cache: Bhargava et al., ASPLOS'08).
-    #[inline]
+    #[inline(always)]
     pub fn guest_walk(
         &mut self,
         env: &Env,
@@ -500,15 +507,15 @@ impl Core {
         let leaf = w.size.leaf_level();
         let start = self.pwc.start_level(va, env.guest_levels, leaf);
         let (mut refs, mut bb) = (0u32, 0u32);
-        for e in w.entries() {
-            if e.level <= start {
-                let (r, b) = xlate(self, env, e.gpa)?;
-                refs += r + 1;
-                bb += b;
-            }
+        // The table reads not skipped (each costs its read), then the data address: one
+        // call site, so that `xlate` is inlined.
+        let reads = w.entries().iter().filter(|e| e.level <= start);
+        for (gpa, read) in reads.map(|e| (e.gpa, 1)).chain([(w.pa, 0)]) {
+            let (r, b) = xlate(self, env, gpa)?;
+            refs += r + read;
+            bb += b;
         }
-        let (r, b) = xlate(self, env, w.pa)?;
-        Some((refs + r, bb + b))
+        Some((refs, bb))
     }
 }
 

@@ -28,7 +28,7 @@ impl Nested {
     /// it). Returns false when the translation faulted (gPA outside RAM).
     #[inline]
     pub(crate) fn miss(core: &mut Core, env: &Env, va: u64, w: &crate::walker::Walk) -> bool {
-        match core.guest_walk(env, va, w, |c, e, gpa| c.host_walk(e, gpa)) {
+        match core.guest_walk(env, va, w, Core::host_walk) {
             Some((refs, bb)) => {
                 core.c.walk(refs, bb);
                 core.tlb

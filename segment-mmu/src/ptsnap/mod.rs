@@ -196,6 +196,10 @@ impl GuestPhysMemory for Ptsnap {
     fn read_page(&self, gpa: u64, out: &mut [u64; 512]) -> Result<(), MemError> {
         self.pages.read_page(gpa, out)
     }
+    #[inline]
+    fn prefetch(&self, gpa: u64) {
+        self.pages.prefetch(gpa)
+    }
 }
 
 impl Ptsnap {
