@@ -93,6 +93,17 @@ pub struct Args {
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// With --kernel: sample the guest's RIP while it runs and write a flat profile by
+    /// kernel symbol (count, percent, symbol; most samples first) to FILE, created new.
+    #[arg(long, value_name = "FILE")]
+    pub profile_guest: Option<PathBuf>,
+    /// With --profile-guest: the kernel's System.map (default: `<kernel>.map`, else
+    /// `System.map` next to the kernel).
+    #[arg(long, value_name = "MAP", requires = "profile_guest")]
+    pub profile_map: Option<PathBuf>,
+    /// With --profile-guest: samples per second (1-5000).
+    #[arg(long, value_name = "N", default_value_t = crate::profile::DEFAULT_HZ, requires = "profile_guest")]
+    pub profile_hz: u32,
     /// Do not echo the guest console.
     #[arg(long)]
     pub quiet: bool,
@@ -179,6 +190,15 @@ pub fn finish(report: &RunReport, json: Option<&PathBuf>) -> CliResult {
             report.vmm_emulated.0, report.vmm_emulated.1
         );
     }
+    if let Some(p) = &report.profile {
+        eprintln!(
+            "segvmm: guest profile: {} samples at {} Hz, top {} -> {}",
+            p.samples,
+            p.hz,
+            p.top.as_deref().unwrap_or("-"),
+            p.path.display()
+        );
+    }
     eprintln!("segvmm: {}", report.exit_message);
     if let Some(p) = json {
         let s = serde_json::to_string_pretty(report).map_err(CliError::failed)?;
@@ -200,6 +220,19 @@ fn api_config(args: &Args) -> Option<ApiConfig> {
 pub fn run(args: Args) -> CliResult {
     crate::seccomp::set_level(args.seccomp);
     let started = Instant::now();
+    let profiler = args
+        .profile_guest
+        .as_ref()
+        .map(|out| {
+            let cfg = crate::profile::ProfileConfig {
+                out: out.clone(),
+                map: args.profile_map.clone(),
+                hz: args.profile_hz,
+            };
+            crate::profile::Profiler::prepare(&cfg, args.kernel.as_deref())
+        })
+        .transpose()
+        .map_err(CliError::bad_input)?;
     let payload = match &args.kernel {
         Some(k) => Payload::Linux {
             kernel: k.clone(),
@@ -248,6 +281,9 @@ pub fn run(args: Args) -> CliResult {
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(api) = api_config(&args) {
         builder = builder.api(api);
+    }
+    if let Some(p) = profiler {
+        builder = builder.profile(p);
     }
     if let (Some(dir), Some(uid), Some(gid)) = (&args.jail, args.uid, args.gid) {
         builder = builder.jail(crate::jail::JailConfig {

@@ -62,6 +62,7 @@ pub struct VmBuilder {
     api: Option<ApiConfig>,
     confine_main: bool,
     jail: Option<crate::jail::JailConfig>,
+    profiler: Option<crate::profile::Profiler>,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -98,6 +99,7 @@ impl VmBuilder {
             api,
             confine_main: false,
             jail: None,
+            profiler: None,
         }
     }
 
@@ -112,6 +114,13 @@ impl VmBuilder {
     /// without capabilities, with no_new_privs.
     pub fn jail(mut self, jail: crate::jail::JailConfig) -> Self {
         self.jail = Some(jail);
+        self
+    }
+
+    /// Samples the guest's RIP while it runs into `p` (`--profile-guest`); the build
+    /// checks that its System.map is the loaded kernel's.
+    pub fn profile(mut self, p: crate::profile::Profiler) -> Self {
+        self.profiler = Some(p);
         self
     }
 
@@ -130,6 +139,7 @@ impl VmBuilder {
             api,
             confine_main,
             jail,
+            profiler,
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
@@ -155,7 +165,12 @@ impl VmBuilder {
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
         let base = fds[0].get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let as_is = matches!(&cfg.payload, Payload::Linux { bzimage, .. }
+            if bzimage.resolve(&info.kvm_module) == boot::BzImageMode::AsIs);
         let (init0, cmdline) = load_payload(cfg.payload, &ram, &info, cfg.vcpus, base)?;
+        if let Some(p) = &profiler {
+            p.check_loaded(|gpa, buf| read_guest(&ram, gpa, buf), as_is)?;
+        }
         t.step("load");
         configure_vcpus(&kvm, &fds, &info, &init0)?;
         t.step("vcpu_state");
@@ -211,8 +226,15 @@ impl VmBuilder {
             started,
             setup: t.steps,
             setup_last: t.last,
+            profiler,
         })
     }
+}
+
+/// Reads guest-physical `gpa..gpa + buf.len()` into `buf`; false outside guest RAM.
+fn read_guest(ram: &GuestRam, gpa: u64, buf: &mut [u8]) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    ram.memory().read_slice(buf, GuestAddress(gpa)).is_ok()
 }
 
 fn create_vcpus(vm_fd: &VmFd, n: u8) -> Result<Vec<VcpuFd>, Error> {

@@ -179,4 +179,7 @@ pub struct RunReport {
     /// The console log (not serialized).
     #[serde(skip)]
     pub console_log: String,
+    /// The guest profile written, when asked for (`--profile-guest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::ProfileSummary>,
 }

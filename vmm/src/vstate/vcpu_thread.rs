@@ -116,6 +116,8 @@ pub enum VcpuEvent {
     /// Run `f` on the vCPU (stopped: paused or exited) and answer with its result: whole-VM
     /// state is read and written on the vCPU's own thread, as KVM expects.
     With(Box<dyn FnOnce(&mut VcpuFd) -> VcpuResponse + Send>),
+    /// Record the guest's RIP in the context's profile, if running, and run on.
+    Sample,
     /// End the thread; it returns its vCPU fd.
     Finish,
 }
@@ -126,6 +128,7 @@ impl std::fmt::Debug for VcpuEvent {
             VcpuEvent::Pause => "Pause",
             VcpuEvent::Resume => "Resume",
             VcpuEvent::With(_) => "With",
+            VcpuEvent::Sample => "Sample",
             VcpuEvent::Finish => "Finish",
         })
     }
@@ -248,6 +251,8 @@ pub struct VcpuContext {
     pub counters: Arc<emulate::Counters>,
     /// The VM's observers.
     pub hooks: Arc<dyn VcpuHooks>,
+    /// Where [`VcpuEvent::Sample`] records RIPs (`--profile-guest`).
+    pub samples: Option<Arc<crate::profile::Samples>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +369,15 @@ impl Vcpu {
             VcpuEvent::Resume => state,
             VcpuEvent::With(f) => {
                 let _ = self.responses.send(f(&mut self.fd));
+                state
+            }
+            VcpuEvent::Sample => {
+                if let (State::Running, Some(samples)) = (state, &self.ctx.samples) {
+                    // A failed read loses one sample; the guest runs on regardless.
+                    if let Ok(regs) = self.fd.get_regs() {
+                        samples.record(regs.rip);
+                    }
+                }
                 state
             }
             VcpuEvent::Finish => State::Finished,
