@@ -210,7 +210,7 @@ fn profiled_boot(map: Option<&Path>) -> Option<(i32, String, PathBuf, tempfile::
         "--initrd",
         s(&i),
         "--memory",
-        "256M",
+        "128M",
         "--timeout",
         "600",
         "--quiet",

@@ -39,6 +39,12 @@ pub struct Args {
     /// `as-is` lets the kernel's decompressor run, `host-decompress` always on the host.
     #[arg(long, value_enum, default_value_t = crate::boot::BzImageMode::Auto)]
     pub bzimage: crate::boot::BzImageMode,
+    /// Where vmlinux images decompressed on the host from bzImages are cached by content
+    /// (`--bzimage host-decompress`, the default on kvm_pvm): `auto`
+    /// ($XDG_CACHE_HOME/segvmm/vmlinux, else ~/.cache/segvmm/vmlinux), `off`, or a
+    /// directory. At most 512 MiB; a corrupt entry is ignored and replaced.
+    #[arg(long, default_value = "auto", value_name = "auto|off|DIR")]
+    pub kernel_cache: String,
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
     pub cmdline: String,
@@ -220,6 +226,16 @@ fn api_config(args: &Args) -> Option<ApiConfig> {
 pub fn run(args: Args) -> CliResult {
     crate::seccomp::set_level(args.seccomp);
     let started = Instant::now();
+    crate::boot::cache::set_dir(match args.kernel_cache.as_str() {
+        "off" => None,
+        "auto" => crate::boot::cache::default_dir(),
+        "" => {
+            return Err(CliError::bad_input(
+                "--kernel-cache: give auto, off or a directory",
+            ))
+        }
+        dir => Some(PathBuf::from(dir)),
+    });
     let profiler = args
         .profile_guest
         .as_ref()

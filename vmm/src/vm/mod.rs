@@ -139,6 +139,8 @@ pub struct Vm {
     setup_last: Instant,
     /// The guest profile being taken (`--profile-guest`).
     profiler: Option<crate::profile::Profiler>,
+    /// What the vmlinux cache did for this boot.
+    kernel_cache: boot::cache::Outcome,
 }
 
 impl std::fmt::Debug for Vm {
@@ -264,6 +266,7 @@ impl Vm {
             vmm_anon_bytes,
             console_log: self.console.log(),
             profile,
+            kernel_cache: self.kernel_cache,
         })
     }
 }
