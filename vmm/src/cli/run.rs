@@ -222,11 +222,9 @@ fn api_config(args: &Args) -> Option<ApiConfig> {
     })
 }
 
-/// Runs `segvmm run`.
-pub fn run(args: Args) -> CliResult {
-    crate::seccomp::set_level(args.seccomp);
-    let started = Instant::now();
-    crate::boot::cache::set_dir(match args.kernel_cache.as_str() {
+/// Chooses the vmlinux cache directory from `--kernel-cache`.
+fn set_kernel_cache(arg: &str) -> Result<(), CliError> {
+    crate::boot::cache::set_dir(match arg {
         "off" => None,
         "auto" => crate::boot::cache::default_dir(),
         "" => {
@@ -236,19 +234,30 @@ pub fn run(args: Args) -> CliResult {
         }
         dir => Some(PathBuf::from(dir)),
     });
-    let profiler = args
-        .profile_guest
-        .as_ref()
-        .map(|out| {
-            let cfg = crate::profile::ProfileConfig {
-                out: out.clone(),
-                map: args.profile_map.clone(),
-                hz: args.profile_hz,
-            };
-            crate::profile::Profiler::prepare(&cfg, args.kernel.as_deref())
-        })
-        .transpose()
-        .map_err(CliError::bad_input)?;
+    Ok(())
+}
+
+/// The guest profiler asked for with `--profile-guest`, checked and its file created.
+fn profiler(args: &Args) -> Result<Option<crate::profile::Profiler>, CliError> {
+    let Some(out) = &args.profile_guest else {
+        return Ok(None);
+    };
+    let cfg = crate::profile::ProfileConfig {
+        out: out.clone(),
+        map: args.profile_map.clone(),
+        hz: args.profile_hz,
+    };
+    crate::profile::Profiler::prepare(&cfg, args.kernel.as_deref())
+        .map(Some)
+        .map_err(CliError::bad_input)
+}
+
+/// Runs `segvmm run`.
+pub fn run(args: Args) -> CliResult {
+    crate::seccomp::set_level(args.seccomp);
+    let started = Instant::now();
+    set_kernel_cache(&args.kernel_cache)?;
+    let profiler = profiler(&args)?;
     let payload = match &args.kernel {
         Some(k) => Payload::Linux {
             kernel: k.clone(),

@@ -169,13 +169,13 @@ impl VmBuilder {
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
         let base = fds[0].get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        let as_is = matches!(&cfg.payload, Payload::Linux { bzimage, .. }
-            if bzimage.resolve(&info.kvm_module) == boot::BzImageMode::AsIs);
-        let (init0, cmdline, kernel_cache) =
-            load_payload(cfg.payload, &ram, &info, cfg.vcpus, base)?;
-        if let Some(p) = &profiler {
-            p.check_loaded(|gpa, buf| read_guest(&ram, gpa, buf), as_is)?;
-        }
+        let (init0, cmdline, kernel_cache) = load_checked(
+            cfg.payload,
+            &ram,
+            &info,
+            (cfg.vcpus, base),
+            profiler.as_ref(),
+        )?;
         t.step("load");
         configure_vcpus(&kvm, &fds, &info, &init0)?;
         t.step("vcpu_state");
@@ -235,6 +235,24 @@ impl VmBuilder {
             kernel_cache,
         })
     }
+}
+
+/// [`load_payload`], then, for a profile, the check that its System.map is the loaded
+/// kernel's (a bzImage loaded as is is still compressed: the error says so).
+fn load_checked(
+    payload: Payload,
+    ram: &GuestRam,
+    info: &HostInfo,
+    (vcpus, base): (u8, kvm_bindings::kvm_sregs),
+    profiler: Option<&crate::profile::Profiler>,
+) -> Result<(VcpuInit, Option<String>, boot::cache::Outcome), Error> {
+    let as_is = matches!(&payload, Payload::Linux { bzimage, .. }
+        if bzimage.resolve(&info.kvm_module) == boot::BzImageMode::AsIs);
+    let loaded = load_payload(payload, ram, info, vcpus, base)?;
+    if let Some(p) = profiler {
+        p.check_loaded(|gpa, buf| read_guest(ram, gpa, buf), as_is)?;
+    }
+    Ok(loaded)
 }
 
 /// Reads guest-physical `gpa..gpa + buf.len()` into `buf`; false outside guest RAM.
