@@ -87,12 +87,15 @@ fn samples_are_counted_by_symbol_and_rendered_most_first() {
     s.record(0xffffffff81000105);
     s.record(0x401000); // user space
     s.record(0xffffffff81003010); // data
+    s.record_not_running();
+    s.record_not_running();
     let rows = s.rows();
     assert_eq!(rows[0], (3, "do_one_initcall".to_string()));
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[1], (2, "[vCPU halted or not started]".to_string()));
+    assert_eq!(rows.len(), 5);
     let text = s.render("# test\n");
-    assert!(text.contains("# samples: 6"), "{text}");
-    assert!(text.contains("       3   50.00% do_one_initcall"), "{text}");
+    assert!(text.contains("# samples: 8"), "{text}");
+    assert!(text.contains("       3   37.50% do_one_initcall"), "{text}");
     assert!(
         text.contains("[lower half: user space or early boot]"),
         "{text}"

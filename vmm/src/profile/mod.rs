@@ -111,13 +111,14 @@ pub fn default_maps(kernel: &Path) -> Vec<PathBuf> {
 
 /// The sample counters: one per symbol of the map, one for addresses in the kernel half
 /// outside any text symbol, one for the lower half (user space, early boot at physical
-/// addresses).
+/// addresses), one for a vCPU that KVM holds halted or not yet started.
 #[derive(Debug)]
 pub struct Samples {
     map: SymbolMap,
     counts: Vec<AtomicU64>,
     kernel_other: AtomicU64,
     lower_half: AtomicU64,
+    not_running: AtomicU64,
 }
 
 impl Samples {
@@ -129,6 +130,7 @@ impl Samples {
             counts,
             kernel_other: AtomicU64::new(0),
             lower_half: AtomicU64::new(0),
+            not_running: AtomicU64::new(0),
         }
     }
 
@@ -145,6 +147,12 @@ impl Samples {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one sample of a vCPU that was not running guest code (halted, waiting for
+    /// an interrupt, or an application processor not started yet).
+    pub fn record_not_running(&self) {
+        self.not_running.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The profile, most samples first: (count, name), zero counts left out.
     pub fn rows(&self) -> Vec<(u64, String)> {
         let mut rows: Vec<(u64, String)> = self
@@ -157,6 +165,7 @@ impl Samples {
         for (c, name) in [
             (&self.kernel_other, "[kernel, not in a text symbol]"),
             (&self.lower_half, "[lower half: user space or early boot]"),
+            (&self.not_running, "[vCPU halted or not started]"),
         ] {
             let n = c.load(Ordering::Relaxed);
             if n > 0 {

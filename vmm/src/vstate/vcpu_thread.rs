@@ -373,10 +373,7 @@ impl Vcpu {
             }
             VcpuEvent::Sample => {
                 if let (State::Running, Some(samples)) = (state, &self.ctx.samples) {
-                    // A failed read loses one sample; the guest runs on regardless.
-                    if let Ok(regs) = self.fd.get_regs() {
-                        samples.record(regs.rip);
-                    }
+                    record_sample(&self.fd, samples);
                 }
                 state
             }
@@ -459,6 +456,20 @@ impl Vcpu {
         emulate::complete(&mut self.fd, &self.ctx.ram, &self.ctx.counters)
             .map(|()| DeviceAction::Continue)
             .map_err(|e| VcpuStop::EmulationFailure(e.to_string()))
+    }
+}
+
+/// Counts where `vcpu` is: its RIP, or "not running" when KVM holds it halted or not yet
+/// started (an application processor before its start-up IPI has no meaningful RIP). A
+/// failed read loses one sample; the guest runs on regardless.
+fn record_sample(vcpu: &VcpuFd, samples: &crate::profile::Samples) {
+    let runnable = vcpu
+        .get_mp_state()
+        .map_or(true, |m| m.mp_state == kvm_bindings::KVM_MP_STATE_RUNNABLE);
+    if !runnable {
+        samples.record_not_running();
+    } else if let Ok(regs) = vcpu.get_regs() {
+        samples.record(regs.rip);
     }
 }
 
