@@ -54,7 +54,7 @@ TIMEOUT_QEMU_TCG="${TIMEOUT_QEMU_TCG:-120}"
 TIMEOUT_QEMU_KVM="${TIMEOUT_QEMU_KVM:-600}"
 # What segvmm appends on kvm_pvm (vmm: kernel command line workarounds).
 # Only used when no segvmm report says which command line segvmm used.
-PVM_EXTRA="noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup sysctl.kernel.hung_task_timeout_secs=0 percpu_alloc=page"
+PVM_EXTRA="noxsave clearcpuid=cx16,popcnt,smap,ssse3,xsave,avx cryptomgr.notests no_timer_check nosoftlockup sysctl.kernel.hung_task_timeout_secs=0"
 
 die() {
 	echo "linux-boot.sh: error: $*" >&2

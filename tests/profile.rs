@@ -214,6 +214,8 @@ fn profiled_boot(map: Option<&Path>) -> Option<(i32, String, PathBuf, tempfile::
         s(&i),
         "--memory",
         "128M",
+        "--cmdline",
+        "console=ttyS0 reboot=k panic=-1 percpu_alloc=page",
         "--timeout",
         "600",
         "--quiet",

@@ -75,11 +75,7 @@ pub fn host_cmdline_additions(info: &HostInfo) -> String {
         "sysctl.kernel.hung_task_timeout_secs=0 ",
         // Tracing-only initcalls that take many minutes when every ring-0 instruction is
         // emulated (measured on the Debian 6.1 kernel: ~14 min of a 25-min boot).
-        "initcall_blacklist=ftrace_check_for_weak_functions,tracer_init_tracefs,init_kprobe_trace,kprobe_trace_self_tests_init ",
-        // The per-CPU first chunk in 4 KiB pages instead of one 2 MiB block that memblock
-        // zeroes with `rep stosb`, emulated here (measured with --profile-guest: ~10 % of
-        // the small kernel's boot; docs/linux-boot.md).
-        "percpu_alloc=page"
+        "initcall_blacklist=ftrace_check_for_weak_functions,tracer_init_tracefs,init_kprobe_trace,kprobe_trace_self_tests_init"
     ));
     // The guest cannot calibrate its TSC here (it then marks it unstable and falls back to
     // jiffies); KVM knows the frequency.
