@@ -7,7 +7,8 @@
 #   --stock       out/stock-kernel: /boot/vmlinuz from the pinned Debian cloud
 #                 kernel package (apt-get download + dpkg-deb -x).
 #   --small       out/small-kernel (bzImage), out/small-vmlinux (ELF, PVH
-#                 note), out/small-kernel.config, out/small-kernel.info: built
+#                 note), out/small-kernel.config, out/small-kernel.info,
+#                 out/small-kernel.map (System.map, for --profile-guest): built
 #                 from the pinned linux-source-6.1 with small.config.
 #   --initramfs   out/initramfs.cpio (uncompressed newc): /init from init/init.c.
 #   --bench-initramfs
@@ -366,11 +367,23 @@ check_config() {
 	[[ "$bad" == 0 ]] || die "kernel config check failed: olddefconfig did not keep the symbols above from small.config"
 }
 
+# out/small-kernel.map: the small kernel's System.map, the default symbol map of
+# `segvmm run --kernel out/small-kernel --profile-guest FILE`. Kept from the build; for an
+# out/ built before it was kept, made from out/small-vmlinux (`nm -n`, what the kernel's
+# scripts/mksysmap also reads).
+small_map() {
+	[[ -f "$OUT/small-kernel.map" && "$OUT/small-kernel.map" -nt "$OUT/small-vmlinux" ]] && return 0
+	nm -n "$OUT/small-vmlinux" >"$OUT/small-kernel.map.tmp" || die "nm $OUT/small-vmlinux failed"
+	mv "$OUT/small-kernel.map.tmp" "$OUT/small-kernel.map"
+	log "out/small-kernel.map <- nm -n out/small-vmlinux"
+}
+
 build_small() {
 	local stamp fixup=no
 	want_pvm_fixup && fixup=yes
 	stamp="src=$SRC_PKG=$SRC_VERSION config=$(sha "$HERE/small.config") fixup=$fixup patches=$(wanted_patch_text | sha -) gcc=$(gcc -dumpfullversion)"
 	if stamp_ok small "$stamp" "$OUT/small-kernel" "$OUT/small-vmlinux"; then
+		small_map
 		log "small-kernel up to date (pvm fixup: $fixup)"
 		return 0
 	fi
@@ -379,6 +392,7 @@ build_small() {
 	APPLIED_PATCH="$SRC_TREE/.segvmm-applied.patch"
 	stamp="src=$SRC_PKG=$SRC_VERSION config=$(sha "$HERE/small.config") fixup=$fixup patches=$(wanted_patch_text | sha -) gcc=$(gcc -dumpfullversion)"
 	if stamp_ok small "$stamp" "$OUT/small-kernel" "$OUT/small-vmlinux"; then
+		small_map
 		log "small-kernel up to date ($SRC_PKG $SRC_VERSION, fallback for $SRC_PINNED)"
 		return 0
 	fi
@@ -395,6 +409,7 @@ build_small() {
 	install -m 0644 "$SMALL_BUILD/arch/x86/boot/bzImage" "$OUT/small-kernel"
 	install -m 0644 "$SMALL_BUILD/vmlinux" "$OUT/small-vmlinux"
 	install -m 0644 "$SMALL_BUILD/.config" "$OUT/small-kernel.config"
+	install -m 0644 "$SMALL_BUILD/System.map" "$OUT/small-kernel.map"
 	readelf -n "$OUT/small-vmlinux" | grep -q 'Xen' || die "small-vmlinux has no Xen/PVH ELF note (CONFIG_PVH?)"
 	{
 		echo "pinned=$SRC_PINNED"

@@ -13,6 +13,7 @@ pub mod jail;
 pub mod memory;
 pub mod outdir;
 pub mod probe;
+pub mod profile;
 pub mod ptsnap;
 pub mod seccomp;
 pub mod snapshot;

@@ -5,6 +5,7 @@
 //! tables, MP and ACPI tables, registers) are built in [`crate::arch::x86_64`].
 
 pub mod bzimage;
+pub mod cache;
 
 use std::fs::File;
 use std::io::Cursor;
@@ -130,6 +131,8 @@ pub struct Loaded {
     pub kind: ImageKind,
     /// End of the kernel in guest memory.
     pub kernel_end: u64,
+    /// Whether a host-decompressed vmlinux came from the cache ([`cache`]).
+    pub vmlinux_cache: cache::Outcome,
 }
 
 /// Writes the boot GDT ([`gdt::BOOT_GDT`]) and identity page tables mapping the first
@@ -274,6 +277,8 @@ struct Placed {
     kind: ImageKind,
     /// The ELF entry of a vmlinux taken out of a bzImage.
     vmlinux_entry: Option<u64>,
+    /// What the vmlinux cache did.
+    cache: cache::Outcome,
 }
 
 impl Placed {
@@ -332,6 +337,7 @@ pub fn load_image(
             entry,
             kind,
             kernel_end,
+            vmlinux_cache: placed.cache,
         });
     }
     let params = zero_page(placed.res.setup_header, cmdline, initrd_at, rsdp, &e820);
@@ -350,6 +356,7 @@ pub fn load_image(
         entry: Entry::Linux64 { rip },
         kind,
         kernel_end,
+        vmlinux_cache: placed.cache,
     })
 }
 
@@ -388,6 +395,7 @@ fn place_image(
             res,
             kind: ImageKind::Elf,
             vmlinux_entry: None,
+            cache: cache::Outcome::Off,
         })
     } else if is_bz && mode == BzImageMode::HostDecompress {
         place_bzimage_payload(mem, kernel, image, ram_size)
@@ -397,6 +405,7 @@ fn place_image(
             res,
             kind: ImageKind::BzImage,
             vmlinux_entry: None,
+            cache: cache::Outcome::Off,
         })
     } else {
         Err(Error::NotAKernel(kernel.into()))
@@ -415,7 +424,8 @@ fn place_bzimage_payload(
         path: kernel.into(),
         what,
     };
-    let vmlinux = bzimage::extract_vmlinux(image, ram_size).map_err(|e| load_err(e.to_string()))?;
+    let (vmlinux, outcome) = cache::extract(cache::dir().as_deref(), image, ram_size)
+        .map_err(|e| load_err(e.to_string()))?;
     let mut res = Elf::load(
         mem,
         None,
@@ -434,6 +444,7 @@ fn place_bzimage_payload(
         res,
         kind: ImageKind::BzImage,
         vmlinux_entry: Some(entry),
+        cache: outcome,
     })
 }
 
@@ -581,6 +592,7 @@ pub fn load_flat(ram: &GuestRam, image: &[u8], at: u64) -> Result<Loaded> {
         entry: Entry::Linux64 { rip: at },
         kind: ImageKind::Elf,
         kernel_end: at + image.len() as u64,
+        vmlinux_cache: cache::Outcome::Off,
     })
 }
 

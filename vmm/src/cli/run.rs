@@ -43,6 +43,12 @@ pub struct Args {
     /// `as-is` lets the kernel's decompressor run, `host-decompress` always on the host.
     #[arg(long, value_enum, default_value_t = crate::boot::BzImageMode::Auto)]
     pub bzimage: crate::boot::BzImageMode,
+    /// Where vmlinux images decompressed on the host from bzImages are cached by content
+    /// (`--bzimage host-decompress`, the default on kvm_pvm): `auto`
+    /// ($XDG_CACHE_HOME/segvmm/vmlinux, else ~/.cache/segvmm/vmlinux), `off`, or a
+    /// directory. At most 512 MiB; a corrupt entry is ignored and replaced.
+    #[arg(long, default_value = "auto", value_name = "auto|off|DIR")]
+    pub kernel_cache: String,
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
     pub cmdline: String,
@@ -104,6 +110,17 @@ pub struct Args {
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// With --kernel: sample the guest's RIP while it runs and write a flat profile by
+    /// kernel symbol (count, percent, symbol; most samples first) to FILE, created new.
+    #[arg(long, value_name = "FILE")]
+    pub profile_guest: Option<PathBuf>,
+    /// With --profile-guest: the kernel's System.map (default: `<kernel>.map`, else
+    /// `System.map` next to the kernel).
+    #[arg(long, value_name = "MAP", requires = "profile_guest")]
+    pub profile_map: Option<PathBuf>,
+    /// With --profile-guest: samples per second (1-5000).
+    #[arg(long, value_name = "N", default_value_t = crate::profile::DEFAULT_HZ, requires = "profile_guest")]
+    pub profile_hz: u32,
     /// Do not echo the guest console.
     #[arg(long)]
     pub quiet: bool,
@@ -190,6 +207,15 @@ pub fn finish(report: &RunReport) -> CliResult {
             report.vmm_emulated.0, report.vmm_emulated.1
         );
     }
+    if let Some(p) = &report.profile {
+        eprintln!(
+            "segvmm: guest profile: {} samples at {} Hz, top {} -> {}",
+            p.samples,
+            p.hz,
+            p.top.as_deref().unwrap_or("-"),
+            p.path.display()
+        );
+    }
     eprintln!("segvmm: {}", report.exit_message);
     Ok(report.exit_reason.exit_code())
 }
@@ -216,10 +242,42 @@ fn api_config(args: &Args) -> Option<ApiConfig> {
     })
 }
 
+/// Chooses the vmlinux cache directory from `--kernel-cache`.
+fn set_kernel_cache(arg: &str) -> Result<(), CliError> {
+    crate::boot::cache::set_dir(match arg {
+        "off" => None,
+        "auto" => crate::boot::cache::default_dir(),
+        "" => {
+            return Err(CliError::bad_input(
+                "--kernel-cache: give auto, off or a directory",
+            ))
+        }
+        dir => Some(PathBuf::from(dir)),
+    });
+    Ok(())
+}
+
+/// The guest profiler asked for with `--profile-guest`, checked and its file created.
+fn profiler(args: &Args) -> Result<Option<crate::profile::Profiler>, CliError> {
+    let Some(out) = &args.profile_guest else {
+        return Ok(None);
+    };
+    let cfg = crate::profile::ProfileConfig {
+        out: out.clone(),
+        map: args.profile_map.clone(),
+        hz: args.profile_hz,
+    };
+    crate::profile::Profiler::prepare(&cfg, args.kernel.as_deref())
+        .map(Some)
+        .map_err(CliError::bad_input)
+}
+
 /// Runs `segvmm run`.
 pub fn run(args: Args) -> CliResult {
     crate::seccomp::set_level(args.seccomp);
     let started = Instant::now();
+    set_kernel_cache(&args.kernel_cache)?;
+    let profiler = profiler(&args)?;
     let payload = match &args.kernel {
         Some(k) => Payload::Linux {
             kernel: k.clone(),
@@ -280,6 +338,9 @@ pub fn run(args: Args) -> CliResult {
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(api) = api_config(&args) {
         builder = builder.api(api);
+    }
+    if let Some(p) = profiler {
+        builder = builder.profile(p);
     }
     if let (Some(dir), Some(uid), Some(gid)) = (&args.jail, args.uid, args.gid) {
         builder = builder.jail(crate::jail::JailConfig {

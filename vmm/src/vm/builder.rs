@@ -65,6 +65,7 @@ pub struct VmBuilder {
     confine_main: bool,
     jail: Option<crate::jail::JailConfig>,
     describe: Option<PayloadInfo>,
+    profiler: Option<crate::profile::Profiler>,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -102,6 +103,7 @@ impl VmBuilder {
             confine_main: false,
             jail: None,
             describe: None,
+            profiler: None,
         }
     }
 
@@ -116,6 +118,13 @@ impl VmBuilder {
     /// without capabilities, with no_new_privs.
     pub fn jail(mut self, jail: crate::jail::JailConfig) -> Self {
         self.jail = Some(jail);
+        self
+    }
+
+    /// Samples the guest's RIP while it runs into `p` (`--profile-guest`); the build
+    /// checks that its System.map is the loaded kernel's.
+    pub fn profile(mut self, p: crate::profile::Profiler) -> Self {
+        self.profiler = Some(p);
         self
     }
 
@@ -144,6 +153,7 @@ impl VmBuilder {
             confine_main,
             jail,
             describe,
+            profiler,
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
@@ -178,7 +188,15 @@ impl VmBuilder {
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
         let (notifier, inbox, console) = console(cfg.echo_console, started)?;
-        let loaded = load_state(&kvm, &vm_fd, &fds, &ram, &info, cfg.payload, &mut t)?;
+        let loaded = load_state(
+            &kvm,
+            (&vm_fd, &fds),
+            &ram,
+            &info,
+            cfg.payload,
+            profiler.as_ref(),
+            &mut t,
+        )?;
         let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
         virtio_devices(&vm_fd, &mut devs.bus, &ram, disks)?;
         t.step("devices");
@@ -225,6 +243,8 @@ impl VmBuilder {
             started,
             setup: t.steps,
             setup_last: t.last,
+            profiler,
+            kernel_cache: loaded.kernel_cache,
         })
     }
 }
@@ -236,17 +256,18 @@ struct LoadedGuest {
     cmdline: Option<String>,
     payload: PayloadInfo,
     devices: Option<crate::snapshot::DeviceState>,
+    kernel_cache: boot::cache::Outcome,
 }
 
 /// Boots the payload into RAM and sets the vCPUs' boot state, or loads a snapshot's
 /// vCPU and VM state.
 fn load_state(
     kvm: &Kvm,
-    vm_fd: &VmFd,
-    fds: &[VcpuFd],
+    (vm_fd, fds): (&VmFd, &[VcpuFd]),
     ram: &GuestRam,
     info: &HostInfo,
     payload: Payload,
+    profiler: Option<&crate::profile::Profiler>,
     t: &mut SetupTimer,
 ) -> Result<LoadedGuest, Error> {
     if let Payload::Snapshot(l) = payload {
@@ -264,11 +285,13 @@ fn load_state(
             cmdline: s.payload.cmdline.clone(),
             payload: s.payload.clone(),
             devices: Some(s.devices.clone()),
+            kernel_cache: boot::cache::Outcome::Off,
         });
     }
     let payload_info = describe_payload(&payload);
     let base = fds[0].get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    let (init0, cmdline) = load_payload(payload, ram, info, fds.len() as u8, base)?;
+    let vcpus = u8::try_from(fds.len()).unwrap_or(u8::MAX);
+    let (init0, cmdline, kernel_cache) = load_checked(payload, ram, info, (vcpus, base), profiler)?;
     t.step("load");
     let cpuid = configure_vcpus(kvm, fds, info, &init0)?;
     t.step("vcpu_state");
@@ -280,6 +303,7 @@ fn load_state(
         },
         cmdline,
         devices: None,
+        kernel_cache,
     })
 }
 
@@ -396,6 +420,30 @@ fn watch(
     Ok((stats, dirty))
 }
 
+/// [`load_payload`], then, for a profile, the check that its System.map is the loaded
+/// kernel's (a bzImage loaded as is is still compressed: the error says so).
+fn load_checked(
+    payload: Payload,
+    ram: &GuestRam,
+    info: &HostInfo,
+    (vcpus, base): (u8, kvm_bindings::kvm_sregs),
+    profiler: Option<&crate::profile::Profiler>,
+) -> Result<(VcpuInit, Option<String>, boot::cache::Outcome), Error> {
+    let as_is = matches!(&payload, Payload::Linux { bzimage, .. }
+        if bzimage.resolve(&info.kvm_module) == boot::BzImageMode::AsIs);
+    let loaded = load_payload(payload, ram, info, vcpus, base)?;
+    if let Some(p) = profiler {
+        p.check_loaded(|gpa, buf| read_guest(ram, gpa, buf), as_is)?;
+    }
+    Ok(loaded)
+}
+
+/// Reads guest-physical `gpa..gpa + buf.len()` into `buf`; false outside guest RAM.
+fn read_guest(ram: &GuestRam, gpa: u64, buf: &mut [u8]) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    ram.memory().read_slice(buf, GuestAddress(gpa)).is_ok()
+}
+
 fn create_vcpus(vm_fd: &VmFd, n: u8) -> Result<Vec<VcpuFd>, Error> {
     (0..n)
         .map(|id| {
@@ -406,14 +454,16 @@ fn create_vcpus(vm_fd: &VmFd, n: u8) -> Result<Vec<VcpuFd>, Error> {
         .collect()
 }
 
-/// Loads the guest into RAM; returns vCPU 0's registers and the command line used.
+/// Loads the guest into RAM; returns vCPU 0's registers, the command line used and what
+/// the vmlinux cache did.
 fn load_payload(
     payload: Payload,
     ram: &GuestRam,
     info: &HostInfo,
     vcpus: u8,
     base: kvm_bindings::kvm_sregs,
-) -> Result<(VcpuInit, Option<String>), Error> {
+) -> Result<(VcpuInit, Option<String>, boot::cache::Outcome), Error> {
+    let off = boot::cache::Outcome::Off;
     match payload {
         Payload::Linux {
             kernel,
@@ -429,15 +479,16 @@ fn load_payload(
             };
             let mode = bzimage.resolve(&info.kvm_module);
             let loaded = boot::load_kernel(ram, &kernel, initrd.as_deref(), &full, vcpus, mode)?;
-            Ok((VcpuInit::for_entry(loaded.entry, base), Some(full)))
+            let init = VcpuInit::for_entry(loaded.entry, base);
+            Ok((init, Some(full), loaded.vmlinux_cache))
         }
         Payload::TestGuest { mode } => {
             let name = std::path::Path::new("<built-in test guest>");
             let as_is = boot::BzImageMode::AsIs;
             let loaded = boot::load_image(ram, name, TEST_GUEST, None, &mode, vcpus, as_is)?;
-            Ok((VcpuInit::for_entry(loaded.entry, base), None))
+            Ok((VcpuInit::for_entry(loaded.entry, base), None, off))
         }
-        Payload::Custom(f) => Ok((f(ram, info).map_err(Error::Payload)?, None)),
+        Payload::Custom(f) => Ok((f(ram, info).map_err(Error::Payload)?, None, off)),
         // Handled by `load_state` before this is called.
         Payload::Snapshot(_) => Err(Error::Payload("a snapshot is not booted".into())),
     }

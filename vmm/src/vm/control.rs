@@ -47,6 +47,39 @@ impl MutEventSubscriber for Wake {
     }
 }
 
+/// The profile's sampling clock: a periodic timerfd; each expiry asks the loop to send
+/// every vCPU a sample request.
+struct SampleClock {
+    timer: vmm_sys_util::timerfd::TimerFd,
+    due: bool,
+}
+
+impl SampleClock {
+    fn new(period: Duration) -> Result<Self, Error> {
+        let io = |source| Error::Io {
+            what: "timerfd for --profile-guest",
+            source,
+        };
+        let mut timer = vmm_sys_util::timerfd::TimerFd::new().map_err(|e| io(e.into()))?;
+        timer
+            .reset(period, Some(period))
+            .map_err(|e| io(e.into()))?;
+        Ok(SampleClock { timer, due: false })
+    }
+}
+
+impl MutEventSubscriber for SampleClock {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            eprintln!("segvmm: event loop: cannot watch the profile's timer: {e:?}");
+        }
+    }
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        // Readable, so the read does not block; missed periods are not made up.
+        self.due |= self.timer.wait().is_ok_and(|n| n > 0);
+    }
+}
+
 /// Forwards stdin to COM1. While the UART's FIFO is full, stdin is not watched and the
 /// loop retries every few milliseconds.
 struct Stdin {
@@ -146,6 +179,7 @@ pub(super) struct Loop<'a> {
     em: EventManager<Subscriber>,
     api: Option<(Rc<RefCell<ApiServer>>, SubscriberId)>,
     stdin: Option<(Rc<RefCell<Stdin>>, SubscriberId)>,
+    sampler: Option<Rc<RefCell<SampleClock>>>,
     milestones: Vec<Milestone>,
     user_fault: Option<String>,
 }
@@ -177,11 +211,20 @@ impl<'a> Loop<'a> {
             }
             false => None,
         };
+        let sampler = match &vm.profiler {
+            Some(p) => {
+                let c = Rc::new(RefCell::new(SampleClock::new(p.period())?));
+                em.add_subscriber(c.clone());
+                Some(c)
+            }
+            None => None,
+        };
         Ok(Loop {
             vm,
             em,
             api,
             stdin,
+            sampler,
             milestones: Vec::new(),
             user_fault: None,
         })
@@ -202,6 +245,7 @@ impl<'a> Loop<'a> {
                 return Ok((r, self.milestones));
             }
             self.stdin_retry();
+            self.sample();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok((self.timed_out(), self.milestones));
             }
@@ -217,6 +261,17 @@ impl<'a> Loop<'a> {
         match deadline {
             Some(d) => cap.min(d.saturating_duration_since(Instant::now())),
             None => cap,
+        }
+    }
+
+    /// On a tick of the profile's clock, asks every vCPU for its RIP (a vCPU that is not
+    /// running ignores it).
+    fn sample(&mut self) {
+        let Some(c) = &self.sampler else { return };
+        if std::mem::take(&mut c.borrow_mut().due) {
+            for h in &self.vm.handles {
+                let _ = h.send(vcpu_thread::VcpuEvent::Sample);
+            }
         }
     }
 

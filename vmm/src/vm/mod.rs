@@ -113,6 +113,9 @@ pub enum Error {
     /// The event loop failed.
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
+    /// The guest profile.
+    #[error(transparent)]
+    Profile(#[from] crate::profile::Error),
 }
 
 /// What watches the VM.
@@ -173,6 +176,10 @@ pub struct Vm {
     started: Instant,
     setup: Vec<SetupStep>,
     setup_last: Instant,
+    /// The guest profile being taken (`--profile-guest`).
+    profiler: Option<crate::profile::Profiler>,
+    /// What the vmlinux cache did for this boot.
+    kernel_cache: boot::cache::Outcome,
 }
 
 impl std::fmt::Debug for Vm {
@@ -213,6 +220,10 @@ impl Vm {
                 bus: self.bus.clone(),
                 counters: self.counters.clone(),
                 hooks: hooks.clone(),
+                samples: self
+                    .profiler
+                    .as_ref()
+                    .map(crate::profile::Profiler::samples),
             };
             self.handles.push(vcpu_thread::spawn(id, fd, ctx)?);
         }
@@ -272,6 +283,7 @@ impl Vm {
             None => None,
         };
         drop(fds);
+        let profile = self.profiler.take().map(|p| p.finish()).transpose()?;
         Ok(RunReport {
             memory,
             host: self.info.clone(),
@@ -297,6 +309,8 @@ impl Vm {
             vmm_rss_bytes,
             vmm_anon_bytes,
             console_log: self.console.log(),
+            profile,
+            kernel_cache: self.kernel_cache,
         })
     }
 }

@@ -179,4 +179,11 @@ pub struct RunReport {
     /// The console log (not serialized).
     #[serde(skip)]
     pub console_log: String,
+    /// The guest profile written, when asked for (`--profile-guest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::ProfileSummary>,
+    /// Whether a host-decompressed bzImage's vmlinux came from the cache (`hit`), was
+    /// decompressed and stored (`miss`), or no cache was used (`off`); the `load` step of
+    /// `setup_ms` includes it.
+    pub kernel_cache: crate::boot::cache::Outcome,
 }

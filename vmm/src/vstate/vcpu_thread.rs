@@ -123,6 +123,8 @@ pub enum VcpuEvent {
     /// KVM_GET_MSR_INDEX_LIST) and answer [`VcpuResponse::Saved`]. Answered from Paused
     /// (or Exited) only: a running vCPU answers an error and keeps running.
     SaveState(Arc<Vec<u32>>),
+    /// Record the guest's RIP in the context's profile, if running, and run on.
+    Sample,
     /// End the thread; it returns its vCPU fd.
     Finish,
 }
@@ -134,6 +136,7 @@ impl std::fmt::Debug for VcpuEvent {
             VcpuEvent::Resume => "Resume",
             VcpuEvent::With(_) => "With",
             VcpuEvent::SaveState(_) => "SaveState",
+            VcpuEvent::Sample => "Sample",
             VcpuEvent::Finish => "Finish",
         })
     }
@@ -275,6 +278,8 @@ pub struct VcpuContext {
     pub counters: Arc<emulate::Counters>,
     /// The VM's observers.
     pub hooks: Arc<dyn VcpuHooks>,
+    /// Where [`VcpuEvent::Sample`] records RIPs (`--profile-guest`).
+    pub samples: Option<Arc<crate::profile::Samples>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,6 +413,12 @@ impl Vcpu {
                 let _ = self.responses.send(VcpuResponse::Saved(r));
                 state
             }
+            VcpuEvent::Sample => {
+                if let (State::Running, Some(samples)) = (state, &self.ctx.samples) {
+                    record_sample(&self.fd, samples);
+                }
+                state
+            }
             VcpuEvent::Finish => State::Finished,
         }
     }
@@ -487,6 +498,20 @@ impl Vcpu {
         emulate::complete(&mut self.fd, &self.ctx.ram, &self.ctx.counters)
             .map(|()| DeviceAction::Continue)
             .map_err(|e| VcpuStop::EmulationFailure(e.to_string()))
+    }
+}
+
+/// Counts where `vcpu` is: its RIP, or "not running" when KVM holds it halted or not yet
+/// started (an application processor before its start-up IPI has no meaningful RIP). A
+/// failed read loses one sample; the guest runs on regardless.
+fn record_sample(vcpu: &VcpuFd, samples: &crate::profile::Samples) {
+    let runnable = vcpu
+        .get_mp_state()
+        .map_or(true, |m| m.mp_state == kvm_bindings::KVM_MP_STATE_RUNNABLE);
+    if !runnable {
+        samples.record_not_running();
+    } else if let Ok(regs) = vcpu.get_regs() {
+        samples.record(regs.rip);
     }
 }
 
