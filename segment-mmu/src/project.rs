@@ -419,36 +419,10 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
         .zip(&y1)
         .map(|(o, y)| y - b * o.features.exits)
         .collect();
-    let mut fits = Vec::new();
-    for (name, idx) in &gs {
-        let rm = mean(idx, |i| obs[i].features.refs);
-        let ym = mean(idx, |i| y2[i]);
-        let (a, src) = if own(idx) {
-            let (mut s_rr, mut s_ry) = (0.0, 0.0);
-            for &i in idx {
-                let r = obs[i].features.refs - rm;
-                s_rr += r * r;
-                s_ry += r * (y2[i] - ym);
-            }
-            let a = s_ry / s_rr;
-            if a >= 0.0 {
-                (a, Source::Calibrated)
-            } else {
-                (0.0, Source::ClampedToZero)
-            }
-        } else {
-            (pooled, Source::Pooled)
-        };
-        fits.push(GroupFit {
-            group: name.clone(),
-            ideal_ns_per_op: ym - a * rm,
-            ns_per_ref: a,
-            cycles_per_ref: a * cfg.ghz,
-            ref_cost: src,
-            slope: obs[idx[0]].slope,
-            runs: idx.len(),
-        });
-    }
+    let fits = gs
+        .iter()
+        .map(|(name, idx)| group_fit(obs, cfg, (name, idx), &y2, own(idx), pooled))
+        .collect();
     let mut cal = Calibration {
         config: *cfg,
         groups: fits,
@@ -464,6 +438,45 @@ pub fn calibrate(obs: &[Observation], cfg: &Config) -> Result<Calibration, Error
     };
     residual_stats(&mut cal, obs, &ef);
     Ok(cal)
+}
+
+/// Step 4 of [`calibrate`]: one group's slope (its own when `own`, else `pooled`) and
+/// intercept, on `y2` (measured time less fixed and exit costs).
+fn group_fit(
+    obs: &[Observation],
+    cfg: &Config,
+    (name, idx): (&str, &[usize]),
+    y2: &[f64],
+    own: bool,
+    pooled: f64,
+) -> GroupFit {
+    let rm = mean(idx, |i| obs[i].features.refs);
+    let ym = mean(idx, |i| y2[i]);
+    let (a, src) = if own {
+        let (mut s_rr, mut s_ry) = (0.0, 0.0);
+        for &i in idx {
+            let r = obs[i].features.refs - rm;
+            s_rr += r * r;
+            s_ry += r * (y2[i] - ym);
+        }
+        let a = s_ry / s_rr;
+        if a >= 0.0 {
+            (a, Source::Calibrated)
+        } else {
+            (0.0, Source::ClampedToZero)
+        }
+    } else {
+        (pooled, Source::Pooled)
+    };
+    GroupFit {
+        group: name.to_string(),
+        ideal_ns_per_op: ym - a * rm,
+        ns_per_ref: a,
+        cycles_per_ref: a * cfg.ghz,
+        ref_cost: src,
+        slope: obs[idx[0]].slope,
+        runs: idx.len(),
+    }
 }
 
 /// Step 2 of [`calibrate`]: the exit cost and the runs that determine it.

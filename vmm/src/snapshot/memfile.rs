@@ -63,11 +63,9 @@ unsafe fn zero_page(p: *const u8) -> bool {
     words.iter().all(|&w| w == 0)
 }
 
-/// Writes guest RAM into a new file at `path` (created O_EXCL|O_NOFOLLOW), sparse: pages
-/// that are not resident (mincore) or all zero are left as holes. Every vCPU must be
-/// paused. Returns the file, not yet synced (the caller syncs it once the guest runs
-/// again), and the bytes of data written.
-pub fn write(ram: &GuestRam, path: &Path) -> Result<(File, u64), Error> {
+/// A new memory file at `path` (O_EXCL|O_NOFOLLOW, mode 0600) as long as guest RAM's
+/// guest-physical span, all holes.
+fn create_sized(ram: &GuestRam, path: &Path) -> Result<File, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -78,6 +76,15 @@ pub fn write(ram: &GuestRam, path: &Path) -> Result<(File, u64), Error> {
         .map_err(io(path))?;
     let end = ram.ranges().last().map_or(0, |r| r.end());
     f.set_len(end).map_err(io(path))?;
+    Ok(f)
+}
+
+/// Writes guest RAM into a new file at `path` (created O_EXCL|O_NOFOLLOW), sparse: pages
+/// that are not resident (mincore) or all zero are left as holes. Every vCPU must be
+/// paused. Returns the file, not yet synced (the caller syncs it once the guest runs
+/// again), and the bytes of data written.
+pub fn write(ram: &GuestRam, path: &Path) -> Result<(File, u64), Error> {
+    let f = create_sized(ram, path)?;
     let mut data = 0;
     for r in ram.ranges() {
         let mut off = 0usize;
@@ -132,16 +139,7 @@ fn write_chunk(ram: &GuestRam, f: &File, gpa: u64, len: usize, path: &Path) -> R
 /// too, they may have been cleared since). Every vCPU must be paused. Returns the file,
 /// not yet synced, and the bytes written.
 pub fn write_pages(ram: &GuestRam, path: &Path, pages: &[u64]) -> Result<(File, u64), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io(path))?;
-    let end = ram.ranges().last().map_or(0, |r| r.end());
-    f.set_len(end).map_err(io(path))?;
+    let f = create_sized(ram, path)?;
     let mut written = 0;
     for &pfn in pages {
         let gpa = pfn.saturating_mul(PAGE as u64);

@@ -161,15 +161,7 @@ impl VmBuilder {
         let disks = open_disks(&cfg.disks)?;
         let n_disks = disks.len();
         announce_virtio(&mut cfg.payload, n_disks);
-        let info = host::probe()?;
-        let mmu_mode = host::check_mode(&info, cfg.mmu)?;
-        let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
-        if let Payload::Snapshot(l) = &cfg.payload {
-            check_restore(&kvm, &l.state, cfg.vcpus)?;
-        }
-        if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
-            return Err(Error::VcpuCount(cfg.vcpus));
-        }
+        let (info, mmu_mode, kvm) = probe_host(&cfg)?;
         t.step("host");
         let ram = Arc::new(make_ram(&cfg, &mut t)?);
         if !matches!(&cfg.payload, Payload::Snapshot(l) if l.mode == memfile::MemoryMode::Copy) {
@@ -247,6 +239,21 @@ impl VmBuilder {
             kernel_cache: loaded.kernel_cache,
         })
     }
+}
+
+/// The host's KVM, checked against what `cfg` asks (MMU mode, vCPU count, and for a
+/// restore the snapshot's vCPUs and CPUID) before anything is built.
+fn probe_host(cfg: &VmConfig) -> Result<(HostInfo, host::MmuMode, Kvm), Error> {
+    let info = host::probe()?;
+    let mmu_mode = host::check_mode(&info, cfg.mmu)?;
+    let kvm = Kvm::new().map_err(host::Error::OpenKvm)?;
+    if let Payload::Snapshot(l) = &cfg.payload {
+        check_restore(&kvm, &l.state, cfg.vcpus)?;
+    }
+    if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
+        return Err(Error::VcpuCount(cfg.vcpus));
+    }
+    Ok((info, mmu_mode, kvm))
 }
 
 /// What loading the guest gave: vCPU CPUID tables, command line, payload description,
