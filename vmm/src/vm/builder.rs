@@ -20,6 +20,7 @@ use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
 use crate::memory::GuestRam;
 use crate::ptsnap::Ptsnapper;
+use crate::snapshot::virtio::BlockSlot;
 use crate::snapshot::{memfile, PayloadInfo, SnapshotState};
 use crate::vstate::stats::StatsFd;
 use crate::vstate::vcpu::{self, VcpuInit};
@@ -160,6 +161,7 @@ impl VmBuilder {
         // Disks first: a missing or locked image is refused before anything is set up.
         let disks = open_disks(&cfg.disks)?;
         let n_disks = disks.len();
+        let disk_cfgs = cfg.disks.clone();
         announce_virtio(&mut cfg.payload, n_disks);
         let (info, mmu_mode, kvm) = probe_host(&cfg)?;
         t.step("host");
@@ -190,7 +192,10 @@ impl VmBuilder {
             &mut t,
         )?;
         let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
-        virtio_devices(&vm_fd, &mut devs.bus, &ram, disks)?;
+        let virtio_blk = virtio_devices(&vm_fd, &mut devs.bus, &ram, disks, &disk_cfgs)?;
+        if let Some(d) = &loaded.devices {
+            crate::snapshot::virtio::restore_blocks(&d.virtio_blk, &virtio_blk)?;
+        }
         t.step("devices");
         let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
         let api = api.map(ApiServer::bind).transpose()?;
@@ -231,6 +236,7 @@ impl VmBuilder {
             snap,
             last_snapshot: None,
             virtio_devices: n_disks,
+            virtio_blk,
             api_paused: false,
             started,
             setup: t.steps,
@@ -608,14 +614,17 @@ fn announce_virtio(payload: &mut Payload, n: usize) {
 
 /// Each disk behind a virtio-mmio transport at its slot on the MMIO bus, its interrupt an
 /// irqfd on its IOAPIC pin (the in-kernel irqchip always exists here, see
-/// [`vm::add_ram_and_devices`]).
+/// [`vm::add_ram_and_devices`]); each disk (`cfgs`, same order) with its transport.
 fn virtio_devices(
     vm_fd: &VmFd,
     bus: &mut IoBus,
     ram: &Arc<GuestRam>,
     disks: Vec<Block>,
-) -> Result<(), Error> {
-    for (i, disk) in disks.into_iter().enumerate() {
+    cfgs: &[DiskConfig],
+) -> Result<Vec<BlockSlot>, Error> {
+    let mut slots = Vec::with_capacity(disks.len());
+    for (i, (disk, cfg)) in disks.into_iter().zip(cfgs).enumerate() {
+        let sectors = disk.sectors();
         let (base, gsi) = virtio::slot(i).ok_or(Error::TooManyDevices(i + 1))?;
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
             what: "eventfd",
@@ -625,11 +634,19 @@ fn virtio_devices(
             .register_irqfd(&irq, gsi)
             .map_err(kvm_err("KVM_IRQFD"))?;
         let mem: Arc<dyn virtio::GuestMemoryView> = ram.clone();
-        let t = MmioTransport::new(Box::new(disk), mem, Arc::new(IrqFd(irq)))?;
-        bus.mmio
-            .insert(base, virtio::VIRTIO_MMIO_SIZE, Arc::new(t))?;
+        let t = Arc::new(MmioTransport::new(
+            Box::new(disk),
+            mem,
+            Arc::new(IrqFd(irq)),
+        )?);
+        bus.mmio.insert(base, virtio::VIRTIO_MMIO_SIZE, t.clone())?;
+        slots.push(BlockSlot {
+            cfg: cfg.clone(),
+            sectors,
+            transport: t,
+        });
     }
-    Ok(())
+    Ok(slots)
 }
 
 #[cfg(test)]
