@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, run, segvmm};
+use common::{api_request as request, have_kvm, run, segvmm};
 use serde_json::Value;
 
 /// A running VMM with an API socket; killed when dropped.
@@ -99,25 +99,8 @@ fn start(sock: &Path, dir: Option<&Path>, extra: &[&str]) -> Vm {
         child: Some(child),
         sock: sock.into(),
     };
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(15) {
-        if let Ok(v) = request(sock, br#"{"cmd":"ping"}"#) {
-            if v["ok"] == true {
-                return vm;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the VMM never answered a ping on {}", sock.display());
-}
-
-/// Sends one raw line (a newline is appended) and reads one answer line.
-fn request(sock: &Path, line: &[u8]) -> std::io::Result<Value> {
-    let mut s = UnixStream::connect(sock)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(line)?;
-    s.write_all(b"\n")?;
-    read_answer(&mut s)
+    common::wait_for_api(sock, Duration::from_secs(15));
+    vm
 }
 
 fn read_answer(s: &mut UnixStream) -> std::io::Result<Value> {

@@ -112,3 +112,119 @@ pub fn shutdown_over_api(
         .unwrap();
     (st, err)
 }
+
+/// A child process (a running VMM) killed and reaped when dropped, so that a failing
+/// assertion does not leave a VMM behind.
+pub struct Reap(pub Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Reap {
+    pub fn new(c: std::process::Child) -> Self {
+        Reap(Some(c))
+    }
+
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child was waited for already")
+    }
+
+    /// Waits for the child; its exit code and stdout (when piped).
+    pub fn wait_output(&mut self) -> (i32, String) {
+        let c = self.0.take().expect("the child was waited for already");
+        let out = c.wait_with_output().expect("wait for segvmm");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// Sends one raw line over the API socket (a newline is appended) and reads one answer.
+pub fn api_request(sock: &Path, line: &[u8]) -> std::io::Result<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    s.write_all(line)?;
+    s.write_all(b"\n")?;
+    let mut a = String::new();
+    std::io::BufReader::new(s).read_line(&mut a)?;
+    serde_json::from_str(a.trim_end()).map_err(std::io::Error::other)
+}
+
+/// Waits up to `limit` until the VMM serving `sock` answers a ping; panics otherwise.
+pub fn wait_for_api(sock: &Path, limit: std::time::Duration) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if api_request(sock, br#"{"cmd":"ping"}"#).is_ok_and(|v| v["ok"] == true) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the VMM never answered a ping on {}", sock.display());
+}
+
+/// `segvmm snapshot create --api-socket SOCK --out NAME EXTRA...`.
+pub fn snapshot_create(sock: &Path, name: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "snapshot",
+        "create",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--out",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// The lines a child writes to a pipe, read by a thread of their own so that a test can
+/// wait for a marker while the child runs.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    pub seen: String,
+}
+
+impl Lines {
+    pub fn new(r: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(r).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits up to `limit` for a line containing `needle`; false at the deadline or when
+    /// the pipe closed without it.
+    pub fn wait_for(&mut self, needle: &str, limit: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push_str(&l);
+                    self.seen.push('\n');
+                    if l.contains(needle) {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}

@@ -45,11 +45,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{artifact, have_kvm, run, segvmm};
+use common::{artifact, have_kvm, run, segvmm, Reap};
 use segment_mmu::census::tables;
 use segment_mmu::enumerate::MappingRange;
 use segment_mmu::paging::PageSize;
@@ -85,16 +85,6 @@ const HOLD_MS: u64 = 600_000;
 /// Longest wait for the MEMINFO line (boot ~12 s plus populating the buffer, on a shared
 /// 2-core host where every guest ring-0 instruction is emulated).
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
-
-/// Kills the child it holds when dropped (a failing assertion must not leave a VMM).
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The fields of the `SEGVMM-MEMINFO` line (kB as /proc/meminfo gives them).
 #[derive(Debug, Default)]
@@ -201,7 +191,7 @@ fn linux_ptsnap_matches_the_guests_meminfo() {
         .expect("spawn segvmm run");
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut vmm = Reap(child);
+    let mut vmm = Reap::new(child);
     let (tx, rx) = mpsc::channel::<String>();
     let console = std::thread::spawn(move || {
         let mut log = String::new();
@@ -222,8 +212,8 @@ fn linux_ptsnap_matches_the_guests_meminfo() {
     let line = match line {
         Ok(l) if l.contains("SEGVMM-MEMINFO") => l,
         other => {
-            let _ = vmm.0.kill();
-            let _ = vmm.0.wait();
+            let _ = vmm.child().kill();
+            let _ = vmm.child().wait();
             panic!(
                 "no SEGVMM-MEMINFO line ({other:?}); an initramfs-bench.cpio built before \
                  segvmm.meminfo existed prints none: rebuild it with \
@@ -243,7 +233,7 @@ fn linux_ptsnap_matches_the_guests_meminfo() {
         "--shutdown",
     ]);
     assert_eq!(code, 0, "segvmm ptsnap: {out} {err}");
-    let status = vmm.0.wait().unwrap();
+    let status = vmm.child().wait().unwrap();
     let log = console.join().unwrap();
     let errs = errs.join().unwrap();
     assert_eq!(status.code(), Some(0), "segvmm run: {errs}\n{log}");

@@ -12,10 +12,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, ptsnap_when_ready, run, segvmm};
+use common::{have_kvm, ptsnap_when_ready, run, segvmm, Reap};
 use segment_mmu::ptsnap::Ptsnap;
 use segment_mmu::stream::StreamSpec;
 use workloads::kernels;
@@ -23,16 +23,6 @@ use workloads::kernels;
 /// The kernel's GUPS update mix (private in `workloads::kernels`; the checksum below
 /// fails if the two drift apart).
 const GUPS_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Kills the child it holds when dropped (a failing assertion must not leave a VMM).
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn wait_for(path: &Path, limit: Duration) -> bool {
     let t = Instant::now();
@@ -70,7 +60,7 @@ fn api_socket_ptsnap_of_a_running_guest() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn segvmm run");
-    let _reap = Reap(child);
+    let _reap = Reap::new(child);
     assert!(
         wait_for(&sock, Duration::from_secs(8)),
         "the API socket never appeared"

@@ -11,70 +11,36 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{have_kvm, run, segvmm};
+use common::{api_request, have_kvm, run, segvmm, snapshot_create as create, wait_for_api, Reap};
 use segvmm::snapshot::SnapshotState;
 use serde_json::Value;
 
-/// A running VMM; killed when dropped.
-struct Vm(Option<Child>);
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Vm {
-    fn wait_output(&mut self) -> (i32, String) {
-        let c = self.0.take().unwrap();
-        let out = c.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-}
-
 fn request(sock: &Path, line: &str) -> std::io::Result<Value> {
-    let mut s = UnixStream::connect(sock)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.write_all(line.as_bytes())?;
-    s.write_all(b"\n")?;
-    let mut a = String::new();
-    BufReader::new(s).read_line(&mut a)?;
-    serde_json::from_str(a.trim_end()).map_err(std::io::Error::other)
+    api_request(sock, line.as_bytes())
 }
 
-/// Starts segvmm `args` with an API socket and snapshot directory and waits for a ping.
-fn start(sock: &Path, dir: &Path, args: &[&str]) -> Vm {
+/// Starts segvmm `args` with an API socket and snapshot directory (stdout piped) and
+/// waits for a ping.
+fn start(sock: &Path, dir: &Path, args: &[&str]) -> Reap {
     let child = segvmm()
         .args(args)
         .arg("--api-socket")
         .arg(sock)
         .arg("--snapshot-dir")
         .arg(dir)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn segvmm");
-    let vm = Vm(Some(child));
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        if request(sock, r#"{"cmd":"ping"}"#).is_ok_and(|v| v["ok"] == true) {
-            return vm;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the VMM never answered on {}", sock.display());
+    let vm = Reap::new(child);
+    wait_for_api(sock, Duration::from_secs(60));
+    vm
 }
 
 /// `checksum 0x...` from a measurement line.
@@ -114,15 +80,7 @@ fn paused_mid_workload_restores_to_the_uninterrupted_checksum_twice_side_by_side
     let mut vm = start(&sock, &dir, PROBE);
     // The guest runs its workload for seconds; pause it one second in.
     std::thread::sleep(Duration::from_secs(1));
-    let (code, out, err) = run(&[
-        "snapshot",
-        "create",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--out",
-        "mid",
-        "--shutdown",
-    ]);
+    let (code, out, err) = create(&sock, "mid", &["--shutdown"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("guest paused"), "{out}");
     // Shut down mid-workload: no measurement (exit 3: the guest gave no result).
@@ -176,49 +134,21 @@ fn test_guest_snapshot(d: &Path, name: &str) -> PathBuf {
         ],
     );
     std::thread::sleep(Duration::from_millis(300));
-    let (code, out, err) = run(&[
-        "snapshot",
-        "create",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--out",
-        name,
-    ]);
+    let (code, out, err) = create(&sock, name, &[]);
     assert_eq!(code, 0, "{out}{err}");
     // The name is taken now: a second snapshot under it is refused, nothing replaced.
-    let (code, _, err) = run(&[
-        "snapshot",
-        "create",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--out",
-        name,
-    ]);
+    let (code, _, err) = create(&sock, name, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("exists already"), "{err}");
     // A symlink in the snapshot directory is not followed.
     let victim = d.join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::os::unix::fs::symlink(&victim, dir.join("link")).unwrap();
-    let (code, _, err) = run(&[
-        "snapshot",
-        "create",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--out",
-        "link",
-    ]);
+    let (code, _, err) = create(&sock, "link", &[]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
     for bad in ["../x", "a/b", ".hidden"] {
-        let (code, _, err) = run(&[
-            "snapshot",
-            "create",
-            "--api-socket",
-            sock.to_str().unwrap(),
-            "--out",
-            bad,
-        ]);
+        let (code, _, err) = create(&sock, bad, &[]);
         assert_eq!(code, 2, "{bad}: {err}");
     }
     assert!(request(&sock, r#"{"cmd":"shutdown"}"#).is_ok());
@@ -337,24 +267,17 @@ fn bad_snapshots_are_refused_before_any_guest_runs() {
     }
 }
 
-/// The small Linux kernel, snapshotted in the middle of its boot and shut down, goes on
-/// after a restore (the file mapped): it reaches /init, which prints its marker and powers
-/// the guest off (exit 0).
-#[test]
-fn linux_boot_continues_after_restore() {
-    if !have_kvm() {
-        return;
-    }
-    let (Some(k), Some(i)) = (
-        common::artifact("small-kernel"),
-        common::artifact("initramfs.cpio"),
-    ) else {
-        return;
-    };
-    let d = tempfile::tempdir().unwrap();
-    let (sock, dir) = (d.path().join("l.sock"), d.path().join("snaps"));
+/// The small Linux kernel with the /init of guest-kernels/out/initramfs.cpio, started
+/// with an API socket on `d/l.sock` and snapshots in `d/snaps`, `cmdline` its command
+/// line; `None` (SKIP) without the artifacts.
+fn small_kernel(d: &Path, cmdline: &str) -> Option<(Reap, PathBuf, PathBuf)> {
+    let (k, i) = (
+        common::artifact("small-kernel")?,
+        common::artifact("initramfs.cpio")?,
+    );
+    let (sock, dir) = (d.join("l.sock"), d.join("snaps"));
     std::fs::create_dir(&dir).unwrap();
-    let mut vm = start(
+    let vm = start(
         &sock,
         &dir,
         &[
@@ -365,20 +288,30 @@ fn linux_boot_continues_after_restore() {
             i.to_str().unwrap(),
             "--memory",
             "256M",
+            "--cmdline",
+            cmdline,
             "--timeout",
             "300",
         ],
     );
+    Some((vm, sock, dir))
+}
+
+/// The small Linux kernel, snapshotted in the middle of its boot and shut down, goes on
+/// after a restore (the file mapped): it reaches /init, which prints its marker and powers
+/// the guest off (exit 0).
+#[test]
+fn linux_boot_continues_after_restore() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let Some((mut vm, sock, dir)) = small_kernel(d.path(), "console=ttyS0 reboot=k panic=-1")
+    else {
+        return;
+    };
     std::thread::sleep(Duration::from_secs(4));
-    let (code, out, err) = run(&[
-        "snapshot",
-        "create",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--out",
-        "boot",
-        "--shutdown",
-    ]);
+    let (code, out, err) = create(&sock, "boot", &["--shutdown"]);
     assert_eq!(code, 0, "{out}{err}");
     let (code, before) = vm.wait_output();
     assert_eq!(code, 0, "shut down over the API");
@@ -401,17 +334,58 @@ fn linux_boot_continues_after_restore() {
     assert!(err.contains("guest powered off"), "{err}");
 }
 
-fn create(sock: &Path, name: &str, extra: &[&str]) -> (i32, String, String) {
-    let mut args = vec![
-        "snapshot",
-        "create",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--out",
-        name,
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+/// The small kernel's /init in wait mode (`-- wait`), snapshotted while it waits for a
+/// console line and shut down, goes on after a restore (the file mapped): the line fed on
+/// the restoring VMM's stdin reaches it through the serial port, it prints
+/// `SEGVMM_INIT_NEXT <line>` and powers the guest off (exit 0).
+#[test]
+fn waiting_init_continues_after_restore() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cmdline = "console=ttyS0 reboot=k panic=-1 -- wait";
+    let Some((mut vm, sock, dir)) = small_kernel(d.path(), cmdline) else {
+        return;
+    };
+    let mut lines = common::Lines::new(vm.child().stdout.take().unwrap());
+    assert!(
+        lines.wait_for("SEGVMM_INIT_WAIT", Duration::from_secs(240)),
+        "/init never waited: {}",
+        lines.seen
+    );
+    let (code, out, err) = create(&sock, "waiting", &["--shutdown"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(vm.wait_output().0, 0, "shut down over the API");
+    assert!(!lines.wait_for("SEGVMM_INIT_NEXT", Duration::from_secs(1)));
+
+    let mut restored = Reap::new(
+        segvmm()
+            .args(["restore", "--from"])
+            .arg(dir.join("waiting"))
+            .args(["--memory-mode", "map", "--timeout", "120"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = restored.child().stdin.take().unwrap();
+    stdin.write_all(b"after restore 42\n").unwrap();
+    drop(stdin);
+    let c = restored.0.take().unwrap();
+    let o = c.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(
+        out.contains("SEGVMM_INIT_NEXT after restore 42"),
+        "{out}{err}"
+    );
+    assert!(!out.contains("SEGVMM_INIT_WAIT"), "booted again: {out}");
+    assert!(err.contains("guest powered off"), "{err}");
 }
 
 /// A diff snapshot (pages dirtied since the previous snapshot, from the dirty log) over a
@@ -489,4 +463,84 @@ fn diff_snapshot_restores_to_the_same_memory_as_a_full_one() {
     // A diff whose full snapshot is gone is refused.
     std::fs::remove_dir_all(dir.join("full")).unwrap();
     refused(&dir.join("diff"), &[], "full");
+}
+
+/// A VM with a virtio-blk disk is snapshotted (the disk's path, read-only flag, serial and
+/// size, and its transport's state) and restored with the image reopened under the same
+/// lock rules; an image that is locked, resized or missing is refused with one line and
+/// exit 2 before any vCPU runs.
+#[test]
+fn virtio_blk_disk_is_saved_and_reopened_on_restore() {
+    if !have_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let (sock, dir) = (d.path().join("b.sock"), d.path().join("snaps"));
+    std::fs::create_dir(&dir).unwrap();
+    let disk = format!("{},id=snapdisk", img.display());
+    let mut vm = start(
+        &sock,
+        &dir,
+        &[
+            "run",
+            "--guest",
+            "test-hang",
+            "--quiet",
+            "--memory",
+            "32M",
+            "--timeout",
+            "60",
+            "--disk",
+            &disk,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = create(&sock, "disk", &["--shutdown"]);
+    assert_eq!(code, 0, "{out}{err}");
+    vm.wait_output();
+    let snap = dir.join("disk");
+    let b = std::fs::read(snap.join("state")).unwrap();
+    let s = SnapshotState::decode(&snap, &b).unwrap();
+    let blk = &s.devices.virtio_blk;
+    assert_eq!(blk.len(), 1, "{blk:?}");
+    assert_eq!(blk[0].path, img);
+    assert_eq!((blk[0].sectors, blk[0].read_only), (2048, false));
+    assert_eq!(blk[0].id.as_deref(), Some("snapdisk"));
+    assert_eq!(blk[0].transport.device_type, 2);
+
+    // Restored: the image reopened and locked, the guest runs on (until its timeout).
+    let (code, _, err) = run(&[
+        "restore",
+        "--from",
+        snap.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--quiet",
+    ]);
+    assert_ne!(code, 2, "{err}");
+    assert!(err.contains("did not finish within"), "{err}");
+
+    // Locked by another process (an exclusive flock held here).
+    let f = std::fs::File::open(&img).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: flock on a descriptor `f` owns and keeps open; no memory is passed.
+    let locked = unsafe { libc::flock(fd, libc::LOCK_EX) };
+    assert_eq!(locked, 0);
+    refused(&snap, &[], "locked by another process");
+    drop(f);
+    // Resized.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(2 << 20).unwrap();
+    refused(
+        &snap,
+        &[],
+        "the image has 4096 sectors, the snapshot was taken with 2048",
+    );
+    f.set_len(1 << 20).unwrap();
+    drop(f);
+    // Missing.
+    std::fs::rename(&img, d.path().join("moved.img")).unwrap();
+    refused(&snap, &[], "cannot open");
 }

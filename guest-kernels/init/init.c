@@ -11,6 +11,15 @@
  * /proc/uptime reports.  If the power-off call returns, it exits, which makes
  * the kernel panic ("Attempted to kill init"); with panic=-1 that reboots.
  *
+ * Wait mode (for snapshots, issue #15): with the word "wait" among init's
+ * arguments (kernel command line "... -- wait"; words after "--" are passed to
+ * init), /init prints "SEGVMM_INIT_WAIT", blocks reading one line from the
+ * console (fd 0, the tty in canonical mode), then prints
+ * "SEGVMM_INIT_NEXT <the line>" and powers off:
+ *   write(1)  tcdrain  read(0)...  write(1)  tcdrain  reboot(POWER_OFF)
+ * A snapshot taken while it waits, restored with the line on the VMM's stdin,
+ * shows the guest going on where it stopped.
+ *
  * Build: gcc -O2 -static -nostdlib -ffreestanding -fno-stack-protector
  *            -fno-pie -no-pie -o init init.c
  *
@@ -130,30 +139,88 @@ static char *uptime_from_clock(char *p)
 }
 
 static const char marker[] = "SEGVMM_INIT_OK uptime=";
+static const char wait_marker[] = "SEGVMM_INIT_WAIT\n";
+static const char next_marker[] = "SEGVMM_INIT_NEXT ";
 
-__attribute__((noreturn, used)) void init_main(void)
+static char *put_s(char *p, const char *s, unsigned long n)
 {
-	char line[96];
-	char *p = line, *q;
-	unsigned int i;
+	while (n--)
+		*p++ = *s++;
+	return p;
+}
 
-	for (i = 0; i < sizeof(marker) - 1; i++)
-		*p++ = marker[i];
-	q = uptime_from_proc(p);
-	p = q ? q : uptime_from_clock(p);
-	*p++ = '\n';
-	sys3(SYS_write, 1, (long)line, p - line);
-	/*
-	 * Wait until the UART has sent the line: the tty layer transmits it
-	 * interrupt by interrupt, and the power-off below prints straight to the
-	 * console, so without this a slow host can lose the marker.
-	 */
+/*
+ * Writes line[0..n) to the console and waits until the UART has sent it: the
+ * tty layer transmits it interrupt by interrupt, and the power-off prints
+ * straight to the console, so without tcdrain a slow host can lose the line.
+ */
+static void say(const char *line, long n)
+{
+	sys3(SYS_write, 1, (long)line, n);
 	sys3(SYS_ioctl, 1, TCSBRK, 1);
+}
 
+static __attribute__((noreturn)) void power_off(void)
+{
 	sys5(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,
 	     LINUX_REBOOT_CMD_POWER_OFF, 0, 0);
 	for (;;)
 		sys3(SYS_exit, 1, 0, 0);
+}
+
+/* Whether "wait" is one of init's arguments. */
+static int wait_mode(long argc, char **argv)
+{
+	long i;
+
+	for (i = 1; i < argc && argv[i]; i++) {
+		const char *a = argv[i];
+
+		if (a[0] == 'w' && a[1] == 'a' && a[2] == 'i' && a[3] == 't' && !a[4])
+			return 1;
+	}
+	return 0;
+}
+
+/* Waits for one console line, then prints "SEGVMM_INIT_NEXT <line>". */
+static __attribute__((noreturn)) void wait_then_next(void)
+{
+	char line[160];
+	char *p = put_s(line, next_marker, sizeof(next_marker) - 1);
+	char *end = line + sizeof(line) - 1;
+	long n;
+
+	say(wait_marker, sizeof(wait_marker) - 1);
+	/* Canonical mode: each read returns at most one line. */
+	while (p < end) {
+		n = sys3(SYS_read, 0, (long)p, end - p);
+		if (n <= 0)
+			break;
+		p += n;
+		if (p[-1] == '\n')
+			break;
+	}
+	while (p > line + sizeof(next_marker) - 1 && (p[-1] == '\n' || p[-1] == '\r'))
+		p--;
+	*p++ = '\n';
+	say(line, p - line);
+	power_off();
+}
+
+/* sp: the kernel's initial stack (argc, argv[], NULL, envp[], NULL). */
+__attribute__((noreturn, used)) void init_main(long *sp)
+{
+	char line[96];
+	char *p = line, *q;
+
+	if (wait_mode(sp[0], (char **)(sp + 1)))
+		wait_then_next();
+	p = put_s(p, marker, sizeof(marker) - 1);
+	q = uptime_from_proc(p);
+	p = q ? q : uptime_from_clock(p);
+	*p++ = '\n';
+	say(line, p - line);
+	power_off();
 }
 
 /* The kernel enters at _start with a 16-byte aligned %rsp; keep the ABI happy. */
@@ -161,6 +228,7 @@ __asm__(".text\n"
 	".global _start\n"
 	"_start:\n"
 	"	xorl %ebp, %ebp\n"
+	"	movq %rsp, %rdi\n"
 	"	andq $-16, %rsp\n"
 	"	call init_main\n"
 	"	hlt\n");

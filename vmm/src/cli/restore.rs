@@ -87,6 +87,13 @@ pub fn run(args: Args) -> CliResult {
     let probe = s.payload.kind == "probe";
     let device = probe.then(|| Arc::new(ProbeDevice::new(None)));
     let stdin = s.payload.kind == "linux";
+    // The saved disks reopened (same flock rules; missing, locked or resized: exit 2).
+    let disks = s
+        .devices
+        .virtio_blk
+        .iter()
+        .map(|b| b.disk_config())
+        .collect();
     let cfg = VmConfig {
         memory: MemoryConfig {
             size,
@@ -106,7 +113,7 @@ pub fn run(args: Args) -> CliResult {
         started: Some(started),
         api_socket: args.api_socket.clone(),
         track_dirty: None,
-        disks: Vec::new(),
+        disks,
     };
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(socket) = &args.api_socket {

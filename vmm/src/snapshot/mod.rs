@@ -17,6 +17,7 @@
 
 pub mod cpu;
 pub mod memfile;
+pub mod virtio;
 
 use std::path::{Path, PathBuf};
 
@@ -209,6 +210,9 @@ pub struct DeviceState {
     pub serial: SerialSnapshot,
     /// The RTC's index register.
     pub rtc_index: u8,
+    /// virtio-blk disks, in slot order (absent in older state files: none).
+    #[serde(default)]
+    pub virtio_blk: Vec<virtio::BlockSnapshot>,
 }
 
 /// Everything in a state file.

@@ -20,6 +20,7 @@ use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
 use crate::memory::GuestRam;
 use crate::ptsnap::Ptsnapper;
+use crate::snapshot::virtio::BlockSlot;
 use crate::snapshot::{memfile, PayloadInfo, SnapshotState};
 use crate::vstate::stats::StatsFd;
 use crate::vstate::vcpu::{self, VcpuInit};
@@ -158,24 +159,15 @@ impl VmBuilder {
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
         // Disks first: a missing or locked image is refused before anything is set up.
-        let disks = open_disks(&cfg.disks)?;
+        let disks = take_disks(&mut cfg)?;
         let n_disks = disks.len();
-        announce_virtio(&mut cfg.payload, n_disks);
         let (info, mmu_mode, kvm) = probe_host(&cfg)?;
         t.step("host");
         let ram = Arc::new(make_ram(&cfg, &mut t)?);
         if !matches!(&cfg.payload, Payload::Snapshot(l) if l.mode == memfile::MemoryMode::Copy) {
             t.step("memory");
         }
-        let vm_fd = Arc::new(vm::create_empty(&kvm)?);
-        // Dirty logging is chosen before memory slots and vCPUs exist: KVM accepts the
-        // dirty ring only before the first vCPU.
-        let dirty_prep = cfg
-            .track_dirty
-            .as_ref()
-            .map(|d| dirty::prepare(&vm_fd, d))
-            .transpose()?;
-        vm::add_ram_and_devices(&vm_fd, &ram, cfg.track_dirty.is_some())?;
+        let (vm_fd, dirty_prep) = kvm_vm(&kvm, &cfg, &ram)?;
         t.step("kvm_vm");
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
@@ -190,7 +182,8 @@ impl VmBuilder {
             &mut t,
         )?;
         let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
-        virtio_devices(&vm_fd, &mut devs.bus, &ram, disks)?;
+        let saved = loaded.devices.as_ref().map(|d| d.virtio_blk.as_slice());
+        let virtio_blk = virtio_devices(&vm_fd, &mut devs.bus, &ram, disks, saved)?;
         t.step("devices");
         let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
         let api = api.map(ApiServer::bind).transpose()?;
@@ -231,6 +224,7 @@ impl VmBuilder {
             snap,
             last_snapshot: None,
             virtio_devices: n_disks,
+            virtio_blk,
             api_paused: false,
             started,
             setup: t.steps,
@@ -596,6 +590,31 @@ fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, Error> {
     Ok(disks.iter().map(Block::open).collect::<Result<_, _>>()?)
 }
 
+/// The KVM VM with RAM and the in-kernel devices; dirty logging is chosen before memory
+/// slots and vCPUs exist (KVM accepts the dirty ring only before the first vCPU).
+fn kvm_vm(
+    kvm: &Kvm,
+    cfg: &VmConfig,
+    ram: &Arc<GuestRam>,
+) -> Result<(Arc<VmFd>, Option<dirty::Prepared>), Error> {
+    let vm_fd = Arc::new(vm::create_empty(kvm)?);
+    let dirty_prep = cfg
+        .track_dirty
+        .as_ref()
+        .map(|d| dirty::prepare(&vm_fd, d))
+        .transpose()?;
+    vm::add_ram_and_devices(&vm_fd, ram, cfg.track_dirty.is_some())?;
+    Ok((vm_fd, dirty_prep))
+}
+
+/// Opens and locks every `--disk` image of `cfg` (each with its configuration) and
+/// announces them to a Linux guest.
+fn take_disks(cfg: &mut VmConfig) -> Result<Vec<(Block, DiskConfig)>, Error> {
+    let disks = open_disks(&cfg.disks)?;
+    announce_virtio(&mut cfg.payload, disks.len());
+    Ok(disks.into_iter().zip(cfg.disks.iter().cloned()).collect())
+}
+
 /// Tells a Linux guest where its `n` virtio-mmio devices are (`virtio_mmio.device=`).
 fn announce_virtio(payload: &mut Payload, n: usize) {
     if let Payload::Linux { cmdline, .. } = payload {
@@ -608,14 +627,18 @@ fn announce_virtio(payload: &mut Payload, n: usize) {
 
 /// Each disk behind a virtio-mmio transport at its slot on the MMIO bus, its interrupt an
 /// irqfd on its IOAPIC pin (the in-kernel irqchip always exists here, see
-/// [`vm::add_ram_and_devices`]).
+/// [`vm::add_ram_and_devices`]); each disk with its transport. For a restore, `saved`
+/// (the snapshot's disks) is checked against them and loaded into the transports.
 fn virtio_devices(
     vm_fd: &VmFd,
     bus: &mut IoBus,
     ram: &Arc<GuestRam>,
-    disks: Vec<Block>,
-) -> Result<(), Error> {
-    for (i, disk) in disks.into_iter().enumerate() {
+    disks: Vec<(Block, DiskConfig)>,
+    saved: Option<&[crate::snapshot::virtio::BlockSnapshot]>,
+) -> Result<Vec<BlockSlot>, Error> {
+    let mut slots = Vec::with_capacity(disks.len());
+    for (i, (disk, cfg)) in disks.into_iter().enumerate() {
+        let sectors = disk.sectors();
         let (base, gsi) = virtio::slot(i).ok_or(Error::TooManyDevices(i + 1))?;
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
             what: "eventfd",
@@ -625,11 +648,22 @@ fn virtio_devices(
             .register_irqfd(&irq, gsi)
             .map_err(kvm_err("KVM_IRQFD"))?;
         let mem: Arc<dyn virtio::GuestMemoryView> = ram.clone();
-        let t = MmioTransport::new(Box::new(disk), mem, Arc::new(IrqFd(irq)))?;
-        bus.mmio
-            .insert(base, virtio::VIRTIO_MMIO_SIZE, Arc::new(t))?;
+        let t = Arc::new(MmioTransport::new(
+            Box::new(disk),
+            mem,
+            Arc::new(IrqFd(irq)),
+        )?);
+        bus.mmio.insert(base, virtio::VIRTIO_MMIO_SIZE, t.clone())?;
+        slots.push(BlockSlot {
+            cfg,
+            sectors,
+            transport: t,
+        });
     }
-    Ok(())
+    if let Some(saved) = saved {
+        crate::snapshot::virtio::restore_blocks(saved, &slots)?;
+    }
+    Ok(slots)
 }
 
 #[cfg(test)]

@@ -77,6 +77,9 @@ pub enum Error {
     /// A virtio transport.
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::mmio::Error),
+    /// Saved virtio-blk state that does not fit the reopened disks (snapshot restore).
+    #[error(transparent)]
+    VirtioRestore(#[from] crate::snapshot::virtio::RestoreError),
     /// More virtio devices than interrupt lines for them.
     #[error("{0} disks: at most {max} virtio devices", max = crate::devices::virtio::MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
@@ -169,8 +172,11 @@ pub struct Vm {
     snap: SnapshotInfo,
     /// The name of this run's last snapshot (what a diff snapshot updates).
     last_snapshot: Option<String>,
-    /// virtio devices on the bus (snapshots refuse them until they save their state).
+    /// virtio devices on the bus (snapshots refuse those other than virtio-blk until
+    /// they save their state).
     virtio_devices: usize,
+    /// The virtio-blk disks and their transports (saved by snapshots).
+    virtio_blk: Vec<crate::snapshot::virtio::BlockSlot>,
     /// Paused through the API: a snapshot leaves it paused.
     api_paused: bool,
     started: Instant,

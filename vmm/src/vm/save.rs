@@ -34,8 +34,8 @@ pub enum SaveError {
     /// The dirty log could not be read.
     #[error(transparent)]
     Dirty(#[from] crate::dirty::Error),
-    /// virtio devices do not save their state yet.
-    #[error("this VM has {0} virtio device(s) (--disk), whose state snapshots do not save yet")]
+    /// virtio devices other than virtio-blk do not save their state yet.
+    #[error("this VM has {0} virtio device(s) other than virtio-blk, whose state snapshots do not save yet")]
     VirtioDevices(usize),
 }
 
@@ -77,8 +77,9 @@ impl Vm {
         diff: bool,
     ) -> Result<SnapshotTaken, SaveError> {
         OutDir::check_name(name)?;
-        if self.virtio_devices > 0 {
-            return Err(SaveError::VirtioDevices(self.virtio_devices));
+        let unsaved = self.virtio_devices.saturating_sub(self.virtio_blk.len());
+        if unsaved > 0 {
+            return Err(SaveError::VirtioDevices(unsaved));
         }
         let parent = match (diff, &self.observers.dirty, &self.last_snapshot) {
             (false, _, _) => None,
@@ -120,6 +121,7 @@ impl Vm {
         let devices = DeviceState {
             serial: self.com1.0.lock().map(|s| s.state()).unwrap_or_default(),
             rtc_index: self.rtc.0.lock().map(|r| r.index()).unwrap_or(0),
+            virtio_blk: self.virtio_blk.iter().map(|b| b.save()).collect(),
         };
         let mut unsupported: Vec<String> = Vec::new();
         for (i, v) in vcpu.iter().enumerate() {

@@ -23,8 +23,11 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
 use super::{GuestMemoryView, SharedInterrupt, VirtioDevice};
+
+mod state;
 use crate::devices::bus::{Access, BusDevice};
 use crate::devices::DeviceAction;
+pub use state::{QueueSnapshot, TransportSnapshot};
 
 /// "virt", little-endian.
 pub const MAGIC: u32 = 0x7472_6976;
@@ -48,6 +51,14 @@ pub enum Error {
         /// Why.
         #[source]
         source: virtio_queue::Error,
+    },
+    /// A saved transport state (snapshot restore) this transport cannot take.
+    #[error("{device}: saved transport state: {what}")]
+    BadState {
+        /// Device name.
+        device: &'static str,
+        /// What does not fit.
+        what: String,
     },
 }
 

@@ -578,3 +578,91 @@ fn a_guest_cannot_flood_the_log_or_break_the_device_with_bad_writes() {
     r.setup();
     assert_eq!(r.read(0, 512), Some((OK, 513)));
 }
+
+/// A transport like `r.t` on the same (read-only, shared-lock) image and memory, as a
+/// snapshot restore builds it: nothing programmed.
+fn fresh_transport(r: &Rig) -> MmioTransport {
+    let cfg = DiskConfig {
+        path: r.img.path().into(),
+        read_only: true,
+        id: Some("disk-0".into()),
+    };
+    let m: Arc<dyn GuestMemoryView> = r.mem.clone();
+    MmioTransport::new(Box::new(Block::open(&cfg).unwrap()), m, r.irq.clone()).unwrap()
+}
+
+#[test]
+fn saved_transport_state_restored_into_a_new_transport_serves_on() {
+    let mut r = rig_with(true);
+    r.setup();
+    assert_eq!(r.read(3, 512), Some((OK, 513)));
+    assert_eq!(r.read(4, 512), Some((OK, 513)));
+    r.w(VIRTIO_MMIO_QUEUE_SEL, 0);
+    let saved = r.t.save_state();
+    assert_eq!(saved.status, 0b1111);
+    assert_eq!(
+        saved.device_type,
+        virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK
+    );
+    assert_eq!(saved.driver_features, (1 << 32) | (1 << VIRTIO_BLK_F_FLUSH));
+    let q = &saved.queues[0];
+    assert_eq!(
+        (q.size, q.ready, q.next_avail, q.next_used),
+        (QSIZE, true, 2, 2)
+    );
+    let (d, a, u) = r.layout();
+    assert_eq!((q.desc_table, q.avail_ring, q.used_ring), (d.0, a.0, u.0));
+    // Through the state file's JSON and back.
+    let text = serde_json::to_string(&saved).unwrap();
+    let back: super::mmio::TransportSnapshot = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, saved);
+
+    // Unrestored, the new transport knows no driver: a notify needs a reset.
+    r.t = fresh_transport(&r);
+    assert_eq!(r.read(5, 512), None);
+    assert!(r.needs_reset());
+    // Restored, it serves the next request where the old one stopped.
+    r.t = fresh_transport(&r);
+    r.t.restore_state(&back).unwrap();
+    assert_eq!(r.r(VIRTIO_MMIO_STATUS), 0b1111);
+    assert_eq!(r.read(5, 512), Some((OK, 513)));
+    // The request the unrestored transport left in the ring is served too.
+    assert_eq!(r.used_idx(), 4);
+    let mut b = [0u8; 512];
+    r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+    assert!(b.iter().all(|&x| x == 5));
+    assert!(!r.needs_reset());
+    assert_eq!(r.t.save_state().queues[0].next_used, 4);
+}
+
+#[test]
+fn saved_transport_state_that_does_not_fit_is_refused() {
+    let mut r = rig_with(true);
+    r.setup();
+    let good = r.t.save_state();
+    let t = fresh_transport(&r);
+    let mut s = good.clone();
+    s.device_type = 1;
+    assert!(t
+        .restore_state(&s)
+        .unwrap_err()
+        .to_string()
+        .contains("device type 1"));
+    let mut s = good.clone();
+    s.queues[0].max_size = 8;
+    assert!(t.restore_state(&s).is_err());
+    let mut s = good.clone();
+    s.queues.push(s.queues[0].clone());
+    assert!(t
+        .restore_state(&s)
+        .unwrap_err()
+        .to_string()
+        .contains("2 saved queues"));
+    let mut s = good.clone();
+    s.queues[0].size = 3; // not a power of two
+    assert!(t.restore_state(&s).is_err());
+    // Nothing was taken: the transport is still unprogrammed.
+    assert_eq!(t.status(), 0);
+    t.restore_state(&good).unwrap();
+    assert_eq!(t.status(), 0b1111);
+}
