@@ -343,7 +343,8 @@ prepare_source() {
 }
 
 # Every "CONFIG_X=v" line of small.config must be in .config verbatim, every
-# "# CONFIG_X is not set" must not be set there.
+# "# CONFIG_X is not set" must not be set there (a trailing " # required" mark is
+# not part of the line).
 check_config() {
 	local cfg="$1" line sym bad=0
 	while IFS= read -r line; do
@@ -363,7 +364,7 @@ check_config() {
 			fi
 			;;
 		esac
-	done <"$HERE/small.config"
+	done <"$SMALL_BUILD/small.config.clean"
 	[[ "$bad" == 0 ]] || die "kernel config check failed: olddefconfig did not keep the symbols above from small.config"
 }
 
@@ -431,8 +432,11 @@ build_small() {
 
 make_small_config() {
 	make -s -C "$SRC_TREE" O="$SMALL_BUILD" tinyconfig >/dev/null
+	# small.config with the trailing " # required" marks taken off (Kconfig and
+	# merge_config.sh want bare CONFIG_X=v lines).
+	sed -E 's/[[:space:]]+#[[:space:]]*required[[:space:]]*$//' "$HERE/small.config" >"$SMALL_BUILD/small.config.clean"
 	"$SRC_TREE/scripts/kconfig/merge_config.sh" -m -O "$SMALL_BUILD" \
-		"$SMALL_BUILD/.config" "$HERE/small.config" >"$SMALL_BUILD/merge_config.log" ||
+		"$SMALL_BUILD/.config" "$SMALL_BUILD/small.config.clean" >"$SMALL_BUILD/merge_config.log" ||
 		die "merge_config.sh failed (see $SMALL_BUILD/merge_config.log)"
 	make -s -C "$SRC_TREE" O="$SMALL_BUILD" olddefconfig
 	check_config "$SMALL_BUILD/.config"
