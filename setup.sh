@@ -22,6 +22,8 @@ command -v make >/dev/null || need+=(make)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+# out/rootfs.ext4 (mke2fs -d) and the root-disk test (e2fsck, debugfs).
+command -v mke2fs >/dev/null && command -v debugfs >/dev/null || need+=(e2fsprogs)
 if ((${#need[@]})); then
 	[[ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]] || apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"

@@ -2,7 +2,7 @@
 # Build the segvmm guest kernels and initramfs into guest-kernels/out/.
 #
 #   guest-kernels/build.sh [--stock] [--small] [--initramfs] [--bench-initramfs]
-#                          [--all] [--pvm-fixup | --no-pvm-fixup] [--force]
+#                          [--rootfs] [--all] [--pvm-fixup | --no-pvm-fixup] [--force]
 #
 #   --stock       out/stock-kernel: /boot/vmlinuz from the pinned Debian cloud
 #                 kernel package (apt-get download + dpkg-deb -x).
@@ -15,7 +15,13 @@
 #                 out/initramfs-bench.cpio (uncompressed newc): /init is the
 #                 workload runner linux-bench/ (static no_std Rust, cargo
 #                 --offline) for `segvmm bench --linux KERNEL,INITRD`.
-#   --all         all four (also the default with no target flags).
+#   --rootfs      out/rootfs.ext4: a 64 MiB sparse ext4 image (mke2fs -d, no loop
+#                 mount) holding Debian's busybox-static (apt-get download +
+#                 dpkg-deb -x) with its applet links and /sbin/init (= /init)
+#                 from rootfs/init,
+#                 for `segvmm run --kernel out/small-kernel --disk out/rootfs.ext4
+#                 --cmdline "... root=/dev/vda rw"`.
+#   --all         all five (also the default with no target flags).
 #   --pvm-fixup / --no-pvm-fixup
 #                 force the kvm_pvm syscall fixup patch (patches/) on or off
 #                 for --small.  Default: on iff /sys/module/kvm_pvm exists.
@@ -40,6 +46,10 @@ STOCK_SERIES='linux-image-6\.1\.0-[0-9]+-cloud-amd64'
 SRC_PKG="linux-source-6.1"
 SRC_VERSION="6.1.170-3"
 SRC_SERIES='linux-source-6\.1'
+# The root file system's only program (exact version; no series fallback).
+BUSYBOX_PKG="busybox-static"
+BUSYBOX_VERSION="1:1.35.0-4+deb12u1+b1"
+ROOTFS_SIZE="64M"
 STOCK_PINNED="$STOCK_PKG=$STOCK_VERSION"
 SRC_PINNED="$SRC_PKG=$SRC_VERSION"
 # Build dependencies (Debian package names; versions are whatever bookworm has).
@@ -162,7 +172,8 @@ resolve() {
 # fetch_deb PKG VERSION -> prints the path of the downloaded .deb
 fetch_deb() {
 	local pkg="$1" ver="$2" deb
-	deb="$DEBS/${pkg}_${ver}_$(apt_arch "$pkg" "$ver").deb"
+	# apt-get download writes an epoch's ':' as %3a in the file name.
+	deb="$DEBS/${pkg}_${ver//:/%3a}_$(apt_arch "$pkg" "$ver").deb"
 	if [[ -s "$deb" ]] && verify_deb "$pkg" "$ver" "$deb"; then
 		echo "$deb"
 		return 0
@@ -176,7 +187,7 @@ fetch_deb() {
 	mkdir -p "$DEBS"
 	# (As root apt warns that the download is "unsandboxed": harmless.)
 	(cd "$DEBS" && apt-get download -qq "$pkg=$ver" >&2) || die "apt-get download $pkg=$ver failed"
-	deb="$DEBS/${pkg}_${ver}_$(apt_arch "$pkg" "$ver").deb"
+	deb="$DEBS/${pkg}_${ver//:/%3a}_$(apt_arch "$pkg" "$ver").deb"
 	[[ -s "$deb" ]] || die "apt-get download $pkg=$ver produced no $deb"
 	verify_deb "$pkg" "$ver" "$deb" || die "checksum of $deb does not match the archive's SHA256 for $pkg=$ver"
 	echo "$deb"
@@ -293,6 +304,61 @@ build_bench_initramfs() {
 	log "out/initramfs-bench.cpio ($(stat -c %s "$OUT/initramfs-bench.cpio") bytes)"
 }
 
+# ---------------------------------------------------------------- rootfs ----
+# mke2fs options: 4 KiB blocks; inode tables and journal written now, so the guest
+# kernel starts no ext4lazyinit thread (ring-0 work, emulated here); a fixed UUID
+# and directory hash seed. (Not bit-reproducible: mke2fs 1.47.0 stamps inode
+# ctimes with the build time.)
+ROOTFS_MKE2FS=(-q -F -t ext4 -b 4096 -N 4096 -L segvmm-root
+	-U 5e9a3c00-0000-4000-8000-5e9f3c000016
+	-E lazy_itable_init=0,lazy_journal_init=0,nodiscard,root_owner=0:0,hash_seed=5e9a3c00-0000-4000-8000-5e9f3c000017)
+
+build_rootfs() {
+	local stamp deb stage tmp applet
+	ensure_deps dpkg e2fsprogs
+	stamp="layout=2 pkg=$BUSYBOX_PKG=$BUSYBOX_VERSION init=$(sha "$HERE/rootfs/init") size=$ROOTFS_SIZE mke2fs=${ROOTFS_MKE2FS[*]} e2fsprogs=$(mke2fs -V 2>&1 | head -n1)"
+	if stamp_ok rootfs "$stamp" "$OUT/rootfs.ext4"; then
+		log "rootfs.ext4 up to date ($BUSYBOX_PKG $BUSYBOX_VERSION)"
+		return 0
+	fi
+	deb="$(fetch_deb "$BUSYBOX_PKG" "$BUSYBOX_VERSION")"
+	tmp="$WORK/busybox-extract"
+	rm -rf "$tmp"
+	dpkg-deb -x "$deb" "$tmp" || die "dpkg-deb -x $deb failed"
+	[[ -x "$tmp/bin/busybox" ]] || die "no /bin/busybox in $deb"
+	stage="$WORK/rootfs-root"
+	rm -rf "$stage"
+	mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,root,etc,mnt}
+	install -m 0755 "$tmp/bin/busybox" "$stage/bin/busybox"
+	rm -rf "$tmp"
+	# One symbolic link per applet, where busybox itself says it belongs
+	# (busybox is static: it runs here as well as in the guest).
+	while read -r applet; do
+		[[ "$applet" == */* && "$applet" != bin/busybox ]] || continue
+		[[ -e "$stage/$applet" ]] || ln -s /bin/busybox "$stage/$applet"
+	done < <("$stage/bin/busybox" --list-full)
+	[[ -L "$stage/bin/sh" && -L "$stage/sbin/poweroff" ]] || die "busybox --list-full gave no bin/sh or sbin/poweroff"
+	# The kernel runs /sbin/init from a root disk (/init only from an initramfs): the
+	# script replaces busybox's init there, and /init points to it (init=/init works too).
+	rm -f "$stage/sbin/init"
+	install -m 0755 "$HERE/rootfs/init" "$stage/sbin/init"
+	ln -s sbin/init "$stage/init"
+	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
+	printf 'root:x:0:\n' >"$stage/etc/group"
+	chmod 1777 "$stage/tmp"
+	chmod 0700 "$stage/root"
+	find "$stage" -exec touch -h -d @0 {} +
+	rm -f "$OUT/rootfs.ext4.tmp"
+	truncate -s "$ROOTFS_SIZE" "$OUT/rootfs.ext4.tmp"
+	mke2fs "${ROOTFS_MKE2FS[@]}" -d "$stage" "$OUT/rootfs.ext4.tmp" "$ROOTFS_SIZE" ||
+		die "mke2fs -d $stage failed"
+	e2fsck -fn "$OUT/rootfs.ext4.tmp" >"$WORK/rootfs-e2fsck.log" 2>&1 ||
+		die "e2fsck -fn of the new rootfs.ext4 is not clean (see $WORK/rootfs-e2fsck.log)"
+	mv "$OUT/rootfs.ext4.tmp" "$OUT/rootfs.ext4"
+	stamp_write rootfs "$stamp"
+	log "out/rootfs.ext4 ($ROOTFS_SIZE, $(du -k "$OUT/rootfs.ext4" | cut -f1) KiB allocated) <- $BUSYBOX_PKG $BUSYBOX_VERSION"
+}
+
 # ----------------------------------------------------------------- small ----
 want_pvm_fixup() {
 	case "$PVM_FIXUP" in
@@ -343,7 +409,8 @@ prepare_source() {
 }
 
 # Every "CONFIG_X=v" line of small.config must be in .config verbatim, every
-# "# CONFIG_X is not set" must not be set there.
+# "# CONFIG_X is not set" must not be set there (a trailing " # required" mark is
+# not part of the line).
 check_config() {
 	local cfg="$1" line sym bad=0
 	while IFS= read -r line; do
@@ -363,7 +430,7 @@ check_config() {
 			fi
 			;;
 		esac
-	done <"$HERE/small.config"
+	done <"$SMALL_BUILD/small.config.clean"
 	[[ "$bad" == 0 ]] || die "kernel config check failed: olddefconfig did not keep the symbols above from small.config"
 }
 
@@ -431,15 +498,18 @@ build_small() {
 
 make_small_config() {
 	make -s -C "$SRC_TREE" O="$SMALL_BUILD" tinyconfig >/dev/null
+	# small.config with the trailing " # required" marks taken off (Kconfig and
+	# merge_config.sh want bare CONFIG_X=v lines).
+	sed -E 's/[[:space:]]+#[[:space:]]*required[[:space:]]*$//' "$HERE/small.config" >"$SMALL_BUILD/small.config.clean"
 	"$SRC_TREE/scripts/kconfig/merge_config.sh" -m -O "$SMALL_BUILD" \
-		"$SMALL_BUILD/.config" "$HERE/small.config" >"$SMALL_BUILD/merge_config.log" ||
+		"$SMALL_BUILD/.config" "$SMALL_BUILD/small.config.clean" >"$SMALL_BUILD/merge_config.log" ||
 		die "merge_config.sh failed (see $SMALL_BUILD/merge_config.log)"
 	make -s -C "$SRC_TREE" O="$SMALL_BUILD" olddefconfig
 	check_config "$SMALL_BUILD/.config"
 }
 
 # ------------------------------------------------------------------ main ----
-DO_STOCK=0 DO_SMALL=0 DO_INITRAMFS=0 DO_BENCH=0 PVM_FIXUP=auto FORCE=0 RESOLVE_ONLY=0
+DO_STOCK=0 DO_SMALL=0 DO_INITRAMFS=0 DO_BENCH=0 DO_ROOTFS=0 PVM_FIXUP=auto FORCE=0 RESOLVE_ONLY=0
 for arg in "$@"; do
 	case "$arg" in
 	--resolve-only) RESOLVE_ONLY=1 ;;
@@ -447,7 +517,8 @@ for arg in "$@"; do
 	--small) DO_SMALL=1 ;;
 	--initramfs) DO_INITRAMFS=1 ;;
 	--bench-initramfs) DO_BENCH=1 ;;
-	--all) DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 DO_BENCH=1 ;;
+	--rootfs) DO_ROOTFS=1 ;;
+	--all) DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 DO_BENCH=1 DO_ROOTFS=1 ;;
 	--pvm-fixup) PVM_FIXUP=yes ;;
 	--no-pvm-fixup) PVM_FIXUP=no ;;
 	--force) FORCE=1 ;;
@@ -458,8 +529,8 @@ for arg in "$@"; do
 	*) die "unknown argument '$arg' (try --help)" ;;
 	esac
 done
-if [[ $((DO_STOCK + DO_SMALL + DO_INITRAMFS + DO_BENCH)) == 0 ]]; then
-	DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 DO_BENCH=1
+if [[ $((DO_STOCK + DO_SMALL + DO_INITRAMFS + DO_BENCH + DO_ROOTFS)) == 0 ]]; then
+	DO_STOCK=1 DO_SMALL=1 DO_INITRAMFS=1 DO_BENCH=1 DO_ROOTFS=1
 fi
 
 if [[ "$RESOLVE_ONLY" == 1 ]]; then
@@ -475,5 +546,6 @@ T0=$(date +%s)
 if [[ "$DO_STOCK" == 1 ]]; then step "stock kernel" build_stock; fi
 if [[ "$DO_INITRAMFS" == 1 ]]; then step "initramfs" build_initramfs; fi
 if [[ "$DO_BENCH" == 1 ]]; then step "bench initramfs" build_bench_initramfs; fi
+if [[ "$DO_ROOTFS" == 1 ]]; then step "rootfs" build_rootfs; fi
 if [[ "$DO_SMALL" == 1 ]]; then step "small kernel" build_small; fi
 log "all requested targets done in $(($(date +%s) - T0)) s"
