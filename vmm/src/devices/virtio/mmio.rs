@@ -251,6 +251,8 @@ impl MmioTransport {
                     "driver features {f:#x} are not a subset of {offered:#x} with VERSION_1; FEATURES_OK refused"
                 ));
                 new &= !VIRTIO_CONFIG_S_FEATURES_OK;
+            } else {
+                st.device.ack_features(f);
             }
         }
         st.status = new | (st.status & VIRTIO_CONFIG_S_NEEDS_RESET);
@@ -356,6 +358,33 @@ impl MmioTransport {
                 Err(e) => self.fail(st, &format!("queue {v}: used ring: {e}")),
             },
             Err(e) => self.fail(st, &format!("queue {v}: {e}")),
+        }
+    }
+}
+
+impl MmioTransport {
+    /// The device's configuration changed (host side): a config-change interrupt for a
+    /// running driver.
+    pub fn config_changed(&self) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let live = VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_NEEDS_RESET;
+        if st.status & live == VIRTIO_CONFIG_S_DRIVER_OK {
+            self.signal(&mut st, VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    /// Serves queue `index` as a notify would, from a host thread (a device with work of
+    /// its own to hand back); nothing unless the driver is running and the queue ready.
+    pub fn kick(&self, index: u32) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let live = VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_NEEDS_RESET;
+        let ready = st.queues.get(index as usize).is_some_and(|q| q.ready());
+        if st.status & live == VIRTIO_CONFIG_S_DRIVER_OK && ready {
+            self.notify(&mut st, index);
         }
     }
 }
