@@ -236,6 +236,15 @@ pub struct BalloonShared {
     counters: Mutex<BalloonCounters>,
     before: Mutex<Option<Result<Contiguity, String>>>,
     started: Instant,
+    /// /proc/self/pagemap, opened at creation: the vCPU threads that measure contiguity
+    /// before the first release may not open files (seccomp), and a jail hides /proc.
+    pagemap: Result<std::fs::File, String>,
+}
+
+impl BalloonShared {
+    fn contiguity(&self, mem: &GuestMemoryMmap) -> Result<Contiguity, String> {
+        contiguity(mem, self.pagemap.as_ref().map_err(Clone::clone)?)
+    }
 }
 
 impl BalloonShared {
@@ -267,6 +276,38 @@ pub struct BalloonReport {
     pub contiguity_unavailable: Option<String>,
     /// The guest's latest statistics.
     pub stats: Option<GuestStats>,
+}
+
+impl std::fmt::Display for BalloonReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let c = &self.counters;
+        write!(
+            f,
+            "balloon: target {:.1} MiB, actual {:.1} MiB; {:.1} MiB given back to the host ({} pages inflated, {} deflated, {:.1} MiB from {} free page reports; {} madvise calls, {:.1} ms)",
+            mib(self.target_bytes),
+            mib(self.actual_bytes),
+            mib(self.returned_bytes),
+            c.inflated_pages,
+            c.deflated_pages,
+            mib(c.reported_bytes_returned),
+            c.reports,
+            c.madvise_calls,
+            c.release_ms
+        )?;
+        match (self.contiguity_before, self.contiguity_after) {
+            (Some(b), Some(a)) => write!(
+                f,
+                "; host-physically contiguous runs of resident guest RAM {} -> {} ({:.1} -> {:.1} MiB resident)",
+                b.runs,
+                a.runs,
+                mib(b.resident_bytes),
+                mib(a.resident_bytes)
+            ),
+            (None, Some(a)) => write!(f, "; {} contiguous runs of resident guest RAM", a.runs),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The host's side of a balloon: set the target, read what happened.
@@ -339,7 +380,7 @@ impl BalloonHandle {
             .ok()
             .and_then(|b| b.clone())
             .transpose();
-        let after = contiguity(self.mem.memory());
+        let after = self.shared.contiguity(self.mem.memory());
         let why = before.as_ref().err().or(after.as_ref().err()).cloned();
         BalloonReport {
             target_bytes: u64::from(self.shared.target_pages.load(Ordering::SeqCst)) * PAGE,
@@ -398,6 +439,8 @@ impl Balloon {
             counters: Mutex::new(BalloonCounters::default()),
             before: Mutex::new(None),
             started: Instant::now(),
+            pagemap: std::fs::File::open("/proc/self/pagemap")
+                .map_err(|e| format!("cannot open /proc/self/pagemap: {e}")),
         });
         let mut b = Balloon {
             shared,
@@ -468,7 +511,7 @@ impl Balloon {
     fn note_before(&self, mem: &GuestMemoryMmap) {
         if let Ok(mut b) = self.shared.before.lock() {
             if b.is_none() {
-                *b = Some(contiguity(mem));
+                *b = Some(self.shared.contiguity(mem));
             }
         }
     }
@@ -559,11 +602,9 @@ fn madvise_dontneed(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> std::io::Resul
     Ok(())
 }
 
-/// Host-physically contiguous runs of the resident pages of guest RAM, from
-/// /proc/self/pagemap (frame numbers need CAP_SYS_ADMIN).
-pub fn contiguity(mem: &GuestMemoryMmap) -> Result<Contiguity, String> {
-    let f = std::fs::File::open("/proc/self/pagemap")
-        .map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
+/// Host-physically contiguous runs of the resident pages of guest RAM, from `pagemap`
+/// (this process's /proc/self/pagemap; frame numbers need CAP_SYS_ADMIN).
+pub fn contiguity(mem: &GuestMemoryMmap, f: &std::fs::File) -> Result<Contiguity, String> {
     let mut c = Contiguity::default();
     let mut last: Option<(u64, u64)> = None; // (hva, pfn) of the previous resident page
     let mut buf = vec![0u8; 8 * 4096];

@@ -332,7 +332,8 @@ fn contiguity_counts_resident_runs_with_holes() {
     let r = rig();
     r.touch(0, LOW);
     r.touch(HIGH, HIGH_LEN);
-    let before = contiguity(&r.mem).unwrap();
+    let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+    let before = contiguity(&r.mem, &pagemap).unwrap();
     assert_eq!(before.resident_bytes, LOW + HIGH_LEN);
     let mut r = r;
     r.pfns(0, &[0x300, 0x302]);
