@@ -27,6 +27,10 @@ pub enum BuiltinGuest {
     /// sector 0 must start with "SEGV"): exit 0 when the device behaved, else 20 + the step
     /// that failed (see guest-kernels/testguest).
     TestVirtio,
+    /// The test guest inflating the first virtio device, a --balloon, to its target (from
+    /// 16 MiB on) through its registers: exit 0 when the device behaved, else 30 + the
+    /// step that failed (see guest-kernels/testguest).
+    TestBalloon,
 }
 
 /// Options of `segvmm run`.
@@ -319,6 +323,7 @@ pub fn run(args: Args) -> CliResult {
                 BuiltinGuest::TestTriple => "triple",
                 BuiltinGuest::TestHang => "hang",
                 BuiltinGuest::TestVirtio => "virtio",
+                BuiltinGuest::TestBalloon => "balloon",
             };
             Payload::TestGuest { mode: mode.into() }
         }
