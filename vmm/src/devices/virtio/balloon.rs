@@ -876,6 +876,10 @@ impl VirtioDevice for Balloon {
         Ok(used)
     }
 
+    fn early_notify_ok(&self) -> bool {
+        true
+    }
+
     fn reset(&mut self) {
         self.acked = self.offered;
         self.stats_head = None;

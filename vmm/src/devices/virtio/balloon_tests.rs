@@ -56,7 +56,8 @@ fn rig_with(cfg: &BalloonConfig, features: u64) -> Rig {
         irq,
         next: [0; 4],
     };
-    r.start(features);
+    r.setup(features);
+    r.driver_ok();
     r
 }
 
@@ -82,8 +83,8 @@ impl Rig {
         u32::from_le_bytes(b)
     }
 
-    /// Negotiates `features` (+ VERSION_1), sets up every queue, DRIVER_OK.
-    fn start(&self, features: u64) {
+    /// Negotiates `features` (+ VERSION_1) and sets up every queue.
+    fn setup(&self, features: u64) {
         self.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         self.w(VIRTIO_MMIO_STATUS, 0b11);
         assert_eq!(self.r(VIRTIO_MMIO_DEVICE_ID), 5);
@@ -110,6 +111,9 @@ impl Rig {
             }
             self.w(VIRTIO_MMIO_QUEUE_READY, 1);
         }
+    }
+
+    fn driver_ok(&self) {
         self.w(VIRTIO_MMIO_STATUS, 0b1111);
         assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1111);
     }
@@ -366,4 +370,28 @@ fn balloon_options_parse_and_bad_ones_are_refused() {
     ] {
         assert!(bad.parse::<BalloonConfig>().is_err(), "{bad}");
     }
+}
+
+/// Linux kicks the statistics queue before DRIVER_OK: kept, served at DRIVER_OK; a kick
+/// before the queue is ready still fails the device.
+#[test]
+fn a_stats_kick_before_driver_ok_is_served_at_driver_ok() {
+    let mut r = rig();
+    r.w(VIRTIO_MMIO_STATUS, 0);
+    r.next = [0; 4];
+    r.setup((1 << VIRTIO_BALLOON_F_STATS_VQ) | (1 << VIRTIO_BALLOON_F_REPORTING));
+    let stat = [4u8, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    r.mem.write_slice(&stat, GuestAddress(BUF)).unwrap();
+    r.submit(2, &[(BUF, 10, false)]);
+    assert!(!r.t.needs_reset());
+    assert!(
+        r.h.report().stats.is_none(),
+        "not consumed before DRIVER_OK"
+    );
+    r.driver_ok();
+    assert_eq!(r.h.report().stats.unwrap().values["free_memory"], 1);
+    r.w(VIRTIO_MMIO_STATUS, 0);
+    r.w(VIRTIO_MMIO_STATUS, 1);
+    r.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    assert!(r.t.needs_reset(), "notify before FEATURES_OK");
 }

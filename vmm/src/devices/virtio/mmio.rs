@@ -79,6 +79,8 @@ struct State {
     driver_features: u64,
     queue_sel: u32,
     interrupt_status: u32,
+    /// Queues notified before DRIVER_OK by a driver the device lets do so (bit per queue).
+    early_notify: u32,
 }
 
 const STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
@@ -117,6 +119,7 @@ impl MmioTransport {
                 driver_features: 0,
                 queue_sel: 0,
                 interrupt_status: 0,
+                early_notify: 0,
             }),
             mem,
             irq,
@@ -258,6 +261,12 @@ impl MmioTransport {
         st.status = new | (st.status & VIRTIO_CONFIG_S_NEEDS_RESET);
         if new & !old & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             self.check_queues(st);
+            let early = std::mem::take(&mut st.early_notify);
+            for q in 0..32 {
+                if early & (1 << q) != 0 {
+                    self.notify(st, q);
+                }
+            }
         }
     }
 
@@ -279,6 +288,7 @@ impl MmioTransport {
         st.driver_features = 0;
         st.queue_sel = 0;
         st.interrupt_status = 0;
+        st.early_notify = 0;
     }
 
     fn write_queue(&self, st: &mut State, offset: u32, v: u32) {
@@ -337,6 +347,15 @@ impl MmioTransport {
             return;
         }
         if st.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            let ready = st.queues.get(v as usize).is_some_and(|q| q.ready());
+            let early_ok = st.device.early_notify_ok()
+                && st.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+                && ready
+                && v < 32;
+            if early_ok {
+                st.early_notify |= 1 << v;
+                return;
+            }
             return self.fail(st, &format!("notify of queue {v} before DRIVER_OK"));
         }
         let mem = self.mem.memory();

@@ -149,6 +149,12 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     ) -> Result<bool, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Whether a notify of a ready queue between FEATURES_OK and DRIVER_OK is kept and
+    /// served at DRIVER_OK instead of failing the device (Linux's balloon driver kicks its
+    /// statistics queue before DRIVER_OK).
+    fn early_notify_ok(&self) -> bool {
+        false
+    }
 }
 
 /// A shared interrupt.
