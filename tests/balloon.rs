@@ -177,3 +177,132 @@ fn the_api_sets_the_balloon_target_and_reads_its_report() {
     request(&sock, r#"{"cmd":"shutdown"}"#);
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// The small kernel, if it was built with virtio-balloon, and the root file system.
+fn linux_artifacts() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let (k, fs) = (
+        common::artifact("small-kernel")?,
+        common::artifact("rootfs.ext4")?,
+    );
+    let config = std::fs::read_to_string(k.with_file_name("small-kernel.config")).ok()?;
+    if !config.contains("CONFIG_VIRTIO_BALLOON=y") {
+        eprintln!("SKIP: the small kernel has no CONFIG_VIRTIO_BALLOON=y: rebuild it");
+        return None;
+    }
+    Some((k, fs))
+}
+
+fn vm_rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() >> 10
+}
+
+/// Waits until the guest console printed `needle` (lines collected by a reader thread).
+fn wait_console(lines: &std::sync::Mutex<Vec<String>>, needle: &str, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if lines.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Linux (the small kernel on rootfs.ext4, 256 MiB prefaulted, reporting off so that only
+/// the balloon gives memory back): the API sets a 64 MiB balloon, the driver inflates it
+/// (`actual` reaches the target), the VMM's RSS drops by about as much, the shell still
+/// answers, the guest's statistics arrive, and deflating brings `actual` back to 0.
+#[test]
+fn linux_inflates_the_balloon_and_keeps_running() {
+    let Some((kernel, fs)) = linux_artifacts().filter(|_| have_kvm()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("root.img");
+    std::fs::copy(&fs, &disk).unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut child = segvmm()
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "256M",
+        ])
+        .args(["--prefault", "on", "--timeout", "900", "--disk"])
+        .arg(&disk)
+        .args(["--balloon", "stats=1s,reporting=off", "--api-socket"])
+        .arg(&sock)
+        .args([
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=-1 percpu_alloc=page root=/dev/vda rw",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = child.stdout.take().unwrap();
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            l2.lock().unwrap().push(l);
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut shell = false;
+    let t = Instant::now();
+    while !shell && t.elapsed() < Duration::from_secs(600) {
+        // Split so that the echoed command line does not match.
+        let _ = stdin.write_all(b"echo SHELL\"\"READY\n");
+        shell = wait_console(&lines, "SHELLREADY", Duration::from_secs(10));
+    }
+    assert!(shell, "no shell: {:?}", lines.lock().unwrap());
+    let pid = child.id();
+    let before = vm_rss_mib(pid);
+    assert_eq!(
+        request(&sock, r#"{"cmd":"balloon","size_mib":64}"#)["ok"],
+        true
+    );
+    let t = Instant::now();
+    let mut s = Value::Null;
+    while t.elapsed() < Duration::from_secs(300) {
+        s = request(&sock, r#"{"cmd":"balloon-stats"}"#);
+        if s["actual_bytes"] == 64u64 << 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(s["actual_bytes"], 64u64 << 20, "{s}");
+    assert_eq!(s["inflated_pages"], 16384, "{s}");
+    let after = vm_rss_mib(pid);
+    assert!(before >= after + 48, "RSS {before} -> {after} MiB");
+    let _ = stdin.write_all(b"echo ST\"\"ILL ALIVE\n");
+    assert!(wait_console(
+        &lines,
+        "STILL ALIVE",
+        Duration::from_secs(120)
+    ));
+    assert!(
+        s["stats"]["values"]["total_memory"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    assert_eq!(
+        request(&sock, r#"{"cmd":"balloon","size_mib":0}"#)["ok"],
+        true
+    );
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(300) {
+        s = request(&sock, r#"{"cmd":"balloon-stats"}"#);
+        if s["actual_bytes"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(s["deflated_pages"], 16384, "{s}");
+    let _ = stdin.write_all(b"poweroff -f\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
