@@ -13,6 +13,13 @@
  * nothing used), a reset, the same read again, then a write of it to sector 1 and a
  * flush. It reports 0 when every step went as expected, else 20 + the number of the step
  * that did not (22-28).
+ *
+ * 'b' drives the first virtio-mmio device as a virtio-balloon (VERSION_1 only: inflate
+ * is queue 0): it reads the target `num_pages` from the configuration space, writes a
+ * marker into that many pages from 16 MiB on, inflates them in buffers of 1024 PFNs,
+ * checks that they read back as zero (the host gave them back), writes `actual`, then
+ * offers a buffer with a PFN outside guest RAM (DEVICE_NEEDS_RESET expected, the valid
+ * PFN beside it not released). It reports 0, else 30 + the failed step (32-37).
  */
 #define COM1 0x3f8
 #define SIGNAL_PORT 0xf4
@@ -23,6 +30,8 @@
 #define VQ_HDR 0x381000
 #define VQ_DATA 0x382000
 #define VQ_STATUS 0x383000
+#define BALLOON_BASE 0x1000000  /* the first page the balloon check inflates (16 MiB) */
+#define MARK_PAGE 0x800000      /* a page whose PFN rides with a bad one (8 MiB) */
 
     .section .note.Xen, "a"
     .p2align 2
@@ -99,6 +108,8 @@ long_mode:
     je hang
     cmp $'v', %al
     je virtio
+    cmp $'b', %al
+    je balloon
 3:
     lea msg_hello(%rip), %rdi
     call puts
@@ -219,6 +230,108 @@ vfail:
     out %eax, %dx
     jmp hang
 
+/* The virtio-balloon check ('b'); %r15d is the step, %r14 the pages asked for. */
+balloon:
+    lea msg_balloon(%rip), %rdi
+    call puts
+    mov $VIO, %rbp
+    mov $2, %r15d
+    cmpl $0x74726976, 0x00(%rbp)   /* magic "virt" */
+    jne bfail
+    cmpl $5, 0x08(%rbp)            /* device: balloon */
+    jne bfail
+    mov $3, %r15d
+    call vsetup
+    jne bfail
+    mov $4, %r15d
+    mov 0x100(%rbp), %r14d         /* num_pages */
+    test %r14d, %r14d
+    jz bfail
+    mov $BALLOON_BASE, %rdi        /* mark every page to inflate */
+    mov %r14, %rcx
+1:  movq $0x5e6e5e6e, (%rdi)
+    add $4096, %rdi
+    dec %rcx
+    jnz 1b
+    mov $5, %r15d
+    mov $BALLOON_BASE >> 12, %ebx  /* next PFN */
+    mov %r14, %r12                 /* pages left */
+2:  mov $1024, %ecx
+    cmp %rcx, %r12
+    cmovb %r12, %rcx
+    sub %rcx, %r12
+    call binflate
+    jne bfail
+    test %r12, %r12
+    jnz 2b
+    mov $6, %r15d                  /* the first and the last page read zero */
+    cmpq $0, BALLOON_BASE
+    jne bfail
+    lea -1(%r14), %rax
+    shl $12, %rax
+    cmpq $0, BALLOON_BASE(%rax)
+    jne bfail
+    mov %r14d, 0x104(%rbp)         /* actual */
+    cmp 0x104(%rbp), %r14d
+    jne bfail
+    mov $7, %r15d                  /* a PFN outside guest RAM beside a good one */
+    movq $0x5e6e5e6e, MARK_PAGE
+    movl $MARK_PAGE >> 12, VQ_DATA
+    movl $0xfffff0, VQ_DATA+4
+    movq $VQ_DATA, VQ_DESC
+    movl $8, VQ_DESC+8
+    movl $0, VQ_DESC+12            /* flags 0, next 0 */
+    movzwl VQ_USED+2, %r13d
+    call bpost
+    testl $0x40, 0x70(%rbp)        /* DEVICE_NEEDS_RESET */
+    jz bfail
+    cmpw %r13w, VQ_USED+2          /* not used */
+    jne bfail
+    cmpq $0x5e6e5e6e, MARK_PAGE    /* not released */
+    jne bfail
+    lea msg_balloon_ok(%rip), %rdi
+    call puts
+    mov $SIGNAL_PORT, %dx
+    xor %eax, %eax
+    out %eax, %dx
+    jmp hang
+bfail:
+    lea msg_balloon_bad(%rip), %rdi
+    call puts
+    mov $SIGNAL_PORT, %dx
+    lea 30(%r15), %eax
+    out %eax, %dx
+    jmp hang
+
+/* binflate: %ecx PFNs from %ebx on (advanced) in one buffer at VQ_DATA; ZF set when the
+ * device used it. */
+binflate:
+    lea (,%rcx,4), %eax
+    movq $VQ_DATA, VQ_DESC
+    mov %eax, VQ_DESC+8
+    movl $0, VQ_DESC+12            /* flags 0, next 0 */
+    mov $VQ_DATA, %rdi
+1:  mov %ebx, (%rdi)
+    inc %ebx
+    add $4, %rdi
+    dec %ecx
+    jnz 1b
+    call bpost
+    movzwl VQ_AVAIL+2, %eax
+    cmpw %ax, VQ_USED+2
+    ret
+
+/* bpost: offers descriptor 0 on queue 0 and notifies. */
+bpost:
+    movzwl VQ_AVAIL+2, %eax
+    mov %eax, %ecx
+    and $7, %ecx
+    movw $0, VQ_AVAIL+4(,%rcx,2)
+    inc %eax
+    movw %ax, VQ_AVAIL+2
+    movl $0, 0x50(%rbp)            /* QueueNotify */
+    ret
+
 /* vsetup: reset, zeroed rings, VERSION_1 only, queue 0 of 8 entries, DRIVER_OK; ZF set
  * when the device accepted it all. */
 vsetup:
@@ -325,6 +438,9 @@ msg_bad:   .asciz "segvmm test guest: memory check FAILED\n"
 msg_virtio:     .asciz "segvmm test guest: virtio-blk check\n"
 msg_virtio_ok:  .asciz "segvmm test guest: virtio-blk ok\n"
 msg_virtio_bad: .asciz "segvmm test guest: virtio-blk FAILED\n"
+msg_balloon:     .asciz "segvmm test guest: virtio-balloon check\n"
+msg_balloon_ok:  .asciz "segvmm test guest: virtio-balloon ok\n"
+msg_balloon_bad: .asciz "segvmm test guest: virtio-balloon FAILED\n"
     .p2align 3
 gdt:
     .quad 0

@@ -1,7 +1,7 @@
 //! The API's wire format: one JSON object per line, both ways, as data (paths are JSON
 //! strings, never split on spaces). Requests: `{"cmd":"ping"}`, `{"cmd":"ptsnap",
 //! "file":NAME}`, `{"cmd":"snapshot-create","dir":NAME}`, `{"cmd":"pause"}`, `{"cmd":"resume"}`,
-//! `{"cmd":"shutdown"}`. Answers:
+//! `{"cmd":"shutdown"}`, `{"cmd":"balloon","size_mib":N}`, `{"cmd":"balloon-stats"}`. Answers:
 //! `{"ok":true,...}` or `{"ok":false,"error":MESSAGE}`.
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,13 @@ pub enum Request {
     Resume {},
     /// End the run (exit reason `shutdown`, exit code 0).
     Shutdown {},
+    /// Set the balloon's target size (`--balloon`): MiB the guest should give back.
+    Balloon {
+        /// The target, MiB (0 deflates it fully).
+        size_mib: u64,
+    },
+    /// The balloon's target, `actual`, counters, contiguity and the guest's statistics.
+    BalloonStats {},
 }
 
 /// A request line that is not a request.
@@ -101,11 +108,21 @@ mod tests {
                 file: "my dir/x\nshutdown".into()
             })
         );
+        assert_eq!(
+            parse(br#"{"cmd":"balloon","size_mib":64}"#).ok(),
+            Some(Request::Balloon { size_mib: 64 })
+        );
+        assert_eq!(
+            parse(br#"{"cmd":"balloon-stats"}"#).ok(),
+            Some(Request::BalloonStats {})
+        );
         for bad in [
             &b"snapshot /etc/x"[..],
             br#"{"cmd":"ptsnap"}"#,
             br#"{"cmd":"reboot"}"#,
             br#"{"cmd":"ping","extra":1}"#,
+            br#"{"cmd":"balloon","size_mib":-1}"#,
+            br#"{"cmd":"balloon"}"#,
             b"",
             b"\xff\xfe",
         ] {

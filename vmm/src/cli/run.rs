@@ -27,6 +27,10 @@ pub enum BuiltinGuest {
     /// sector 0 must start with "SEGV"): exit 0 when the device behaved, else 20 + the step
     /// that failed (see guest-kernels/testguest).
     TestVirtio,
+    /// The test guest inflating the first virtio device, a --balloon, to its target (from
+    /// 16 MiB on) through its registers: exit 0 when the device behaved, else 30 + the
+    /// step that failed (see guest-kernels/testguest).
+    TestBalloon,
 }
 
 /// Options of `segvmm run`.
@@ -107,6 +111,12 @@ pub struct Args {
     /// (`virtio_mmio.device=` on its command line).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     pub disks: Vec<crate::devices::virtio::DiskConfig>,
+    /// A virtio-balloon (after the disks): `[size=SIZE][,stats=INTERVAL|off]
+    /// [,reporting=on|off][,deflate_on_oom=on|off]`; size is the initial balloon (default
+    /// 0), stats how often the guest is asked for statistics (default 1s). Set the size
+    /// later with the API's `{"cmd":"balloon","size_mib":N}`. Needs a 4k or thp backing.
+    #[arg(long, value_name = "[size=SIZE][,stats=T][,reporting=on]", num_args = 0..=1, default_missing_value = "")]
+    pub balloon: Option<crate::devices::virtio::BalloonConfig>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -200,6 +210,9 @@ pub fn finish(report: &RunReport) -> CliResult {
     eprintln!("segvmm: {}", report.kvm_stats.summary());
     if let Some(d) = &report.dirty {
         eprintln!("segvmm: {d}");
+    }
+    if let Some(b) = &report.balloon {
+        eprintln!("segvmm: {b}");
     }
     if report.vmm_emulated != (0, 0) {
         eprintln!(
@@ -300,11 +313,17 @@ pub fn run(args: Args) -> CliResult {
                         "--disk is not served for the measurement guest; use --guest test or --kernel",
                     ))
                 }
+                BuiltinGuest::Probe if args.balloon.is_some() => {
+                    return Err(CliError::bad_input(
+                        "--balloon is not served for the measurement guest; use --guest test or --kernel",
+                    ))
+                }
                 BuiltinGuest::Probe => return run_probe(&args),
                 BuiltinGuest::Test => "",
                 BuiltinGuest::TestTriple => "triple",
                 BuiltinGuest::TestHang => "hang",
                 BuiltinGuest::TestVirtio => "virtio",
+                BuiltinGuest::TestBalloon => "balloon",
             };
             Payload::TestGuest { mode: mode.into() }
         }
@@ -341,6 +360,9 @@ pub fn run(args: Args) -> CliResult {
     }
     if let Some(p) = profiler {
         builder = builder.profile(p);
+    }
+    if let Some(b) = &args.balloon {
+        builder = builder.balloon(b.clone());
     }
     if let (Some(dir), Some(uid), Some(gid)) = (&args.jail, args.uid, args.gid) {
         builder = builder.jail(crate::jail::JailConfig {

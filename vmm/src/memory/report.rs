@@ -136,7 +136,7 @@ fn pagemap_runs(ram: &GuestRam) -> Result<Vec<HostRun>, String> {
                 let gpa = r.gpa + (done + i as u64) * 4096;
                 if entry >> 63 == 0 {
                     return Err(if ram.prefaulted() {
-                        format!("guest page at gpa {gpa:#x} is not resident (prefault failed?)")
+                        format!("guest page at gpa {gpa:#x} is not resident (given back by a balloon, or the prefault failed; see the balloon report for runs of resident RAM)")
                     } else {
                         format!("guest page at gpa {gpa:#x} is not resident yet (guest RAM is not prefaulted)")
                     });

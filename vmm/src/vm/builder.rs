@@ -15,7 +15,9 @@ use super::report::SetupStep;
 use super::{Error, Observers, SnapshotInfo, Vm};
 use crate::api::{ApiConfig, ApiServer};
 use crate::devices::legacy::{CmosRtc, Com1, SignalPort, SignalWindow, I8042};
-use crate::devices::virtio::{self, Block, DiskConfig, IrqFd, MmioTransport};
+use crate::devices::virtio::{
+    self, Balloon, BalloonConfig, Block, DiskConfig, IrqFd, MmioTransport,
+};
 use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
 use crate::memory::GuestRam;
@@ -67,6 +69,7 @@ pub struct VmBuilder {
     jail: Option<crate::jail::JailConfig>,
     describe: Option<PayloadInfo>,
     profiler: Option<crate::profile::Profiler>,
+    balloon: Option<BalloonConfig>,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -105,7 +108,14 @@ impl VmBuilder {
             jail: None,
             describe: None,
             profiler: None,
+            balloon: None,
         }
+    }
+
+    /// Adds a virtio-balloon (`--balloon`), after the disks.
+    pub fn balloon(mut self, cfg: BalloonConfig) -> Self {
+        self.balloon = Some(cfg);
+        self
     }
 
     /// Serves the API as `api` says.
@@ -155,12 +165,17 @@ impl VmBuilder {
             jail,
             describe,
             profiler,
+            balloon,
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
+        if balloon.is_some() && cfg.memory.backing.page_size() > 4096 {
+            return Err(Error::BalloonBacking(cfg.memory.backing));
+        }
         // Disks first: a missing or locked image is refused before anything is set up.
-        let disks = take_disks(&mut cfg)?;
+        let disks = take_disks(&mut cfg, usize::from(balloon.is_some()))?;
         let n_disks = disks.len();
+        let n_virtio = n_disks + usize::from(balloon.is_some());
         let (info, mmu_mode, kvm) = probe_host(&cfg)?;
         t.step("host");
         let ram = Arc::new(make_ram(&cfg, &mut t)?);
@@ -184,6 +199,9 @@ impl VmBuilder {
         let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
         let saved = loaded.devices.as_ref().map(|d| d.virtio_blk.as_slice());
         let virtio_blk = virtio_devices(&vm_fd, &mut devs.bus, &ram, disks, saved)?;
+        let balloon = balloon
+            .map(|b| balloon_device(&vm_fd, &mut devs.bus, &ram, n_disks, &b))
+            .transpose()?;
         t.step("devices");
         let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
         let api = api.map(ApiServer::bind).transpose()?;
@@ -223,7 +241,7 @@ impl VmBuilder {
             cmdline: loaded.cmdline,
             snap,
             last_snapshot: None,
-            virtio_devices: n_disks,
+            virtio_devices: n_virtio,
             virtio_blk,
             api_paused: false,
             started,
@@ -231,6 +249,7 @@ impl VmBuilder {
             setup_last: t.last,
             profiler,
             kernel_cache: loaded.kernel_cache,
+            balloon,
         })
     }
 }
@@ -608,10 +627,15 @@ fn kvm_vm(
 }
 
 /// Opens and locks every `--disk` image of `cfg` (each with its configuration) and
-/// announces them to a Linux guest.
-fn take_disks(cfg: &mut VmConfig) -> Result<Vec<(Block, DiskConfig)>, Error> {
+/// announces them to a Linux guest, with the `extra` virtio devices that follow the disks
+/// (the balloon).
+fn take_disks(cfg: &mut VmConfig, extra: usize) -> Result<Vec<(Block, DiskConfig)>, Error> {
+    let n = cfg.disks.len() + extra;
+    if n > virtio::MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices(n));
+    }
     let disks = open_disks(&cfg.disks)?;
-    announce_virtio(&mut cfg.payload, disks.len());
+    announce_virtio(&mut cfg.payload, n);
     Ok(disks.into_iter().zip(cfg.disks.iter().cloned()).collect())
 }
 
@@ -639,20 +663,9 @@ fn virtio_devices(
     let mut slots = Vec::with_capacity(disks.len());
     for (i, (disk, cfg)) in disks.into_iter().enumerate() {
         let sectors = disk.sectors();
-        let (base, gsi) = virtio::slot(i).ok_or(Error::TooManyDevices(i + 1))?;
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
-            what: "eventfd",
-            source,
-        })?;
-        vm_fd
-            .register_irqfd(&irq, gsi)
-            .map_err(kvm_err("KVM_IRQFD"))?;
+        let (base, irq) = virtio_slot_irq(vm_fd, i)?;
         let mem: Arc<dyn virtio::GuestMemoryView> = ram.clone();
-        let t = Arc::new(MmioTransport::new(
-            Box::new(disk),
-            mem,
-            Arc::new(IrqFd(irq)),
-        )?);
+        let t = Arc::new(MmioTransport::new(Box::new(disk), mem, irq)?);
         bus.mmio.insert(base, virtio::VIRTIO_MMIO_SIZE, t.clone())?;
         slots.push(BlockSlot {
             cfg,
@@ -664,6 +677,34 @@ fn virtio_devices(
         crate::snapshot::virtio::restore_blocks(saved, &slots)?;
     }
     Ok(slots)
+}
+
+/// Slot `i`'s MMIO base and its interrupt: an irqfd on the slot's IOAPIC pin.
+fn virtio_slot_irq(vm_fd: &VmFd, i: usize) -> Result<(u64, virtio::SharedInterrupt), Error> {
+    let (base, gsi) = virtio::slot(i).ok_or(Error::TooManyDevices(i + 1))?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+        what: "eventfd",
+        source,
+    })?;
+    vm_fd
+        .register_irqfd(&irq, gsi)
+        .map_err(kvm_err("KVM_IRQFD"))?;
+    Ok((base, Arc::new(IrqFd(irq))))
+}
+
+/// The balloon behind a transport at slot `i`; the handle the event loop keeps.
+fn balloon_device(
+    vm_fd: &VmFd,
+    bus: &mut IoBus,
+    ram: &Arc<GuestRam>,
+    i: usize,
+    cfg: &BalloonConfig,
+) -> Result<virtio::BalloonHandle, Error> {
+    let (base, irq) = virtio_slot_irq(vm_fd, i)?;
+    let mem: Arc<dyn virtio::GuestMemoryView> = ram.clone();
+    let (t, handle) = Balloon::new(cfg).into_transport(mem, irq)?;
+    bus.mmio.insert(base, virtio::VIRTIO_MMIO_SIZE, t)?;
+    Ok(handle)
 }
 
 #[cfg(test)]

@@ -182,6 +182,8 @@ pub(super) struct Loop<'a> {
     sampler: Option<Rc<RefCell<SampleClock>>>,
     milestones: Vec<Milestone>,
     user_fault: Option<String>,
+    /// When the balloon's statistics were last asked for.
+    balloon_stats_at: Instant,
 }
 
 impl<'a> Loop<'a> {
@@ -227,6 +229,7 @@ impl<'a> Loop<'a> {
             sampler,
             milestones: Vec::new(),
             user_fault: None,
+            balloon_stats_at: Instant::now(),
         })
     }
 
@@ -246,6 +249,7 @@ impl<'a> Loop<'a> {
             }
             self.stdin_retry();
             self.sample();
+            self.balloon_stats();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok((self.timed_out(), self.milestones));
             }
@@ -272,6 +276,18 @@ impl<'a> Loop<'a> {
             for h in &self.vm.handles {
                 let _ = h.send(vcpu_thread::VcpuEvent::Sample);
             }
+        }
+    }
+
+    /// Asks the guest for fresh balloon statistics every `--balloon stats=` interval.
+    fn balloon_stats(&mut self) {
+        let Some(b) = &self.vm.balloon else { return };
+        let due = b
+            .stats_interval()
+            .is_some_and(|every| self.balloon_stats_at.elapsed() >= every);
+        if due {
+            b.request_stats();
+            self.balloon_stats_at = Instant::now();
         }
     }
 
@@ -429,6 +445,15 @@ impl<'a> Loop<'a> {
                 vcpu_thread::resume_all(&self.vm.handles);
                 Ok(json!({}))
             }
+            Request::Balloon { size_mib } => {
+                let b = self.vm.balloon.as_ref().ok_or(ApiError::NoBalloon)?;
+                b.set_target(size_mib.saturating_mul(1 << 20))?;
+                Ok(json!({ "size_mib": size_mib }))
+            }
+            Request::BalloonStats {} => {
+                let b = self.vm.balloon.as_ref().ok_or(ApiError::NoBalloon)?;
+                Ok(serde_json::to_value(b.report())?)
+            }
         }
     }
 
@@ -466,6 +491,12 @@ enum ApiError {
     /// The snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] super::SaveError),
+    /// A balloon request to a VM without one.
+    #[error("this VM has no balloon (start it with --balloon)")]
+    NoBalloon,
+    /// A balloon target the balloon cannot take.
+    #[error(transparent)]
+    BalloonTarget(#[from] crate::devices::virtio::balloon::TargetError),
     /// The answer could not be encoded.
     #[error("encoding the answer: {0}")]
     Json(#[from] serde_json::Error),

@@ -80,6 +80,9 @@ pub enum Error {
     /// Saved virtio-blk state that does not fit the reopened disks (snapshot restore).
     #[error(transparent)]
     VirtioRestore(#[from] crate::snapshot::virtio::RestoreError),
+    /// `--balloon` on guest RAM that cannot give back 4 KiB pages.
+    #[error("--balloon: guest RAM on {0} pages cannot give back the balloon's 4 KiB pages; use --backing 4k or thp")]
+    BalloonBacking(crate::memory::Backing),
     /// More virtio devices than interrupt lines for them.
     #[error("{0} disks: at most {max} virtio devices", max = crate::devices::virtio::MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
@@ -186,6 +189,8 @@ pub struct Vm {
     profiler: Option<crate::profile::Profiler>,
     /// What the vmlinux cache did for this boot.
     kernel_cache: boot::cache::Outcome,
+    /// The balloon (`--balloon`): its target and report, reached from the event loop.
+    balloon: Option<crate::devices::virtio::BalloonHandle>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -317,6 +322,7 @@ impl Vm {
             console_log: self.console.log(),
             profile,
             kernel_cache: self.kernel_cache,
+            balloon: self.balloon.as_ref().map(|b| b.report()),
         })
     }
 }

@@ -186,4 +186,7 @@ pub struct RunReport {
     /// decompressed and stored (`miss`), or no cache was used (`off`); the `load` step of
     /// `setup_ms` includes it.
     pub kernel_cache: crate::boot::cache::Outcome,
+    /// What the balloon did (`--balloon`): bytes given back, pages, contiguity before/after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::devices::virtio::balloon::BalloonReport>,
 }

@@ -90,6 +90,8 @@ struct State {
     driver_features: u64,
     queue_sel: u32,
     interrupt_status: u32,
+    /// Queues notified before DRIVER_OK by a driver the device lets do so (bit per queue).
+    early_notify: u32,
 }
 
 const STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
@@ -128,6 +130,7 @@ impl MmioTransport {
                 driver_features: 0,
                 queue_sel: 0,
                 interrupt_status: 0,
+                early_notify: 0,
             }),
             mem,
             irq,
@@ -262,11 +265,19 @@ impl MmioTransport {
                     "driver features {f:#x} are not a subset of {offered:#x} with VERSION_1; FEATURES_OK refused"
                 ));
                 new &= !VIRTIO_CONFIG_S_FEATURES_OK;
+            } else {
+                st.device.ack_features(f);
             }
         }
         st.status = new | (st.status & VIRTIO_CONFIG_S_NEEDS_RESET);
         if new & !old & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             self.check_queues(st);
+            let early = std::mem::take(&mut st.early_notify);
+            for q in 0..32 {
+                if early & (1 << q) != 0 {
+                    self.notify(st, q);
+                }
+            }
         }
     }
 
@@ -288,6 +299,7 @@ impl MmioTransport {
         st.driver_features = 0;
         st.queue_sel = 0;
         st.interrupt_status = 0;
+        st.early_notify = 0;
     }
 
     fn write_queue(&self, st: &mut State, offset: u32, v: u32) {
@@ -346,6 +358,15 @@ impl MmioTransport {
             return;
         }
         if st.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            let ready = st.queues.get(v as usize).is_some_and(|q| q.ready());
+            let early_ok = st.device.early_notify_ok()
+                && st.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+                && ready
+                && v < 32;
+            if early_ok {
+                st.early_notify |= 1 << v;
+                return;
+            }
             return self.fail(st, &format!("notify of queue {v} before DRIVER_OK"));
         }
         let mem = self.mem.memory();
@@ -367,6 +388,33 @@ impl MmioTransport {
                 Err(e) => self.fail(st, &format!("queue {v}: used ring: {e}")),
             },
             Err(e) => self.fail(st, &format!("queue {v}: {e}")),
+        }
+    }
+}
+
+impl MmioTransport {
+    /// The device's configuration changed (host side): a config-change interrupt for a
+    /// running driver.
+    pub fn config_changed(&self) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let live = VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_NEEDS_RESET;
+        if st.status & live == VIRTIO_CONFIG_S_DRIVER_OK {
+            self.signal(&mut st, VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    /// Serves queue `index` as a notify would, from a host thread (a device with work of
+    /// its own to hand back); nothing unless the driver is running and the queue ready.
+    pub fn kick(&self, index: u32) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let live = VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_NEEDS_RESET;
+        let ready = st.queues.get(index as usize).is_some_and(|q| q.ready());
+        if st.status & live == VIRTIO_CONFIG_S_DRIVER_OK && ready {
+            self.notify(&mut st, index);
         }
     }
 }

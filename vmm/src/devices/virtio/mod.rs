@@ -5,8 +5,10 @@
 //! on the vCPU thread that wrote it. Queues are `virtio-queue`'s split rings over the
 //! guest's vm-memory view, so no guest address is ever turned into a host pointer outside
 //! guest RAM. A device signals used buffers through an [`Interrupt`] (a KVM irqfd in a VM,
-//! a counter in tests). [`block`] is virtio-blk on a raw image file.
+//! a counter in tests). [`block`] is virtio-blk on a raw image file, [`balloon`]
+//! virtio-balloon (inflate/deflate, statistics, free page reporting).
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 
@@ -17,6 +19,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use balloon::{Balloon, BalloonConfig, BalloonHandle};
 pub use block::{Block, DiskConfig};
 pub use mmio::MmioTransport;
 
@@ -129,6 +132,8 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     fn device_type(&self) -> u32;
     /// Feature bits offered (the transport adds `VIRTIO_F_VERSION_1`).
     fn features(&self) -> u64;
+    /// The driver's features, once the transport accepted them (FEATURES_OK).
+    fn ack_features(&mut self, _features: u64) {}
     /// The largest size of each queue (powers of two); the length is the queue count.
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads the device's configuration space at `offset` (bytes past its end read 0).
@@ -144,6 +149,12 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     ) -> Result<bool, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Whether a notify of a ready queue between FEATURES_OK and DRIVER_OK is kept and
+    /// served at DRIVER_OK instead of failing the device (Linux's balloon driver kicks its
+    /// statistics queue before DRIVER_OK).
+    fn early_notify_ok(&self) -> bool {
+        false
+    }
 }
 
 /// A shared interrupt.
