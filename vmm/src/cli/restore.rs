@@ -107,6 +107,7 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: None,
         disks: Vec::new(),
+        nets: Vec::new(),
     };
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(socket) = &args.api_socket {

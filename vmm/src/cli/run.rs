@@ -107,6 +107,11 @@ pub struct Args {
     /// (`virtio_mmio.device=` on its command line).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     pub disks: Vec<crate::devices::virtio::DiskConfig>,
+    /// A virtio-net device on a host TAP (repeatable): `tap=NAME[,mac=MAC]`. segvmm opens
+    /// the TAP itself (IFF_VNET_HDR, no offloads); one it cannot open is refused before
+    /// the guest starts.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<crate::devices::virtio::NetConfig>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -329,6 +334,7 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: args.dirty(),
         disks: args.disks.clone(),
+        nets: args.nets.clone(),
     };
     let report_file = args
         .report

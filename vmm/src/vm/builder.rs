@@ -15,7 +15,9 @@ use super::report::SetupStep;
 use super::{Error, Observers, SnapshotInfo, Vm};
 use crate::api::{ApiConfig, ApiServer};
 use crate::devices::legacy::{CmosRtc, Com1, SignalPort, SignalWindow, I8042};
-use crate::devices::virtio::{self, Block, DiskConfig, IrqFd, MmioTransport};
+use crate::devices::virtio::{
+    self, Block, DiskConfig, IrqFd, MmioTransport, Net, NetConfig, VirtioDevice,
+};
 use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
 use crate::memory::GuestRam;
@@ -158,8 +160,9 @@ impl VmBuilder {
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
         // Disks first: a missing or locked image is refused before anything is set up.
-        let disks = open_disks(&cfg.disks)?;
-        let n_disks = disks.len();
+        let mut devices = open_disks(&cfg.disks)?;
+        devices.extend(open_nets(&cfg.nets, devices.len())?);
+        let n_disks = devices.len();
         announce_virtio(&mut cfg.payload, n_disks);
         let (info, mmu_mode, kvm) = probe_host(&cfg)?;
         t.step("host");
@@ -190,7 +193,7 @@ impl VmBuilder {
             &mut t,
         )?;
         let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
-        virtio_devices(&vm_fd, &mut devs.bus, &ram, disks)?;
+        let virtio = virtio_devices(&vm_fd, &mut devs.bus, &ram, devices)?;
         t.step("devices");
         let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
         let api = api.map(ApiServer::bind).transpose()?;
@@ -231,6 +234,7 @@ impl VmBuilder {
             snap,
             last_snapshot: None,
             virtio_devices: n_disks,
+            virtio,
             api_paused: false,
             started,
             setup: t.steps,
@@ -589,11 +593,25 @@ fn legacy_devices(
 }
 
 /// Opens and locks every `--disk` image.
-fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, Error> {
+fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Box<dyn VirtioDevice>>, Error> {
     if disks.len() > virtio::MAX_VIRTIO_DEVICES {
         return Err(Error::TooManyDevices(disks.len()));
     }
-    Ok(disks.iter().map(Block::open).collect::<Result<_, _>>()?)
+    disks
+        .iter()
+        .map(|d| Ok(Box::new(Block::open(d)?) as Box<dyn VirtioDevice>))
+        .collect()
+}
+
+/// Opens every `--net` TAP (`before` devices come first).
+fn open_nets(nets: &[NetConfig], before: usize) -> Result<Vec<Box<dyn VirtioDevice>>, Error> {
+    if before + nets.len() > virtio::MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices(before + nets.len()));
+    }
+    nets.iter()
+        .enumerate()
+        .map(|(i, n)| Ok(Box::new(Net::open(n, i)?) as Box<dyn VirtioDevice>))
+        .collect()
 }
 
 /// Tells a Linux guest where its `n` virtio-mmio devices are (`virtio_mmio.device=`).
@@ -606,16 +624,17 @@ fn announce_virtio(payload: &mut Payload, n: usize) {
     }
 }
 
-/// Each disk behind a virtio-mmio transport at its slot on the MMIO bus, its interrupt an
+/// Each device behind a virtio-mmio transport at its slot on the MMIO bus, its interrupt an
 /// irqfd on its IOAPIC pin (the in-kernel irqchip always exists here, see
-/// [`vm::add_ram_and_devices`]).
+/// [`vm::add_ram_and_devices`]); the transports, for the event loop.
 fn virtio_devices(
     vm_fd: &VmFd,
     bus: &mut IoBus,
     ram: &Arc<GuestRam>,
-    disks: Vec<Block>,
-) -> Result<(), Error> {
-    for (i, disk) in disks.into_iter().enumerate() {
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vec<Arc<MmioTransport>>, Error> {
+    let mut transports = Vec::with_capacity(devices.len());
+    for (i, device) in devices.into_iter().enumerate() {
         let (base, gsi) = virtio::slot(i).ok_or(Error::TooManyDevices(i + 1))?;
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
             what: "eventfd",
@@ -625,11 +644,11 @@ fn virtio_devices(
             .register_irqfd(&irq, gsi)
             .map_err(kvm_err("KVM_IRQFD"))?;
         let mem: Arc<dyn virtio::GuestMemoryView> = ram.clone();
-        let t = MmioTransport::new(Box::new(disk), mem, Arc::new(IrqFd(irq)))?;
-        bus.mmio
-            .insert(base, virtio::VIRTIO_MMIO_SIZE, Arc::new(t))?;
+        let t = Arc::new(MmioTransport::new(device, mem, Arc::new(IrqFd(irq)))?);
+        bus.mmio.insert(base, virtio::VIRTIO_MMIO_SIZE, t.clone())?;
+        transports.push(t);
     }
-    Ok(())
+    Ok(transports)
 }
 
 #[cfg(test)]

@@ -84,6 +84,8 @@ pub struct VmConfig {
     pub track_dirty: Option<crate::dirty::DirtyConfig>,
     /// virtio-blk disks (`--disk`), opened and locked first thing at build time.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net devices (`--net`), their TAPs opened at build time.
+    pub nets: Vec<crate::devices::virtio::NetConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -94,6 +96,7 @@ impl std::fmt::Debug for VmConfig {
             .field("payload", &self.payload)
             .field("timeout", &self.timeout)
             .field("disks", &self.disks)
+            .field("nets", &self.nets)
             .finish()
     }
 }

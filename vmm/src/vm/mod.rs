@@ -74,11 +74,14 @@ pub enum Error {
     /// A `--disk` image cannot be used.
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::Error),
+    /// A `--net` TAP cannot be opened.
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio::net::Error),
     /// A virtio transport.
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::mmio::Error),
     /// More virtio devices than interrupt lines for them.
-    #[error("{0} disks: at most {max} virtio devices", max = crate::devices::virtio::MAX_VIRTIO_DEVICES)]
+    #[error("{0} virtio devices: at most {max}", max = crate::devices::virtio::MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
     /// `--vcpus` out of range.
     #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
@@ -171,6 +174,8 @@ pub struct Vm {
     last_snapshot: Option<String>,
     /// virtio devices on the bus (snapshots refuse them until they save their state).
     virtio_devices: usize,
+    /// The virtio transports (the event loop serves their host descriptors).
+    virtio: Vec<Arc<crate::devices::virtio::MmioTransport>>,
     /// Paused through the API: a snapshot leaves it paused.
     api_paused: bool,
     started: Instant,

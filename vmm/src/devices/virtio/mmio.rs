@@ -21,6 +21,7 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
+use vmm_sys_util::epoll::EventSet;
 
 use super::{GuestMemoryView, SharedInterrupt, VirtioDevice};
 use crate::devices::bus::{Access, BusDevice};
@@ -349,13 +350,62 @@ impl MmioTransport {
             );
         }
         match device.process_queue(v as usize, q, mem) {
-            Ok(false) => {}
-            Ok(true) => match q.needs_notification(mem) {
-                Ok(true) => self.signal(st, VIRTIO_MMIO_INT_VRING),
-                Ok(false) => {}
-                Err(e) => self.fail(st, &format!("queue {v}: used ring: {e}")),
-            },
+            Ok(used) => self.used(st, u32::from(used) << v),
             Err(e) => self.fail(st, &format!("queue {v}: {e}")),
+        }
+    }
+
+    /// After the device used the queues in bit mask `mask`: one interrupt if any of them
+    /// wants it.
+    fn used(&self, st: &mut State, mask: u32) {
+        let mem = self.mem.memory();
+        let mut raise = false;
+        for (i, q) in st.queues.iter_mut().enumerate() {
+            if i < 32 && mask & (1 << i) != 0 {
+                match q.needs_notification(mem) {
+                    Ok(n) => raise |= n,
+                    Err(e) => return self.fail(st, &format!("queue {i}: used ring: {e}")),
+                }
+            }
+        }
+        if raise {
+            self.signal(st, VIRTIO_MMIO_INT_VRING);
+        }
+    }
+
+    /// The event loop saw host descriptor `fd` ready: the device serves it while the
+    /// driver runs (before DRIVER_OK or after a failure the event is left for later).
+    pub fn host_event(&self, fd: std::os::unix::io::RawFd, events: EventSet) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let s = st.status;
+        if s & VIRTIO_CONFIG_S_DRIVER_OK == 0 || s & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            return;
+        }
+        let mem = self.mem.memory();
+        let State { device, queues, .. } = &mut *st;
+        if let Some(i) = queues.iter().position(|q| q.ready() && !q.is_valid(mem)) {
+            return self.fail(&mut st, &format!("queue {i} is not in guest RAM"));
+        }
+        match device.host_event(fd, events, queues, mem) {
+            Ok(mask) => self.used(&mut st, mask),
+            Err(e) => self.fail(&mut st, &e.to_string()),
+        }
+    }
+
+    /// The host descriptors the device wants watched.
+    pub fn host_fds(&self) -> Vec<super::HostFd> {
+        self.state
+            .lock()
+            .map(|s| s.device.host_fds())
+            .unwrap_or_default()
+    }
+
+    /// Lets the device close descriptors the event loop no longer watches.
+    pub fn reap(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.device.reap();
         }
     }
 }
