@@ -80,6 +80,7 @@ fn boot_to_first_instruction(c: &mut Criterion) {
                             track_dirty: None,
                             disks: Vec::new(),
                             nets: Vec::new(),
+                            vsock: None,
                         })
                         .expect("test guest run");
                         total += Duration::from_secs_f64(r.boot_ms / 1e3);

@@ -108,6 +108,7 @@ pub fn run(args: Args) -> CliResult {
         track_dirty: None,
         disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
     };
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(socket) = &args.api_socket {

@@ -112,6 +112,12 @@ pub struct Args {
     /// the guest starts.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     pub nets: Vec<crate::devices::virtio::NetConfig>,
+    /// A virtio-vsock device in Firecracker's hybrid style: `cid=N,uds=PATH`. A host
+    /// program connects to PATH and writes `CONNECT <port>\n` to reach a guest listener
+    /// (answer `OK <hostport>\n`); guest connections to host port P go to `PATH_P`. A
+    /// PATH that exists is refused before the guest starts.
+    #[arg(long = "vsock", value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<crate::devices::virtio::VsockConfig>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -335,6 +341,7 @@ pub fn run(args: Args) -> CliResult {
         track_dirty: args.dirty(),
         disks: args.disks.clone(),
         nets: args.nets.clone(),
+        vsock: args.vsock.clone(),
     };
     let report_file = args
         .report

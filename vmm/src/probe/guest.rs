@@ -581,6 +581,7 @@ fn run_inner(
         track_dirty: opts.track_dirty.clone(),
         disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
     };
     let describe = crate::snapshot::PayloadInfo {
         kind: "probe".into(),

@@ -16,7 +16,7 @@ use super::{Error, Observers, SnapshotInfo, Vm};
 use crate::api::{ApiConfig, ApiServer};
 use crate::devices::legacy::{CmosRtc, Com1, SignalPort, SignalWindow, I8042};
 use crate::devices::virtio::{
-    self, Block, DiskConfig, IrqFd, MmioTransport, Net, NetConfig, VirtioDevice,
+    self, Block, DiskConfig, IrqFd, MmioTransport, Net, NetConfig, VirtioDevice, Vsock,
 };
 use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
@@ -162,6 +162,9 @@ impl VmBuilder {
         // Disks first: a missing or locked image is refused before anything is set up.
         let mut devices = open_disks(&cfg.disks)?;
         devices.extend(open_nets(&cfg.nets, devices.len())?);
+        if let Some(v) = &cfg.vsock {
+            devices.push(Box::new(Vsock::open(v)?));
+        }
         let n_disks = devices.len();
         announce_virtio(&mut cfg.payload, n_disks);
         let (info, mmu_mode, kvm) = probe_host(&cfg)?;

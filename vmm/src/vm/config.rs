@@ -86,6 +86,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net devices (`--net`), their TAPs opened at build time.
     pub nets: Vec<crate::devices::virtio::NetConfig>,
+    /// The virtio-vsock device (`--vsock`), its socket bound at build time.
+    pub vsock: Option<crate::devices::virtio::VsockConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -97,6 +99,7 @@ impl std::fmt::Debug for VmConfig {
             .field("timeout", &self.timeout)
             .field("disks", &self.disks)
             .field("nets", &self.nets)
+            .field("vsock", &self.vsock)
             .finish()
     }
 }

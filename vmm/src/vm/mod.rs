@@ -77,6 +77,9 @@ pub enum Error {
     /// A `--net` TAP cannot be opened.
     #[error(transparent)]
     Net(#[from] crate::devices::virtio::net::Error),
+    /// A `--vsock` socket cannot be made.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::Error),
     /// A virtio transport.
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::mmio::Error),

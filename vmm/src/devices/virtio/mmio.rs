@@ -10,6 +10,7 @@
 //! DRIVER_OK, a chain no status can answer) gets DEVICE_NEEDS_RESET and a config-change
 //! interrupt, with one log line; the device serves again after a reset.
 
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -50,11 +51,22 @@ pub enum Error {
         #[source]
         source: virtio_queue::Error,
     },
+    /// The eventfd that wakes the event loop for a device served there.
+    #[error("{device}: eventfd: {source}")]
+    Kick {
+        /// Device name.
+        device: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
     name: &'static str,
+    /// Written on QueueNotify for a device served on the event loop.
+    kick: Option<vmm_sys_util::eventfd::EventFd>,
     state: Mutex<State>,
     mem: Arc<dyn GuestMemoryView>,
     irq: SharedInterrupt,
@@ -96,6 +108,17 @@ impl MmioTransport {
         irq: SharedInterrupt,
     ) -> Result<Self, Error> {
         let name = device.name();
+        let kick = match device.notify_on_event_loop() {
+            true => Some(
+                vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+                    Error::Kick {
+                        device: name,
+                        source,
+                    }
+                })?,
+            ),
+            false => None,
+        };
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -109,6 +132,7 @@ impl MmioTransport {
             .collect::<Result<_, _>>()?;
         Ok(MmioTransport {
             name,
+            kick,
             state: Mutex::new(State {
                 device,
                 queues,
@@ -349,6 +373,12 @@ impl MmioTransport {
                 &format!("notify of queue {v}, not ready or not in guest RAM"),
             );
         }
+        if let Some(k) = &self.kick {
+            if let Err(e) = k.write(1) {
+                self.log(&format!("cannot wake the event loop: {e}"));
+            }
+            return;
+        }
         match device.process_queue(v as usize, q, mem) {
             Ok(used) => self.used(st, u32::from(used) << v),
             Err(e) => self.fail(st, &format!("queue {v}: {e}")),
@@ -376,6 +406,10 @@ impl MmioTransport {
     /// The event loop saw host descriptor `fd` ready: the device serves it while the
     /// driver runs (before DRIVER_OK or after a failure the event is left for later).
     pub fn host_event(&self, fd: std::os::unix::io::RawFd, events: EventSet) {
+        if let Some(k) = self.kick.as_ref().filter(|k| k.as_raw_fd() == fd) {
+            // Readable, so this does not block; the device serves every queue below.
+            let _ = k.read();
+        }
         let Ok(mut st) = self.state.lock() else {
             return;
         };
@@ -396,10 +430,18 @@ impl MmioTransport {
 
     /// The host descriptors the device wants watched.
     pub fn host_fds(&self) -> Vec<super::HostFd> {
-        self.state
+        let mut fds = self
+            .state
             .lock()
             .map(|s| s.device.host_fds())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(k) = &self.kick {
+            fds.push(super::HostFd {
+                fd: k.as_raw_fd(),
+                events: EventSet::IN,
+            });
+        }
+        fds
     }
 
     /// Lets the device close descriptors the event loop no longer watches.

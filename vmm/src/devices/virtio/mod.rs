@@ -11,6 +11,7 @@ pub mod block;
 pub mod host_events;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use block::{Block, DiskConfig};
 pub use host_events::HostEvents;
 pub use mmio::MmioTransport;
 pub use net::{Net, NetConfig};
+pub use vsock::{Vsock, VsockConfig};
 
 /// Guest-physical base of the first virtio-mmio window (in the MMIO hole, just after the
 /// signal window at 0xd000_0000); device `i` is at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
@@ -169,6 +171,14 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     /// descriptors no longer in [`VirtioDevice::host_fds`] out of its epoll set, so a
     /// descriptor is never closed while still registered (its number could be reused).
     fn reap(&mut self) {}
+    /// Whether queue notifications are served on the event loop rather than the vCPU
+    /// that wrote QueueNotify: the transport then only wakes the loop (an eventfd, added
+    /// to the device's host descriptors) and the device serves its queues in
+    /// [`VirtioDevice::host_event`]. For devices whose work needs the loop's system calls
+    /// (vsock connects and accepts); false by default.
+    fn notify_on_event_loop(&self) -> bool {
+        false
+    }
 }
 
 /// A host descriptor a device wants watched, and for what.
@@ -188,3 +198,5 @@ pub type SharedInterrupt = Arc<dyn Interrupt>;
 mod net_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vsock_tests;

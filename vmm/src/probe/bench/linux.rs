@@ -129,6 +129,7 @@ pub fn run(
         track_dirty: None,
         disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
     };
     let report = vm::run(cfg).map_err(|e| match e {
         vm::Error::Memory(_) | vm::Error::Host(_) => (Status::Unavailable, e.to_string()),
