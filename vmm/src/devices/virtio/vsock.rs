@@ -58,6 +58,9 @@ const OP_SHUTDOWN: u16 = 4;
 const OP_RW: u16 = 5;
 const OP_CREDIT_UPDATE: u16 = 6;
 const OP_CREDIT_REQUEST: u16 = 7;
+/// SHUTDOWN flags: the sender will receive no more, will send no more.
+const SHUT_RCV: u32 = 1;
+const SHUT_SEND: u32 = 2;
 
 /// `--vsock cid=N,uds=PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,8 +188,13 @@ struct Conn {
     peer: u32,
     /// Waiting for the guest's RESPONSE (host-initiated).
     connecting: bool,
-    /// The host end hit EOF; SHUTDOWN was sent, waiting for the guest's RST.
+    /// The host end hit EOF (SHUTDOWN with SEND was sent to the guest).
     host_eof: bool,
+    /// The guest will send no more (its SHUTDOWN with SEND; the host socket is shut for
+    /// writing).
+    guest_eof: bool,
+    /// The guest will receive no more.
+    guest_no_rx: bool,
     /// The guest's buffer and what it has consumed of ours.
     peer_buf_alloc: u32,
     peer_fwd_cnt: u32,
@@ -210,6 +218,8 @@ impl Conn {
             peer,
             connecting,
             host_eof: false,
+            guest_eof: false,
+            guest_no_rx: false,
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
             tx_cnt: 0,
@@ -443,16 +453,28 @@ impl Vsock {
             OP_RW if !c.connecting => self.guest_data(i, payload),
             OP_CREDIT_REQUEST => self.control_for(i, OP_CREDIT_UPDATE, 0),
             OP_CREDIT_UPDATE => {}
-            OP_SHUTDOWN => {
-                c.flush();
-                self.control_for(i, OP_RST, 0);
-                self.close(i);
-            }
+            OP_SHUTDOWN => self.guest_shutdown(i, h.flags),
             OP_RST => self.close(i),
             _ => {
                 self.control_for(i, OP_RST, 0);
                 self.close(i);
             }
+        }
+    }
+
+    /// The guest's SHUTDOWN: a half-close shuts the host socket for writing (or stops
+    /// sending to the guest); once neither side sends, RST ends the connection.
+    fn guest_shutdown(&mut self, i: usize, flags: u32) {
+        let c = &mut self.conns[i];
+        c.guest_no_rx |= flags & SHUT_RCV != 0;
+        if flags & SHUT_SEND != 0 && !c.guest_eof {
+            c.guest_eof = true;
+            c.flush();
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        if c.guest_eof && (c.host_eof || c.guest_no_rx) {
+            self.control_for(i, OP_RST, 0);
+            self.close(i);
         }
     }
 
@@ -524,7 +546,7 @@ impl Vsock {
     /// SHUTDOWN is queued (returned at once); `None` when there is nothing to send.
     fn read_conn(&mut self, i: usize, room: usize) -> Option<usize> {
         let c = &mut self.conns[i];
-        if c.connecting || c.host_eof {
+        if c.connecting || c.host_eof || c.guest_no_rx {
             return None;
         }
         let max = room.min(c.credit() as usize).min(MAX_PKT);
@@ -540,7 +562,11 @@ impl Vsock {
             match c.stream.read(&mut self.buf[HDR_LEN..HDR_LEN + max]) {
                 Ok(0) => {
                     c.host_eof = true;
-                    let h = self.hdr_for(&self.conns[i], OP_SHUTDOWN, 3, 0);
+                    let op = if c.guest_eof { OP_RST } else { OP_SHUTDOWN };
+                    let h = self.hdr_for(&self.conns[i], op, SHUT_SEND, 0);
+                    if op == OP_RST {
+                        self.close(i);
+                    }
                     self.buf[..HDR_LEN].copy_from_slice(&h.bytes());
                     return Some(HDR_LEN);
                 }

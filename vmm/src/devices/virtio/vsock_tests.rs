@@ -51,6 +51,11 @@ fn hdr(src_port: u32, dst_port: u32, op: u16, len: u32, buf_alloc: u32, fwd_cnt:
     b
 }
 
+fn with_flags(mut h: Vec<u8>, flags: u32) -> Vec<u8> {
+    h[32..36].copy_from_slice(&flags.to_le_bytes());
+    h
+}
+
 /// A received packet: (src_port, dst_port, op, flags, payload).
 type Pkt = (u32, u32, u16, u32, Vec<u8>);
 
@@ -250,12 +255,20 @@ fn a_host_program_reaches_a_guest_listener_with_connect() {
     pkt.extend_from_slice(b"pong");
     r.send(&pkt);
     assert_eq!(read_some(&mut host, 4), b"pong");
-    // The host closes: the guest is told SHUTDOWN, answers RST.
-    drop(host);
+    // The host half-closes: the guest is told it will get no more, and can still send.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
     r.tick();
-    assert_eq!(r.recv(), vec![(local, 1234, SHUTDOWN, 3, vec![])]);
-    r.send(&hdr(1234, local, RST, 0, 0, 0));
-    assert!(r.recv().is_empty());
+    assert_eq!(r.recv(), vec![(local, 1234, SHUTDOWN, 2, vec![])]);
+    let mut pkt = hdr(1234, local, RW, 3, 64 << 10, 11);
+    pkt.extend_from_slice(b"bye");
+    r.send(&pkt);
+    assert_eq!(read_some(&mut host, 3), b"bye");
+    // The guest closes too: RST, and the host sees EOF.
+    r.send(&with_flags(hdr(1234, local, SHUTDOWN, 0, 0, 0), 3));
+    assert_eq!(r.recv(), vec![(local, 1234, RST, 0, vec![])]);
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
     assert_eq!(r.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
 }
 
@@ -283,7 +296,7 @@ fn guest_connections_go_to_path_port_and_respect_credit() {
     r.send(&hdr(77, 5000, RW, 100, 3, 0));
     assert!(r.recv().is_empty());
     // The guest shuts down: the host sees EOF, the guest gets RST.
-    r.send(&hdr(77, 5000, SHUTDOWN, 0, 3, 6));
+    r.send(&with_flags(hdr(77, 5000, SHUTDOWN, 0, 3, 6), 3));
     assert_eq!(r.recv(), vec![(5000, 77, RST, 0, vec![])]);
     let mut rest = Vec::new();
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
