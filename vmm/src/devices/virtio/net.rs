@@ -21,7 +21,9 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::str::FromStr;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
@@ -422,7 +424,14 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        1 << VIRTIO_NET_F_MAC
+        // Transmit offloads: the guest hands over partially checksummed TCP segments of up
+        // to 64 KiB and the host's TAP checksums and segments them (the header passes
+        // through as it is). Receive offloads stay off (the TAP checksums and segments
+        // what it gives the guest).
+        (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_CSUM)
+            | (1 << VIRTIO_NET_F_HOST_TSO4)
+            | (1 << VIRTIO_NET_F_HOST_TSO6)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -176,7 +176,11 @@ fn identifies_as_net_with_its_mac() {
     let mut mac = [0u8; 6];
     r.t.read(0x100, &mut mac);
     assert_eq!(mac, [0x52, 0x54, 0, 1, 2, 3]);
-    assert_eq!(r.r(VIRTIO_MMIO_DEVICE_FEATURES), 1 << 5);
+    // MAC, CSUM, HOST_TSO4, HOST_TSO6: transmit offloads only.
+    assert_eq!(
+        r.r(VIRTIO_MMIO_DEVICE_FEATURES),
+        (1 << 5) | 1 | (1 << 11) | (1 << 12)
+    );
 }
 
 #[test]
