@@ -79,6 +79,8 @@ fn boot_to_first_instruction(c: &mut Criterion) {
                             api_socket: None,
                             track_dirty: None,
                             disks: Vec::new(),
+                            nets: Vec::new(),
+                            vsock: None,
                         })
                         .expect("test guest run");
                         total += Duration::from_secs_f64(r.boot_ms / 1e3);

@@ -114,6 +114,8 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: None,
         disks,
+        nets: Vec::new(),
+        vsock: None,
     };
     let mut builder = VmBuilder::new(cfg).confine_main_thread();
     if let Some(socket) = &args.api_socket {

@@ -117,6 +117,17 @@ pub struct Args {
     /// later with the API's `{"cmd":"balloon","size_mib":N}`. Needs a 4k or thp backing.
     #[arg(long, value_name = "[size=SIZE][,stats=T][,reporting=on]", num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<crate::devices::virtio::BalloonConfig>,
+    /// A virtio-net device on a host TAP (repeatable): `tap=NAME[,mac=MAC]`. segvmm opens
+    /// the TAP itself (IFF_VNET_HDR, no offloads); one it cannot open is refused before
+    /// the guest starts.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<crate::devices::virtio::NetConfig>,
+    /// A virtio-vsock device in Firecracker's hybrid style: `cid=N,uds=PATH`. A host
+    /// program connects to PATH and writes `CONNECT <port>\n` to reach a guest listener
+    /// (answer `OK <hostport>\n`); guest connections to host port P go to `PATH_P`. A
+    /// PATH that exists is refused before the guest starts.
+    #[arg(long = "vsock", value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<crate::devices::virtio::VsockConfig>,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -348,6 +359,8 @@ pub fn run(args: Args) -> CliResult {
         api_socket: args.api_socket.clone(),
         track_dirty: args.dirty(),
         disks: args.disks.clone(),
+        nets: args.nets.clone(),
+        vsock: args.vsock.clone(),
     };
     let report_file = args
         .report

@@ -580,6 +580,8 @@ fn run_inner(
         api_socket: None,
         track_dirty: opts.track_dirty.clone(),
         disks: Vec::new(),
+        nets: Vec::new(),
+        vsock: None,
     };
     let describe = crate::snapshot::PayloadInfo {
         kind: "probe".into(),

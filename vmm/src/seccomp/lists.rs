@@ -131,7 +131,8 @@ const WRITER: &[i64] = &[
 ];
 
 /// The main thread once the guest runs: the event loop (epoll, eventfds, the API socket,
-/// stdin), kicks to vCPUs, a ptsnap writer it may start, and the end of the run (reports,
+/// stdin, a TAP, virtio-vsock's Unix sockets: accept, and connect for guest connections),
+/// kicks to vCPUs, a ptsnap writer it may start, and the end of the run (reports,
 /// the hotness file and its heat map, the JSON report).
 const MAIN: &[i64] = &[
     SYS_openat,
@@ -166,6 +167,8 @@ const MAIN: &[i64] = &[
     SYS_poll,
     SYS_ppoll,
     SYS_accept4,
+    SYS_socket,
+    SYS_connect,
     SYS_recvfrom,
     SYS_sendto,
     SYS_recvmsg,

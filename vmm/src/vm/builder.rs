@@ -16,7 +16,8 @@ use super::{Error, Observers, SnapshotInfo, Vm};
 use crate::api::{ApiConfig, ApiServer};
 use crate::devices::legacy::{CmosRtc, Com1, SignalPort, SignalWindow, I8042};
 use crate::devices::virtio::{
-    self, Balloon, BalloonConfig, Block, DiskConfig, IrqFd, MmioTransport,
+    self, Balloon, BalloonConfig, Block, DiskConfig, IrqFd, MmioTransport, Net, NetConfig,
+    VirtioDevice, Vsock,
 };
 use crate::devices::{self, Console, IoBus, SerialDevice};
 use crate::host::{self, HostInfo};
@@ -173,9 +174,17 @@ impl VmBuilder {
             return Err(Error::BalloonBacking(cfg.memory.backing));
         }
         // Disks first: a missing or locked image is refused before anything is set up.
-        let disks = take_disks(&mut cfg, usize::from(balloon.is_some()))?;
+        let disks = take_disks(&cfg)?;
+        let mut others = open_nets(&cfg.nets, disks.len())?;
+        if let Some(v) = &cfg.vsock {
+            others.push(Box::new(Vsock::open(v)?));
+        }
         let n_disks = disks.len();
-        let n_virtio = n_disks + usize::from(balloon.is_some());
+        let n_virtio = n_disks + others.len() + usize::from(balloon.is_some());
+        if n_virtio > virtio::MAX_VIRTIO_DEVICES {
+            return Err(Error::TooManyDevices(n_virtio));
+        }
+        announce_virtio(&mut cfg.payload, n_virtio);
         let (info, mmu_mode, kvm) = probe_host(&cfg)?;
         t.step("host");
         let ram = Arc::new(make_ram(&cfg, &mut t)?);
@@ -198,9 +207,17 @@ impl VmBuilder {
         )?;
         let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
         let saved = loaded.devices.as_ref().map(|d| d.virtio_blk.as_slice());
-        let virtio_blk = virtio_devices(&vm_fd, &mut devs.bus, &ram, disks, saved)?;
+        let virtio_blk = virtio_blocks(&vm_fd, &mut devs.bus, &ram, disks, saved)?;
+        let mut virtio: Vec<_> = virtio_blk.iter().map(|b| b.transport.clone()).collect();
+        virtio.extend(virtio_devices(
+            &vm_fd,
+            &mut devs.bus,
+            &ram,
+            others,
+            n_disks,
+        )?);
         let balloon = balloon
-            .map(|b| balloon_device(&vm_fd, &mut devs.bus, &ram, n_disks, &b))
+            .map(|b| balloon_device(&vm_fd, &mut devs.bus, &ram, virtio.len(), &b))
             .transpose()?;
         t.step("devices");
         let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
@@ -243,6 +260,7 @@ impl VmBuilder {
             last_snapshot: None,
             virtio_devices: n_virtio,
             virtio_blk,
+            virtio,
             api_paused: false,
             started,
             setup: t.steps,
@@ -609,6 +627,17 @@ fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, Error> {
     Ok(disks.iter().map(Block::open).collect::<Result<_, _>>()?)
 }
 
+/// Opens every `--net` TAP (`before` devices come first).
+fn open_nets(nets: &[NetConfig], before: usize) -> Result<Vec<Box<dyn VirtioDevice>>, Error> {
+    if before + nets.len() > virtio::MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices(before + nets.len()));
+    }
+    nets.iter()
+        .enumerate()
+        .map(|(i, n)| Ok(Box::new(Net::open(n, i)?) as Box<dyn VirtioDevice>))
+        .collect()
+}
+
 /// The KVM VM with RAM and the in-kernel devices; dirty logging is chosen before memory
 /// slots and vCPUs exist (KVM accepts the dirty ring only before the first vCPU).
 fn kvm_vm(
@@ -626,16 +655,9 @@ fn kvm_vm(
     Ok((vm_fd, dirty_prep))
 }
 
-/// Opens and locks every `--disk` image of `cfg` (each with its configuration) and
-/// announces them to a Linux guest, with the `extra` virtio devices that follow the disks
-/// (the balloon).
-fn take_disks(cfg: &mut VmConfig, extra: usize) -> Result<Vec<(Block, DiskConfig)>, Error> {
-    let n = cfg.disks.len() + extra;
-    if n > virtio::MAX_VIRTIO_DEVICES {
-        return Err(Error::TooManyDevices(n));
-    }
+/// Opens and locks every `--disk` image of `cfg`, each with its configuration.
+fn take_disks(cfg: &VmConfig) -> Result<Vec<(Block, DiskConfig)>, Error> {
     let disks = open_disks(&cfg.disks)?;
-    announce_virtio(&mut cfg.payload, n);
     Ok(disks.into_iter().zip(cfg.disks.iter().cloned()).collect())
 }
 
@@ -649,11 +671,32 @@ fn announce_virtio(payload: &mut Payload, n: usize) {
     }
 }
 
-/// Each disk behind a virtio-mmio transport at its slot on the MMIO bus, its interrupt an
+/// Each device behind a virtio-mmio transport at its slot on the MMIO bus, its interrupt an
 /// irqfd on its IOAPIC pin (the in-kernel irqchip always exists here, see
-/// [`vm::add_ram_and_devices`]); each disk with its transport. For a restore, `saved`
-/// (the snapshot's disks) is checked against them and loaded into the transports.
+/// [`vm::add_ram_and_devices`]); the transports, for the event loop. `first` is the slot
+/// of the first one.
 fn virtio_devices(
+    vm_fd: &VmFd,
+    bus: &mut IoBus,
+    ram: &Arc<GuestRam>,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    first: usize,
+) -> Result<Vec<Arc<MmioTransport>>, Error> {
+    let mut transports = Vec::with_capacity(devices.len());
+    for (i, device) in devices.into_iter().enumerate() {
+        let (base, irq) = virtio_slot_irq(vm_fd, first + i)?;
+        let mem: Arc<dyn virtio::GuestMemoryView> = ram.clone();
+        let t = Arc::new(MmioTransport::new(device, mem, irq)?);
+        bus.mmio.insert(base, virtio::VIRTIO_MMIO_SIZE, t.clone())?;
+        transports.push(t);
+    }
+    Ok(transports)
+}
+
+/// Each disk behind a virtio-mmio transport in the first slots, with its configuration.
+/// For a restore, `saved` (the snapshot's disks) is checked against them and loaded into
+/// the transports.
+fn virtio_blocks(
     vm_fd: &VmFd,
     bus: &mut IoBus,
     ram: &Arc<GuestRam>,

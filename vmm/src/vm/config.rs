@@ -84,6 +84,10 @@ pub struct VmConfig {
     pub track_dirty: Option<crate::dirty::DirtyConfig>,
     /// virtio-blk disks (`--disk`), opened and locked first thing at build time.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net devices (`--net`), their TAPs opened at build time.
+    pub nets: Vec<crate::devices::virtio::NetConfig>,
+    /// The virtio-vsock device (`--vsock`), its socket bound at build time.
+    pub vsock: Option<crate::devices::virtio::VsockConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -94,6 +98,8 @@ impl std::fmt::Debug for VmConfig {
             .field("payload", &self.payload)
             .field("timeout", &self.timeout)
             .field("disks", &self.disks)
+            .field("nets", &self.nets)
+            .field("vsock", &self.vsock)
             .finish()
     }
 }

@@ -191,6 +191,10 @@ impl<'a> Loop<'a> {
     pub(super) fn new(vm: &'a mut Vm) -> Result<Self, Error> {
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(Error::EventLoop)?;
         em.add_subscriber(Rc::new(RefCell::new(Wake(vm.notifier.1.efd.clone()))));
+        for t in &vm.virtio {
+            let s = crate::devices::virtio::HostEvents::new(t.clone());
+            em.add_subscriber(Rc::new(RefCell::new(s)));
+        }
         let api = vm.api.take().map(|a| {
             let a = Rc::new(RefCell::new(a));
             let id = em.add_subscriber(a.clone());

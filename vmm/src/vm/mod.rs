@@ -74,6 +74,12 @@ pub enum Error {
     /// A `--disk` image cannot be used.
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::Error),
+    /// A `--net` TAP cannot be opened.
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio::net::Error),
+    /// A `--vsock` socket cannot be made.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::Error),
     /// A virtio transport.
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::mmio::Error),
@@ -84,7 +90,7 @@ pub enum Error {
     #[error("--balloon: guest RAM on {0} pages cannot give back the balloon's 4 KiB pages; use --backing 4k or thp")]
     BalloonBacking(crate::memory::Backing),
     /// More virtio devices than interrupt lines for them.
-    #[error("{0} disks: at most {max} virtio devices", max = crate::devices::virtio::MAX_VIRTIO_DEVICES)]
+    #[error("{0} virtio devices: at most {max}", max = crate::devices::virtio::MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
     /// `--vcpus` out of range.
     #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
@@ -180,6 +186,8 @@ pub struct Vm {
     virtio_devices: usize,
     /// The virtio-blk disks and their transports (saved by snapshots).
     virtio_blk: Vec<crate::snapshot::virtio::BlockSlot>,
+    /// The virtio transports (the event loop serves their host descriptors).
+    virtio: Vec<Arc<crate::devices::virtio::MmioTransport>>,
     /// Paused through the API: a snapshot leaves it paused.
     api_paused: bool,
     started: Instant,

@@ -10,6 +10,7 @@
 //! DRIVER_OK, a chain no status can answer) gets DEVICE_NEEDS_RESET and a config-change
 //! interrupt, with one log line; the device serves again after a reset.
 
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,7 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
+use vmm_sys_util::epoll::EventSet;
 
 use super::{GuestMemoryView, SharedInterrupt, VirtioDevice};
 
@@ -60,11 +62,22 @@ pub enum Error {
         /// What does not fit.
         what: String,
     },
+    /// The eventfd that wakes the event loop for a device served there.
+    #[error("{device}: eventfd: {source}")]
+    Kick {
+        /// Device name.
+        device: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
     name: &'static str,
+    /// Written on QueueNotify for a device served on the event loop.
+    kick: Option<vmm_sys_util::eventfd::EventFd>,
     state: Mutex<State>,
     mem: Arc<dyn GuestMemoryView>,
     irq: SharedInterrupt,
@@ -108,6 +121,17 @@ impl MmioTransport {
         irq: SharedInterrupt,
     ) -> Result<Self, Error> {
         let name = device.name();
+        let kick = match device.notify_on_event_loop() {
+            true => Some(
+                vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+                    Error::Kick {
+                        device: name,
+                        source,
+                    }
+                })?,
+            ),
+            false => None,
+        };
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -121,6 +145,7 @@ impl MmioTransport {
             .collect::<Result<_, _>>()?;
         Ok(MmioTransport {
             name,
+            kick,
             state: Mutex::new(State {
                 device,
                 queues,
@@ -380,14 +405,81 @@ impl MmioTransport {
                 &format!("notify of queue {v}, not ready or not in guest RAM"),
             );
         }
+        if let Some(k) = &self.kick {
+            if let Err(e) = k.write(1) {
+                self.log(&format!("cannot wake the event loop: {e}"));
+            }
+            return;
+        }
         match device.process_queue(v as usize, q, mem) {
-            Ok(false) => {}
-            Ok(true) => match q.needs_notification(mem) {
-                Ok(true) => self.signal(st, VIRTIO_MMIO_INT_VRING),
-                Ok(false) => {}
-                Err(e) => self.fail(st, &format!("queue {v}: used ring: {e}")),
-            },
+            Ok(used) => self.used(st, u32::from(used) << v),
             Err(e) => self.fail(st, &format!("queue {v}: {e}")),
+        }
+    }
+
+    /// After the device used the queues in bit mask `mask`: one interrupt if any of them
+    /// wants it.
+    fn used(&self, st: &mut State, mask: u32) {
+        let mem = self.mem.memory();
+        let mut raise = false;
+        for (i, q) in st.queues.iter_mut().enumerate() {
+            if i < 32 && mask & (1 << i) != 0 {
+                match q.needs_notification(mem) {
+                    Ok(n) => raise |= n,
+                    Err(e) => return self.fail(st, &format!("queue {i}: used ring: {e}")),
+                }
+            }
+        }
+        if raise {
+            self.signal(st, VIRTIO_MMIO_INT_VRING);
+        }
+    }
+
+    /// The event loop saw host descriptor `fd` ready: the device serves it while the
+    /// driver runs (before DRIVER_OK or after a failure the event is left for later).
+    pub fn host_event(&self, fd: std::os::unix::io::RawFd, events: EventSet) {
+        if let Some(k) = self.kick.as_ref().filter(|k| k.as_raw_fd() == fd) {
+            // Readable, so this does not block; the device serves every queue below.
+            let _ = k.read();
+        }
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let s = st.status;
+        if s & VIRTIO_CONFIG_S_DRIVER_OK == 0 || s & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            return;
+        }
+        let mem = self.mem.memory();
+        let State { device, queues, .. } = &mut *st;
+        if let Some(i) = queues.iter().position(|q| q.ready() && !q.is_valid(mem)) {
+            return self.fail(&mut st, &format!("queue {i} is not in guest RAM"));
+        }
+        match device.host_event(fd, events, queues, mem) {
+            Ok(mask) => self.used(&mut st, mask),
+            Err(e) => self.fail(&mut st, &e.to_string()),
+        }
+    }
+
+    /// The host descriptors the device wants watched.
+    pub fn host_fds(&self) -> Vec<super::HostFd> {
+        let mut fds = self
+            .state
+            .lock()
+            .map(|s| s.device.host_fds())
+            .unwrap_or_default();
+        if let Some(k) = &self.kick {
+            fds.push(super::HostFd {
+                fd: k.as_raw_fd(),
+                events: EventSet::IN,
+            });
+        }
+        fds
+    }
+
+    /// Lets the device close descriptors the event loop no longer watches.
+    pub fn reap(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.device.reap();
         }
     }
 }

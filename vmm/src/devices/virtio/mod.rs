@@ -10,18 +10,25 @@
 
 pub mod balloon;
 pub mod block;
+pub mod host_events;
 pub mod mmio;
+pub mod net;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use balloon::{Balloon, BalloonConfig, BalloonHandle};
 pub use block::{Block, DiskConfig};
+pub use host_events::HostEvents;
 pub use mmio::MmioTransport;
+pub use net::{Net, NetConfig};
+pub use vsock::{Vsock, VsockConfig};
 
 /// Guest-physical base of the first virtio-mmio window (in the MMIO hole, just after the
 /// signal window at 0xd000_0000); device `i` is at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
@@ -155,10 +162,52 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     fn early_notify_ok(&self) -> bool {
         false
     }
+    /// Host descriptors the VM's event loop watches for this device (a TAP, sockets),
+    /// asked again after every [`VirtioDevice::host_event`]; none by default.
+    fn host_fds(&self) -> Vec<HostFd> {
+        Vec::new()
+    }
+    /// One of [`VirtioDevice::host_fds`] is ready (the event loop's thread; only while
+    /// the driver is running): serve it. A bit mask of the queues that were used.
+    fn host_event(
+        &mut self,
+        _fd: std::os::unix::io::RawFd,
+        _events: EventSet,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+    ) -> Result<u32, QueueError> {
+        Ok(0)
+    }
+    /// Closes what the device stopped watching: called after the event loop has taken
+    /// descriptors no longer in [`VirtioDevice::host_fds`] out of its epoll set, so a
+    /// descriptor is never closed while still registered (its number could be reused).
+    fn reap(&mut self) {}
+    /// Whether queue notifications are served on the event loop rather than the vCPU
+    /// that wrote QueueNotify: the transport then only wakes the loop (an eventfd, added
+    /// to the device's host descriptors) and the device serves its queues in
+    /// [`VirtioDevice::host_event`]. For devices whose work needs the loop's system calls
+    /// (vsock connects and accepts); false by default.
+    fn notify_on_event_loop(&self) -> bool {
+        false
+    }
+}
+
+/// A host descriptor a device wants watched, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFd {
+    /// The descriptor (owned by the device).
+    pub fd: std::os::unix::io::RawFd,
+    /// The epoll events (edge-triggered ones are read until EAGAIN or until the guest has
+    /// no room; the device resumes when the guest notifies).
+    pub events: EventSet,
 }
 
 /// A shared interrupt.
 pub type SharedInterrupt = Arc<dyn Interrupt>;
 
 #[cfg(test)]
+mod net_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vsock_tests;

@@ -128,6 +128,8 @@ pub fn run(
         api_socket: None,
         track_dirty: None,
         disks: Vec::new(),
+        nets: Vec::new(),
+        vsock: None,
     };
     let report = vm::run(cfg).map_err(|e| match e {
         vm::Error::Memory(_) | vm::Error::Host(_) => (Status::Unavailable, e.to_string()),
