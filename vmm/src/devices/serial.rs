@@ -70,7 +70,7 @@ impl SerialDevice {
     pub fn from_state(
         irq: EventFd,
         console: Arc<Console>,
-        s: &crate::snapshot::SerialSnapshot,
+        s: &SerialSnapshot,
     ) -> Result<Self, BadSerialState> {
         let r = s.regs;
         let in_buffer = s.in_buffer.clone();
@@ -93,9 +93,9 @@ impl SerialDevice {
     }
 
     /// The UART's registers and FIFO, for a snapshot.
-    pub fn state(&self) -> crate::snapshot::SerialSnapshot {
+    pub fn state(&self) -> SerialSnapshot {
         let s = self.uart.state();
-        crate::snapshot::SerialSnapshot {
+        SerialSnapshot {
             regs: [
                 s.baud_divisor_low,
                 s.baud_divisor_high,
@@ -129,4 +129,13 @@ impl SerialDevice {
             .enqueue_raw_bytes(&bytes[..bytes.len().min(room)])
             .unwrap_or(0)
     }
+}
+
+/// The serial port's registers and FIFO (vm-superio's `SerialState`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// DLL, DLH, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub regs: [u8; 9],
+    /// Bytes waiting for the guest.
+    pub in_buffer: Vec<u8>,
 }

@@ -193,14 +193,7 @@ pub struct MemoryInfo {
     pub pages: Vec<u64>,
 }
 
-/// The serial port's registers and FIFO (vm-superio's `SerialState`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialSnapshot {
-    /// DLL, DLH, IER, IIR, LCR, LSR, MCR, MSR, SCR.
-    pub regs: [u8; 9],
-    /// Bytes waiting for the guest.
-    pub in_buffer: Vec<u8>,
-}
+pub use crate::devices::serial::SerialSnapshot;
 
 /// Device state. The CMOS RTC reads the host's clock and keeps only its index register;
 /// the i8042 and the signal port hold none.
