@@ -170,21 +170,9 @@ impl VmBuilder {
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
-        if balloon.is_some() && cfg.memory.backing.page_size() > 4096 {
-            return Err(Error::BalloonBacking(cfg.memory.backing));
-        }
-        // Disks first: a missing or locked image is refused before anything is set up.
-        let disks = take_disks(&cfg)?;
-        let mut others = open_nets(&cfg.nets, disks.len())?;
-        if let Some(v) = &cfg.vsock {
-            others.push(Box::new(Vsock::open(v)?));
-        }
-        let n_disks = disks.len();
-        let n_virtio = n_disks + others.len() + usize::from(balloon.is_some());
-        if n_virtio > virtio::MAX_VIRTIO_DEVICES {
-            return Err(Error::TooManyDevices(n_virtio));
-        }
-        announce_virtio(&mut cfg.payload, n_virtio);
+        // Devices first: a missing or locked image is refused before anything is set up.
+        let (disks, others) = open_virtio(&mut cfg, balloon.is_some())?;
+        let n_virtio = disks.len() + others.len() + usize::from(balloon.is_some());
         let (info, mmu_mode, kvm) = probe_host(&cfg)?;
         t.step("host");
         let ram = Arc::new(make_ram(&cfg, &mut t)?);
@@ -209,13 +197,8 @@ impl VmBuilder {
         let saved = loaded.devices.as_ref().map(|d| d.virtio_blk.as_slice());
         let virtio_blk = virtio_blocks(&vm_fd, &mut devs.bus, &ram, disks, saved)?;
         let mut virtio: Vec<_> = virtio_blk.iter().map(|b| b.transport.clone()).collect();
-        virtio.extend(virtio_devices(
-            &vm_fd,
-            &mut devs.bus,
-            &ram,
-            others,
-            n_disks,
-        )?);
+        let first = virtio.len();
+        virtio.extend(virtio_devices(&vm_fd, &mut devs.bus, &ram, others, first)?);
         let balloon = balloon
             .map(|b| balloon_device(&vm_fd, &mut devs.bus, &ram, virtio.len(), &b))
             .transpose()?;
@@ -653,6 +636,29 @@ fn kvm_vm(
         .transpose()?;
     vm::add_ram_and_devices(&vm_fd, ram, cfg.track_dirty.is_some())?;
     Ok((vm_fd, dirty_prep))
+}
+
+/// Opens every virtio device of `cfg` (disks first, then nets and vsock; a balloon, when
+/// `balloon`, comes last) and announces them all to a Linux guest.
+#[allow(clippy::type_complexity)]
+fn open_virtio(
+    cfg: &mut VmConfig,
+    balloon: bool,
+) -> Result<(Vec<(Block, DiskConfig)>, Vec<Box<dyn VirtioDevice>>), Error> {
+    if balloon && cfg.memory.backing.page_size() > 4096 {
+        return Err(Error::BalloonBacking(cfg.memory.backing));
+    }
+    let disks = take_disks(cfg)?;
+    let mut others = open_nets(&cfg.nets, disks.len())?;
+    if let Some(v) = &cfg.vsock {
+        others.push(Box::new(Vsock::open(v)?));
+    }
+    let n = disks.len() + others.len() + usize::from(balloon);
+    if n > virtio::MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices(n));
+    }
+    announce_virtio(&mut cfg.payload, n);
+    Ok((disks, others))
 }
 
 /// Opens and locks every `--disk` image of `cfg`, each with its configuration.
