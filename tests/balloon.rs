@@ -15,16 +15,6 @@ use std::time::{Duration, Instant};
 use common::{have_kvm, run, segvmm};
 use serde_json::Value;
 
-fn assert_refused(args: &[&str], needle: &str) {
-    let (code, _out, err) = run(args);
-    assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected '{needle}' in {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-}
-
 #[test]
 fn malformed_or_impossible_balloons_exit_2() {
     let t = ["run", "--guest", "test", "--memory", "64M", "--balloon"];
@@ -33,10 +23,10 @@ fn malformed_or_impossible_balloons_exit_2() {
         a.push(opt);
         a
     };
-    assert_refused(&with("size=lots"), "--balloon: size 'lots'");
-    assert_refused(&with("colour=red"), "unknown option 'colour'");
-    assert_refused(&with("reporting=maybe"), "must be on or off");
-    assert_refused(
+    common::assert_exit_2(&with("size=lots"), "--balloon: size 'lots'");
+    common::assert_exit_2(&with("colour=red"), "unknown option 'colour'");
+    common::assert_exit_2(&with("reporting=maybe"), "must be on or off");
+    common::assert_exit_2(
         &["run", "--balloon"],
         "not served for the measurement guest",
     );

@@ -6,13 +6,7 @@ mod common;
 use common::{root, run};
 
 fn assert_bad(args: &[&str], needle: &str) {
-    let (code, _out, err) = run(args);
-    assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected '{needle}' in {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    let err = common::assert_exit_2(args, needle);
     assert_eq!(
         err.lines()
             .filter(|l| l.starts_with("segvmm: error:"))

@@ -228,3 +228,16 @@ impl Lines {
         }
     }
 }
+
+/// Runs segvmm and asserts it was refused: exit 2, `needle` in its stderr, no panic.
+/// Returns stderr for further checks.
+pub fn assert_exit_2(args: &[&str], needle: &str) -> String {
+    let (code, _out, err) = run(args);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}

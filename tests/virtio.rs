@@ -10,13 +10,7 @@ use std::os::unix::io::AsRawFd;
 use common::{have_kvm, run};
 
 fn assert_refused(args: &[&str], needle: &str) {
-    let (code, _out, err) = run(args);
-    assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected '{needle}' in {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    let err = common::assert_exit_2(args, needle);
     let errors = err.lines().filter(|l| l.starts_with("segvmm: error:"));
     assert_eq!(errors.count(), 1, "{err}");
 }
@@ -29,24 +23,13 @@ fn missing_disk_exits_2() {
     );
 }
 
-/// A malformed argument is refused by the argument parser (clap's own one-line error).
-fn assert_unparsed(args: &[&str], needle: &str) {
-    let (code, _out, err) = run(args);
-    assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected '{needle}' in {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-}
-
 #[test]
 fn malformed_disk_argument_exits_2() {
-    assert_unparsed(
+    common::assert_exit_2(
         &["run", "--guest", "test", "--disk", "x.img,rw"],
         "unknown option 'rw'",
     );
-    assert_unparsed(
+    common::assert_exit_2(
         &[
             "run",
             "--guest",

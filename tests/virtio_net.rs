@@ -13,31 +13,21 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{have_kvm, is_root, root, run, segvmm};
-
-fn assert_refused(args: &[&str], needle: &str) {
-    let (code, _out, err) = run(args);
-    assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected '{needle}' in {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-}
+use common::{have_kvm, is_root, root, segvmm};
 
 #[test]
 fn a_tap_that_cannot_be_opened_exits_2() {
     // `lo` always exists and is not a TAP (as root: TUNSETIFF refuses it; otherwise the
     // open or the ioctl is refused for want of permission).
-    assert_refused(
+    common::assert_exit_2(
         &["run", "--guest", "test", "--net", "tap=lo"],
         "--net tap=lo: ",
     );
-    assert_refused(
+    common::assert_exit_2(
         &["run", "--guest", "test", "--net", "tap=0123456789abcdef"],
         "must be 1 to 15 bytes",
     );
-    assert_refused(
+    common::assert_exit_2(
         &["run", "--guest", "test", "--net", "tap=t0,mac=zz"],
         "mac 'zz'",
     );
@@ -49,11 +39,11 @@ fn a_vsock_path_that_exists_exits_2() {
     let p = dir.path().join("taken");
     std::fs::write(&p, b"").unwrap();
     let arg = format!("cid=3,uds={}", p.display());
-    assert_refused(
+    common::assert_exit_2(
         &["run", "--guest", "test", "--vsock", &arg],
         "the path exists",
     );
-    assert_refused(
+    common::assert_exit_2(
         &["run", "--guest", "test", "--vsock", "cid=2,uds=/x"],
         "cid '2'",
     );
