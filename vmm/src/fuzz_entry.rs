@@ -37,7 +37,16 @@ pub fn loader(data: &[u8]) {
         Some(b) if b & 1 == 1 => BzImageMode::HostDecompress,
         _ => BzImageMode::AsIs,
     };
-    let _ = boot::load_image(ram, Path::new("fuzz"), data, None, "console=ttyS0", 2, mode);
+    let two = boot::Platform::cpus(2);
+    let _ = boot::load_image(
+        ram,
+        Path::new("fuzz"),
+        data,
+        None,
+        "console=ttyS0",
+        &two,
+        mode,
+    );
 }
 
 /// The instruction-completion path on a fake vCPU. `data`: a flags byte (bit 0 CPL 3,

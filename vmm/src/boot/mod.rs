@@ -17,6 +17,7 @@ use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+pub use crate::arch::x86_64::acpi::VirtioMmio;
 pub use crate::arch::x86_64::layout;
 pub use crate::arch::x86_64::regs::Entry;
 use crate::arch::x86_64::{acpi, gdt, mptable, paging};
@@ -251,6 +252,25 @@ impl BzImageMode {
     }
 }
 
+/// What the boot tables (MP table, ACPI) describe besides memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Platform {
+    /// vCPUs.
+    pub cpus: u8,
+    /// The virtio-mmio windows, in slot order (listed in the DSDT).
+    pub virtio: Vec<VirtioMmio>,
+}
+
+impl Platform {
+    /// `cpus` vCPUs and no virtio devices.
+    pub fn cpus(cpus: u8) -> Self {
+        Platform {
+            cpus,
+            virtio: Vec::new(),
+        }
+    }
+}
+
 /// Loads a kernel image (bzImage or ELF; ELF with a PVH note boots through PVH), an
 /// optional initrd and the command line, and writes the boot structures.
 pub fn load_kernel(
@@ -258,7 +278,7 @@ pub fn load_kernel(
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
-    cpus: u8,
+    platform: &Platform,
     mode: BzImageMode,
 ) -> Result<Loaded> {
     open_kernel(kernel, ram.size().min(MAX_KERNEL_FILE))?;
@@ -266,7 +286,7 @@ pub fn load_kernel(
         path: kernel.into(),
         source,
     })?;
-    load_image(ram, kernel, &image, initrd, cmdline, cpus, mode)
+    load_image(ram, kernel, &image, initrd, cmdline, platform, mode)
 }
 
 /// A kernel image placed in guest memory by linux-loader.
@@ -296,7 +316,7 @@ pub fn load_image(
     image: &[u8],
     initrd: Option<&Path>,
     cmdline: &str,
-    cpus: u8,
+    platform: &Platform,
     mode: BzImageMode,
 ) -> Result<Loaded> {
     let mem = ram.memory();
@@ -312,7 +332,7 @@ pub fn load_image(
     if kernel_end > low_end {
         return Err(outside("end", kernel_end));
     }
-    let rsdp = write_boot_tables(mem, cmdline, cpus)?;
+    let rsdp = write_boot_tables(mem, cmdline, platform)?;
     let initrd_at = match initrd {
         Some(p) => Some(load_initrd(
             mem,
@@ -450,13 +470,14 @@ fn place_bzimage_payload(
 
 /// Writes the command line, the MP table, the ACPI tables, the boot GDT and the identity
 /// page tables; returns the RSDP's address.
-fn write_boot_tables(mem: &GuestMemoryMmap, cmdline: &str, cpus: u8) -> Result<u64> {
+fn write_boot_tables(mem: &GuestMemoryMmap, cmdline: &str, platform: &Platform) -> Result<u64> {
+    let cpus = platform.cpus;
     mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE))?;
     mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64))?;
     mem.write_slice(&mptable::build(usize::from(cpus))?, GuestAddress(MPTABLE))?;
     // Both: kernels without an MP-table parser (the stock Debian one) find their CPUs only
     // in the ACPI MADT; kernels without ACPI (the small one) only in the MP table.
-    let acpi = acpi::build(usize::from(cpus))?;
+    let acpi = acpi::build(usize::from(cpus), &platform.virtio)?;
     mem.write_slice(&acpi.bytes, GuestAddress(acpi.base))?;
     write_long_mode_tables(mem)?;
     Ok(acpi.rsdp_addr())
@@ -667,12 +688,13 @@ mod tests {
     fn non_kernels_are_refused() {
         let r = ram(8 << 20);
         let p = Path::new("x");
+        let one = Platform::cpus(1);
         assert!(matches!(
-            load_image(&r, p, b"hello world", None, "", 1, BzImageMode::AsIs),
+            load_image(&r, p, b"hello world", None, "", &one, BzImageMode::AsIs),
             Err(Error::NotAKernel(_))
         ));
         assert!(matches!(
-            load_image(&r, p, b"\x7fELF\x02\x01", None, "", 1, BzImageMode::AsIs),
+            load_image(&r, p, b"\x7fELF\x02\x01", None, "", &one, BzImageMode::AsIs),
             Err(Error::Load { .. })
         ));
         assert!(matches!(
@@ -682,7 +704,7 @@ mod tests {
                 &[0u8; 10],
                 None,
                 &"x".repeat(CMDLINE_MAX),
-                1,
+                &one,
                 BzImageMode::AsIs
             ),
             Err(Error::CmdlineTooLong(_))

@@ -184,11 +184,12 @@ impl VmBuilder {
         let fds = create_vcpus(&vm_fd, cfg.vcpus)?;
         t.step("vcpus");
         let (notifier, inbox, console) = console(cfg.echo_console, started)?;
+        let platform = platform(cfg.vcpus, n_virtio);
         let loaded = load_state(
             &kvm,
             (&vm_fd, &fds),
             &ram,
-            &info,
+            (&info, &platform),
             cfg.payload,
             profiler.as_ref(),
             &mut t,
@@ -286,7 +287,7 @@ fn load_state(
     kvm: &Kvm,
     (vm_fd, fds): (&VmFd, &[VcpuFd]),
     ram: &GuestRam,
-    info: &HostInfo,
+    (info, platform): (&HostInfo, &boot::Platform),
     payload: Payload,
     profiler: Option<&crate::profile::Profiler>,
     t: &mut SetupTimer,
@@ -311,8 +312,8 @@ fn load_state(
     }
     let payload_info = describe_payload(&payload);
     let base = fds[0].get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    let vcpus = u8::try_from(fds.len()).unwrap_or(u8::MAX);
-    let (init0, cmdline, kernel_cache) = load_checked(payload, ram, info, (vcpus, base), profiler)?;
+    let (init0, cmdline, kernel_cache) =
+        load_checked(payload, ram, info, (platform, base), profiler)?;
     t.step("load");
     let cpuid = configure_vcpus(kvm, fds, info, &init0)?;
     t.step("vcpu_state");
@@ -447,12 +448,12 @@ fn load_checked(
     payload: Payload,
     ram: &GuestRam,
     info: &HostInfo,
-    (vcpus, base): (u8, kvm_bindings::kvm_sregs),
+    (platform, base): (&boot::Platform, kvm_bindings::kvm_sregs),
     profiler: Option<&crate::profile::Profiler>,
 ) -> Result<(VcpuInit, Option<String>, boot::cache::Outcome), Error> {
     let as_is = matches!(&payload, Payload::Linux { bzimage, .. }
         if bzimage.resolve(&info.kvm_module) == boot::BzImageMode::AsIs);
-    let loaded = load_payload(payload, ram, info, vcpus, base)?;
+    let loaded = load_payload(payload, ram, info, platform, base)?;
     if let Some(p) = profiler {
         p.check_loaded(|gpa, buf| read_guest(ram, gpa, buf), as_is)?;
     }
@@ -481,7 +482,7 @@ fn load_payload(
     payload: Payload,
     ram: &GuestRam,
     info: &HostInfo,
-    vcpus: u8,
+    platform: &boot::Platform,
     base: kvm_bindings::kvm_sregs,
 ) -> Result<(VcpuInit, Option<String>, boot::cache::Outcome), Error> {
     let off = boot::cache::Outcome::Off;
@@ -499,14 +500,14 @@ fn load_payload(
                 format!("{cmdline} {extra}")
             };
             let mode = bzimage.resolve(&info.kvm_module);
-            let loaded = boot::load_kernel(ram, &kernel, initrd.as_deref(), &full, vcpus, mode)?;
+            let loaded = boot::load_kernel(ram, &kernel, initrd.as_deref(), &full, platform, mode)?;
             let init = VcpuInit::for_entry(loaded.entry, base);
             Ok((init, Some(full), loaded.vmlinux_cache))
         }
         Payload::TestGuest { mode } => {
             let name = std::path::Path::new("<built-in test guest>");
             let as_is = boot::BzImageMode::AsIs;
-            let loaded = boot::load_image(ram, name, TEST_GUEST, None, &mode, vcpus, as_is)?;
+            let loaded = boot::load_image(ram, name, TEST_GUEST, None, &mode, platform, as_is)?;
             Ok((VcpuInit::for_entry(loaded.entry, base), None, off))
         }
         Payload::Custom(f) => Ok((f(ram, info).map_err(Error::Payload)?, None, off)),
@@ -665,6 +666,22 @@ fn open_virtio(
 fn take_disks(cfg: &VmConfig) -> Result<Vec<(Block, DiskConfig)>, Error> {
     let disks = open_disks(&cfg.disks)?;
     Ok(disks.into_iter().zip(cfg.disks.iter().cloned()).collect())
+}
+
+/// The boot tables' view of the VM: `cpus` vCPUs and the windows of its `n` virtio-mmio
+/// devices (for the DSDT).
+fn platform(cpus: u8, n: usize) -> boot::Platform {
+    let window = |(base, gsi): (u64, u32)| {
+        Some(boot::VirtioMmio {
+            base: u32::try_from(base).ok()?,
+            size: u32::try_from(virtio::VIRTIO_MMIO_SIZE).ok()?,
+            gsi,
+        })
+    };
+    boot::Platform {
+        cpus,
+        virtio: (0..n).filter_map(virtio::slot).filter_map(window).collect(),
+    }
 }
 
 /// Tells a Linux guest where its `n` virtio-mmio devices are (`virtio_mmio.device=`).

@@ -20,7 +20,15 @@
 //! Linux IRQ numbers) and are not given; nor is IRQ0 → GSI2: the hardware-reduced kernel
 //! times with the local APIC (TSC deadline) and never uses the PIT.
 //!
-//! The DSDT holds just those two devices: every instruction of the guest's ring 0 is
+//! Each virtio-mmio device is a `LNRO0005` device (the ACPI ID Linux's virtio_mmio driver
+//! matches, as Cloud Hypervisor and QEMU's microvm describe theirs) with its 4 KiB window
+//! as a `Memory32Fixed` and its GSI as an edge-triggered interrupt. A kernel with ACPI
+//! finds them there; one without (the small kernel) reads the same windows from
+//! `virtio_mmio.device=` on its command line, which segvmm also writes. A kernel that
+//! has both sees each window twice: the second registration fails to claim the region
+//! (one kernel log line) and the device works once.
+//!
+//! The DSDT holds just these devices: every instruction of the guest's ring 0 is
 //! emulated on the kvm_pvm host, so every AML op costs boot time.
 //!
 //! The tables sit in the BIOS area at [`ACPI_TABLES`] (0xE0000), inside the range the
@@ -84,13 +92,50 @@ fn isa_device(name: &str, hid: &str, port: u16, ports: u8, irq: u32) -> Vec<u8> 
     bytes(&aml::Device::new(name.into(), vec![&hid, &uid, &crs]))
 }
 
-/// The DSDT: `\_SB` with COM1 and the CMOS RTC, so that the guest maps their interrupts
-/// (see the module documentation).
-fn dsdt() -> Vec<u8> {
+/// A virtio-mmio window the guest should find in the DSDT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmio {
+    /// Guest-physical base of the register window.
+    pub base: u32,
+    /// Its size in bytes.
+    pub size: u32,
+    /// Its GSI (IOAPIC pin), edge-triggered.
+    pub gsi: u32,
+}
+
+/// Device `VR<index>` (hex digits): `_HID` "LNRO0005", `_UID` index, `_CRS` with the
+/// window (read-write `Memory32Fixed`) and its edge-triggered, active-high interrupt.
+fn virtio_device(index: usize, d: &VirtioMmio) -> Vec<u8> {
+    let mem = aml::Memory32Fixed::new(true, d.base, d.size);
+    let int = aml::Interrupt::new(true, true, false, false, d.gsi);
+    let crs = aml::ResourceTemplate::new(vec![&mem, &int]);
+    let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uid = aml::Name::new("_UID".into(), &index);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let name = format!("VR{index:02X}");
+    bytes(&aml::Device::new(
+        name.as_str().into(),
+        vec![&hid, &uid, &crs],
+    ))
+}
+
+/// The DSDT: `\_SB` with COM1, the CMOS RTC and the virtio-mmio devices, so that the
+/// guest maps their interrupts (see the module documentation).
+fn dsdt(virtio: &[VirtioMmio]) -> Vec<u8> {
     let com1 = isa_device("COM1", "PNP0501", 0x3f8, 8, 4);
     let rtc = isa_device("RTC_", "PNP0B00", 0x70, 2, 8);
-    let (com1, rtc) = (RawAml(&com1), RawAml(&rtc));
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc]);
+    let vdevs: Vec<Vec<u8>> = virtio
+        .iter()
+        .enumerate()
+        .map(|(i, d)| virtio_device(i, d))
+        .collect();
+    let raw: Vec<RawAml> = [&com1, &rtc]
+        .into_iter()
+        .chain(vdevs.iter())
+        .map(|b| RawAml(b))
+        .collect();
+    let children: Vec<&dyn Aml> = raw.iter().map(|r| r as &dyn Aml).collect();
+    let sb = aml::Scope::new("\\_SB_".into(), children);
     let mut t = Sdt::new(
         *b"DSDT",
         HEADER_LEN as u32,
@@ -170,8 +215,9 @@ impl Tables {
     }
 }
 
-/// Builds RSDP, XSDT, FADT, MADT and DSDT for `cpus` vCPUs, placed at [`ACPI_TABLES`].
-pub fn build(cpus: usize) -> Result<Tables, Error> {
+/// Builds RSDP, XSDT, FADT, MADT and DSDT for `cpus` vCPUs and the `virtio` windows,
+/// placed at [`ACPI_TABLES`].
+pub fn build(cpus: usize, virtio: &[VirtioMmio]) -> Result<Tables, Error> {
     let n = u8::try_from(cpus)
         .ok()
         .filter(|&n| n < 255)
@@ -183,7 +229,7 @@ pub fn build(cpus: usize) -> Result<Tables, Error> {
     let madt_off = align16(fadt_off + FADT::len());
     let madt = madt(n);
     let dsdt_off = align16(madt_off + madt.len());
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio);
     let addr = |off: usize| base + off as u64;
     let xsdt = xsdt(&[addr(fadt_off), addr(madt_off)]);
     let fadt = fadt(addr(dsdt_off));
@@ -227,7 +273,7 @@ mod tests {
 
     #[test]
     fn rsdp_xsdt_fadt_dsdt_chain() {
-        let t = build(2).unwrap();
+        let t = build(2, &[]).unwrap();
         let r = &t.bytes[..Rsdp::len()];
         assert_eq!(&r[..8], b"RSD PTR ");
         assert_eq!(sum(&r[..20]), 0, "ACPI 1.0 checksum");
@@ -258,7 +304,7 @@ mod tests {
     #[test]
     fn madt_lists_every_vcpu_and_the_ioapic() {
         for cpus in [1usize, 2, 4, 64, 254] {
-            let t = build(cpus).unwrap();
+            let t = build(cpus, &[]).unwrap();
             let x = table(&t, u64_at(&t.bytes, 24), b"XSDT");
             let m = table(&t, u64_at(x, HEADER_LEN + 8), b"APIC");
             assert_eq!(u32_at(m, HEADER_LEN), LAPIC_ADDR);
@@ -295,7 +341,7 @@ mod tests {
 
     #[test]
     fn dsdt_has_com1_and_rtc_with_their_resources() {
-        let d = dsdt();
+        let d = dsdt(&[]);
         assert_eq!(sum(&d), 0);
         assert_eq!(u32_at(&d, 4) as usize, d.len());
         let find = |pat: &[u8]| d.windows(pat.len()).position(|w| w == pat);
@@ -314,8 +360,48 @@ mod tests {
     }
 
     #[test]
+    fn dsdt_lists_each_virtio_window_with_its_interrupt() {
+        let v = [
+            VirtioMmio {
+                base: 0xd000_1000,
+                size: 0x1000,
+                gsi: 5,
+            },
+            VirtioMmio {
+                base: 0xd000_2000,
+                size: 0x1000,
+                gsi: 6,
+            },
+        ];
+        let t = build(1, &v).unwrap();
+        let x = table(&t, u64_at(&t.bytes, 24), b"XSDT");
+        let fadt = table(&t, u64_at(x, HEADER_LEN), b"FACP");
+        let d = table(&t, u64_at(fadt, 140), b"DSDT");
+        let find = |pat: &[u8]| d.windows(pat.len()).position(|w| w == pat);
+        let count = |pat: &[u8]| d.windows(pat.len()).filter(|w| *w == pat).count();
+        let (vr0, vr1) = (find(b"VR00").unwrap(), find(b"VR01").unwrap());
+        assert!(find(b"RTC_").unwrap() < vr0 && vr0 < vr1);
+        // _HID as a string, once per device.
+        assert_eq!(count(b"\x0dLNRO0005\x00"), 2);
+        // Memory32Fixed: read-write, base, length 4 KiB.
+        let mem = |base: u32| {
+            let mut m = vec![0x86, 0x09, 0x00, 0x01];
+            m.extend_from_slice(&base.to_le_bytes());
+            m.extend_from_slice(&0x1000u32.to_le_bytes());
+            m
+        };
+        assert!(find(&mem(0xd000_1000)).unwrap() > vr0);
+        assert!(find(&mem(0xd000_2000)).unwrap() > vr1);
+        // Their interrupts: consumer, edge, active high, GSI 5 and 6.
+        assert!(find(&[0x89, 0x06, 0x00, 0x03, 0x01, 5, 0, 0, 0]).unwrap() > vr0);
+        assert!(find(&[0x89, 0x06, 0x00, 0x03, 0x01, 6, 0, 0, 0]).unwrap() > vr1);
+        // Without virtio devices the DSDT has none.
+        assert_eq!(dsdt(&[]).windows(8).filter(|w| w == b"LNRO0005").count(), 0);
+    }
+
+    #[test]
     fn too_many_cpus_is_an_error() {
-        assert_eq!(build(255).unwrap_err(), Error::TooManyCpus(255));
-        assert_eq!(build(1000).unwrap_err(), Error::TooManyCpus(1000));
+        assert_eq!(build(255, &[]).unwrap_err(), Error::TooManyCpus(255));
+        assert_eq!(build(1000, &[]).unwrap_err(), Error::TooManyCpus(1000));
     }
 }
