@@ -93,13 +93,15 @@ pub const COMMON: &[i64] = &[
 ];
 
 /// A vCPU: its run ioctls, console output, reading KVM's binary stats, waking the loop,
-/// and virtio-blk requests served on the notifying vCPU (pread64, pwrite64, fdatasync).
+/// and virtio-blk requests served on the notifying vCPU (pread64, pwrite64, fdatasync,
+/// fallocate for DISCARD and WRITE_ZEROES).
 const VCPU: &[i64] = &[
     SYS_pread64,
     SYS_read,
     SYS_writev,
     SYS_pwrite64,
     SYS_fdatasync,
+    SYS_fallocate,
 ];
 
 /// The stdin copier: reads fd 0.

@@ -1,4 +1,5 @@
-//! virtio-blk on a raw image file: IN, OUT, FLUSH (fdatasync on the host) and GET_ID, one
+//! virtio-blk on a raw image file: IN, OUT, FLUSH (fdatasync on the host), GET_ID and, on a
+//! writable disk, DISCARD and WRITE_ZEROES (holes punched in the image, see [`discard`]); one
 //! queue, served on the vCPU thread that notified. The image is locked with flock when it
 //! is opened (exclusive, shared for a read-only disk), so two VMMs cannot write one disk.
 //!
@@ -24,12 +25,17 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::{QueueError, VirtioDevice};
 
+mod discard;
+
 /// Bytes in a sector.
 pub const SECTOR: u64 = 512;
 /// Entries of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Bytes of a request header (type, reserved, sector).
 const HEADER: u32 = 16;
+/// Bytes of the configuration space given (`virtio_blk_config` up to and including
+/// `write_zeroes_may_unmap` and its padding).
+const CONFIG_LEN: usize = 60;
 /// Bytes moved per host call.
 const CHUNK: usize = 64 << 10;
 /// Bad requests logged per device (one line each) before going quiet.
@@ -171,6 +177,24 @@ fn default_id(path: &Path) -> String {
     id
 }
 
+/// `virtio_blk_config`: capacity, seg_max and, for a writable disk, the discard and
+/// write-zeroes limits (size_max, geometry, blk_size and topology are not offered).
+fn config_space(sectors: u64, read_only: bool) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    put(12, u32::from(QUEUE_SIZE - 2));
+    if !read_only {
+        put(36, discard::MAX_SECTORS); // max_discard_sectors
+        put(40, discard::MAX_SEGMENTS); // max_discard_seg
+        put(44, discard::ALIGNMENT); // discard_sector_alignment
+        put(48, discard::MAX_SECTORS); // max_write_zeroes_sectors
+        put(52, discard::MAX_SEGMENTS); // max_write_zeroes_seg
+        c[56] = 1; // write_zeroes_may_unmap
+    }
+    c[..8].copy_from_slice(&sectors.to_le_bytes());
+    c
+}
+
 /// A virtio-blk device on an open, locked image.
 #[derive(Debug)]
 pub struct Block {
@@ -180,7 +204,7 @@ pub struct Block {
     /// Size in sectors (a partial last sector is not addressable).
     sectors: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
-    config: [u8; 16],
+    config: [u8; CONFIG_LEN],
     logged: u32,
 }
 
@@ -213,10 +237,7 @@ impl Block {
         let name = cfg.id.clone().unwrap_or_else(|| default_id(&cfg.path));
         let n = name.len().min(id.len());
         id[..n].copy_from_slice(&name.as_bytes()[..n]);
-        // virtio_blk_config: capacity (u64), size_max (u32, not offered), seg_max (u32).
-        let mut config = [0u8; 16];
-        config[..8].copy_from_slice(&sectors.to_le_bytes());
-        config[12..].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        let config = config_space(sectors, cfg.read_only);
         Ok(Block {
             file,
             path: cfg.path.clone(),
@@ -308,7 +329,29 @@ impl Block {
                 }
             },
             VIRTIO_BLK_T_GET_ID => self.get_id(data, mem),
+            VIRTIO_BLK_T_DISCARD => self.discard(discard::Kind::Discard, data, mem),
+            VIRTIO_BLK_T_WRITE_ZEROES => self.discard(discard::Kind::WriteZeroes, data, mem),
             _ => (VIRTIO_BLK_S_UNSUPP, 0),
+        }
+    }
+
+    /// DISCARD or WRITE_ZEROES (refused on a read-only disk, which does not offer them).
+    fn discard(
+        &mut self,
+        kind: discard::Kind,
+        data: &[Descriptor],
+        mem: &GuestMemoryMmap,
+    ) -> (u32, u32) {
+        if self.read_only {
+            self.log_bad(&format!("{kind:?} on a read-only disk"));
+            return (VIRTIO_BLK_S_IOERR, 0);
+        }
+        match discard::execute(&self.file, kind, data, mem, self.sectors) {
+            Ok(code) => (code, 0),
+            Err((code, what)) => {
+                self.log_bad(&format!("{kind:?}: {what}"));
+                (code, 0)
+            }
         }
     }
 
@@ -433,12 +476,11 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let ro = if self.read_only {
-            1 << VIRTIO_BLK_F_RO
-        } else {
-            0
+        let rw = match self.read_only {
+            true => 1 << VIRTIO_BLK_F_RO,
+            false => (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES),
         };
-        (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | ro
+        (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | rw
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

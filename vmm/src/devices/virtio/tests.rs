@@ -12,7 +12,7 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::block::{self, Block, DiskConfig, DiskConfigError};
-use super::mmio::{MmioTransport, MAGIC};
+use super::mmio::{MmioTransport, CONFIG_OFFSET, MAGIC};
 use super::{CountingInterrupt, GuestMemoryView};
 use crate::devices::BusDevice;
 
@@ -332,7 +332,7 @@ fn read_write_flush_and_get_id_round_trip() {
     assert!(id[6..].iter().all(|&x| x == 0));
     // The last sector is readable; unknown requests are unsupported.
     assert_eq!(r.read(SECTORS - 1, 512), Some((OK, 513)));
-    let got = r.request(VIRTIO_BLK_T_DISCARD, 0, &[], false);
+    let got = r.request(99, 0, &[], false);
     assert_eq!(got, Some((VIRTIO_BLK_S_UNSUPP as u8, 1)));
     assert!(!r.needs_reset());
 }
@@ -370,14 +370,101 @@ fn bad_requests_get_an_io_error_and_the_device_keeps_working() {
     assert!(file[..512].iter().all(|&x| x == 0), "nothing written");
 }
 
+/// Writes `segs` (sector, count, flags) as discard/write-zeroes segments at DATA.
+fn segments(r: &Rig, segs: &[(u64, u32, u32)]) -> u32 {
+    let mut b = Vec::new();
+    for &(sector, n, flags) in segs {
+        b.extend_from_slice(&sector.to_le_bytes());
+        b.extend_from_slice(&n.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+    }
+    r.mem.write_slice(&b, GuestAddress(DATA)).unwrap();
+    b.len() as u32
+}
+
+#[test]
+fn discard_and_write_zeroes_punch_holes_that_read_as_zeros() {
+    let r = rig();
+    let features = |sel| {
+        r.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        r.r(VIRTIO_MMIO_DEVICE_FEATURES)
+    };
+    let f = features(0);
+    assert_ne!(f & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    assert_ne!(f & (1 << VIRTIO_BLK_F_WRITE_ZEROES), 0);
+    let cfg = |off: u64| {
+        let mut b = [0u8; 4];
+        r.t.read(CONFIG_OFFSET + off, &mut b);
+        u32::from_le_bytes(b)
+    };
+    assert!(cfg(36) > 0 && cfg(40) > 0 && cfg(44) == 8, "discard limits");
+    assert!(cfg(48) > 0 && cfg(52) > 0, "write-zeroes limits");
+    // Discard sectors 8..16 and zero 20..22 (UNMAP) and 30..31 in one request.
+    let n = segments(&r, &[(8, 8, 0)]);
+    let got = r.request(VIRTIO_BLK_T_DISCARD, 0, &[(DATA, n)], false);
+    assert_eq!(got, Some((OK, 1)));
+    let unmap = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+    let n = segments(&r, &[(20, 2, unmap), (30, 1, 0)]);
+    let got = r.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &[(DATA, n)], false);
+    assert_eq!(got, Some((OK, 1)));
+    let file = std::fs::read(r.img.path()).unwrap();
+    assert_eq!(file.len() as u64, SECTORS * 512, "size kept");
+    let sector = |s: usize| &file[s * 512..(s + 1) * 512];
+    for s in (8..16).chain(20..22).chain(30..31) {
+        assert!(sector(s).iter().all(|&x| x == 0), "sector {s} zeroed");
+    }
+    for s in [7, 16, 19, 22, 29, 31] {
+        assert!(sector(s).iter().all(|&x| x == s as u8), "sector {s} kept");
+    }
+    assert!(!r.needs_reset());
+}
+
+#[test]
+fn bad_discard_segments_get_an_error_status() {
+    let r = rig();
+    let unmap = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+    let unsupp = VIRTIO_BLK_S_UNSUPP as u8;
+    for (kind, segs, want) in [
+        (VIRTIO_BLK_T_DISCARD, vec![(60, 8, 0)], IOERR),
+        (VIRTIO_BLK_T_DISCARD, vec![(u64::MAX, 2, 0)], IOERR),
+        (VIRTIO_BLK_T_DISCARD, vec![(0, 1, unmap)], unsupp),
+        (VIRTIO_BLK_T_WRITE_ZEROES, vec![(0, 1, 2)], unsupp),
+        (VIRTIO_BLK_T_DISCARD, vec![(0, 1, 0); 17], IOERR),
+    ] {
+        let n = segments(&r, &segs);
+        let got = r.request(kind, 0, &[(DATA, n)], false);
+        assert_eq!(got, Some((want, 1)), "{kind} {segs:?}");
+    }
+    // A partial segment, a device-writable segment buffer, one outside guest RAM.
+    segments(&r, &[(0, 1, 0)]);
+    let partial = r.request(VIRTIO_BLK_T_DISCARD, 0, &[(DATA, 12)], false);
+    let writable = r.request(VIRTIO_BLK_T_DISCARD, 0, &[(DATA, 16)], true);
+    let outside = r.request(VIRTIO_BLK_T_DISCARD, 0, &[(RAM - 8, 16)], false);
+    for got in [partial, writable, outside] {
+        assert_eq!(got, Some((IOERR, 1)));
+    }
+    // Nothing was touched, and the device still serves.
+    let file = std::fs::read(r.img.path()).unwrap();
+    assert!(file[..512].iter().all(|&x| x == 0));
+    assert!(file[512..1024].iter().all(|&x| x == 1));
+    assert_eq!(r.read(1, 512), Some((OK, 513)));
+    assert!(!r.needs_reset());
+}
+
 #[test]
 fn a_read_only_disk_refuses_writes() {
     let mut r = rig_with(true);
     r.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-    assert_ne!(r.r(VIRTIO_MMIO_DEVICE_FEATURES) & (1 << VIRTIO_BLK_F_RO), 0);
+    let f = r.r(VIRTIO_MMIO_DEVICE_FEATURES);
+    assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0);
+    let rw = (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+    assert_eq!(f & rw, 0, "no discard on a read-only disk");
     r.setup();
     r.mem.write_slice(&[0x77; 512], GuestAddress(DATA)).unwrap();
     let got = r.request(VIRTIO_BLK_T_OUT, 0, &[(DATA, 512)], false);
+    assert_eq!(got, Some((IOERR, 1)));
+    let n = segments(&r, &[(0, 1, 0)]);
+    let got = r.request(VIRTIO_BLK_T_DISCARD, 0, &[(DATA, n)], false);
     assert_eq!(got, Some((IOERR, 1)));
     assert_eq!(r.read(1, 512), Some((OK, 513)));
     let file = std::fs::read(r.img.path()).unwrap();
