@@ -100,9 +100,14 @@ fn skip(why: &str) {
     eprintln!("SKIP: {why}");
 }
 
-/// Runs the harness on `cmds` in both modes; `None` (after a SKIP line) when a prerequisite
-/// is missing outside CI.
-fn harness(cmds: &[&str], stock: bool, timeout_s: u32) -> Option<(tempfile::TempDir, String)> {
+/// Runs the harness on `cmds` in `modes` ("1,0": NPT, then shadow); `None` (after a SKIP
+/// line) when a prerequisite is missing outside CI.
+fn harness(
+    cmds: &[&str],
+    stock: bool,
+    modes: &str,
+    timeout_s: u32,
+) -> Option<(tempfile::TempDir, String)> {
     if Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
@@ -123,7 +128,7 @@ fn harness(cmds: &[&str], stock: bool, timeout_s: u32) -> Option<(tempfile::Temp
     let mut c = Command::new(root().join("tests/realkvm/run.sh"));
     c.args(["--segvmm", env!("CARGO_BIN_EXE_segvmm")])
         .args(["--out", out.to_str().unwrap()])
-        .args(["--modes", "1,0", "--timeout", &timeout_s.to_string()]);
+        .args(["--modes", modes, "--timeout", &timeout_s.to_string()]);
     if !stock {
         c.arg("--no-stock");
     }
@@ -145,7 +150,7 @@ fn harness(cmds: &[&str], stock: bool, timeout_s: u32) -> Option<(tempfile::Temp
 /// The one VM boot the default tests share: every command in both modes.
 fn results() -> Option<&'static Path> {
     static RUN: OnceLock<Option<(tempfile::TempDir, String)>> = OnceLock::new();
-    RUN.get_or_init(|| harness(CMDS, false, 900))
+    RUN.get_or_init(|| harness(CMDS, false, "1,0", 900))
         .as_ref()
         .map(|(d, _)| d.path())
 }
@@ -313,7 +318,7 @@ fn stock_kernel_reaches_user_space_on_two_vcpus() {
         return;
     }
     let c = "segvmm run --kernel /gk/stock-kernel --initrd /gk/initramfs.cpio --vcpus 2 --timeout 300 --quiet --report $R/r.json";
-    let Some((dir, _)) = harness(&[c], true, 1500) else {
+    let Some((dir, _)) = harness(&[c], true, "1,0", 1500) else {
         return;
     };
     for (mode, want) in MODES {
@@ -326,5 +331,27 @@ fn stock_kernel_reaches_user_space_on_two_vcpus() {
             ms.iter().any(|m| m["what"] == "SEGVMM_INIT_OK"),
             "{mode}: {r}"
         );
+    }
+}
+
+/// The stock kernel has virtio-mmio only as a module and no command-line devices, so it
+/// finds segvmm's disk only through the DSDT (`LNRO0005`): with its virtio modules loaded
+/// (tests/realkvm/stock-virtio-init.sh) it reads the disk's first bytes. One mode (NPT).
+#[test]
+fn stock_kernel_finds_its_virtio_disk_in_the_dsdt() {
+    let c = "printf SEGVMM-DSDT-DISK >/tmp/d.img && truncate -s 1M /tmp/d.img && segvmm run --kernel /gk/stock-kernel --initrd /gk/stock-virtio.cpio --disk /tmp/d.img --timeout 300 --report $R/r.json";
+    let Some((dir, _)) = harness(&[c], true, "1", 900) else {
+        return;
+    };
+    let r = CmdResult::load(&dir.path().join("out/npt1/0"));
+    r.expect_rc(0, "npt1");
+    check_report(&r.json("r.json"), "npt1", "tdp");
+    for want in [
+        "SEGVMM_DSDT acpi: 1 LNRO0005",
+        "SEGVMM_DSDT platform: LNRO0005:00",
+        "SEGVMM_DSDT blocks: vda",
+        "SEGVMM_DSDT vda: SEGVMM-DSDT-DISK",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {r}");
     }
 }

@@ -10,6 +10,9 @@
 # kernels of guest-kernels/out under /gk, and $R = that command's own directory (also its
 # working directory: write report files there). Everything under $R comes back.
 #
+# Unless --no-stock, /gk also holds stock-kernel and stock-virtio.cpio (busybox and the
+# stock kernel's virtio modules; /init: tests/realkvm/stock-virtio-init.sh).
+#
 # Results: DIR/npt<M>/<N>/{cmd,stdout,stderr,rc,...}, DIR/npt<M>/modules.txt (kvm_amd's
 # parameters and dmesg after loading), DIR/console.log (the VM's console), DIR/summary.txt.
 # The VM is built from: the segvmm binary and the shared libraries `ldd` lists, busybox
@@ -70,7 +73,11 @@ VER="$(sed -n 's/^STOCK_VERSION="\(.*\)"$/\1/p' "$ROOT/guest-kernels/build.sh")"
 [[ -n "$PKG" && -n "$VER" ]] || die "cannot read STOCK_PKG/STOCK_VERSION from guest-kernels/build.sh"
 CACHE="$ROOT/target/realkvm"
 KDIR="$CACHE/$PKG-$VER"
-if [[ ! -s "$KDIR/vmlinuz" ]]; then
+# Its virtio modules go into /gk/stock-virtio.cpio, an initramfs for the stock kernel as
+# a segvmm guest (tests/realkvm/stock-virtio-init.sh).
+GUEST_MODS="kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_mmio.ko kernel/drivers/block/virtio_blk.ko"
+if [[ ! -s "$KDIR/vmlinuz" || ! -s "$KDIR/guest/virtio_blk.ko" ]]; then
 	mkdir -p "$CACHE"
 	deb=""
 	for d in "$ROOT/guest-kernels/work/debs" "$CACHE"; do
@@ -88,6 +95,10 @@ if [[ ! -s "$KDIR/vmlinuz" ]]; then
 	cp "$tmp"/boot/vmlinuz-* "$tmp/out/vmlinuz"
 	for m in kernel/virt/lib/irqbypass.ko kernel/arch/x86/kvm/kvm.ko kernel/arch/x86/kvm/kvm-amd.ko; do
 		cp "$tmp"/lib/modules/*/"$m" "$tmp/out/" || die "$m is not in $deb"
+	done
+	mkdir -p "$tmp/out/guest"
+	for m in $GUEST_MODS; do
+		cp "$tmp"/lib/modules/*/"$m" "$tmp/out/guest/" || die "$m is not in $deb"
 	done
 	rm -rf "$KDIR" && mv "$tmp/out" "$KDIR" && rm -rf "$tmp"
 fi
@@ -113,6 +124,16 @@ for f in "$ROOT"/guest-kernels/out/*; do
 	esac
 	cp -L "$f" "$IR/gk/"
 done
+if ((STOCK)); then
+	SV="$(mktemp -d "${TMPDIR:-/tmp}/realkvm-stock.XXXXXX")"
+	mkdir -p "$SV"/{bin,dev,proc,sys,lib}
+	cp "$BUSYBOX" "$SV/bin/busybox"
+	cp "$KDIR"/guest/*.ko "$SV/lib/"
+	cp "$HERE/stock-virtio-init.sh" "$SV/init"
+	chmod +x "$SV/init" "$SV/bin/busybox"
+	(cd "$SV" && find . | cpio --quiet -o -H newc -R 0:0) >"$IR/gk/stock-virtio.cpio"
+	rm -rf "$SV"
+fi
 grep -vE '^[[:space:]]*(#|$)' "$CMDFILE" >"$IR/etc/cmds" || die "no commands in $CMDFILE"
 echo "MODES='${MODES//,/ }' CMD_TIMEOUT=$CMD_TIMEOUT" >"$IR/etc/realkvm.conf"
 cp "$HERE/init.sh" "$IR/init"
