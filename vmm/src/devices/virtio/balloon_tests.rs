@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -11,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::*;
 use crate::devices::virtio::mmio::CONFIG_OFFSET;
+use crate::devices::virtio::test_driver::{self as drv, layout as ring, QSIZE};
 use crate::devices::virtio::{CountingInterrupt, GuestMemoryView};
 use crate::devices::BusDevice;
 
@@ -18,7 +18,6 @@ use crate::devices::BusDevice;
 const LOW: u64 = 8 << 20;
 const HIGH: u64 = 16 << 20;
 const HIGH_LEN: u64 = 4 << 20;
-const QSIZE: u16 = 16;
 /// Where the driver's PFN arrays and stats buffer live.
 const BUF: u64 = 0x10_0000;
 
@@ -29,13 +28,6 @@ struct Rig {
     irq: Arc<CountingInterrupt>,
     /// Next free descriptor slot per queue and the driver's available index per queue.
     next: [u16; 4],
-}
-
-fn ring(q: u16) -> (u64, u64, u64) {
-    let d = 0x1000 + u64::from(q) * 0x1000;
-    let a = d + 16 * u64::from(QSIZE);
-    let u = (a + 8 + 2 * u64::from(QSIZE) + 3) & !3;
-    (d, a, u)
 }
 
 fn rig_with(cfg: &BalloonConfig, features: u64) -> Rig {
@@ -68,13 +60,11 @@ fn rig() -> Rig {
 
 impl Rig {
     fn w(&self, reg: u32, v: u32) {
-        self.t.write_at(u64::from(reg), &v.to_le_bytes());
+        drv::w(&self.t, reg, v);
     }
 
     fn r(&self, reg: u32) -> u32 {
-        let mut b = [0u8; 4];
-        self.t.read(u64::from(reg), &mut b);
-        u32::from_le_bytes(b)
+        drv::r(&self.t, reg)
     }
 
     fn config(&self, off: u64) -> u32 {
@@ -85,37 +75,14 @@ impl Rig {
 
     /// Negotiates `features` (+ VERSION_1) and sets up every queue.
     fn setup(&self, features: u64) {
-        self.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        self.w(VIRTIO_MMIO_STATUS, 0b11);
         assert_eq!(self.r(VIRTIO_MMIO_DEVICE_ID), 5);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, 1);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
-        self.w(VIRTIO_MMIO_STATUS, 0b1011);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1011, "FEATURES_OK kept");
+        drv::negotiate(&self.t, features as u32);
         let n = 2 + (features.count_ones() as u16).min(2);
-        for q in 0..n {
-            let (d, a, u) = ring(q);
-            self.mem
-                .write_slice(&[0u8; 0x1000], GuestAddress(d))
-                .unwrap();
-            self.w(VIRTIO_MMIO_QUEUE_SEL, u32::from(q));
-            self.w(VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
-            for (lo, v) in [
-                (VIRTIO_MMIO_QUEUE_DESC_LOW, d),
-                (VIRTIO_MMIO_QUEUE_AVAIL_LOW, a),
-                (VIRTIO_MMIO_QUEUE_USED_LOW, u),
-            ] {
-                self.w(lo, v as u32);
-            }
-            self.w(VIRTIO_MMIO_QUEUE_READY, 1);
-        }
+        drv::setup_queues(&self.t, &self.mem, n);
     }
 
     fn driver_ok(&self) {
-        self.w(VIRTIO_MMIO_STATUS, 0b1111);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1111);
+        drv::driver_ok(&self.t);
     }
 
     /// Makes one chain of `descs` (addr, len, writable) available on queue `q`, notifies.
@@ -142,7 +109,7 @@ impl Rig {
     }
 
     fn used_idx(&self, q: u16) -> u16 {
-        self.mem.read_obj(GuestAddress(ring(q).2 + 2)).unwrap()
+        drv::used_idx(&self.mem, q)
     }
 
     /// Inflates (queue 0) or deflates (queue 1) these PFNs, one buffer.

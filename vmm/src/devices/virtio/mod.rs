@@ -208,6 +208,8 @@ pub type SharedInterrupt = Arc<dyn Interrupt>;
 #[cfg(test)]
 mod net_tests;
 #[cfg(test)]
+mod test_driver;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod vsock_tests;

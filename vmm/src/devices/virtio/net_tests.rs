@@ -10,19 +10,17 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::mmio::MmioTransport;
 use super::net::{self, Net, HDR_LEN};
+use super::test_driver::{self as drv, desc};
 use super::{CountingInterrupt, GuestMemoryView};
 use crate::devices::BusDevice;
 
 const RAM: u64 = 4 << 20;
-const QSIZE: u16 = 16;
-/// Rings of queue `q` at `RING + q * 0x1000`.
-const RING: u64 = 0x1000;
 const TXBUF: u64 = 0x10_0000;
 const RXBUF: u64 = 0x20_0000;
 
@@ -42,17 +40,6 @@ fn socketpair() -> (File, File) {
     assert_eq!(r, 0);
     // SAFETY: both descriptors were just created and are owned by nothing else.
     unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
-}
-
-fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
-}
-
-fn layout(q: u16) -> (u64, u64, u64) {
-    let d = RING + 0x1000 * u64::from(q);
-    let a = d + 16 * u64::from(QSIZE);
-    let u = (a + 8 + 2 * u64::from(QSIZE) + 3) & !3;
-    (d, a, u)
 }
 
 fn rig() -> Rig {
@@ -76,71 +63,32 @@ fn rig() -> Rig {
 
 impl Rig {
     fn w(&self, reg: u32, v: u32) {
-        self.t.write_at(u64::from(reg), &v.to_le_bytes());
+        drv::w(&self.t, reg, v);
     }
 
     fn r(&self, reg: u32) -> u32 {
-        let mut b = [0u8; 4];
-        self.t.read(u64::from(reg), &mut b);
-        u32::from_le_bytes(b)
+        drv::r(&self.t, reg)
     }
 
     fn setup(&self) {
-        self.w(VIRTIO_MMIO_STATUS, 1);
-        self.w(VIRTIO_MMIO_STATUS, 3);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, 1);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, 1 << 5); // VIRTIO_NET_F_MAC
-        self.w(VIRTIO_MMIO_STATUS, 0b1011);
-        for q in 0..2u16 {
-            let (d, a, u) = layout(q);
-            self.mem
-                .write_slice(&[0u8; 0x1000], GuestAddress(d))
-                .unwrap();
-            self.w(VIRTIO_MMIO_QUEUE_SEL, u32::from(q));
-            self.w(VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
-            for (addr, lo, hi) in [
-                (d, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH),
-                (a, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_AVAIL_HIGH),
-                (u, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_QUEUE_USED_HIGH),
-            ] {
-                self.w(lo, addr as u32);
-                self.w(hi, (addr >> 32) as u32);
-            }
-            self.w(VIRTIO_MMIO_QUEUE_READY, 1);
-        }
-        self.w(VIRTIO_MMIO_STATUS, 0b1111);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1111);
+        drv::negotiate(&self.t, 1 << 5); // VIRTIO_NET_F_MAC
+        drv::setup_queues(&self.t, &self.mem, 2);
+        drv::driver_ok(&self.t);
     }
 
     fn used_idx(&self, q: u16) -> u16 {
-        self.mem.read_obj(GuestAddress(layout(q).2 + 2)).unwrap()
+        drv::used_idx(&self.mem, q)
     }
 
     /// Puts `descs` at table index `slot * 4` of queue `q` and makes it available (no
     /// notify).
     fn offer(&self, q: u16, slot: u16, descs: &[RawDescriptor]) {
-        let (d, a, _) = layout(q);
-        let base = slot * 4;
-        for (i, x) in descs.iter().enumerate() {
-            self.mem
-                .write_obj(*x, GuestAddress(d + 16 * (u64::from(base) + i as u64)))
-                .unwrap();
-        }
-        let idx: u16 = self.mem.read_obj(GuestAddress(a + 2)).unwrap();
-        let e = GuestAddress(a + 4 + 2 * u64::from(idx % QSIZE));
-        self.mem.write_obj(base, e).unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), GuestAddress(a + 2))
-            .unwrap();
+        drv::offer(&self.mem, q, slot * 4, descs);
     }
 
     /// The used element `n` of queue `q`: head and length.
     fn used(&self, q: u16, n: u16) -> (u32, u32) {
-        let e = layout(q).2 + 4 + 8 * u64::from(n % QSIZE);
-        let head = self.mem.read_obj(GuestAddress(e)).unwrap();
-        (head, self.mem.read_obj(GuestAddress(e + 4)).unwrap())
+        drv::used(&self.mem, q, n)
     }
 
     fn needs_reset(&self) -> bool {

@@ -10,18 +10,17 @@ use std::time::Duration;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::mmio::MmioTransport;
+use super::test_driver::{self as drv, desc, layout, QSIZE};
 use super::vsock::{self, Vsock, VsockConfig, HDR_LEN};
 use super::{CountingInterrupt, GuestMemoryView};
 use crate::devices::BusDevice;
 
 const RAM: u64 = 4 << 20;
-const QSIZE: u16 = 16;
-const RING: u64 = 0x1000;
 const TXBUF: u64 = 0x10_0000;
 const RXBUF: u64 = 0x20_0000;
 const CID: u64 = 3;
@@ -59,17 +58,6 @@ fn with_flags(mut h: Vec<u8>, flags: u32) -> Vec<u8> {
 /// A received packet: (src_port, dst_port, op, flags, payload).
 type Pkt = (u32, u32, u16, u32, Vec<u8>);
 
-fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
-}
-
-fn layout(q: u16) -> (u64, u64, u64) {
-    let d = RING + 0x1000 * u64::from(q);
-    let a = d + 16 * u64::from(QSIZE);
-    let u = (a + 8 + 2 * u64::from(QSIZE) + 3) & !3;
-    (d, a, u)
-}
-
 fn rig() -> Rig {
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
     let dir = tempfile::tempdir().unwrap();
@@ -95,40 +83,17 @@ fn rig() -> Rig {
 
 impl Rig {
     fn w(&self, reg: u32, v: u32) {
-        self.t.write_at(u64::from(reg), &v.to_le_bytes());
+        drv::w(&self.t, reg, v);
     }
 
     fn r(&self, reg: u32) -> u32 {
-        let mut b = [0u8; 4];
-        self.t.read(u64::from(reg), &mut b);
-        u32::from_le_bytes(b)
+        drv::r(&self.t, reg)
     }
 
     fn setup(&mut self) {
-        self.w(VIRTIO_MMIO_STATUS, 1);
-        self.w(VIRTIO_MMIO_STATUS, 3);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, 1);
-        self.w(VIRTIO_MMIO_STATUS, 0b1011);
-        for q in 0..3u16 {
-            let (d, a, u) = layout(q);
-            self.mem
-                .write_slice(&[0u8; 0x1000], GuestAddress(d))
-                .unwrap();
-            self.w(VIRTIO_MMIO_QUEUE_SEL, u32::from(q));
-            self.w(VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
-            for (addr, lo, hi) in [
-                (d, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH),
-                (a, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_AVAIL_HIGH),
-                (u, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_QUEUE_USED_HIGH),
-            ] {
-                self.w(lo, addr as u32);
-                self.w(hi, (addr >> 32) as u32);
-            }
-            self.w(VIRTIO_MMIO_QUEUE_READY, 1);
-        }
-        self.w(VIRTIO_MMIO_STATUS, 0b1111);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1111);
+        drv::negotiate(&self.t, 0);
+        drv::setup_queues(&self.t, &self.mem, 3);
+        drv::driver_ok(&self.t);
         // Every RX descriptor a 4 KiB buffer, all offered.
         for i in 0..QSIZE {
             self.offer(
@@ -154,17 +119,7 @@ impl Rig {
     }
 
     fn offer(&self, q: u16, head: u16, descs: &[RawDescriptor]) {
-        let (d, a, _) = layout(q);
-        for (i, x) in descs.iter().enumerate() {
-            let at = d + 16 * (u64::from(head) + i as u64);
-            self.mem.write_obj(*x, GuestAddress(at)).unwrap();
-        }
-        let idx: u16 = self.mem.read_obj(GuestAddress(a + 2)).unwrap();
-        let e = GuestAddress(a + 4 + 2 * u64::from(idx % QSIZE));
-        self.mem.write_obj(head, e).unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), GuestAddress(a + 2))
-            .unwrap();
+        drv::offer(&self.mem, q, head, descs);
     }
 
     /// The guest sends one packet (header and payload in one descriptor).
