@@ -1,5 +1,5 @@
 /*
- * segvmm's bare-metal test guest: a few hundred bytes of code that boots through the PVH
+ * segvmm's bare-metal test guest: about 3 KiB of code that boots through the PVH
  * entry (32-bit protected mode, paging off, %ebx = hvm_start_info), enters long mode with
  * its own identity page tables (4 GiB in 2 MiB pages), writes to the serial port, touches
  * one word in every 2 MiB of RAM that the memory map reports and reads it back, and reports
