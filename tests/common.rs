@@ -241,3 +241,35 @@ pub fn assert_exit_2(args: &[&str], needle: &str) -> String {
     assert!(!err.contains("panicked"), "{err}");
     err
 }
+
+/// Checks a run of the test guest's malformed-queue mode ('m', `--guest
+/// test-malformed-*`) on `device` ("virtio-blk", ...): exit 0 (else the failed step, 40 +
+/// n), the guest's "ok" line, and one log line per case from that device: the three
+/// DEVICE_NEEDS_RESET cases (a looping chain, a queue size that is not a power of two, a
+/// notify before DRIVER_OK) and one line for each of `answered`, the cases the device
+/// answers (an I/O error or a dropped packet) without needing a reset.
+pub fn assert_malformed_cases(code: i32, out: &str, err: &str, device: &str, answered: &[&str]) {
+    assert_eq!(code, 0, "guest step {}: {out}{err}", code - 40);
+    assert!(out.contains("malformed-queue ok"), "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+    let mine: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&format!("segvmm: {device}")))
+        .collect();
+    let resets: Vec<&str> = mine
+        .iter()
+        .copied()
+        .filter(|l| l.ends_with("; device needs reset"))
+        .collect();
+    assert_eq!(resets.len(), 3, "{err}");
+    for why in ["loops", "is not a power of two", "before DRIVER_OK"] {
+        let n = resets.iter().filter(|l| l.contains(why)).count();
+        assert_eq!(n, 1, "one needs-reset line saying '{why}' in {err}");
+    }
+    for what in answered {
+        let n = mine.iter().filter(|l| l.contains(what)).count();
+        assert_eq!(n, 1, "one line saying '{what}' in {err}");
+    }
+    assert_eq!(mine.len(), 3 + answered.len(), "{err}");
+    assert!(err.contains("guest exited with status 0"), "{err}");
+}

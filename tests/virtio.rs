@@ -144,3 +144,54 @@ fn test_guest_drives_the_disk_registers() {
     let (code, _, err) = run(&["run", "--guest", "test-virtio", "--memory", "64M"]);
     assert_eq!(code, 22, "{err}");
 }
+
+/// The test guest's malformed-queue cases on the disk (guest-kernels/testguest, mode 'm',
+/// issue #16): a data buffer far outside guest RAM and a read past the disk's end
+/// (VIRTIO_BLK_S_IOERR, only the status byte written), a looping chain, QueueNum 5 and a
+/// notify before DRIVER_OK (DEVICE_NEEDS_RESET), each followed by a reset and a good read
+/// that must succeed; one log line per case and the VMM exits normally.
+#[test]
+fn test_guest_malformed_queue_cases_on_the_disk() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..11].copy_from_slice(b"SEGVMM-DISK");
+    std::fs::write(&img, &bytes).unwrap();
+    let p = img.to_str().unwrap();
+    let args = [
+        "run",
+        "--guest",
+        "test-malformed-blk",
+        "--memory",
+        "64M",
+        "--disk",
+        p,
+    ];
+    let (code, out, err) = run(&args);
+    common::assert_malformed_cases(
+        code,
+        &out,
+        &err,
+        "virtio-blk",
+        &[
+            "data buffer outside guest RAM (sector 0)",
+            "request past the end of the disk (sector 2047)",
+        ],
+    );
+    // Only reads were asked for: the image is as it was.
+    assert!(std::fs::read(&img).unwrap() == bytes, "the image changed");
+    // Another device in the first slot: the guest stops at identification (step 2).
+    let (code, _, err) = run(&[
+        "run",
+        "--guest",
+        "test-malformed-net",
+        "--memory",
+        "64M",
+        "--disk",
+        p,
+    ]);
+    assert_eq!(code, 42, "{err}");
+}

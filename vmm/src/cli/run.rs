@@ -31,6 +31,35 @@ pub enum BuiltinGuest {
     /// 16 MiB on) through its registers: exit 0 when the device behaved, else 30 + the
     /// step that failed (see guest-kernels/testguest).
     TestBalloon,
+    /// The test guest driving the first --disk through five malformed-queue cases (a
+    /// buffer outside guest RAM, a looping chain, more data than the request allows, a
+    /// queue size that is not a power of two, a notify before DRIVER_OK), each followed by
+    /// a reset and a good request: exit 0 when the device behaved, else 40 + the step that
+    /// failed (see guest-kernels/testguest).
+    TestMalformedBlk,
+    /// The same cases on the TX queue of the first device, a --net.
+    TestMalformedNet,
+    /// The same cases on the TX queue of the first device, a --vsock.
+    TestMalformedVsock,
+}
+
+impl BuiltinGuest {
+    /// The test guest's command line (its first byte picks the mode); `None` for the
+    /// measurement guest.
+    fn test_mode(self) -> Option<&'static str> {
+        Some(match self {
+            BuiltinGuest::Probe => return None,
+            BuiltinGuest::Test => "",
+            BuiltinGuest::TestTriple => "triple",
+            BuiltinGuest::TestHang => "hang",
+            BuiltinGuest::TestVirtio => "virtio",
+            BuiltinGuest::TestBalloon => "balloon",
+            // 'm' and the device ID the guest expects.
+            BuiltinGuest::TestMalformedBlk => "m2",
+            BuiltinGuest::TestMalformedNet => "m1",
+            BuiltinGuest::TestMalformedVsock => "m19",
+        })
+    }
 }
 
 /// Options of `segvmm run`.
@@ -313,28 +342,8 @@ pub fn run(args: Args) -> CliResult {
             if args.initrd.is_some() {
                 return Err(CliError::bad_input("--initrd needs --kernel"));
             }
-            let mode = match args.guest {
-                BuiltinGuest::Probe if args.jail.is_some() => {
-                    return Err(CliError::bad_input(
-                        "--jail is not served for the measurement guest (its native twin and report need the host); use --guest test or --kernel",
-                    ))
-                }
-                BuiltinGuest::Probe if !args.disks.is_empty() => {
-                    return Err(CliError::bad_input(
-                        "--disk is not served for the measurement guest; use --guest test or --kernel",
-                    ))
-                }
-                BuiltinGuest::Probe if args.balloon.is_some() => {
-                    return Err(CliError::bad_input(
-                        "--balloon is not served for the measurement guest; use --guest test or --kernel",
-                    ))
-                }
-                BuiltinGuest::Probe => return run_probe(&args),
-                BuiltinGuest::Test => "",
-                BuiltinGuest::TestTriple => "triple",
-                BuiltinGuest::TestHang => "hang",
-                BuiltinGuest::TestVirtio => "virtio",
-                BuiltinGuest::TestBalloon => "balloon",
+            let Some(mode) = args.guest.test_mode() else {
+                return run_probe(&args);
             };
             Payload::TestGuest { mode: mode.into() }
         }
@@ -398,6 +407,22 @@ pub fn run(args: Args) -> CliResult {
 /// Boots the measurement guest on one workload and prints its result (stdout), then the
 /// memory report and KVM counters (stderr).
 fn run_probe(args: &Args) -> CliResult {
+    let refused = |what: &str| {
+        CliError::bad_input(format!(
+            "{what} is not served for the measurement guest; use --guest test or --kernel"
+        ))
+    };
+    if args.jail.is_some() {
+        return Err(CliError::bad_input(
+            "--jail is not served for the measurement guest (its native twin and report need the host); use --guest test or --kernel",
+        ));
+    }
+    if !args.disks.is_empty() {
+        return Err(refused("--disk"));
+    }
+    if args.balloon.is_some() {
+        return Err(refused("--balloon"));
+    }
     crate::host::require_mode(args.mmu).map_err(CliError::bad_input)?;
     let spec = guest::GuestSpec {
         work: WorkloadSpec {

@@ -73,6 +73,20 @@ pub enum Error {
     },
 }
 
+/// Why `size` cannot be a queue's size (at most `max`), in words for the log; `None`
+/// when it can.
+fn queue_size_problem(size: u32, max: u16) -> Option<String> {
+    if size == 0 {
+        Some("is zero".into())
+    } else if !size.is_power_of_two() {
+        Some("is not a power of two".into())
+    } else if size > u32::from(max) {
+        Some(format!("is larger than the maximum {max}"))
+    } else {
+        None
+    }
+}
+
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
     name: &'static str,
@@ -342,9 +356,10 @@ impl MmioTransport {
         let low = |old: u64| (old & !0xffff_ffff) | u64::from(v);
         let high = |old: u64| (old & 0xffff_ffff) | (u64::from(v) << 32);
         let r = match offset {
-            VIRTIO_MMIO_QUEUE_NUM => u16::try_from(v)
-                .map_err(|_| virtio_queue::Error::InvalidSize)
-                .and_then(|n| q.try_set_size(n)),
+            VIRTIO_MMIO_QUEUE_NUM => match queue_size_problem(v, q.max_size()) {
+                Some(why) => return self.fail(st, &format!("queue {sel}: size {v} {why}")),
+                None => q.try_set_size(v as u16),
+            },
             VIRTIO_MMIO_QUEUE_READY => {
                 q.set_ready(v == 1);
                 Ok(())
@@ -553,5 +568,29 @@ impl MmioTransport {
                 data.len()
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::queue_size_problem;
+
+    #[test]
+    fn queue_sizes_are_refused_with_the_reason() {
+        assert_eq!(queue_size_problem(8, 256), None);
+        assert_eq!(queue_size_problem(256, 256), None);
+        assert_eq!(queue_size_problem(0, 256).as_deref(), Some("is zero"));
+        assert_eq!(
+            queue_size_problem(5, 256).as_deref(),
+            Some("is not a power of two")
+        );
+        assert_eq!(
+            queue_size_problem(512, 256).as_deref(),
+            Some("is larger than the maximum 256")
+        );
+        assert_eq!(
+            queue_size_problem(1 << 17, 256).as_deref(),
+            Some("is larger than the maximum 256")
+        );
     }
 }
