@@ -144,3 +144,75 @@ fn test_guest_drives_the_disk_registers() {
     let (code, _, err) = run(&["run", "--guest", "test-virtio", "--memory", "64M"]);
     assert_eq!(code, 22, "{err}");
 }
+
+/// A 1 MiB image whose sector 0 starts with "SEGVMM-DISK" (what test-virtio reads).
+fn segv_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    let img = dir.join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..11].copy_from_slice(b"SEGVMM-DISK");
+    std::fs::write(&img, bytes).unwrap();
+    img
+}
+
+/// Queue notifications through KVM ioeventfds (served on the event loop, under its
+/// seccomp filter) and through exits (served on the vCPU): the test guest's checks pass
+/// both ways, and the report says which way was used.
+#[test]
+fn test_guest_drives_the_disk_with_ioeventfd_on_and_off() {
+    common::assert_exit_2(
+        &["run", "--guest", "test-virtio", "--ioeventfd", "maybe"],
+        "--ioeventfd",
+    );
+    if !have_kvm() {
+        return;
+    }
+    for (mode, path, line) in [
+        ("on", "ioeventfd", "notifications: ioeventfd"),
+        ("off", "exit", "notifications: exit to user space"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = segv_disk(dir.path());
+        let report = dir.path().join("report.json");
+        let args = [
+            "run",
+            "--guest",
+            "test-virtio",
+            "--memory",
+            "64M",
+            "--ioeventfd",
+            mode,
+            "--disk",
+            img.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ];
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{mode}: guest step {}: {out}{err}", code - 20);
+        assert!(out.contains("virtio-blk ok"), "{mode}: {out}");
+        assert!(err.contains(line), "{mode}: {err}");
+        let resets = err.lines().filter(|l| l.contains("device needs reset"));
+        assert_eq!(resets.count(), 1, "{mode}: {err}");
+        let disk = std::fs::read(&img).unwrap();
+        assert_eq!(&disk[512..523], b"SEGVMM-DISK", "{mode}: sector 1 written");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(r["virtio_notify"], path, "{mode}");
+    }
+    // Without virtio devices the report has no such field.
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let (code, _, err) = run(&[
+        "run",
+        "--guest",
+        "test",
+        "--memory",
+        "64M",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(r.get("virtio_notify").is_none(), "{r}");
+    assert!(!err.contains("queue notifications"), "{err}");
+}

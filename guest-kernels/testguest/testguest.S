@@ -204,7 +204,7 @@ virtio:
     movw $0, VQ_AVAIL+6
     movw $2, VQ_AVAIL+2
     movl $0, 0x50(%rbp)            /* QueueNotify */
-    testl $0x40, 0x70(%rbp)        /* DEVICE_NEEDS_RESET */
+    call vwaitnr                   /* DEVICE_NEEDS_RESET */
     jz vfail
     cmpw $1, VQ_USED+2             /* the bad chain was not used */
     jne vfail
@@ -283,7 +283,7 @@ balloon:
     movl $0, VQ_DESC+12            /* flags 0, next 0 */
     movzwl VQ_USED+2, %r13d
     call bpost
-    testl $0x40, 0x70(%rbp)        /* DEVICE_NEEDS_RESET */
+    call vwaitnr                   /* DEVICE_NEEDS_RESET */
     jz bfail
     cmpw %r13w, VQ_USED+2          /* not used */
     jne bfail
@@ -318,8 +318,7 @@ binflate:
     jnz 1b
     call bpost
     movzwl VQ_AVAIL+2, %eax
-    cmpw %ax, VQ_USED+2
-    ret
+    jmp vwait
 
 /* bpost: offers descriptor 0 on queue 0 and notifies. */
 bpost:
@@ -404,8 +403,8 @@ vchain:
     movw $2, VQ_DESC+44            /* WRITE */
     ret
 
-/* vsubmit: offers the chain at descriptor 0 and notifies; ZF set when it was used (the
- * device serves it before the notify write returns) with status OK. */
+/* vsubmit: offers the chain at descriptor 0 and notifies; ZF set when it was used with
+ * status OK. */
 vsubmit:
     movb $0xff, VQ_STATUS
     movzwl VQ_AVAIL+2, %eax
@@ -415,10 +414,34 @@ vsubmit:
     inc %eax
     movw %ax, VQ_AVAIL+2
     movl $0, 0x50(%rbp)            /* QueueNotify */
-    cmpw %ax, VQ_USED+2
+    call vwait
     jne 1f
     cmpb $0, VQ_STATUS
 1:  ret
+
+/* A device may serve a notify after the write returned (ioeventfd: on the VMM's event
+ * loop), so its effects are polled for, bounded: a broken device fails the step.
+ * vwait: ZF set when the used index reached %ax. */
+vwait:
+    mov $0x400000, %ecx
+1:  cmpw %ax, VQ_USED+2
+    je 2f
+    pause
+    dec %ecx
+    jnz 1b
+    cmpw %ax, VQ_USED+2
+2:  ret
+
+/* vwaitnr: ZF clear when the device set DEVICE_NEEDS_RESET. */
+vwaitnr:
+    mov $0x100000, %ecx
+1:  testl $0x40, 0x70(%rbp)
+    jnz 2f
+    pause
+    dec %ecx
+    jnz 1b
+    testl $0x40, 0x70(%rbp)
+2:  ret
 
 /* puts(%rdi): NUL-terminated string to COM1. */
 puts:
