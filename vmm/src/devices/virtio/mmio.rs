@@ -442,8 +442,9 @@ impl MmioTransport {
         }
     }
 
-    /// The event loop saw host descriptor `fd` ready: the device serves it while the
-    /// driver runs (before DRIVER_OK or after a failure the event is left for later).
+    /// The event loop saw host descriptor `fd` ready: a queue's notify eventfd is served
+    /// as that queue's notify; another the device serves while the driver runs (before
+    /// DRIVER_OK or after a failure the event is left for later).
     pub fn host_event(&self, fd: std::os::unix::io::RawFd, events: EventSet) {
         if let Some(q) = self.notified_queue(fd) {
             return self.ioevent(q);
