@@ -134,6 +134,8 @@ fn small_kernel_boots_from_virtio_disk_and_writes_a_file() {
     assert!(out.contains("virtio_blk"), "no virtio_blk line:\n{out}");
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(v["exit_reason"]["kind"], "power_off", "{v}");
+    // The default: the driver's notifies reach the disk through KVM ioeventfds.
+    assert_eq!(v["virtio_notify"], "ioeventfd", "{v}");
     if let Some(t) = v["milestones"].as_array().and_then(|ms| {
         ms.iter()
             .find(|m| m["what"] == "Run /init as init process")

@@ -521,6 +521,8 @@ fn virtio_blk_disk_is_saved_and_reopened_on_restore() {
     ]);
     assert_ne!(code, 2, "{err}");
     assert!(err.contains("did not finish within"), "{err}");
+    // The restored disk's queue gets ioeventfds too (the builder registers them).
+    assert!(err.contains("queue notifications: ioeventfd"), "{err}");
 
     // Locked by another process (an exclusive flock held here).
     let f = std::fs::File::open(&img).unwrap();

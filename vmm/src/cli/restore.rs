@@ -48,6 +48,9 @@ pub struct Args {
     /// Do not echo the guest console.
     #[arg(long)]
     pub quiet: bool,
+    /// Virtio queue notifications through KVM ioeventfds (as `segvmm run`).
+    #[arg(long, value_enum, default_value_t = super::run::OnOff::On)]
+    pub ioeventfd: super::run::OnOff,
 }
 
 /// The measurement guest's result after a restore: its results page.
@@ -117,7 +120,9 @@ pub fn run(args: Args) -> CliResult {
         nets: Vec::new(),
         vsock: None,
     };
-    let mut builder = VmBuilder::new(cfg).confine_main_thread();
+    let mut builder = VmBuilder::new(cfg)
+        .confine_main_thread()
+        .ioeventfd(args.ioeventfd == super::run::OnOff::On);
     if let Some(socket) = &args.api_socket {
         builder = builder.api(ApiConfig {
             socket: socket.clone(),

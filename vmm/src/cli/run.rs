@@ -62,6 +62,15 @@ impl BuiltinGuest {
     }
 }
 
+/// `--ioeventfd on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// Options of `segvmm run`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -157,6 +166,12 @@ pub struct Args {
     /// PATH that exists is refused before the guest starts.
     #[arg(long = "vsock", value_name = "cid=N,uds=PATH")]
     pub vsock: Option<crate::devices::virtio::VsockConfig>,
+    /// How virtio queue notifications (QueueNotify writes) reach the devices: `on` through
+    /// KVM ioeventfds where KVM offers them (the write stays in the kernel, the event loop
+    /// serves the queue), `off` by an exit to user space each (the vCPU serves the queue;
+    /// for comparison). The report's `virtio_notify` says which was used.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub ioeventfd: OnOff,
     /// Write the run report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -253,6 +268,9 @@ pub fn finish(report: &RunReport) -> CliResult {
     }
     if let Some(b) = &report.balloon {
         eprintln!("segvmm: {b}");
+    }
+    if let Some(n) = report.virtio_notify {
+        eprintln!("segvmm: virtio queue notifications: {n}");
     }
     if report.vmm_emulated != (0, 0) {
         eprintln!(
@@ -376,8 +394,23 @@ pub fn run(args: Args) -> CliResult {
         .as_ref()
         .map(|p| open_report(p).map(|f| (p, f)))
         .transpose()?;
-    let mut builder = VmBuilder::new(cfg).confine_main_thread();
-    if let Some(api) = api_config(&args) {
+    let report = builder(cfg, &args, profiler)
+        .build()
+        .and_then(Vm::run)
+        .map_err(CliError::bad_input)?;
+    let code = finish(&report)?;
+    if let Some((p, f)) = report_file {
+        write_report(&report, p, f)?;
+    }
+    Ok(code)
+}
+
+/// The builder for `cfg` with the options of `args`.
+fn builder(cfg: VmConfig, args: &Args, profiler: Option<crate::profile::Profiler>) -> VmBuilder {
+    let mut builder = VmBuilder::new(cfg)
+        .confine_main_thread()
+        .ioeventfd(args.ioeventfd == OnOff::On);
+    if let Some(api) = api_config(args) {
         builder = builder.api(api);
     }
     if let Some(p) = profiler {
@@ -393,15 +426,7 @@ pub fn run(args: Args) -> CliResult {
             gid,
         });
     }
-    let report = builder
-        .build()
-        .and_then(Vm::run)
-        .map_err(CliError::bad_input)?;
-    let code = finish(&report)?;
-    if let Some((p, f)) = report_file {
-        write_report(&report, p, f)?;
-    }
-    Ok(code)
+    builder
 }
 
 /// Boots the measurement guest on one workload and prints its result (stdout), then the

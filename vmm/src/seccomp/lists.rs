@@ -93,8 +93,9 @@ pub const COMMON: &[i64] = &[
 ];
 
 /// A vCPU: its run ioctls, console output, reading KVM's binary stats, waking the loop,
-/// and virtio-blk requests served on the notifying vCPU (pread64, pwrite64, fdatasync,
-/// fallocate for DISCARD and WRITE_ZEROES).
+/// and virtio queues served on the notifying vCPU (a QueueNotify that exits: `--ioeventfd
+/// off`, or a notify still pending at a status write): virtio-blk's pread64, pwrite64,
+/// fdatasync and fallocate (DISCARD, WRITE_ZEROES), a TAP's read (write is common).
 const VCPU: &[i64] = &[
     SYS_pread64,
     SYS_read,
@@ -134,8 +135,10 @@ const WRITER: &[i64] = &[
 
 /// The main thread once the guest runs: the event loop (epoll, eventfds, the API socket,
 /// stdin, a TAP, virtio-vsock's Unix sockets: accept, and connect for guest connections),
-/// kicks to vCPUs, a ptsnap writer it may start, and the end of the run (reports,
-/// the hotness file and its heat map, the JSON report).
+/// virtio queues notified through KVM ioeventfds (virtio-blk's pread64, pwrite64,
+/// fdatasync and fallocate for discard; a TAP's read; write and the balloon's madvise are
+/// common), kicks to vCPUs, a ptsnap writer it may start, and the end of the run
+/// (reports, the hotness file and its heat map, the JSON report).
 const MAIN: &[i64] = &[
     SYS_openat,
     SYS_close,
@@ -151,6 +154,7 @@ const MAIN: &[i64] = &[
     SYS_fcntl,
     SYS_fsync,
     SYS_fdatasync,
+    SYS_fallocate,
     SYS_ftruncate,
     SYS_renameat2,
     SYS_faccessat2,

@@ -71,6 +71,7 @@ pub struct VmBuilder {
     describe: Option<PayloadInfo>,
     profiler: Option<crate::profile::Profiler>,
     balloon: Option<BalloonConfig>,
+    ioeventfd: bool,
 }
 
 /// The kernel command line additions this host needs (none on hosts with VMX/SVM).
@@ -110,7 +111,15 @@ impl VmBuilder {
             describe: None,
             profiler: None,
             balloon: None,
+            ioeventfd: true,
         }
+    }
+
+    /// Whether queue notifications go through KVM ioeventfds where KVM offers them (the
+    /// default; `--ioeventfd off` makes every QueueNotify exit to user space).
+    pub fn ioeventfd(mut self, on: bool) -> Self {
+        self.ioeventfd = on;
+        self
     }
 
     /// Adds a virtio-balloon (`--balloon`), after the disks.
@@ -167,6 +176,7 @@ impl VmBuilder {
             describe,
             profiler,
             balloon,
+            ioeventfd,
         } = self;
         let started = cfg.started.unwrap_or_else(Instant::now);
         let mut t = SetupTimer::new(started);
@@ -197,12 +207,9 @@ impl VmBuilder {
         let mut devs = legacy_devices(&vm_fd, &console, cfg.mmio.clone(), loaded.devices.as_ref())?;
         let saved = loaded.devices.as_ref().map(|d| d.virtio_blk.as_slice());
         let virtio_blk = virtio_blocks(&vm_fd, &mut devs.bus, &ram, disks, saved)?;
-        let mut virtio: Vec<_> = virtio_blk.iter().map(|b| b.transport.clone()).collect();
-        let first = virtio.len();
-        virtio.extend(virtio_devices(&vm_fd, &mut devs.bus, &ram, others, first)?);
-        let balloon = balloon
-            .map(|b| balloon_device(&vm_fd, &mut devs.bus, &ram, virtio.len(), &b))
-            .transpose()?;
+        let (virtio, balloon) =
+            virtio_rest(&vm_fd, &mut devs.bus, &ram, (&virtio_blk, others), balloon)?;
+        let virtio_notify = notify_path(&kvm, &vm_fd, &virtio, ioeventfd)?;
         t.step("devices");
         let (stats, dirty) = watch(&vm_fd, &fds, &ram, dirty_prep)?;
         let api = api.map(ApiServer::bind).transpose()?;
@@ -245,6 +252,7 @@ impl VmBuilder {
             virtio_devices: n_virtio,
             virtio_blk,
             virtio,
+            virtio_notify,
             api_paused: false,
             started,
             setup: t.steps,
@@ -716,6 +724,25 @@ fn virtio_devices(
     Ok(transports)
 }
 
+/// The virtio devices after the disks (`blk`), then the balloon; every transport in slot
+/// order, and the balloon's handle.
+fn virtio_rest(
+    vm_fd: &VmFd,
+    bus: &mut IoBus,
+    ram: &Arc<GuestRam>,
+    (blk, others): (&[BlockSlot], Vec<Box<dyn VirtioDevice>>),
+    balloon: Option<BalloonConfig>,
+) -> Result<(Vec<Arc<MmioTransport>>, Option<virtio::BalloonHandle>), Error> {
+    let mut virtio: Vec<_> = blk.iter().map(|b| b.transport.clone()).collect();
+    let first = virtio.len();
+    virtio.extend(virtio_devices(vm_fd, bus, ram, others, first)?);
+    let balloon = balloon
+        .map(|b| balloon_device(vm_fd, bus, ram, virtio.len(), &b))
+        .transpose()?;
+    virtio.extend(balloon.as_ref().map(|b| b.transport().clone()));
+    Ok((virtio, balloon))
+}
+
 /// Each disk behind a virtio-mmio transport in the first slots, with its configuration.
 /// For a restore, `saved` (the snapshot's disks) is checked against them and loaded into
 /// the transports.
@@ -756,6 +783,48 @@ fn virtio_slot_irq(vm_fd: &VmFd, i: usize) -> Result<(u64, virtio::SharedInterru
         .register_irqfd(&irq, gsi)
         .map_err(kvm_err("KVM_IRQFD"))?;
     Ok((base, Arc::new(IrqFd(irq))))
+}
+
+/// How the guest's queue notifications will arrive: through KVM ioeventfds, registered
+/// here for every queue of every transport (slot order), when `want` and KVM offers them;
+/// else by exits. `None` without virtio devices.
+fn notify_path(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    transports: &[Arc<MmioTransport>],
+    want: bool,
+) -> Result<Option<virtio::NotifyPath>, Error> {
+    if transports.is_empty() {
+        return Ok(None);
+    }
+    if !want || !kvm.check_extension(kvm_ioctls::Cap::Ioeventfd) {
+        return Ok(Some(virtio::NotifyPath::Exit));
+    }
+    for (i, t) in transports.iter().enumerate() {
+        let (base, _) = virtio::slot(i).ok_or(Error::TooManyDevices(i + 1))?;
+        t.set_notify_fds(notify_fds(vm_fd, base, t.queue_count())?);
+    }
+    Ok(Some(virtio::NotifyPath::Ioeventfd))
+}
+
+/// `queues` eventfds registered as ioeventfds on the QueueNotify register of the window
+/// at `base`: 4-byte writes of the queue's index.
+fn notify_fds(vm_fd: &VmFd, base: u64, queues: usize) -> Result<Vec<EventFd>, Error> {
+    let reg = base + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
+    let addr = kvm_ioctls::IoEventAddress::Mmio(reg);
+    (0u32..)
+        .take(queues)
+        .map(|q| {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+                what: "eventfd",
+                source,
+            })?;
+            vm_fd
+                .register_ioevent(&fd, &addr, q)
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
+            Ok(fd)
+        })
+        .collect()
 }
 
 /// The balloon behind a transport at slot `i`; the handle the event loop keeps.

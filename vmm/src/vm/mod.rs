@@ -188,6 +188,8 @@ pub struct Vm {
     virtio_blk: Vec<crate::snapshot::virtio::BlockSlot>,
     /// The virtio transports (the event loop serves their host descriptors).
     virtio: Vec<Arc<crate::devices::virtio::MmioTransport>>,
+    /// How their queue notifications arrive (`None` without virtio devices).
+    virtio_notify: Option<crate::devices::virtio::NotifyPath>,
     /// Paused through the API: a snapshot leaves it paused.
     api_paused: bool,
     started: Instant,
@@ -331,6 +333,7 @@ impl Vm {
             profile,
             kernel_cache: self.kernel_cache,
             balloon: self.balloon.as_ref().map(|b| b.report()),
+            virtio_notify: self.virtio_notify,
         })
     }
 }

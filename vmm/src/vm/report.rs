@@ -189,4 +189,8 @@ pub struct RunReport {
     /// What the balloon did (`--balloon`): bytes given back, pages, contiguity before/after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balloon: Option<crate::devices::virtio::balloon::BalloonReport>,
+    /// How virtio queue notifications reached the devices: `ioeventfd` or `exit` (absent
+    /// without virtio devices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtio_notify: Option<crate::devices::virtio::NotifyPath>,
 }

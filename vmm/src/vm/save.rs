@@ -109,6 +109,11 @@ impl Vm {
         parent: Option<String>,
         t0: Instant,
     ) -> Result<SnapshotTaken, SaveError> {
+        // Notifies the guest signalled through ioeventfds are served before the queues,
+        // RAM and interrupt state are saved (the vCPUs are paused: no new ones).
+        for t in &self.virtio {
+            t.serve_pending_notifies();
+        }
         // Every snapshot starts a new diff interval: what the tracker holds is dropped
         // unless this snapshot writes it.
         let pages = match &self.observers.dirty {

@@ -365,6 +365,11 @@ impl BalloonHandle {
         }
     }
 
+    /// The balloon's transport.
+    pub fn transport(&self) -> &Arc<MmioTransport> {
+        &self.transport
+    }
+
     /// How often statistics are wanted.
     pub fn stats_interval(&self) -> Option<Duration> {
         self.stats_every

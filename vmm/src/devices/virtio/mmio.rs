@@ -12,7 +12,7 @@
 
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -26,6 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::{GuestMemoryView, SharedInterrupt, VirtioDevice};
 
+mod notify;
 mod state;
 use crate::devices::bus::{Access, BusDevice};
 use crate::devices::DeviceAction;
@@ -92,6 +93,8 @@ pub struct MmioTransport {
     name: &'static str,
     /// Written on QueueNotify for a device served on the event loop.
     kick: Option<vmm_sys_util::eventfd::EventFd>,
+    /// One eventfd per queue that KVM signals on QueueNotify (ioeventfd), when set up.
+    notify_fds: OnceLock<Vec<vmm_sys_util::eventfd::EventFd>>,
     state: Mutex<State>,
     mem: Arc<dyn GuestMemoryView>,
     irq: SharedInterrupt,
@@ -160,6 +163,7 @@ impl MmioTransport {
         Ok(MmioTransport {
             name,
             kick,
+            notify_fds: OnceLock::new(),
             state: Mutex::new(State {
                 device,
                 queues,
@@ -279,6 +283,9 @@ impl MmioTransport {
     }
 
     fn write_status(&self, st: &mut State, v: u32) {
+        // A notify the guest wrote before this status is served in the state it was
+        // written in.
+        self.serve_pending(st);
         if v == 0 {
             return Self::reset(st);
         }
@@ -450,9 +457,13 @@ impl MmioTransport {
         }
     }
 
-    /// The event loop saw host descriptor `fd` ready: the device serves it while the
-    /// driver runs (before DRIVER_OK or after a failure the event is left for later).
+    /// The event loop saw host descriptor `fd` ready: a queue's notify eventfd is served
+    /// as that queue's notify; another the device serves while the driver runs (before
+    /// DRIVER_OK or after a failure the event is left for later).
     pub fn host_event(&self, fd: std::os::unix::io::RawFd, events: EventSet) {
+        if let Some(q) = self.notified_queue(fd) {
+            return self.ioevent(q);
+        }
         if let Some(k) = self.kick.as_ref().filter(|k| k.as_raw_fd() == fd) {
             // Readable, so this does not block; the device serves every queue below.
             let _ = k.read();
@@ -488,6 +499,7 @@ impl MmioTransport {
                 events: EventSet::IN,
             });
         }
+        fds.extend(self.notify_watches());
         fds
     }
 

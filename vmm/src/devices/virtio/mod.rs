@@ -1,7 +1,8 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, modern only; issue #16).
 //!
 //! [`mmio::MmioTransport`] is a [`super::BusDevice`]: the guest programs it through its
-//! registers, and a QueueNotify write makes the device ([`VirtioDevice`]) serve that queue
+//! registers, and a QueueNotify write makes the device ([`VirtioDevice`]) serve that queue:
+//! on the VM's event loop when the write signalled a KVM ioeventfd ([`NotifyPath`]), else
 //! on the vCPU thread that wrote it. Queues are `virtio-queue`'s split rings over the
 //! guest's vm-memory view, so no guest address is ever turned into a host pointer outside
 //! guest RAM. A device signals used buffers through an [`Interrupt`] (a KVM irqfd in a VM,
@@ -204,6 +205,27 @@ pub struct HostFd {
 
 /// A shared interrupt.
 pub type SharedInterrupt = Arc<dyn Interrupt>;
+
+/// How QueueNotify writes reach the devices (the run report's `virtio_notify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyPath {
+    /// KVM ioeventfds (one per queue, on QueueNotify with the queue index as datamatch):
+    /// the write stays in the kernel and the event loop serves the queue.
+    Ioeventfd,
+    /// Each write exits to user space and the vCPU serves the queue (`--ioeventfd off`,
+    /// or KVM without KVM_CAP_IOEVENTFD).
+    Exit,
+}
+
+impl std::fmt::Display for NotifyPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotifyPath::Ioeventfd => "ioeventfd (served on the event loop)",
+            NotifyPath::Exit => "exit to user space (served on the vCPU)",
+        })
+    }
+}
 
 #[cfg(test)]
 mod net_tests;
