@@ -336,7 +336,8 @@ fn stock_kernel_reaches_user_space_on_two_vcpus() {
 
 /// The stock kernel has virtio-mmio only as a module and no command-line devices, so it
 /// finds segvmm's disk only through the DSDT (`LNRO0005`): with its virtio modules loaded
-/// (tests/realkvm/stock-virtio-init.sh) it reads the disk's first bytes. One mode (NPT).
+/// (tests/realkvm/stock-virtio-init.sh) it reads the disk's first bytes, notifying the
+/// device through KVM ioeventfds. One mode (NPT).
 #[test]
 fn stock_kernel_finds_its_virtio_disk_in_the_dsdt() {
     let c = "printf SEGVMM-DSDT-DISK >/tmp/d.img && truncate -s 1M /tmp/d.img && segvmm run --kernel /gk/stock-kernel --initrd /gk/stock-virtio.cpio --disk /tmp/d.img --timeout 300 --report $R/r.json";
@@ -345,7 +346,10 @@ fn stock_kernel_finds_its_virtio_disk_in_the_dsdt() {
     };
     let r = CmdResult::load(&dir.path().join("out/npt1/0"));
     r.expect_rc(0, "npt1");
-    check_report(&r.json("r.json"), "npt1", "tdp");
+    let v = r.json("r.json");
+    check_report(&v, "npt1", "tdp");
+    // kvm_amd offers ioeventfds: the disk's notifications go through them.
+    assert_eq!(v["virtio_notify"], "ioeventfd", "{r}");
     for want in [
         "SEGVMM_DSDT acpi: 1 LNRO0005",
         "SEGVMM_DSDT platform: LNRO0005:00",
