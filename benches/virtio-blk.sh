@@ -5,7 +5,8 @@
 # disk, /dev/vdb; its /init (segvmm_test=bench) runs /usr/bin/segvmm-rio (rootfs/rio.c,
 # O_DIRECT) once and powers off. One boot per test: seqread, seqwrite (1 MiB requests,
 # MIB MiB), randread, randwrite (4 KiB at random offsets, OPS requests), and `none` (the
-# boot alone). Each runs with the disk's event_idx=on and event_idx=off, N times; medians.
+# boot alone). Each runs with the disk's event_idx=on and event_idx=off, N times (in turn,
+# repetition by repetition); medians.
 #
 # Exits per request = (the run's user-space MMIO exits, the report's kvm_stats mmio_exits,
 # minus those of the `none` boot of the same mode) / the requests the guest's /dev/vdb
@@ -18,6 +19,8 @@
 # Needs /dev/kvm, a release build, guest-kernels/out/{small-kernel,rootfs.ext4} from
 # guest-kernels/build.sh and debugfs (e2fsprogs) or gcc.
 # Environment: N (default 3), MIB (default 32), OPS (default 1000), SIZE_MIB (default 256),
+# JOBS (default 1: segvmm-rio processes sharing the requests, so up to JOBS in flight; with
+# more than one, give the guest vCPUs through SEGVMM_ARGS, e.g. "--vcpus 2"),
 # TESTS (default "seqread seqwrite randread randwrite"), EVENT_IDX (default "on off"),
 # SEGVMM_ARGS: extra `segvmm run` arguments for every boot (e.g. "--ioeventfd off" where
 # that option exists: run the script once per setting to compare).
@@ -35,7 +38,8 @@ TESTS=${TESTS:-seqread seqwrite randread randwrite}
 EVENT_IDX=${EVENT_IDX:-on off}
 SEGVMM_ARGS=${SEGVMM_ARGS:-}
 for f in "$B" "$K" "$R"; do [ -s "$f" ] || { echo "missing $f" >&2; exit 2; }; done
-for v in N MIB OPS SIZE_MIB; do
+JOBS=${JOBS:-1}
+for v in N MIB OPS SIZE_MIB JOBS; do
     [[ "${!v}" =~ ^[1-9][0-9]{0,5}$ ]] || { echo "$v=${!v}: expected a number from 1 to 999999" >&2; exit 2; }
 done
 D=$(mktemp -d)
@@ -53,16 +57,17 @@ if [ ! -s "$D/rio" ]; then
 fi
 chmod +x "$D/rio"
 
-python3 - "$B" "$K" "$D" "$N" "$MIB" "$OPS" "$TESTS" "$EVENT_IDX" "$SEGVMM_ARGS" <<'PY'
+python3 - "$B" "$K" "$D" "$N" "$MIB" "$OPS" "$TESTS" "$EVENT_IDX" "$SEGVMM_ARGS" "$JOBS" <<'PY'
 import json, re, shlex, statistics, subprocess, sys
-b, kernel, d, n, mib, ops, tests, modes, extra = sys.argv[1:]
+b, kernel, d, n, mib, ops, tests, modes, extra, jobs = sys.argv[1:]
 n, tests, modes, extra = int(n), tests.split(), modes.split(), shlex.split(extra)
 LINE = re.compile(r"SEGVMM_RIO test=(\S+)(.*)")
 
 def boot(test, mode):
     """One boot; (rio fields, requests, mmio exits, device interrupts)."""
     cmdline = (f"console=ttyS0 reboot=k panic=-1 percpu_alloc=page root=/dev/vda "
-               f"segvmm_test=bench segvmm_rio={test} segvmm_mib={mib} segvmm_ops={ops}")
+               f"segvmm_test=bench segvmm_rio={test} segvmm_mib={mib} segvmm_ops={ops} "
+               f"segvmm_jobs={jobs}")
     rep = f"{d}/r.json"
     args = [b, "run", "--kernel", kernel, "--memory", "128M", "--timeout", "600",
             "--disk", f"{d}/root.ext4,ro,event_idx={mode}",
@@ -81,12 +86,18 @@ def boot(test, mode):
     return fields, int(reqs.group(1)), stats["mmio_exits"], int(irqs.group(1))
 
 med = statistics.median
+# Repetition by repetition, every mode and test in turn: a load change on the shared host
+# then spreads over all of them instead of favouring whichever ran last.
+res = {}
+for _ in range(n):
+    for mode in modes:
+        for test in ["none"] + tests:
+            res.setdefault((mode, test), []).append(boot(test, mode))
 rows = []
 for mode in modes:
-    base = [boot("none", mode) for _ in range(n)]
-    base_mmio = med(x[2] for x in base)
+    base_mmio = med(x[2] for x in res[(mode, "none")])
     for test in tests:
-        runs = [boot(test, mode) for _ in range(n)]
+        runs = res[(mode, test)]
         reqs = med(r[1] for r in runs)
         mmio = med(r[2] for r in runs) - base_mmio
         irq = med(r[3] for r in runs)
@@ -99,7 +110,7 @@ for mode in modes:
 for test in tests:
     res = []
     for _ in range(n):
-        p = subprocess.run([f"{d}/rio", test, f"{d}/scratch.img", mib, ops],
+        p = subprocess.run([f"{d}/rio", test, f"{d}/scratch.img", mib, ops, jobs],
                            capture_output=True, text=True)
         m = LINE.search(p.stdout)
         if p.returncode != 0 or not m:
@@ -109,7 +120,7 @@ for test in tests:
                  med(float(r["iops"]) for r in res), int(res[0]["ops"]), "-", "-", "-"))
 
 print(f"\nmedians of {n} runs; seq: {mib} MiB in 1 MiB requests, rand: {ops} x 4 KiB; "
-      f"extra segvmm args: {' '.join(extra) or '(none)'}")
+      f"{jobs} job(s); extra segvmm args: {' '.join(extra) or '(none)'}")
 print(f"{'test':<10} {'where':<22} {'MB/s':>9} {'IOPS':>9} {'ops':>6} {'dev reqs':>8} "
       f"{'mmio exits/req':>14} {'irqs/req':>8}")
 for t, w, mbs, iops, o, reqs, ex, irq in sorted(rows, key=lambda r: tests.index(r[0])):

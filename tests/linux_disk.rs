@@ -195,7 +195,7 @@ fn bench_mode_runs_segvmm_rio_on_a_second_disk() {
     std::fs::write(&scratch, vec![0u8; 4 << 20]).unwrap();
     let root = format!("{},ro,event_idx=off", copy.to_str().unwrap());
     let disks = [root.as_str(), scratch.to_str().unwrap()];
-    let extra = "segvmm_test=bench segvmm_rio=randwrite segvmm_ops=64";
+    let extra = "segvmm_test=bench segvmm_rio=randwrite segvmm_ops=64 segvmm_jobs=2";
     let (code, out, err, v) = boot(&kernel, &disks, extra, dir.path());
     let line = out
         .lines()
@@ -205,6 +205,7 @@ fn bench_mode_runs_segvmm_rio_on_a_second_disk() {
     assert_eq!(f.get("test"), Some(&"randwrite"), "{line}");
     assert_eq!(f.get("bs"), Some(&"4096"), "{line}");
     assert_eq!(f.get("ops"), Some(&"64"), "{line}");
+    assert_eq!(f.get("jobs"), Some(&"2"), "{line}");
     for key in ["seconds", "mb_s", "iops"] {
         let x: f64 = f.get(key).and_then(|s| s.parse().ok()).unwrap_or(-1.0);
         assert!(x > 0.0, "{key} in {line}");
