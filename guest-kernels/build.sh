@@ -17,8 +17,9 @@
 #                 --offline) for `segvmm bench --linux KERNEL,INITRD`.
 #   --rootfs      out/rootfs.ext4: a 64 MiB sparse ext4 image (mke2fs -d, no loop
 #                 mount) holding Debian's busybox-static (apt-get download +
-#                 dpkg-deb -x) with its applet links and /sbin/init (= /init)
-#                 from rootfs/init,
+#                 dpkg-deb -x) with its applet links, /sbin/init (= /init)
+#                 from rootfs/init and /usr/bin/segvmm-rio (rootfs/rio.c,
+#                 gcc -static: the block benchmark of benches/virtio-blk.sh),
 #                 for `segvmm run --kernel out/small-kernel --disk out/rootfs.ext4
 #                 --cmdline "... root=/dev/vda rw"`.
 #   --all         all five (also the default with no target flags).
@@ -313,10 +314,13 @@ ROOTFS_MKE2FS=(-q -F -t ext4 -b 4096 -N 4096 -L segvmm-root
 	-U 5e9a3c00-0000-4000-8000-5e9f3c000016
 	-E lazy_itable_init=0,lazy_journal_init=0,nodiscard,root_owner=0:0,hash_seed=5e9a3c00-0000-4000-8000-5e9f3c000017)
 
+# segvmm-rio (rootfs/rio.c), the O_DIRECT block benchmark: static glibc, as busybox.
+RIO_CFLAGS=(-static -O2 -Wall -Wextra)
+
 build_rootfs() {
 	local stamp deb stage tmp applet
-	ensure_deps dpkg e2fsprogs
-	stamp="layout=2 pkg=$BUSYBOX_PKG=$BUSYBOX_VERSION init=$(sha "$HERE/rootfs/init") size=$ROOTFS_SIZE mke2fs=${ROOTFS_MKE2FS[*]} e2fsprogs=$(mke2fs -V 2>&1 | head -n1)"
+	ensure_deps dpkg e2fsprogs gcc libc6-dev
+	stamp="layout=2 pkg=$BUSYBOX_PKG=$BUSYBOX_VERSION init=$(sha "$HERE/rootfs/init") rio=$(sha "$HERE/rootfs/rio.c") rio_cflags=${RIO_CFLAGS[*]} gcc=$(gcc -dumpfullversion) size=$ROOTFS_SIZE mke2fs=${ROOTFS_MKE2FS[*]} e2fsprogs=$(mke2fs -V 2>&1 | head -n1)"
 	if stamp_ok rootfs "$stamp" "$OUT/rootfs.ext4"; then
 		log "rootfs.ext4 up to date ($BUSYBOX_PKG $BUSYBOX_VERSION)"
 		return 0
@@ -343,6 +347,9 @@ build_rootfs() {
 	rm -f "$stage/sbin/init"
 	install -m 0755 "$HERE/rootfs/init" "$stage/sbin/init"
 	ln -s sbin/init "$stage/init"
+	# The block I/O benchmark (benches/virtio-blk.sh); static, like busybox.
+	gcc "${RIO_CFLAGS[@]}" -o "$stage/usr/bin/segvmm-rio" "$HERE/rootfs/rio.c" ||
+		die "compiling rootfs/rio.c failed"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
 	printf 'root:x:0:\n' >"$stage/etc/group"
 	chmod 1777 "$stage/tmp"

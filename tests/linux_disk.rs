@@ -3,7 +3,9 @@
 //! (guest-kernels/rootfs/init, busybox sh) writes a file, syncs, remounts / read-only and
 //! powers off; afterwards the image passes `e2fsck -fn` and `debugfs` reads the file back.
 //! With `,ro` the same write fails inside the guest with a clear message and the VMM still
-//! exits cleanly with the image untouched.
+//! exits cleanly with the image untouched. The benchmark mode (`segvmm_test=bench`, as
+//! benches/virtio-blk.sh boots it) runs /usr/bin/segvmm-rio on a second disk and prints its
+//! result line.
 //!
 //! The kernel and image come from `guest-kernels/build.sh` (./setup.sh); without them, or
 //! without e2fsprogs, these tests skip with the reason, except in CI (CI=true), where that
@@ -57,23 +59,22 @@ fn setup(dir: &Path) -> Option<(PathBuf, PathBuf, Tools)> {
     Some((kernel, copy, tools))
 }
 
-/// Boots the small kernel from `disk` (a `--disk` argument) with `extra` on the command
-/// line; (exit code, guest console, stderr, report).
+/// Boots the small kernel from `disks` (`--disk` arguments, the root first) with `extra`
+/// on the command line; (exit code, guest console, stderr, report).
 fn boot(
     kernel: &Path,
-    disk: &str,
+    disks: &[&str],
     extra: &str,
     dir: &Path,
 ) -> (i32, String, String, serde_json::Value) {
     let report = dir.join("r.json");
     let cmdline =
         format!("console=ttyS0 reboot=k panic=-1 percpu_alloc=page root=/dev/vda {extra}");
-    let (code, out, err) = run(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--disk",
-        disk,
+    let mut args = vec!["run", "--kernel", kernel.to_str().unwrap()];
+    for d in disks {
+        args.extend(["--disk", d]);
+    }
+    args.extend([
         "--memory",
         "128M",
         "--timeout",
@@ -83,6 +84,7 @@ fn boot(
         "--cmdline",
         &cmdline,
     ]);
+    let (code, out, err) = run(&args);
     eprintln!("{err}");
     let v = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
         .unwrap_or(serde_json::Value::Null);
@@ -126,7 +128,7 @@ fn small_kernel_boots_from_virtio_disk_and_writes_a_file() {
         return;
     };
     let disk = copy.to_str().unwrap().to_owned();
-    let (code, out, err, v) = boot(&kernel, &disk, "rw segvmm_test=write", dir.path());
+    let (code, out, err, v) = boot(&kernel, &[&disk], "rw segvmm_test=write", dir.path());
     assert!(
         out.contains(&format!("SEGVMM_ROOTFS_WRITE_OK {CONTENT}")),
         "no write marker on the console:\n{out}\n{err}"
@@ -159,7 +161,7 @@ fn read_only_disk_refuses_the_write_and_the_vmm_exits_cleanly() {
     };
     let before = std::fs::read(&copy).unwrap();
     let disk = format!("{},ro", copy.to_str().unwrap());
-    let (code, out, err, v) = boot(&kernel, &disk, "rw segvmm_test=write", dir.path());
+    let (code, out, err, v) = boot(&kernel, &[&disk], "rw segvmm_test=write", dir.path());
     assert!(
         out.contains("SEGVMM_ROOTFS_WRITE_FAILED: cannot write /segvmm-test")
             && out.contains("Read-only file system"),
@@ -175,4 +177,51 @@ fn read_only_disk_refuses_the_write_and_the_vmm_exits_cleanly() {
     e2fsck_clean(&tools, &copy);
     let (cat, _) = debugfs_cat(&tools, &copy, "/segvmm-test");
     assert!(cat.is_empty(), "{cat}");
+}
+
+/// `key=value` fields of a `SEGVMM_RIO test=...` line.
+fn rio_fields(line: &str) -> std::collections::HashMap<&str, &str> {
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .collect()
+}
+
+#[test]
+fn bench_mode_runs_segvmm_rio_on_a_second_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((kernel, copy, _tools)) = setup(dir.path()) else {
+        return;
+    };
+    let scratch = dir.path().join("scratch.img");
+    std::fs::write(&scratch, vec![0u8; 4 << 20]).unwrap();
+    let root = format!("{},ro,event_idx=off", copy.to_str().unwrap());
+    let disks = [root.as_str(), scratch.to_str().unwrap()];
+    let extra = "segvmm_test=bench segvmm_rio=randwrite segvmm_ops=64 segvmm_jobs=2";
+    let (code, out, err, v) = boot(&kernel, &disks, extra, dir.path());
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("SEGVMM_RIO test="))
+        .unwrap_or_else(|| panic!("no SEGVMM_RIO line:\n{out}\n{err}"));
+    let f = rio_fields(line);
+    assert_eq!(f.get("test"), Some(&"randwrite"), "{line}");
+    assert_eq!(f.get("bs"), Some(&"4096"), "{line}");
+    assert_eq!(f.get("ops"), Some(&"64"), "{line}");
+    assert_eq!(f.get("jobs"), Some(&"2"), "{line}");
+    for key in ["seconds", "mb_s", "iops"] {
+        let x: f64 = f.get(key).and_then(|s| s.parse().ok()).unwrap_or(-1.0);
+        assert!(x > 0.0, "{key} in {line}");
+    }
+    // The device completed at least the 64 writes (and the flush).
+    let reqs: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("SEGVMM_RIO_REQS "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no SEGVMM_RIO_REQS line:\n{out}"));
+    assert!(reqs >= 64, "{reqs} requests");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(v["exit_reason"]["kind"], "power_off", "{v}");
+    // The writes reached the image: segvmm-rio writes 0x5a.
+    let img = std::fs::read(&scratch).unwrap();
+    assert!(img.chunks(4096).any(|c| c.iter().all(|&b| b == 0x5a)));
 }

@@ -143,11 +143,12 @@ pub struct Args {
     /// With --jail: the group to run the guest as (supplementary groups are cleared).
     #[arg(long, requires = "jail")]
     pub gid: Option<u32>,
-    /// A virtio-blk disk on a raw image (repeatable): `PATH[,ro][,id=NAME]`. The image is
-    /// locked (flock; shared with `ro`) for the run; a missing, unreadable or locked image
-    /// is refused before the guest starts. A Linux guest is told where it is
-    /// (`virtio_mmio.device=` on its command line).
-    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
+    /// A virtio-blk disk on a raw image (repeatable): `PATH[,ro][,id=NAME][,event_idx=on|off]`.
+    /// The image is locked (flock; shared with `ro`) for the run; a missing, unreadable or
+    /// locked image is refused before the guest starts. A Linux guest is told where it is
+    /// (`virtio_mmio.device=` on its command line). `event_idx=off` stops offering
+    /// VIRTIO_RING_F_EVENT_IDX (notification suppression, on by default).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME][,event_idx=on|off]")]
     pub disks: Vec<crate::devices::virtio::DiskConfig>,
     /// A virtio-balloon (after the disks): `[size=SIZE][,stats=INTERVAL|off]
     /// [,reporting=on|off][,deflate_on_oom=on|off]`; size is the initial balloon (default

@@ -1,5 +1,5 @@
 //! virtio-blk in whole-VM snapshots: each disk's configuration (image path, read-only,
-//! serial, size) and its transport's state. The image itself is not copied (as in
+//! serial, EVENT_IDX offered, size) and its transport's state. The image itself is not copied (as in
 //! Firecracker): a restore reopens the same file under the same lock rules and refuses
 //! one that is missing, locked or of another size before any vCPU runs. Requests are
 //! served synchronously on the notifying vCPU's thread, so with every vCPU paused none is
@@ -23,6 +23,10 @@ pub struct BlockSnapshot {
     pub read_only: bool,
     /// The serial GET_ID answers.
     pub id: Option<String>,
+    /// VIRTIO_RING_F_EVENT_IDX offered (`event_idx=`; absent in older state files, which
+    /// never offered it: off). The queues' own flag is in `transport`.
+    #[serde(default)]
+    pub event_idx: bool,
     /// Capacity in 512-byte sectors when saved: the reopened image must have it.
     pub sectors: u64,
     /// Its virtio-mmio transport.
@@ -36,6 +40,7 @@ impl BlockSnapshot {
             path: self.path.clone(),
             read_only: self.read_only,
             id: self.id.clone(),
+            event_idx: self.event_idx,
         }
     }
 }
@@ -58,6 +63,7 @@ impl BlockSlot {
             path: self.cfg.path.clone(),
             read_only: self.cfg.read_only,
             id: self.cfg.id.clone(),
+            event_idx: self.cfg.event_idx,
             sectors: self.sectors,
             transport: self.transport.save_state(),
         }

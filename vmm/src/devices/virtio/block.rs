@@ -1,7 +1,9 @@
 //! virtio-blk on a raw image file: IN, OUT, FLUSH (fdatasync on the host), GET_ID and, on a
 //! writable disk, DISCARD and WRITE_ZEROES (holes punched in the image, see [`discard`]); one
-//! queue, served on the vCPU thread that notified. The image is locked with flock when it
-//! is opened (exclusive, shared for a read-only disk), so two VMMs cannot write one disk.
+//! queue, served where the notify arrives (the event loop through an ioeventfd, else the
+//! vCPU that wrote it). VIRTIO_RING_F_EVENT_IDX is offered unless `event_idx=off`: the
+//! driver's used_event then decides which completions interrupt, and the device's
+//! avail_event which requests kick. The image is locked with flock when it is opened (exclusive, shared for a read-only disk), so two VMMs cannot write one disk.
 //!
 //! Guest mistakes a status byte can report (a data buffer outside guest RAM or in the
 //! wrong direction, a length that is not a multiple of 512, a request past the disk's end,
@@ -19,6 +21,7 @@ use std::str::FromStr;
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
@@ -41,7 +44,10 @@ const CHUNK: usize = 64 << 10;
 /// Bad requests logged per device (one line each) before going quiet.
 const LOG_LIMIT: u32 = 16;
 
-/// `--disk PATH[,ro][,id=NAME]`.
+/// The `--disk` syntax (for messages).
+const SYNTAX: &str = "PATH[,ro][,id=NAME][,event_idx=on|off]";
+
+/// `--disk PATH[,ro][,id=NAME][,event_idx=on|off]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     /// The raw image.
@@ -50,17 +56,22 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The serial GET_ID answers (at most 20 bytes; default the file name, cut to 20).
     pub id: Option<String>,
+    /// Offer VIRTIO_RING_F_EVENT_IDX (notification suppression; default on).
+    pub event_idx: bool,
 }
 
 /// A `--disk` argument that cannot be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskConfigError {
     /// No path before the options.
-    #[error("--disk: empty path (PATH[,ro][,id=NAME])")]
+    #[error("--disk: empty path ({SYNTAX})")]
     EmptyPath,
-    /// An option other than `ro` and `id=`.
-    #[error("--disk: unknown option '{0}' (PATH[,ro][,id=NAME])")]
+    /// An option other than `ro`, `id=` and `event_idx=`.
+    #[error("--disk: unknown option '{0}' ({SYNTAX})")]
     UnknownOption(String),
+    /// `event_idx=` with another value than `on` or `off`.
+    #[error("--disk: event_idx={0}: expected on or off")]
+    BadEventIdx(String),
     /// An id longer than virtio-blk's 20 bytes, or empty.
     #[error("--disk: id '{0}' must be 1 to 20 bytes")]
     BadId(String),
@@ -76,10 +87,17 @@ impl FromStr for DiskConfig {
             path: PathBuf::from(path.ok_or(DiskConfigError::EmptyPath)?),
             read_only: false,
             id: None,
+            event_idx: true,
         };
         for opt in parts {
             if opt == "ro" {
                 cfg.read_only = true;
+            } else if let Some(v) = opt.strip_prefix("event_idx=") {
+                cfg.event_idx = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(DiskConfigError::BadEventIdx(v.into())),
+                };
             } else if let Some(id) = opt.strip_prefix("id=") {
                 if id.is_empty() || id.len() > VIRTIO_BLK_ID_BYTES as usize {
                     return Err(DiskConfigError::BadId(id.into()));
@@ -201,6 +219,8 @@ pub struct Block {
     file: File,
     path: PathBuf,
     read_only: bool,
+    /// VIRTIO_RING_F_EVENT_IDX offered.
+    event_idx: bool,
     /// Size in sectors (a partial last sector is not addressable).
     sectors: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
@@ -242,6 +262,7 @@ impl Block {
             file,
             path: cfg.path.clone(),
             read_only: cfg.read_only,
+            event_idx: cfg.event_idx,
             sectors,
             id,
             config,
@@ -266,6 +287,25 @@ impl Block {
                     ""
                 }
             );
+        }
+    }
+
+    /// Serves every available chain; whether any was used.
+    fn serve_available(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        let mut used = false;
+        loop {
+            let chain = queue.iter(mem).map_err(QueueError::Ring)?.next();
+            let Some(chain) = chain else {
+                return Ok(used);
+            };
+            let head = chain.head_index();
+            let len = self.serve(chain, mem)?;
+            queue.add_used(mem, head, len).map_err(QueueError::Used)?;
+            used = true;
         }
     }
 
@@ -480,7 +520,12 @@ impl VirtioDevice for Block {
             true => 1 << VIRTIO_BLK_F_RO,
             false => (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES),
         };
-        (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | rw
+        let event_idx = if self.event_idx {
+            1 << VIRTIO_RING_F_EVENT_IDX
+        } else {
+            0
+        };
+        (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | rw | event_idx
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -501,16 +546,17 @@ impl VirtioDevice for Block {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
+        // Kicks off while serving (the used ring's NO_NOTIFY flag; with EVENT_IDX the
+        // avail_event left behind already suppresses them), on again once the ring looks
+        // empty (NO_NOTIFY cleared, or avail_event = the next entry), and served again if
+        // the driver added a request in between.
         let mut used = false;
         loop {
-            let chain = queue.iter(mem).map_err(QueueError::Ring)?.next();
-            let Some(chain) = chain else {
+            queue.disable_notification(mem).map_err(QueueError::Ring)?;
+            used |= self.serve_available(queue, mem)?;
+            if !queue.enable_notification(mem).map_err(QueueError::Ring)? {
                 return Ok(used);
-            };
-            let head = chain.head_index();
-            let len = self.serve(chain, mem)?;
-            queue.add_used(mem, head, len).map_err(QueueError::Used)?;
-            used = true;
+            }
         }
     }
 }

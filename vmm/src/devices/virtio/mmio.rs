@@ -8,7 +8,9 @@
 //! accepted between FEATURES_OK and DRIVER_OK. A guest that breaks the contract (a queue
 //! size that is not a power of two, a misaligned or out-of-RAM ring, a notify before
 //! DRIVER_OK, a chain no status can answer) gets DEVICE_NEEDS_RESET and a config-change
-//! interrupt, with one log line; the device serves again after a reset.
+//! interrupt, with one log line; the device serves again after a reset. When the driver
+//! accepts VIRTIO_RING_F_EVENT_IDX (only offered by devices that keep avail_event up to
+//! date), every queue honours its used_event: an interrupt only when the driver asked.
 
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +22,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
@@ -312,6 +315,12 @@ impl MmioTransport {
                 ));
                 new &= !VIRTIO_CONFIG_S_FEATURES_OK;
             } else {
+                // virtio-queue then honours used_event in needs_notification and writes
+                // avail_event in enable_notification.
+                let event_idx = f & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+                st.queues
+                    .iter_mut()
+                    .for_each(|q| q.set_event_idx(event_idx));
                 st.device.ack_features(f);
             }
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -41,12 +43,18 @@ fn image() -> tempfile::NamedTempFile {
 }
 
 fn rig_with(read_only: bool) -> Rig {
+    rig_opts(read_only, true)
+}
+
+/// A rig whose disk offers VIRTIO_RING_F_EVENT_IDX or not (`event_idx=`).
+fn rig_opts(read_only: bool, event_idx: bool) -> Rig {
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
     let img = image();
     let cfg = DiskConfig {
         path: img.path().into(),
         read_only,
         id: Some("disk-0".into()),
+        event_idx,
     };
     let dev = Block::open(&cfg).unwrap();
     assert_eq!(dev.sectors(), SECTORS);
@@ -99,6 +107,12 @@ impl Rig {
 
     /// The driver's initialisation, up to FEATURES_OK.
     fn negotiate(&self) {
+        self.negotiate_features(1 << VIRTIO_BLK_F_FLUSH);
+        assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1011, "FEATURES_OK kept");
+    }
+
+    /// The initialisation up to FEATURES_OK with feature bits `low` (0..31) accepted.
+    fn negotiate_features(&self, low: u32) {
         self.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         self.w(
             VIRTIO_MMIO_STATUS,
@@ -107,9 +121,8 @@ impl Rig {
         self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
         self.w(VIRTIO_MMIO_DRIVER_FEATURES, 1); // VIRTIO_F_VERSION_1 (bit 32)
         self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, 1 << VIRTIO_BLK_F_FLUSH);
+        self.w(VIRTIO_MMIO_DRIVER_FEATURES, low);
         self.w(VIRTIO_MMIO_STATUS, 0b1011);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1011, "FEATURES_OK kept");
     }
 
     /// Queue 0 on the mock rings.
@@ -137,6 +150,18 @@ impl Rig {
 
     fn setup(&mut self) {
         self.negotiate();
+        self.start();
+    }
+
+    /// Set-up with VIRTIO_RING_F_EVENT_IDX accepted too.
+    fn setup_event_idx(&mut self) {
+        self.negotiate_features((1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_RING_F_EVENT_IDX));
+        assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1011, "FEATURES_OK kept");
+        self.start();
+    }
+
+    /// Queue 0 programmed, then DRIVER_OK.
+    fn start(&mut self) {
         self.program_queue(u32::from(QSIZE));
         self.w(VIRTIO_MMIO_STATUS, 0b1111);
         assert_eq!(self.r(VIRTIO_MMIO_STATUS), 0b1111);
@@ -202,6 +227,26 @@ impl Rig {
         let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
         let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();
         Some((status, len))
+    }
+
+    /// The driver's used_event (after the available ring's entries).
+    fn set_used_event(&self, v: u16) {
+        let (_, a, _) = self.layout();
+        let at = GuestAddress(a.0 + 4 + 2 * u64::from(QSIZE));
+        self.mem.write_obj(v, at).unwrap();
+    }
+
+    /// The device's avail_event (after the used ring's entries).
+    fn avail_event(&self) -> u16 {
+        let (_, _, u) = self.layout();
+        let at = GuestAddress(u.0 + 4 + 8 * u64::from(QSIZE));
+        self.mem.read_obj(at).unwrap()
+    }
+
+    /// The used ring's flags (VRING_USED_F_NO_NOTIFY).
+    fn used_flags(&self) -> u16 {
+        let (_, _, u) = self.layout();
+        self.mem.read_obj(u).unwrap()
     }
 
     fn used_idx(&self) -> u16 {
@@ -610,15 +655,25 @@ fn disk_config_parses_path_ro_and_id() {
         DiskConfig {
             path: "a.img".into(),
             read_only: true,
-            id: Some("root".into())
+            id: Some("root".into()),
+            event_idx: true,
         }
     );
     let c: DiskConfig = "/x/b.img".parse().unwrap();
-    assert!(!c.read_only && c.id.is_none());
+    assert!(!c.read_only && c.id.is_none() && c.event_idx);
+    let c: DiskConfig = "b.img,event_idx=off,ro".parse().unwrap();
+    assert!(c.read_only && !c.event_idx);
+    let c: DiskConfig = "b.img,event_idx=off,event_idx=on".parse().unwrap();
+    assert!(c.event_idx);
     let e = |s: &str| s.parse::<DiskConfig>().unwrap_err();
     assert_eq!(e(""), DiskConfigError::EmptyPath);
     assert_eq!(e(",ro"), DiskConfigError::EmptyPath);
     assert_eq!(e("a,rw"), DiskConfigError::UnknownOption("rw".into()));
+    assert_eq!(e("a,event_idx=1"), DiskConfigError::BadEventIdx("1".into()));
+    assert_eq!(
+        e("a,event_idx"),
+        DiskConfigError::UnknownOption("event_idx".into())
+    );
     assert!(matches!(e("a,id="), DiskConfigError::BadId(_)));
     assert!(matches!(
         e("a,id=123456789012345678901"),
@@ -633,6 +688,7 @@ fn images_are_locked_exclusively_or_shared_when_read_only() {
         path: img.path().into(),
         read_only,
         id: None,
+        event_idx: true,
     };
     let a = Block::open(&cfg(false)).unwrap();
     assert!(matches!(
@@ -655,6 +711,7 @@ fn images_are_locked_exclusively_or_shared_when_read_only() {
         path: "/nonexistent/disk.img".into(),
         read_only: true,
         id: None,
+        event_idx: true,
     };
     let e = Block::open(&missing).unwrap_err();
     assert!(
@@ -686,6 +743,7 @@ fn fresh_transport(r: &Rig) -> MmioTransport {
         path: r.img.path().into(),
         read_only: true,
         id: Some("disk-0".into()),
+        event_idx: true,
     };
     let m: Arc<dyn GuestMemoryView> = r.mem.clone();
     MmioTransport::new(Box::new(Block::open(&cfg).unwrap()), m, r.irq.clone()).unwrap()
@@ -852,4 +910,90 @@ fn a_pending_ioeventfd_notify_is_served_before_a_status_write() {
     r.t.serve_pending_notifies();
     assert_eq!(r.served(before), Some((OK, 513)));
     assert!(!r.needs_reset());
+}
+
+#[test]
+fn with_event_idx_an_interrupt_is_raised_only_when_used_event_says_so() {
+    let mut r = rig_opts(false, true);
+    r.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+    assert_ne!(
+        r.r(VIRTIO_MMIO_DEVICE_FEATURES) & (1 << VIRTIO_RING_F_EVENT_IDX),
+        0,
+        "offered by default"
+    );
+    r.setup_event_idx();
+    // The driver wants an interrupt once the used index passes 2 (the third request).
+    r.set_used_event(2);
+    let mut irqs = Vec::new();
+    for i in 0..4u16 {
+        assert_eq!(r.read(u64::from(i), 512), Some((OK, 513)));
+        irqs.push(r.irq.count());
+        // The device asks for a kick at the next request (avail_event = next avail).
+        assert_eq!(r.avail_event(), i + 1, "avail_event after request {i}");
+        assert_eq!(r.used_flags(), 0, "no NO_NOTIFY flag with EVENT_IDX");
+    }
+    assert_eq!(irqs, [0, 0, 1, 1]);
+    // A used_event already passed: no interrupt; one just ahead: one.
+    r.set_used_event(1);
+    assert_eq!(r.read(5, 512), Some((OK, 513)));
+    assert_eq!(r.irq.count(), 1);
+    r.set_used_event(5);
+    assert_eq!(r.read(6, 512), Some((OK, 513)));
+    assert_eq!(r.irq.count(), 2);
+    assert!(!r.needs_reset());
+}
+
+#[test]
+fn without_event_idx_every_completion_interrupts() {
+    // Offered but not accepted by the driver, and not offered at all (event_idx=off).
+    for offered in [true, false] {
+        let mut r = rig_opts(false, offered);
+        r.setup();
+        r.set_used_event(2);
+        for i in 0..4u32 {
+            assert_eq!(r.read(u64::from(i), 512), Some((OK, 513)));
+            assert_eq!(r.irq.count(), i + 1, "offered {offered}, request {i}");
+            assert_eq!(r.avail_event(), 0, "avail_event is the driver's to ignore");
+            assert_eq!(r.used_flags(), 0, "NO_NOTIFY cleared once idle");
+        }
+    }
+}
+
+#[test]
+fn event_idx_off_removes_the_feature_bit() {
+    let r = rig_opts(false, false);
+    r.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+    let low = r.r(VIRTIO_MMIO_DEVICE_FEATURES);
+    assert_eq!(low & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
+    assert_ne!(low & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    // A driver that accepts it anyway is refused FEATURES_OK.
+    r.negotiate_features((1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_RING_F_EVENT_IDX));
+    assert_eq!(r.r(VIRTIO_MMIO_STATUS), 0b0011);
+}
+
+#[test]
+fn event_idx_survives_snapshot_and_restore() {
+    let mut r = rig_opts(true, true);
+    r.setup_event_idx();
+    r.set_used_event(3);
+    assert_eq!(r.read(1, 512), Some((OK, 513)));
+    let saved = r.t.save_state();
+    assert!(saved.queues[0].event_idx_enabled);
+    assert_ne!(saved.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
+    let text = serde_json::to_string(&saved).unwrap();
+    let back: super::mmio::TransportSnapshot = serde_json::from_str(&text).unwrap();
+    r.t = fresh_transport(&r);
+    r.t.restore_state(&back).unwrap();
+    assert!(r.t.save_state().queues[0].event_idx_enabled);
+    // used_event 3 is honoured after the restore: requests 2 and 3 quiet, 4 interrupts.
+    let before = r.irq.count();
+    assert_eq!(r.read(2, 512), Some((OK, 513)));
+    assert_eq!(r.read(3, 512), Some((OK, 513)));
+    assert_eq!(r.irq.count(), before);
+    assert_eq!(r.avail_event(), 3);
+    assert_eq!(r.read(4, 512), Some((OK, 513)));
+    assert_eq!(r.irq.count(), before + 1);
+    // A reset turns it off again until the driver accepts it anew.
+    r.reset_and_setup();
+    assert!(!r.t.save_state().queues[0].event_idx_enabled);
 }
