@@ -230,11 +230,11 @@ build_stock() {
 	tmp="$WORK/stock-extract"
 	rm -rf "$tmp"
 	dpkg-deb -x "$deb" "$tmp" || die "dpkg-deb -x $deb failed"
-	img="$(compgen -G "$tmp/boot/vmlinuz-*" | head -n1)" || true
+	img="$(compgen -G "$tmp/boot/vmlinuz-*" | sed -n 1p)" || true
 	[[ -n "$img" && -s "$img" ]] || die "no /boot/vmlinuz-* in $deb"
 	install -m 0644 "$img" "$OUT/stock-kernel"
 	if compgen -G "$tmp/boot/config-*" >/dev/null; then
-		install -m 0644 "$(compgen -G "$tmp/boot/config-*" | head -n1)" "$OUT/stock-kernel.config"
+		install -m 0644 "$(compgen -G "$tmp/boot/config-*" | sed -n 1p)" "$OUT/stock-kernel.config"
 	fi
 	printf 'pinned=%s\npackage=%s\nversion=%s\nfile=%s\nsha256=%s\n' "$STOCK_PINNED" "$STOCK_PKG" "$STOCK_VERSION" \
 		"${img#"$tmp"}" "$(sha "$OUT/stock-kernel")" >"$OUT/stock-kernel.info"
@@ -252,7 +252,7 @@ INIT_CFLAGS=(-O2 -Wall -Wextra -Werror -static -nostdlib -ffreestanding
 build_initramfs() {
 	local stamp stage
 	ensure_deps gcc libc6-dev binutils cpio
-	stamp="init=$(sha "$HERE/init/init.c") cflags=${INIT_CFLAGS[*]} gcc=$(gcc -dumpfullversion) cpio=$(cpio --version | head -n1)"
+	stamp="init=$(sha "$HERE/init/init.c") cflags=${INIT_CFLAGS[*]} gcc=$(gcc -dumpfullversion) cpio=$(cpio --version | sed -n 1p)"
 	if stamp_ok initramfs "$stamp" "$OUT/initramfs.cpio"; then
 		log "initramfs.cpio up to date"
 		return 0
@@ -280,7 +280,7 @@ build_bench_initramfs() {
 	local stamp stage bin cargo="${CARGO:-cargo}"
 	ensure_deps cpio binutils
 	command -v "$cargo" >/dev/null || die "cargo not found (needed for --bench-initramfs)"
-	stamp="src=$(cd "$HERE/.." && find guest-kernels/linux-bench workloads -type f \( -name '*.rs' -o -name '*.toml' -o -name Cargo.lock \) | LC_ALL=C sort | xargs sha256sum | sha -) rustc=$(rustc --version) cpio=$(cpio --version | head -n1)"
+	stamp="src=$(cd "$HERE/.." && find guest-kernels/linux-bench workloads -type f \( -name '*.rs' -o -name '*.toml' -o -name Cargo.lock \) | LC_ALL=C sort | xargs sha256sum | sha -) rustc=$(rustc --version) cpio=$(cpio --version | sed -n 1p)"
 	if stamp_ok bench-initramfs "$stamp" "$OUT/initramfs-bench.cpio"; then
 		log "initramfs-bench.cpio up to date"
 		return 0
@@ -320,7 +320,7 @@ RIO_CFLAGS=(-static -O2 -Wall -Wextra)
 build_rootfs() {
 	local stamp deb stage tmp applet
 	ensure_deps dpkg e2fsprogs gcc libc6-dev
-	stamp="layout=2 pkg=$BUSYBOX_PKG=$BUSYBOX_VERSION init=$(sha "$HERE/rootfs/init") rio=$(sha "$HERE/rootfs/rio.c") rio_cflags=${RIO_CFLAGS[*]} gcc=$(gcc -dumpfullversion) size=$ROOTFS_SIZE mke2fs=${ROOTFS_MKE2FS[*]} e2fsprogs=$(mke2fs -V 2>&1 | head -n1)"
+	stamp="layout=2 pkg=$BUSYBOX_PKG=$BUSYBOX_VERSION init=$(sha "$HERE/rootfs/init") rio=$(sha "$HERE/rootfs/rio.c") rio_cflags=${RIO_CFLAGS[*]} gcc=$(gcc -dumpfullversion) size=$ROOTFS_SIZE mke2fs=${ROOTFS_MKE2FS[*]} e2fsprogs=$(mke2fs -V 2>&1 | sed -n 1p)"
 	if stamp_ok rootfs "$stamp" "$OUT/rootfs.ext4"; then
 		log "rootfs.ext4 up to date ($BUSYBOX_PKG $BUSYBOX_VERSION)"
 		return 0
