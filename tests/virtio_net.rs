@@ -323,17 +323,20 @@ fn test_guest_malformed_queue_cases_on_vsock() {
     }
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
-    let out = segvmm()
-        .args(["run", "--guest", "test-malformed-vsock", "--memory", "64M"])
-        .arg("--vsock")
-        .arg(format!("cid=3,uds={}", uds.display()))
-        .args(["--timeout", "120"])
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let (code, console, err) = common::run(&[
+        "run",
+        "--guest",
+        "test-malformed-vsock",
+        "--memory",
+        "64M",
+        "--vsock",
+        &vsock,
+        "--timeout",
+        "120",
+    ]);
     common::assert_malformed_cases(
-        out.status.code().unwrap_or(-1),
+        code,
         &console,
         &err,
         "virtio-vsock",

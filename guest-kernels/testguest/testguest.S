@@ -183,16 +183,16 @@ long_mode:
     test %r12, %r12                /* nothing touched: the memory map was empty */
     jz bad
     lea msg_ok(%rip), %rdi
-    call puts
-    mov $SIGNAL_PORT, %dx
-    xor %eax, %eax
-    out %eax, %dx
-    jmp hang
+    xor %esi, %esi
+    jmp finish
 bad:
     lea msg_bad(%rip), %rdi
+    mov $1, %esi
+/* finish: prints the string at %rdi, reports %esi on the signal port, hangs. */
+finish:
     call puts
     mov $SIGNAL_PORT, %dx
-    mov $1, %eax
+    mov %esi, %eax
     out %eax, %dx
 hang:
     cli
@@ -241,18 +241,12 @@ virtio:
     call vwrite
     jne vfail
     lea msg_virtio_ok(%rip), %rdi
-    call puts
-    mov $SIGNAL_PORT, %dx
-    xor %eax, %eax
-    out %eax, %dx
-    jmp hang
+    xor %esi, %esi
+    jmp finish
 vfail:
     lea msg_virtio_bad(%rip), %rdi
-    call puts
-    mov $SIGNAL_PORT, %dx
-    lea 20(%r15), %eax
-    out %eax, %dx
-    jmp hang
+    lea 20(%r15), %esi
+    jmp finish
 
 /* The virtio-balloon check ('b'); %r15d is the step, %r14 the pages asked for. */
 balloon:
@@ -311,18 +305,12 @@ balloon:
     cmpq $0x5e6e5e6e, MARK_PAGE    /* not released */
     jne bfail
     lea msg_balloon_ok(%rip), %rdi
-    call puts
-    mov $SIGNAL_PORT, %dx
-    xor %eax, %eax
-    out %eax, %dx
-    jmp hang
+    xor %esi, %esi
+    jmp finish
 bfail:
     lea msg_balloon_bad(%rip), %rdi
-    call puts
-    mov $SIGNAL_PORT, %dx
-    lea 30(%r15), %eax
-    out %eax, %dx
-    jmp hang
+    lea 30(%r15), %esi
+    jmp finish
 
 /* The malformed-queue check ('m' + device ID); %r13d is the expected device ID, %r11d
  * the queue, %r15d the step. */
@@ -368,18 +356,12 @@ malformed:
     mstep 12, mearly               /* (e) */
     mstep 13, mgood
     lea msg_malformed_ok(%rip), %rdi
-    call puts
-    mov $SIGNAL_PORT, %dx
-    xor %eax, %eax
-    out %eax, %dx
-    jmp hang
+    xor %esi, %esi
+    jmp finish
 mfail:
     lea msg_malformed_bad(%rip), %rdi
-    call puts
-    mov $SIGNAL_PORT, %dx
-    lea 40(%r15), %eax
-    out %eax, %dx
-    jmp hang
+    lea 40(%r15), %esi
+    jmp finish
 
 /* mgood: reset, set-up, and a good request served; ZF set when all went well. */
 mgood:
